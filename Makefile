@@ -1,0 +1,32 @@
+# git-relay: the two commands in the README are `make demo` and `make test`.
+GO      ?= go
+BIN     ?= $(CURDIR)/bin
+PREFIX  ?= $(HOME)/.local
+
+.PHONY: build test demo bench install vet fmt
+
+build:
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+# Unit, component and end-to-end tests (real git, real HTTP, real sshd).
+test: vet
+	$(GO) test -race -count=1 -timeout 40m ./...
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+# A relay over a folder of bare repositories, a real push through it, and a sidecar sync.
+demo: build
+	PATH="$(BIN):$$PATH" bash scripts/demo.sh
+
+# Ratios against direct `git push` / `git clone` and `rsync`, measured side by side.
+bench: build
+	PATH="$(BIN):$$PATH" $(GO) run ./bench/relay
+	PATH="$(BIN):$$PATH" $(GO) run ./bench/sidecar
+
+install:
+	PREFIX="$(PREFIX)" ./install.sh

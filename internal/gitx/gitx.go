@@ -1,0 +1,251 @@
+// Package gitx is the one door to the git command line. Every other package
+// runs git through it, so that the environment, the working directory and
+// the way failures are reported are decided in one place.
+//
+// Each command runs with the repository-local variables that git exports to
+// hooks and helpers (GIT_DIR, GIT_INDEX_FILE, GIT_WORK_TREE, ...) removed
+// from its environment, as git-sh-setup's clear_local_git_env does: a hook
+// that runs us with a relative GIT_DIR must not redirect commands aimed at
+// another repository. A caller that wants a specific repository says so
+// with Repo.GitDir or Repo.Dir.
+package gitx
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"unicode"
+)
+
+// localEnvVars is the list printed by `git rev-parse --local-env-vars`.
+var localEnvVars = map[string]bool{
+	"GIT_ALTERNATE_OBJECT_DIRECTORIES": true,
+	"GIT_CONFIG":                       true,
+	"GIT_CONFIG_PARAMETERS":            true,
+	"GIT_CONFIG_COUNT":                 true,
+	"GIT_OBJECT_DIRECTORY":             true,
+	"GIT_DIR":                          true,
+	"GIT_WORK_TREE":                    true,
+	"GIT_IMPLICIT_WORK_TREE":           true,
+	"GIT_GRAFT_FILE":                   true,
+	"GIT_INDEX_FILE":                   true,
+	"GIT_NO_REPLACE_OBJECTS":           true,
+	"GIT_REPLACE_REF_BASE":             true,
+	"GIT_PREFIX":                       true,
+	"GIT_INTERNAL_SUPER_PREFIX":        true,
+	"GIT_SHALLOW_FILE":                 true,
+	"GIT_COMMON_DIR":                   true,
+	"GIT_QUARANTINE_PATH":              true,
+}
+
+// CleanEnv returns env without the repository-local git variables (and
+// without the numbered GIT_CONFIG_KEY_n/GIT_CONFIG_VALUE_n pairs that go
+// with GIT_CONFIG_COUNT).
+func CleanEnv(env []string) []string {
+	out := make([]string, 0, len(env))
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		if localEnvVars[name] || strings.HasPrefix(name, "GIT_CONFIG_KEY_") || strings.HasPrefix(name, "GIT_CONFIG_VALUE_") {
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
+}
+
+// Repo names the repository and working directory a command runs in.
+// The zero value runs git in the current directory with a clean environment.
+type Repo struct {
+	// Dir is the working directory of the command ("" for the current one).
+	Dir string
+	// GitDir, when set, is exported as GIT_DIR.
+	GitDir string
+	// Env is appended to the cleaned environment (it wins over it).
+	Env []string
+}
+
+// Cmd is one git invocation, built by Repo.Command.
+type Cmd struct {
+	Args   []string
+	Stdin  io.Reader
+	Stdout io.Writer
+	// Stderr, when set, receives the child's stderr as well as the copy
+	// kept for the error message.
+	Stderr io.Writer
+	Env    []string
+
+	repo    Repo
+	ctx     context.Context
+	cmd     *exec.Cmd
+	errbuf  limitedBuffer
+	closers []*io.PipeWriter
+}
+
+// Command prepares `git args...` in r.
+func (r Repo) Command(ctx context.Context, args ...string) *Cmd {
+	return &Cmd{Args: args, repo: r, ctx: ctx}
+}
+
+// Run runs `git args...` in r and returns its stdout without the trailing
+// newline.
+func (r Repo) Run(ctx context.Context, args ...string) (string, error) {
+	var out bytes.Buffer
+	c := r.Command(ctx, args...)
+	c.Stdout = &out
+	if err := c.Run(); err != nil {
+		return "", err
+	}
+	return strings.TrimRight(out.String(), "\n"), nil
+}
+
+// RunInput is Run with stdin.
+func (r Repo) RunInput(ctx context.Context, stdin io.Reader, args ...string) (string, error) {
+	var out bytes.Buffer
+	c := r.Command(ctx, args...)
+	c.Stdin = stdin
+	c.Stdout = &out
+	if err := c.Run(); err != nil {
+		return "", err
+	}
+	return strings.TrimRight(out.String(), "\n"), nil
+}
+
+// Ok runs a command whose exit status is the answer (merge-base
+// --is-ancestor, cat-file -e, ...): exit 0 is true, exit 1 is false, and
+// anything else is an error.
+func (r Repo) Ok(ctx context.Context, args ...string) (bool, error) {
+	err := r.Command(ctx, args...).Run()
+	if err == nil {
+		return true, nil
+	}
+	var gerr *Error
+	if errors.As(err, &gerr) && gerr.ExitCode == 1 {
+		return false, nil
+	}
+	return false, err
+}
+
+func (c *Cmd) build() {
+	c.cmd = exec.CommandContext(c.ctx, "git", c.Args...)
+	c.cmd.Dir = c.repo.Dir
+	env := CleanEnv(os.Environ())
+	if c.repo.GitDir != "" {
+		env = append(env, "GIT_DIR="+c.repo.GitDir)
+	}
+	env = append(env, c.repo.Env...)
+	env = append(env, c.Env...)
+	c.cmd.Env = env
+	c.cmd.Stdin = c.Stdin
+	c.cmd.Stdout = c.Stdout
+	if c.Stderr != nil {
+		c.cmd.Stderr = io.MultiWriter(&c.errbuf, c.Stderr)
+	} else {
+		c.cmd.Stderr = &c.errbuf
+	}
+}
+
+// Start starts the command; Wait finishes it.
+func (c *Cmd) Start() error {
+	c.build()
+	if err := c.cmd.Start(); err != nil {
+		return fmt.Errorf("start git %s: %w", firstArg(c.Args), err)
+	}
+	return nil
+}
+
+// StdoutPipe must be called before Start.
+func (c *Cmd) StdoutPipe() (io.ReadCloser, error) {
+	pr, pw := io.Pipe()
+	c.Stdout = pw
+	c.closers = append(c.closers, pw)
+	return pr, nil
+}
+
+// Wait waits for a started command and returns an *Error if it failed.
+func (c *Cmd) Wait() error {
+	err := c.cmd.Wait()
+	for _, cl := range c.closers {
+		cl.CloseWithError(err)
+	}
+	if err == nil {
+		return nil
+	}
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return &Error{Args: c.Args, ExitCode: exit.ExitCode(), Stderr: c.errbuf.String()}
+	}
+	return fmt.Errorf("git %s: %w", firstArg(c.Args), err)
+}
+
+// Run starts the command and waits for it.
+func (c *Cmd) Run() error {
+	if err := c.Start(); err != nil {
+		return err
+	}
+	return c.Wait()
+}
+
+// Error is a git command that exited non-zero.
+type Error struct {
+	Args     []string
+	ExitCode int
+	Stderr   string
+}
+
+func (e *Error) Error() string {
+	msg := Sanitize(e.Stderr)
+	if msg == "" {
+		return fmt.Sprintf("git %s: exit status %d", firstArg(e.Args), e.ExitCode)
+	}
+	return fmt.Sprintf("git %s: %s", firstArg(e.Args), msg)
+}
+
+func firstArg(args []string) string {
+	for _, a := range args {
+		if !strings.HasPrefix(a, "-") {
+			return a
+		}
+	}
+	return strings.Join(args, " ")
+}
+
+// Sanitize turns a child's stderr into one line that is safe to print:
+// control characters are dropped and lines are joined with "; ".
+func Sanitize(s string) string {
+	var lines []string
+	for _, line := range strings.Split(s, "\n") {
+		line = strings.Map(func(r rune) rune {
+			if r == '\t' {
+				return ' '
+			}
+			if unicode.IsControl(r) {
+				return -1
+			}
+			return r
+		}, line)
+		if line = strings.TrimSpace(line); line != "" {
+			lines = append(lines, line)
+		}
+	}
+	return strings.Join(lines, "; ")
+}
+
+// limitedBuffer keeps the first 64 KiB written to it, enough for an error
+// message, without letting a chatty child grow our memory.
+type limitedBuffer struct{ bytes.Buffer }
+
+func (b *limitedBuffer) Write(p []byte) (int, error) {
+	if room := 64<<10 - b.Len(); room > 0 {
+		if len(p) > room {
+			b.Buffer.Write(p[:room])
+		} else {
+			b.Buffer.Write(p)
+		}
+	}
+	return len(p), nil
+}
