@@ -1,0 +1,197 @@
+package githost
+
+import (
+	"context"
+	"encoding/base64"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/git-relay/git-relay/internal/gitx"
+	"github.com/stretchr/testify/require"
+)
+
+const token = "ghp_TestToken+/=123"
+
+// hermetic returns a git environment that reads no user or system config
+// and never prompts; extra is appended (GIT_CONFIG_COUNT and friends).
+func hermetic(t *testing.T, extra ...string) []string {
+	home := t.TempDir()
+	env := []string{
+		"HOME=" + home,
+		"XDG_CONFIG_HOME=" + filepath.Join(home, ".config"),
+		"GIT_CONFIG_NOSYSTEM=1",
+		"GIT_TERMINAL_PROMPT=0",
+		"GIT_ASKPASS=",
+		"SSH_ASKPASS=",
+		"GIT_AUTHOR_NAME=A U Thor",
+		"GIT_AUTHOR_EMAIL=author@example.com",
+		"GIT_AUTHOR_DATE=2005-04-07T22:13:13Z",
+		"GIT_COMMITTER_NAME=C O Mitter",
+		"GIT_COMMITTER_EMAIL=committer@example.com",
+		"GIT_COMMITTER_DATE=2005-04-07T22:13:13Z",
+	}
+	return append(env, extra...)
+}
+
+// authEnv hands git an Authorization header through the environment, the
+// way the relay server must: never in argv or a URL.
+func authEnv(header string) []string {
+	return []string{
+		"GIT_CONFIG_COUNT=1",
+		"GIT_CONFIG_KEY_0=http.extraHeader",
+		"GIT_CONFIG_VALUE_0=Authorization: " + header,
+	}
+}
+
+func basic(tok string) string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte("x-access-token:"+tok))
+}
+
+func run(t *testing.T, r gitx.Repo, args ...string) string {
+	t.Helper()
+	out, err := r.Run(t.Context(), args...)
+	require.NoError(t, err, "git %s", strings.Join(args, " "))
+	return out
+}
+
+type fixture struct {
+	host *Host
+	root string
+	bare gitx.Repo
+	url  string
+}
+
+func setup(t *testing.T) fixture {
+	root := t.TempDir()
+	bare := filepath.Join(root, "owner", "repo.git")
+	run(t, gitx.Repo{Env: hermetic(t)}, "init", "--quiet", "--bare", "-b", "master", bare)
+	h, err := Start(root, token)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = h.Close() })
+	return fixture{host: h, root: root, bare: gitx.Repo{GitDir: bare, Env: hermetic(t)}, url: h.URL + "/owner/repo.git"}
+}
+
+func commit(t *testing.T, work gitx.Repo, name string, content []byte) string {
+	require.NoError(t, os.WriteFile(filepath.Join(work.Dir, name), content, 0o644))
+	run(t, work, "add", name)
+	run(t, work, "commit", "--quiet", "-m", "add "+name)
+	return run(t, work, "rev-parse", "HEAD")
+}
+
+func TestPushAndCloneWithToken(t *testing.T) {
+	f := setup(t)
+	work := gitx.Repo{Dir: t.TempDir(), Env: hermetic(t, authEnv(basic(token))...)}
+	run(t, work, "init", "--quiet", "-b", "master")
+	tip := commit(t, work, "a.txt", []byte("hello\n"))
+	run(t, work, "push", "--quiet", f.url, "master")
+	require.Equal(t, tip, run(t, f.bare, "rev-parse", "refs/heads/master"))
+
+	// A push bigger than http.postBuffer goes out with a chunked body,
+	// which net/http/cgi alone would refuse.
+	big := make([]byte, 3<<20)
+	r := rand.New(rand.NewPCG(1, 2))
+	for i := range big {
+		big[i] = byte(r.Uint32())
+	}
+	tip = commit(t, work, "big.bin", big)
+	run(t, work, "push", "--quiet", f.url, "master")
+	require.Equal(t, tip, run(t, f.bare, "rev-parse", "refs/heads/master"))
+
+	// A bearer token works too, and protocol v2 is negotiated through the
+	// Git-Protocol header.
+	clone := filepath.Join(t.TempDir(), "clone")
+	c := gitx.Repo{Env: hermetic(t, append(authEnv("Bearer "+token), "GIT_TRACE_PACKET=1")...)}
+	cmd := c.Command(t.Context(), "-c", "protocol.version=2", "clone", "--quiet", f.url, clone)
+	var trace strings.Builder
+	cmd.Stderr = &trace
+	require.NoError(t, cmd.Run())
+	require.Contains(t, trace.String(), "version 2")
+	require.Equal(t, tip, run(t, gitx.Repo{Dir: clone, Env: hermetic(t)}, "rev-parse", "HEAD"))
+
+	total, denied := f.host.Requests()
+	require.Positive(t, total)
+	require.Zero(t, denied)
+	require.Empty(t, f.host.Leaks())
+}
+
+func TestWrongTokenRefused(t *testing.T) {
+	f := setup(t)
+	for name, header := range map[string]string{
+		"wrong basic":  basic("ghp_wrong"),
+		"wrong bearer": "Bearer ghp_wrong",
+		"none":         "",
+	} {
+		t.Run(name, func(t *testing.T) {
+			var extra []string
+			if header != "" {
+				extra = authEnv(header)
+			}
+			work := gitx.Repo{Dir: t.TempDir(), Env: hermetic(t, extra...)}
+			run(t, work, "init", "--quiet", "-b", "master")
+			commit(t, work, "a.txt", []byte("hello\n"))
+			_, err := work.Run(t.Context(), "push", f.url, "master")
+			var gerr *gitx.Error
+			require.ErrorAs(t, err, &gerr)
+			require.Regexp(t, "Authentication failed|could not read Username", gerr.Stderr)
+			_, err = f.bare.Run(t.Context(), "rev-parse", "--verify", "-q", "refs/heads/master")
+			require.Error(t, err, "nothing was pushed")
+		})
+	}
+	_, denied := f.host.Requests()
+	require.GreaterOrEqual(t, denied, 3)
+	require.Empty(t, f.host.Leaks())
+}
+
+func TestChallenge(t *testing.T) {
+	f := setup(t)
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, f.url+"/info/refs?service=git-upload-pack", nil)
+	require.NoError(t, err)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+	require.Equal(t, `Basic realm="githost"`, resp.Header.Get("WWW-Authenticate"))
+}
+
+func TestLeakSeen(t *testing.T) {
+	f := setup(t)
+	for _, form := range []string{token, base64.StdEncoding.EncodeToString([]byte("x-access-token:" + token))} {
+		// A process with the token on its command line, as a careless
+		// relay would start `git push https://x-access-token:TOKEN@...`.
+		ctx, cancel := context.WithCancel(t.Context())
+		p := exec.CommandContext(ctx, "sh", "-c", "sleep 30", "sh", "--header="+form)
+		require.NoError(t, p.Start())
+
+		work := gitx.Repo{Env: hermetic(t, authEnv(basic(token))...)}
+		run(t, work, "ls-remote", f.url)
+		cancel()
+		_ = p.Wait()
+
+		var mine []Leak
+		for _, l := range f.host.Leaks() {
+			if l.PID == p.Process.Pid {
+				mine = append(mine, l)
+			}
+		}
+		require.Len(t, mine, 1, form)
+		require.NotContains(t, mine[0].Cmdline, token)
+		require.NotContains(t, mine[0].String(), form)
+		require.Contains(t, mine[0].Cmdline, "--header=<TOKEN>")
+	}
+	require.Eventually(t, func() bool { return len(ScanCmdlines(token, os.Getpid())) == 0 }, 5*time.Second, 50*time.Millisecond)
+}
+
+func TestStartChecks(t *testing.T) {
+	_, err := Start(t.TempDir(), "")
+	require.Error(t, err)
+	_, err = Start(filepath.Join(t.TempDir(), "missing"), token)
+	require.Error(t, err)
+	require.Contains(t, TokenForms("a b"), "a+b")
+	require.Contains(t, TokenForms("a b"), "a%20b")
+}
