@@ -1,0 +1,166 @@
+// Package payload turns a bundle file into the bytes that get sealed, and
+// back: it decides whether compression pays, and it reassembles sealed
+// chunks into a bundle whose size and hash match the signed manifest. Both
+// directions stream, so memory stays flat whatever the bundle's size.
+package payload
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/git-relay/git-relay/internal/seal"
+	"github.com/git-relay/git-relay/internal/wire"
+)
+
+// minSaving is the fraction compression must save to be used. A bundle's
+// pack is already zlib-compressed object by object, so zstd usually saves
+// well under 1% and costs CPU on both ends; it pays for ref-heavy or
+// loosely packed bundles only.
+const minSaving = 0.05
+
+// Payload is a prepared bundle.
+type Payload struct {
+	Path        string // the file to seal: the bundle itself or its compressed copy
+	Compression string
+	BundleSize  int64
+	BundleHash  string
+	PayloadSize int64
+	tmp         string
+}
+
+// Close removes the compressed copy, if one was made.
+func (p *Payload) Close() error {
+	if p.tmp != "" {
+		return os.Remove(p.tmp)
+	}
+	return nil
+}
+
+// Prepare hashes the bundle and compresses it into tmpDir when that saves
+// at least minSaving.
+func Prepare(bundlePath, tmpDir string) (*Payload, error) {
+	in, err := os.Open(bundlePath)
+	if err != nil {
+		return nil, err
+	}
+	defer in.Close()
+	out, err := os.CreateTemp(tmpDir, "payload-*.zst")
+	if err != nil {
+		return nil, err
+	}
+	keep := false
+	defer func() {
+		if !keep {
+			out.Close()
+			os.Remove(out.Name())
+		}
+	}()
+	enc, err := zstd.NewWriter(out, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+	if err != nil {
+		return nil, err
+	}
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(enc, h), in)
+	if err != nil {
+		return nil, fmt.Errorf("compress bundle: %w", err)
+	}
+	if err := enc.Close(); err != nil {
+		return nil, fmt.Errorf("compress bundle: %w", err)
+	}
+	st, err := out.Stat()
+	if err != nil {
+		return nil, err
+	}
+	p := &Payload{Path: bundlePath, Compression: wire.CompressNone, BundleSize: n, BundleHash: hex.EncodeToString(h.Sum(nil)), PayloadSize: n}
+	if float64(st.Size()) <= float64(n)*(1-minSaving) {
+		if err := out.Close(); err != nil {
+			return nil, err
+		}
+		keep = true
+		p.Path, p.Compression, p.PayloadSize, p.tmp = out.Name(), wire.CompressZstd, st.Size(), out.Name()
+	}
+	return p, nil
+}
+
+// ChunkSize is the payload bytes per chunk for a body limit: the sealed
+// chunk is the whole body, so only the AEAD tag is added.
+func ChunkSize(maxBody int64) int {
+	return int(maxBody) - seal.Overhead
+}
+
+// Assemble opens chunks 0..count-1 in order (get returns each sealed
+// chunk), decompresses them, and writes the bundle to out, checking its
+// size and SHA-256. A chunk that fails authentication stops it with an
+// error naming the chunk. The caller must not use what was written to out
+// unless Assemble returns nil.
+func Assemble(st *seal.Stream, get func(i uint32) ([]byte, error), compression string, size int64, hash string, out io.Writer) error {
+	h := sha256.New()
+	sink := io.MultiWriter(out, h)
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		var r io.Reader = pr
+		if compression == wire.CompressZstd {
+			dec, err := zstd.NewReader(pr, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(64<<20))
+			if err != nil {
+				pr.CloseWithError(err)
+				done <- err
+				return
+			}
+			defer dec.Close()
+			r = dec
+		} else if compression != wire.CompressNone {
+			err := fmt.Errorf("unknown compression %q", compression)
+			pr.CloseWithError(err)
+			done <- err
+			return
+		}
+		// One byte past the declared size catches a payload that grows
+		// beyond what the manifest says (a decompression bomb included).
+		n, err := io.Copy(sink, io.LimitReader(r, size+1))
+		if err == nil && n != size {
+			err = fmt.Errorf("bundle is %d bytes, the manifest says %d", n, size)
+		}
+		if err == nil {
+			// Drain: trailing bytes after the declared size are an error too.
+			if m, _ := io.Copy(io.Discard, r); m > 0 {
+				err = errors.New("payload has trailing bytes")
+			}
+		}
+		pr.CloseWithError(err)
+		done <- err
+	}()
+	var buf []byte
+	for i := uint32(0); i < st.Count(); i++ {
+		ct, err := get(i)
+		if err != nil {
+			pw.CloseWithError(err)
+			<-done
+			return fmt.Errorf("chunk %d: %w", i, err)
+		}
+		buf, err = st.Open(buf[:0], i, ct)
+		if err != nil {
+			pw.CloseWithError(err)
+			<-done
+			return err
+		}
+		if _, err := pw.Write(buf); err != nil {
+			<-done
+			return fmt.Errorf("assemble bundle: %w", err)
+		}
+	}
+	pw.Close()
+	if err := <-done; err != nil {
+		return fmt.Errorf("assemble bundle: %w", err)
+	}
+	if hex.EncodeToString(h.Sum(nil)) != hash {
+		return errors.New("assembled bundle does not match the manifest's hash")
+	}
+	return nil
+}

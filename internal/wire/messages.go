@@ -1,0 +1,155 @@
+package wire
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+)
+
+// API paths, relative to the API base (/api/gr on the server; whatever the
+// proxy exposes on the client).
+const (
+	PathRefs        = "refs"
+	PathRemoteInfo  = "remote-info"
+	PathPush        = "push"
+	PathPushChunk   = "push/chunk"
+	PathPushStatus  = "push/status"
+	PathPushFinish  = "push/complete"
+	PathFetch       = "fetch"
+	PathFetchChunk  = "fetch/chunk"
+	PathFetchStatus = "fetch/status"
+)
+
+// DefaultMaxBody is the proxy's cap on every request and response body.
+const DefaultMaxBody = 4_500_000
+
+// Refs is what upstream holds, as `git ls-remote` there sees it.
+type Refs struct {
+	Repo       string            `json:"repo"`
+	Head       string            `json:"head,omitempty"` // symref target of HEAD
+	Refs       map[string]string `json:"refs"`           // refs/heads/*, refs/tags/* -> id
+	Peeled     map[string]string `json:"peeled,omitempty"`
+	AllowForce bool              `json:"allowForce"`
+	MaxBody    int64             `json:"maxBody"`
+}
+
+// RemoteInfo is the seed's `remote-info` answer for one branch.
+type RemoteInfo struct {
+	Repo   string `json:"repo"`
+	Branch string `json:"branch"`
+	SHA    string `json:"sha"` // "" when the branch does not exist
+}
+
+// Update is one ref change in a push.
+type Update struct {
+	Ref   string `json:"ref"`
+	Old   string `json:"old"` // zero id: create
+	New   string `json:"new"` // zero id: delete
+	Force bool   `json:"force,omitempty"`
+}
+
+// Compression names.
+const (
+	CompressNone = "none"
+	CompressZstd = "zstd"
+)
+
+// PushManifest describes one push. Its exact bytes are signed with the
+// request that creates the session, and their SHA-256 is bound into the
+// payload key and into every chunk.
+type PushManifest struct {
+	Version     int      `json:"v"`
+	Repo        string   `json:"repo"`
+	Updates     []Update `json:"updates"`
+	Atomic      bool     `json:"atomic,omitempty"`
+	Options     []string `json:"options,omitempty"`
+	Salt        string   `json:"salt"`        // hex, 32 random bytes
+	Compression string   `json:"compression"` // none | zstd
+	BundleSize  int64    `json:"bundleSize"`  // plaintext bundle bytes (0: ref-only update)
+	BundleHash  string   `json:"bundleHash"`  // hex SHA-256 of the bundle
+	PayloadSize int64    `json:"payloadSize"` // bytes sealed (after compression)
+	ChunkSize   int      `json:"chunkSize"`   // payload bytes per chunk
+	Chunks      uint32   `json:"chunks"`      // 0 for a ref-only update
+	Nonce       string   `json:"nonce"`       // random, so that no two manifests are equal
+}
+
+// ManifestHash is the hash bound into keys and chunks.
+func ManifestHash(raw []byte) [32]byte { return sha256.Sum256(raw) }
+
+// Session names a server-side session.
+type Session struct {
+	Session string `json:"session"`
+}
+
+// Push phases, in order.
+const (
+	PhaseReceiving  = "receiving"
+	PhaseProcessing = "processing bundle"
+	PhasePushing    = "pushing"
+	PhaseDone       = "done"
+	PhaseFailed     = "failed"
+)
+
+// RefResult is what upstream did with one ref.
+type RefResult struct {
+	Ref    string `json:"ref"`
+	OK     bool   `json:"ok"`
+	Reason string `json:"reason,omitempty"` // git's words where they apply: "fetch first", "non-fast forward", "stale info"
+}
+
+// PushStatus is a push session's state.
+type PushStatus struct {
+	Session string      `json:"session"`
+	Phase   string      `json:"phase"`
+	Held    []uint32    `json:"held"` // chunk indexes the server holds
+	Chunks  uint32      `json:"chunks"`
+	Message string      `json:"message,omitempty"`
+	Results []RefResult `json:"results,omitempty"`
+}
+
+// FetchRequest asks for a bundle of Wants, excluding what the client has.
+type FetchRequest struct {
+	Repo    string   `json:"repo"`
+	Wants   []string `json:"wants"`
+	Haves   []string `json:"haves"`
+	MaxBody int64    `json:"maxBody"`
+}
+
+// FetchManifest describes a fetch payload prepared by the server.
+type FetchManifest struct {
+	Version     int    `json:"v"`
+	Session     string `json:"session"`
+	Repo        string `json:"repo"`
+	Salt        string `json:"salt"`
+	Compression string `json:"compression"`
+	BundleSize  int64  `json:"bundleSize"`
+	BundleHash  string `json:"bundleHash"`
+	PayloadSize int64  `json:"payloadSize"`
+	ChunkSize   int    `json:"chunkSize"`
+	Chunks      uint32 `json:"chunks"` // 0: the client already has everything
+}
+
+// FetchStatus wraps the manifest with its exact bytes, which the payload
+// key and chunks are bound to.
+type FetchStatus struct {
+	Ready    bool            `json:"ready"`
+	Phase    string          `json:"phase"`
+	Message  string          `json:"message,omitempty"`
+	Manifest json.RawMessage `json:"manifest,omitempty"`
+}
+
+// Error is the body of every non-2xx answer.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"error"`
+}
+
+// Error codes.
+const (
+	CodeBadRequest = "bad_request"
+	CodeNotFound   = "not_found"
+	CodeConflict   = "conflict"
+	CodeTooLarge   = "too_large"
+	CodeUpstream   = "upstream"
+	CodeForbidden  = "forbidden"
+	CodeInternal   = "internal"
+)
