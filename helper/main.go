@@ -1,0 +1,351 @@
+// Package helper is git-remote-relay, the git remote helper behind
+// relay:: URLs (see gitremote-helpers(7)). git runs it with the remote's
+// name and address and talks to it over stdin/stdout; stdout carries only
+// the protocol, everything meant for people goes to stderr.
+//
+// Push bundles what upstream lacks, seals it in chunks and uploads it to
+// the relay server; fetch asks the server for a sealed bundle of what the
+// local repository lacks and unbundles it.
+package helper
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/git-relay/git-relay/internal/gitx"
+	"github.com/git-relay/git-relay/internal/keyring"
+	"github.com/git-relay/git-relay/internal/wire"
+)
+
+const usage = `usage: git-remote-relay <remote> <address>
+
+git runs this helper for relay:: URLs; you don't run it yourself:
+
+  git push relay::owner/repo master
+  git clone relay::owner/repo
+  git remote add gh relay::owner/repo
+  git push relay::https://relay.example/api/gr/owner/repo master
+
+Configuration (environment first, then remote.<name>.*, then relay.*):
+  GIT_RELAY_URL       remote.<name>.relayUrl      relay.url       base URL of the relay API
+  GIT_RELAY_KEY_FILE  remote.<name>.relayKeyFile  relay.keyFile   shared key file
+                      remote.<name>.relayMaxBody  relay.maxBody   largest HTTP body (default 4500000)
+`
+
+// Main runs the helper with os.Args and returns the exit status.
+func Main() int {
+	if len(os.Args) >= 2 && (os.Args[1] == "--help" || os.Args[1] == "-h") {
+		fmt.Fprint(os.Stdout, usage)
+		return 0
+	}
+	if len(os.Args) < 2 || len(os.Args) > 3 {
+		fmt.Fprint(os.Stderr, usage)
+		return 2
+	}
+	name, addr := os.Args[1], os.Args[len(os.Args)-1]
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	h, err := newHelper(ctx, name, addr, os.Stderr)
+	if err == nil {
+		err = h.serve(ctx, os.Stdin, os.Stdout)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "fatal: relay: %s\n", oneLine(err.Error()))
+		return 128
+	}
+	return 0
+}
+
+func oneLine(s string) string { return strings.ReplaceAll(strings.TrimSpace(s), "\n", "; ") }
+
+// Helper is one run of the remote helper.
+type Helper struct {
+	repo   string // owner/repo
+	remote string // the remote's name, or "" for an anonymous URL
+	git    gitx.Repo
+	client *wire.Client
+	maxBdy int64
+	ui     *ui
+
+	// options from git
+	dryRun      bool
+	atomic      bool
+	pushOptions []string
+	cas         map[string]string
+
+	refs *wire.Refs // upstream's refs, from the last list
+}
+
+func newHelper(ctx context.Context, name, addr string, stderr io.Writer) (*Helper, error) {
+	gitDir := os.Getenv("GIT_DIR")
+	if gitDir == "" {
+		gitDir = ".git"
+	}
+	abs, err := filepath.Abs(gitDir)
+	if err != nil {
+		return nil, err
+	}
+	h := &Helper{git: gitx.Repo{GitDir: abs}, cas: map[string]string{}, ui: newUI(stderr)}
+	if name != addr && !strings.Contains(name, "::") && !strings.Contains(name, "/") {
+		h.remote = name
+	}
+	base, repo, err := h.resolveAddress(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	h.repo = repo
+	keyFile := h.setting(ctx, "GIT_RELAY_KEY_FILE", "relayKeyFile", "relay.keyFile", true)
+	if keyFile == "" {
+		return nil, errors.New("no relay key: set relay.keyFile (git config --global relay.keyFile ~/relay.key) or GIT_RELAY_KEY_FILE")
+	}
+	ring, err := keyring.ReadFile(keyFile)
+	if err != nil {
+		return nil, err
+	}
+	h.maxBdy = wire.DefaultMaxBody
+	if s := h.setting(ctx, "", "relayMaxBody", "relay.maxBody", false); s != "" {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || n < 64<<10 {
+			return nil, fmt.Errorf("relay.maxBody %q: expected a number of bytes, at least 65536", s)
+		}
+		h.maxBdy = n
+	}
+	h.client = &wire.Client{
+		Base:    base,
+		Key:     ring.Primary(),
+		HTTP:    &http.Client{Timeout: 5 * time.Minute},
+		MaxBody: h.maxBdy,
+		Retries: 4,
+	}
+	return h, nil
+}
+
+// resolveAddress splits the address into the API base and owner/repo:
+// either owner/repo with the base from configuration, or a full URL whose
+// last two path segments are owner/repo.
+func (h *Helper) resolveAddress(ctx context.Context, addr string) (string, string, error) {
+	if strings.HasPrefix(addr, "http://") || strings.HasPrefix(addr, "https://") {
+		u, err := url.Parse(addr)
+		if err != nil {
+			return "", "", fmt.Errorf("bad relay URL %q: %v", addr, err)
+		}
+		segs := strings.Split(strings.Trim(u.Path, "/"), "/")
+		if len(segs) < 2 || segs[len(segs)-2] == "" {
+			return "", "", fmt.Errorf("bad relay URL %q: the last two path segments must be owner/repo", addr)
+		}
+		repo := segs[len(segs)-2] + "/" + strings.TrimSuffix(segs[len(segs)-1], ".git")
+		u.Path = "/" + strings.Join(segs[:len(segs)-2], "/")
+		u.RawQuery, u.Fragment = "", ""
+		return strings.TrimRight(u.String(), "/"), repo, validRepo(repo)
+	}
+	repo := strings.TrimSuffix(strings.Trim(addr, "/"), ".git")
+	if err := validRepo(repo); err != nil {
+		return "", "", err
+	}
+	base := h.setting(ctx, "GIT_RELAY_URL", "relayUrl", "relay.url", false)
+	if base == "" {
+		return "", "", errors.New("no relay server configured: set relay.url (git config --global relay.url https://relay.example/api/gr) or GIT_RELAY_URL")
+	}
+	if u, err := url.Parse(base); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return "", "", fmt.Errorf("relay.url %q is not an http(s) URL", base)
+	}
+	return strings.TrimRight(base, "/"), repo, nil
+}
+
+func validRepo(repo string) error {
+	owner, name, ok := strings.Cut(repo, "/")
+	if !ok || owner == "" || name == "" || strings.Contains(name, "/") || strings.ContainsAny(repo, " \t\n\\:?*[") {
+		return fmt.Errorf("bad relay address %q: expected owner/repo (as in relay::owner/repo)", repo)
+	}
+	return nil
+}
+
+// setting reads one setting: the environment variable, then the remote's
+// own key, then the global key.
+func (h *Helper) setting(ctx context.Context, env, remoteKey, globalKey string, path bool) string {
+	if env != "" {
+		if v := os.Getenv(env); v != "" {
+			return expandHome(v)
+		}
+	}
+	args := []string{"config"}
+	if path {
+		args = append(args, "--path")
+	}
+	if h.remote != "" {
+		if v, err := h.git.Run(ctx, append(args, "--get", "remote."+h.remote+"."+remoteKey)...); err == nil && v != "" {
+			return v
+		}
+	}
+	v, _ := h.git.Run(ctx, append(args, "--get", globalKey)...)
+	return v
+}
+
+func expandHome(p string) string {
+	if strings.HasPrefix(p, "~/") {
+		if home, err := os.UserHomeDir(); err == nil {
+			return filepath.Join(home, p[2:])
+		}
+	}
+	return p
+}
+
+// serve runs the protocol loop.
+func (h *Helper) serve(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
+	in := bufio.NewReader(stdin)
+	out := bufio.NewWriter(stdout)
+	for {
+		line, err := in.ReadString('\n')
+		if err == io.EOF && line == "" {
+			return nil
+		}
+		if err != nil && err != io.EOF {
+			return err
+		}
+		line = strings.TrimSuffix(line, "\n")
+		cmd, arg, _ := strings.Cut(line, " ")
+		switch cmd {
+		case "":
+			// A blank line ends the session.
+			return nil
+		case "capabilities":
+			fmt.Fprint(out, "fetch\npush\noption\n\n")
+		case "option":
+			name, value, _ := strings.Cut(arg, " ")
+			fmt.Fprintln(out, h.option(name, value))
+		case "list":
+			refs, err := h.list(ctx)
+			if err != nil {
+				return err
+			}
+			h.writeList(out, refs, arg == "for-push")
+		case "push":
+			specs := []string{arg}
+			for {
+				l, err := in.ReadString('\n')
+				l = strings.TrimSuffix(l, "\n")
+				if l == "" || err != nil {
+					break
+				}
+				c, a, _ := strings.Cut(l, " ")
+				if c != "push" {
+					return fmt.Errorf("unexpected %q in a push batch", l)
+				}
+				specs = append(specs, a)
+			}
+			results, err := h.push(ctx, specs)
+			if err != nil {
+				return err
+			}
+			for _, r := range results {
+				fmt.Fprintln(out, r)
+			}
+			fmt.Fprintln(out)
+		case "fetch":
+			wants := []string{arg}
+			for {
+				l, err := in.ReadString('\n')
+				l = strings.TrimSuffix(l, "\n")
+				if l == "" || err != nil {
+					break
+				}
+				c, a, _ := strings.Cut(l, " ")
+				if c != "fetch" {
+					return fmt.Errorf("unexpected %q in a fetch batch", l)
+				}
+				wants = append(wants, a)
+			}
+			if err := h.fetch(ctx, wants); err != nil {
+				return err
+			}
+			fmt.Fprintln(out)
+		default:
+			return fmt.Errorf("unknown command %q from git", cmd)
+		}
+		if err := out.Flush(); err != nil {
+			return err
+		}
+	}
+}
+
+func (h *Helper) option(name, value string) string {
+	switch name {
+	case "verbosity":
+		n, err := strconv.Atoi(value)
+		if err != nil {
+			return "error bad verbosity"
+		}
+		h.ui.verbosity = n
+	case "progress":
+		h.ui.progress = value == "true"
+	case "dry-run":
+		h.dryRun = value == "true"
+	case "atomic":
+		h.atomic = value == "true"
+	case "push-option":
+		h.pushOptions = append(h.pushOptions, value)
+	case "cas":
+		// --force-with-lease: "<ref>:<expected id>" (git expands a lease
+		// without a value to the remote-tracking ref before sending it).
+		ref, want, ok := strings.Cut(value, ":")
+		if !ok {
+			return "error bad cas option"
+		}
+		h.cas[ref] = want
+	case "followtags":
+		// git computes the tags to follow and sends them as push lines.
+	default:
+		return "unsupported"
+	}
+	return "ok"
+}
+
+// list asks the server for upstream's refs. An empty answer would make git
+// believe upstream is empty, so any failure is fatal.
+func (h *Helper) list(ctx context.Context) (*wire.Refs, error) {
+	var refs wire.Refs
+	q := url.Values{"repo": {h.repo}}
+	if _, err := h.client.Do(ctx, http.MethodGet, wire.PathRefs, q, nil, &refs); err != nil {
+		return nil, h.explain(err)
+	}
+	if refs.Refs == nil {
+		refs.Refs = map[string]string{}
+	}
+	h.refs = &refs
+	return &refs, nil
+}
+
+func (h *Helper) writeList(out io.Writer, refs *wire.Refs, forPush bool) {
+	names := sortedKeys(refs.Refs)
+	for _, n := range names {
+		fmt.Fprintf(out, "%s %s\n", refs.Refs[n], n)
+	}
+	if refs.Head != "" && refs.Refs[refs.Head] != "" {
+		fmt.Fprintf(out, "@%s HEAD\n", refs.Head)
+	}
+	fmt.Fprintln(out)
+}
+
+// explain turns transport errors into one line that names the fix.
+func (h *Helper) explain(err error) error {
+	var api *wire.APIError
+	switch {
+	case errors.As(err, &api):
+		return fmt.Errorf("%s: %s", h.repo, api.Msg)
+	case errors.Is(err, wire.ErrUnreachable):
+		return fmt.Errorf("%v (check relay.url and that git-relay-server is running)", err)
+	}
+	return err
+}

@@ -1,0 +1,353 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/git-relay/git-relay/internal/bundle"
+	"github.com/git-relay/git-relay/internal/keyring"
+	"github.com/git-relay/git-relay/internal/payload"
+	"github.com/git-relay/git-relay/internal/upstream"
+	"github.com/git-relay/git-relay/internal/wire"
+)
+
+// startApply runs a push session's processing in the background, once.
+func (s *Server) startApply(id string) {
+	s.mu.Lock()
+	if s.running[id] {
+		s.mu.Unlock()
+		return
+	}
+	select {
+	case <-s.closing:
+		// Shutting down: the session stays parked on disk in its phase and
+		// is resumed by the next run.
+		s.mu.Unlock()
+		return
+	default:
+	}
+	s.running[id] = true
+	s.work.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.work.Done()
+		defer func() {
+			s.mu.Lock()
+			delete(s.running, id)
+			s.mu.Unlock()
+		}()
+		s.apply(id)
+	}()
+}
+
+// resume restarts the sessions a previous run left half-applied. The push
+// upstream is a compare-and-swap on the ids the client saw, and a ref
+// already at its new id counts as done, so running a session again can
+// never apply it twice.
+func (s *Server) resume() {
+	entries, _ := os.ReadDir(filepath.Join(s.cfg.DataDir, "sessions"))
+	for _, e := range entries {
+		ps, err := s.readPush(e.Name())
+		if err != nil {
+			continue
+		}
+		if ps.state.Phase == wire.PhaseProcessing || ps.state.Phase == wire.PhasePushing {
+			s.log.Info("resuming push", "session", ps.id, "phase", ps.state.Phase)
+			s.startApply(ps.id)
+		}
+	}
+}
+
+func (s *Server) apply(id string) {
+	ctx := context.Background()
+	ps, err := s.readPush(id)
+	if err != nil {
+		s.log.Error("apply", "session", id, "err", err)
+		return
+	}
+	key, ok := s.cfg.Ring.Lookup(ps.state.KeyID)
+	if !ok {
+		ps.state.Phase, ps.state.Message = wire.PhaseFailed, "the key that started this push is no longer configured"
+		_ = ps.save()
+		return
+	}
+	unlock := s.repoLocks.lock(ps.manifest.Repo)
+	defer unlock()
+	start := time.Now()
+	results, err := s.applyPush(ctx, ps, key)
+	if err != nil {
+		ps.state.Phase = wire.PhaseFailed
+		ps.state.Message = s.redactor(err.Error())
+		s.log.Warn("push failed", "session", id, "repo", ps.manifest.Repo, "err", ps.state.Message)
+	} else {
+		ps.state.Phase = wire.PhaseDone
+		ps.state.Results = results
+		s.log.Info("push done", "session", id, "repo", ps.manifest.Repo, "took", time.Since(start).Round(time.Millisecond))
+	}
+	if err := ps.save(); err != nil {
+		s.log.Error("save session", "session", id, "err", err)
+	}
+	// The chunks and the assembled bundle are not needed any more; the
+	// state stays for status queries until the janitor removes it.
+	os.RemoveAll(filepath.Join(ps.dir, "chunks"))
+	os.Remove(filepath.Join(ps.dir, "bundle"))
+}
+
+// applyPush does the work and returns the per-ref results.
+func (s *Server) applyPush(ctx context.Context, ps *pushSession, key keyring.Key) ([]wire.RefResult, error) {
+	m := ps.manifest
+	h, err := s.openRepo(m.Repo)
+	if err != nil {
+		return nil, err
+	}
+	refs, err := s.list(ctx, h)
+	if err != nil {
+		return nil, err
+	}
+
+	results := make(map[string]*wire.RefResult, len(m.Updates))
+	var pending []wire.Update
+	for _, u := range m.Updates {
+		r := &wire.RefResult{Ref: u.Ref}
+		results[u.Ref] = r
+		cur := refs.Refs[u.Ref]
+		if cur == "" {
+			cur = zeroID
+		}
+		switch {
+		case cur == u.New:
+			// Already there: upstream got it from us before a restart, or
+			// from someone else. Either way the ref is as asked.
+			r.OK = true
+		case cur != u.Old:
+			r.Reason = "fetch first"
+		case u.New == zeroID && u.Ref == refs.Head:
+			r.Reason = "refusing to delete the default branch"
+		case strings.HasPrefix(u.Ref, "refs/tags/") && u.Old != zeroID && !u.Force:
+			r.Reason = "already exists"
+		default:
+			pending = append(pending, u)
+		}
+	}
+	if failAtomic(m.Atomic, results) {
+		return ordered(m.Updates, results), nil
+	}
+
+	var bundlePath string
+	if m.Chunks > 0 {
+		bundlePath = filepath.Join(ps.dir, "bundle")
+		if err := s.assemble(ps, key, bundlePath); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.refresh(ctx, h); err != nil {
+		return nil, err
+	}
+	if bundlePath != "" {
+		if err := s.checkBundle(ctx, h, ps, bundlePath); err != nil {
+			return nil, err
+		}
+	}
+
+	// Fast-forward and existence checks need the objects, which the mirror
+	// now holds.
+	var todo []wire.Update
+	for _, u := range pending {
+		r := results[u.Ref]
+		if u.New != zeroID {
+			if ok, _ := h.mirror.Ok(ctx, "cat-file", "-e", u.New); !ok {
+				r.Reason = "missing objects (the bundle does not carry " + u.New + ")"
+				continue
+			}
+		}
+		if u.New != zeroID && u.Old != zeroID && !u.Force && strings.HasPrefix(u.Ref, "refs/heads/") {
+			if ok, _ := h.mirror.Ok(ctx, "merge-base", "--is-ancestor", u.Old, u.New); !ok {
+				r.Reason = "non-fast forward"
+				continue
+			}
+		}
+		todo = append(todo, u)
+	}
+	if failAtomic(m.Atomic, results) || len(todo) == 0 {
+		return ordered(m.Updates, results), nil
+	}
+
+	ps.state.Phase = wire.PhasePushing
+	if err := ps.save(); err != nil {
+		return nil, err
+	}
+	req := upstream.PushRequest{Atomic: m.Atomic, Options: m.Options}
+	needPack := false
+	for _, u := range todo {
+		req.Updates = append(req.Updates, upstream.Update{Ref: u.Ref, Old: u.Old, New: u.New})
+		if u.New != zeroID {
+			needPack = true
+		}
+	}
+	if needPack {
+		if bundlePath != "" {
+			_, pack, err := bundle.OpenPack(bundlePath)
+			if err != nil {
+				return nil, err
+			}
+			defer pack.Close()
+			req.Pack = pack
+		} else {
+			req.Pack = bytes.NewReader(bundle.EmptyPack())
+		}
+	}
+	res, err := h.remote.Push(ctx, req)
+	if err != nil && res == nil {
+		return nil, s.upstreamErr(h, err)
+	}
+	var moved []string
+	for _, u := range todo {
+		r := results[u.Ref]
+		reason, found := res.Refs[u.Ref]
+		if found && reason == "" {
+			r.OK = true
+			continue
+		}
+		if !found {
+			reason = "no status from upstream"
+			if res.UnpackError != "" {
+				reason = "upstream could not unpack: " + res.UnpackError
+			}
+		}
+		r.Reason = reason
+		moved = append(moved, u.Ref)
+	}
+	if len(moved) > 0 {
+		// A compare-and-swap that lost a race reads as a lock failure
+		// upstream; tell the user in git's words that upstream moved.
+		if now, err := h.remote.List(ctx); err == nil {
+			for _, ref := range moved {
+				u := updateFor(m.Updates, ref)
+				cur := now.Refs[ref]
+				if cur == "" {
+					cur = zeroID
+				}
+				if cur != u.Old && cur != u.New {
+					results[ref].Reason = "fetch first"
+				}
+			}
+		}
+	}
+	// Keep the mirror's refs in step with what landed.
+	for _, u := range todo {
+		if !results[u.Ref].OK {
+			continue
+		}
+		if u.New == zeroID {
+			_, _ = h.mirror.Run(ctx, "update-ref", "-d", u.Ref)
+		} else {
+			_, _ = h.mirror.Run(ctx, "update-ref", u.Ref, u.New)
+		}
+	}
+	return ordered(m.Updates, results), nil
+}
+
+func updateFor(us []wire.Update, ref string) wire.Update {
+	for _, u := range us {
+		if u.Ref == ref {
+			return u
+		}
+	}
+	return wire.Update{}
+}
+
+// failAtomic turns every ref into a failure when one failed in an atomic
+// push, and says whether it did.
+func failAtomic(atomic bool, results map[string]*wire.RefResult) bool {
+	if !atomic {
+		return false
+	}
+	failed := false
+	for _, r := range results {
+		if !r.OK && r.Reason != "" {
+			failed = true
+		}
+	}
+	if failed {
+		for _, r := range results {
+			if r.Reason == "" {
+				r.OK = false
+				r.Reason = "atomic push failed"
+			}
+		}
+	}
+	return failed
+}
+
+func ordered(us []wire.Update, results map[string]*wire.RefResult) []wire.RefResult {
+	out := make([]wire.RefResult, 0, len(us))
+	for _, u := range us {
+		out = append(out, *results[u.Ref])
+	}
+	return out
+}
+
+// assemble authenticates every chunk in order, decrypts and decompresses
+// them into the bundle file, and checks the bundle's size and hash against
+// the signed manifest. Nothing reads the bundle before all of it
+// authenticated (the final chunk included).
+func (s *Server) assemble(ps *pushSession, key keyring.Key, out string) error {
+	st, err := ps.stream(key)
+	if err != nil {
+		return err
+	}
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	m := ps.manifest
+	get := func(i uint32) ([]byte, error) { return os.ReadFile(ps.chunkPath(i)) }
+	if err := payload.Assemble(st, get, m.Compression, m.BundleSize, m.BundleHash, f); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+// checkBundle verifies the bundle against the mirror and the manifest, and
+// indexes its pack into the mirror with full object checks (fsck), so the
+// objects are known good before anything goes upstream.
+func (s *Server) checkBundle(ctx context.Context, h *repoHandle, ps *pushSession, path string) error {
+	hdr, pack, err := bundle.OpenPack(path)
+	if err != nil {
+		return fmt.Errorf("read bundle: %w", err)
+	}
+	defer pack.Close()
+	var want, got []string
+	for _, u := range ps.manifest.Updates {
+		if u.New != zeroID {
+			want = append(want, u.New)
+		}
+	}
+	for _, r := range hdr.Refs {
+		got = append(got, r.OID)
+	}
+	sort.Strings(want)
+	sort.Strings(got)
+	if strings.Join(want, " ") != strings.Join(got, " ") {
+		return errors.New("the bundle's heads do not match the signed manifest")
+	}
+	if _, err := h.mirror.Run(ctx, "bundle", "verify", "-q", path); err != nil {
+		return fmt.Errorf("bundle verify: %w (upstream may lack its prerequisites: fetch and push again)", err)
+	}
+	c := h.mirror.Command(ctx, "index-pack", "--stdin", "--fix-thin", "--strict")
+	c.Stdin = pack
+	c.Stdout = io.Discard
+	if err := c.Run(); err != nil {
+		return fmt.Errorf("check objects: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,281 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/git-relay/git-relay/internal/keyring"
+	"github.com/git-relay/git-relay/internal/payload"
+	"github.com/git-relay/git-relay/internal/seal"
+	"github.com/git-relay/git-relay/internal/wire"
+)
+
+// A fetch is a session too: the server builds a bundle of what the client
+// wants minus what it has, seals it into chunks on disk, and the client
+// downloads them one signed response at a time, resuming where it left off.
+
+type fetchState struct {
+	Phase   string    `json:"phase"` // preparing | ready | failed
+	Message string    `json:"message,omitempty"`
+	KeyID   string    `json:"keyId"`
+	Created time.Time `json:"created"`
+}
+
+func (s *Server) fetchDir(id string) string { return filepath.Join(s.cfg.DataDir, "fetches", id) }
+
+func (s *Server) handleFetchCreate(c *call) {
+	var req wire.FetchRequest
+	if err := json.Unmarshal(c.body, &req); err != nil {
+		c.failErr(badRequest("decode fetch request: %v", err))
+		return
+	}
+	h, err := s.openRepo(req.Repo)
+	if err != nil {
+		c.failErr(err)
+		return
+	}
+	if len(req.Wants) == 0 || len(req.Wants) > 100000 || len(req.Haves) > 100000 {
+		c.failErr(badRequest("a fetch wants 1 to 100000 objects and has at most 100000"))
+		return
+	}
+	for _, id := range append(append([]string{}, req.Wants...), req.Haves...) {
+		if !validOID(id) {
+			c.failErr(badRequest("invalid object id %q", id))
+			return
+		}
+	}
+	maxBody := s.cfg.MaxBody
+	if req.MaxBody > 0 && req.MaxBody < maxBody {
+		maxBody = req.MaxBody
+	}
+	if maxBody < 64<<10 {
+		c.failErr(badRequest("maxBody %d is too small", maxBody))
+		return
+	}
+	if _, err := s.list(c.r.Context(), h); err != nil {
+		c.failErr(err)
+		return
+	}
+	id := newID()
+	dir := s.fetchDir(id)
+	if err := os.MkdirAll(filepath.Join(dir, "chunks"), 0o700); err != nil {
+		c.failErr(err)
+		return
+	}
+	st := fetchState{Phase: "preparing", KeyID: c.key.ID, Created: time.Now().UTC()}
+	if err := saveJSON(filepath.Join(dir, "state.json"), st); err != nil {
+		c.failErr(err)
+		return
+	}
+	s.work.Add(1)
+	go func() {
+		defer s.work.Done()
+		raw, err := s.prepareFetch(context.Background(), h, id, c.key, req, maxBody)
+		if err != nil {
+			st.Phase, st.Message = "failed", s.redactor(err.Error())
+			s.log.Warn("fetch failed", "session", id, "repo", req.Repo, "err", st.Message)
+		} else {
+			if err := writeFileAtomic(filepath.Join(dir, "manifest.json"), raw); err != nil {
+				st.Phase, st.Message = "failed", err.Error()
+			} else {
+				st.Phase = "ready"
+			}
+		}
+		_ = saveJSON(filepath.Join(dir, "state.json"), st)
+	}()
+	c.reply(http.StatusOK, wire.Session{Session: id})
+}
+
+// prepareFetch builds, compresses and seals the bundle, and returns the
+// manifest's bytes.
+func (s *Server) prepareFetch(ctx context.Context, h *repoHandle, id string, key keyring.Key, req wire.FetchRequest, maxBody int64) ([]byte, error) {
+	unlock := s.repoLocks.lock(h.name)
+	err := s.refresh(ctx, h)
+	if err != nil {
+		unlock()
+		return nil, err
+	}
+	dir := s.fetchDir(id)
+	bundlePath := filepath.Join(dir, "bundle")
+	empty, err := s.bundleFor(ctx, h, id, req, bundlePath)
+	unlock()
+	if err != nil {
+		return nil, err
+	}
+	salt := make([]byte, 32)
+	if _, err := rand.Read(salt); err != nil {
+		return nil, err
+	}
+	m := wire.FetchManifest{Version: 1, Session: id, Repo: req.Repo, Salt: hex.EncodeToString(salt), Compression: wire.CompressNone}
+	if empty {
+		return json.Marshal(m)
+	}
+	defer os.Remove(bundlePath)
+	p, err := payload.Prepare(bundlePath, dir)
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+	m.Compression, m.BundleSize, m.BundleHash, m.PayloadSize = p.Compression, p.BundleSize, p.BundleHash, p.PayloadSize
+	m.ChunkSize = payload.ChunkSize(maxBody)
+	m.Chunks = seal.Chunks(p.PayloadSize, m.ChunkSize)
+	raw, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	st, err := seal.New(key, keyring.LabelFetchPayload, salt, wire.ManifestHash(raw), m.Chunks)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p.Path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	err = st.SealAll(f, m.ChunkSize, func(i uint32, sealed []byte) error {
+		return writeFileAtomic(filepath.Join(dir, "chunks", fmt.Sprintf("%08d", i)), sealed)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("seal fetch payload: %w", err)
+	}
+	return raw, nil
+}
+
+// bundleFor writes a bundle of req.Wants minus everything reachable from
+// the haves that the mirror knows. It reports empty when the client
+// already has everything.
+func (s *Server) bundleFor(ctx context.Context, h *repoHandle, id string, req wire.FetchRequest, path string) (bool, error) {
+	var check strings.Builder
+	for _, w := range req.Wants {
+		check.WriteString(w + "\n")
+	}
+	for _, hv := range req.Haves {
+		check.WriteString(hv + "\n")
+	}
+	out, err := h.mirror.RunInput(ctx, strings.NewReader(check.String()), "cat-file", "--batch-check=%(objectname) %(objecttype)")
+	if err != nil {
+		return false, err
+	}
+	known := map[string]bool{}
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[1] != "missing" {
+			known[f[0]] = true
+		}
+	}
+	for _, w := range req.Wants {
+		if !known[w] {
+			return false, notFound("upstream %s has no object %s (it may have moved: fetch again)", h.name, w)
+		}
+	}
+	// Bundle from temporary refs: git records raw ids badly in a bundle.
+	prefix := "refs/relay-fetch/" + id + "/"
+	var revs strings.Builder
+	var tmpRefs []string
+	for i, w := range req.Wants {
+		ref := prefix + strconv.Itoa(i)
+		if _, err := h.mirror.Run(ctx, "update-ref", "--no-deref", ref, w); err != nil {
+			return false, err
+		}
+		tmpRefs = append(tmpRefs, ref)
+		revs.WriteString(ref + "\n")
+	}
+	defer func() {
+		var del strings.Builder
+		for _, r := range tmpRefs {
+			del.WriteString("delete " + r + "\n")
+		}
+		_, _ = h.mirror.RunInput(context.Background(), strings.NewReader(del.String()), "update-ref", "--stdin")
+	}()
+	var not strings.Builder
+	for _, hv := range req.Haves {
+		if known[hv] {
+			not.WriteString("^" + hv + "\n")
+			revs.WriteString("^" + hv + "\n")
+		}
+	}
+	// Is anything missing on the client's side at all?
+	args := append([]string{"rev-list", "--objects", "-n", "1", "--stdin"}, []string{}...)
+	missing, err := h.mirror.RunInput(ctx, strings.NewReader(strings.Join(req.Wants, "\n")+"\n"+not.String()), args...)
+	if err != nil {
+		return false, err
+	}
+	if strings.TrimSpace(missing) == "" {
+		return true, nil
+	}
+	if _, err := h.mirror.RunInput(ctx, strings.NewReader(revs.String()), "bundle", "create", "-q", path, "--stdin"); err != nil {
+		return false, fmt.Errorf("create bundle: %w", err)
+	}
+	return false, nil
+}
+
+func (s *Server) loadFetch(id string, key keyring.Key) (fetchState, string, error) {
+	if !sessRE.MatchString(id) {
+		return fetchState{}, "", badRequest("invalid session id")
+	}
+	dir := s.fetchDir(id)
+	var st fetchState
+	b, err := os.ReadFile(filepath.Join(dir, "state.json"))
+	if err != nil || json.Unmarshal(b, &st) != nil || st.KeyID != key.ID {
+		return fetchState{}, "", notFound("no such fetch session %s (it may have expired)", id)
+	}
+	return st, dir, nil
+}
+
+func (s *Server) handleFetchStatus(c *call) {
+	st, dir, err := s.loadFetch(c.r.URL.Query().Get("session"), c.key)
+	if err != nil {
+		c.failErr(err)
+		return
+	}
+	out := wire.FetchStatus{Phase: st.Phase, Message: st.Message}
+	if st.Phase == "ready" {
+		raw, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
+		if err != nil {
+			c.failErr(err)
+			return
+		}
+		out.Ready, out.Manifest = true, raw
+	}
+	c.reply(http.StatusOK, out)
+}
+
+func (s *Server) handleFetchChunk(c *call) {
+	q := c.r.URL.Query()
+	st, dir, err := s.loadFetch(q.Get("session"), c.key)
+	if err != nil {
+		c.failErr(err)
+		return
+	}
+	if st.Phase != "ready" {
+		c.failErr(conflict("fetch session is %s", st.Phase))
+		return
+	}
+	idx, err := strconv.ParseUint(q.Get("index"), 10, 32)
+	if err != nil {
+		c.failErr(badRequest("invalid chunk index %q", q.Get("index")))
+		return
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "chunks", fmt.Sprintf("%08d", idx)))
+	if err != nil {
+		c.failErr(notFound("no chunk %d", idx))
+		return
+	}
+	c.reply(http.StatusOK, b)
+}
+
+func saveJSON(path string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, b)
+}

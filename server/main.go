@@ -1,0 +1,141 @@
+// Package server is the relay: the only machine that reaches the external
+// git host. It authenticates every request with the shared key, takes
+// pushes as sessions of sealed chunks, checks the bundle they carry, and
+// streams its pack into upstream's receive-pack as a compare-and-swap on the
+// ids the client saw. It also builds sealed bundles for fetches from a
+// mirror of upstream that it keeps fresh.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/alecthomas/kong"
+
+	"github.com/git-relay/git-relay/internal/keyring"
+)
+
+// Main runs git-relay-server with os.Args and returns the exit status.
+func Main() int {
+	return run(os.Args[1:], os.Stdout, os.Stderr)
+}
+
+type cli struct {
+	Keygen keygenCmd `cmd:"" help:"Print a new shared key (one line) for relay.keyFile and --key-file."`
+	Serve  serveCmd  `cmd:"" help:"Run the relay server."`
+}
+
+type keygenCmd struct{}
+
+func (keygenCmd) Run(s *streams) error {
+	k, err := keyring.Generate()
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(s.Stdout, k.String())
+	return err
+}
+
+type serveCmd struct {
+	Listen      string `default:"127.0.0.1:8080" help:"Address to listen on (host:port; port 0 picks a free one)."`
+	DataDir     string `required:"" type:"path" help:"Folder for sessions and upstream mirrors."`
+	KeyFile     string `required:"" type:"existingfile" help:"Shared key file (one or more keys from 'git-relay-server keygen', one per line)."`
+	Upstream    string `default:"https://github.com/{repo}.git" help:"Upstream URL template; {repo} becomes owner/repo. file:// works too."`
+	TokenFile   string `type:"existingfile" help:"File holding the upstream token (default: $GITHUB_TOKEN)."`
+	MaxBody     int64  `default:"4500000" help:"Largest request or response body in bytes."`
+	AllowForce  bool   `help:"Allow forced (non-fast-forward) pushes."`
+	MaxPushSize int64  `default:"4294967296" help:"Largest push payload in bytes."`
+	SessionTTL  string `default:"24h" help:"How long an unfinished session is kept."`
+	MaxSessions int    `default:"64" help:"Most unfinished push sessions at once, per key."`
+}
+
+func (c *serveCmd) Run(s *streams) error {
+	token := os.Getenv("GITHUB_TOKEN")
+	if c.TokenFile != "" {
+		b, err := os.ReadFile(c.TokenFile)
+		if err != nil {
+			return fmt.Errorf("read token file: %w", err)
+		}
+		token = string(trimSpace(b))
+	}
+	ring, err := keyring.ReadFile(c.KeyFile)
+	if err != nil {
+		return err
+	}
+	cfg := Config{
+		Listen:      c.Listen,
+		DataDir:     c.DataDir,
+		Ring:        ring,
+		Upstream:    c.Upstream,
+		Token:       token,
+		MaxBody:     c.MaxBody,
+		AllowForce:  c.AllowForce,
+		MaxPushSize: c.MaxPushSize,
+		SessionTTL:  c.SessionTTL,
+		MaxSessions: c.MaxSessions,
+		Log:         s.Stderr,
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	return Serve(ctx, cfg)
+}
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == ' ') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	var c cli
+	exit := -1
+	parser, err := kong.New(&c,
+		kong.Name("git-relay-server"),
+		kong.Description("The git relay: takes sealed bundles from git-remote-relay and pushes them upstream, and serves fetches."),
+		kong.UsageOnError(),
+		kong.Writers(stdout, stderr),
+		kong.Exit(func(code int) { exit = code; panic(exitPanic{}) }),
+	)
+	if err != nil {
+		fmt.Fprintln(stderr, "git-relay-server:", err)
+		return 2
+	}
+	code := func() (code int) {
+		defer func() {
+			if r := recover(); r != nil {
+				if _, ok := r.(exitPanic); ok {
+					code = exit
+					return
+				}
+				panic(r)
+			}
+		}()
+		kctx, err := parser.Parse(args)
+		if err != nil {
+			fmt.Fprintln(stderr, "git-relay-server:", err)
+			return 2
+		}
+		if err := kctx.Run(&streams{Stdout: stdout, Stderr: stderr}); err != nil {
+			fmt.Fprintln(stderr, "git-relay-server:", err)
+			if errors.Is(err, errUsage) {
+				return 2
+			}
+			return 1
+		}
+		return 0
+	}()
+	return code
+}
+
+type exitPanic struct{}
+
+var errUsage = errors.New("usage")
+
+// streams are the command's standard output and error, bound into every Run.
+type streams struct{ Stdout, Stderr io.Writer }
