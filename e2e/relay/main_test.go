@@ -1,0 +1,31 @@
+package relay
+
+import (
+	"os"
+	"testing"
+
+	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/git-relay/git-relay/helper"
+	"github.com/git-relay/git-relay/server"
+)
+
+// TestMain turns the test binary into git-remote-relay or git-relay-server
+// when a script runs it under that name; testscript puts both names on the
+// scripts' PATH, so `git push relay::…` finds the real helper.
+func TestMain(m *testing.M) {
+	testscript.Main(m, map[string]func(){
+		"git-remote-relay": func() { os.Exit(helper.Main()) },
+		"git-relay-server": func() { os.Exit(server.Main()) },
+	})
+}
+
+// TestRelay runs the push scripts (issue 2) and the harness's own checks.
+func TestRelay(t *testing.T) {
+	testscript.Run(t, params("testdata"))
+}
+
+// TestRelayFetch runs the fetch, clone and rest-of-push scripts (issue 4).
+func TestRelayFetch(t *testing.T) {
+	testscript.Run(t, params("testdata/fetch"))
+}
