@@ -1,0 +1,468 @@
+package sidecar
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/git-relay/git-relay/internal/gitx"
+	"github.com/git-relay/git-relay/internal/sshx"
+)
+
+// open finds the repository and reads the sidecar configuration.
+func (a *app) open() (*repo, sidecarConfig, error) {
+	r, err := openRepo(a.ctx, a.dir)
+	if err != nil {
+		return nil, sidecarConfig{}, err
+	}
+	cfg, err := r.loadConfig(a.ctx)
+	if err != nil {
+		return nil, sidecarConfig{}, err
+	}
+	return r, cfg, nil
+}
+
+// newEngine prepares a sync of sidecar name; the caller holds the lock
+// (or only reads) and closes the transport.
+func (a *app) newEngine(r *repo, cfg sidecarConfig, name string, acceptNew bool) (*engine, error) {
+	d, err := ParseDest(cfg.dests[name], r.top)
+	if err != nil {
+		return nil, fmt.Errorf("sidecar %q: %w", name, err)
+	}
+	st, err := r.loadState(name)
+	if err != nil {
+		return nil, err
+	}
+	e := &engine{r: r, name: name, dest: d, st: st, logf: a.logf}
+	if d.Local {
+		e.tr = localTransport{}
+	} else {
+		opts := sshx.Options{AcceptNew: acceptNew}
+		if a.verbose {
+			opts.Log = a.stderr
+		}
+		e.tr = &sshTransport{dest: d, opts: opts}
+	}
+	return e, nil
+}
+
+type addCmd struct {
+	Name string `arg:"" help:"Name of the sidecar (letters, digits, '.', '_', '-')."`
+	Dest string `arg:"" help:"Workspace: ssh://[user@]host[:port]/path, [user@]host:path, or a local path."`
+}
+
+func (c *addCmd) Run(a *app) error {
+	if err := checkName(c.Name); err != nil {
+		return err
+	}
+	r, cfg, err := a.open()
+	if err != nil {
+		return err
+	}
+	d, err := ParseDest(c.Dest, a.dir)
+	if err != nil {
+		return err
+	}
+	if old, ok := cfg.dests[c.Name]; ok {
+		return fmt.Errorf("sidecar %q already exists (%s); remove it first with `git sidecar remove %s`", c.Name, old, c.Name)
+	}
+	stored := c.Dest
+	if d.Local {
+		if inside(d.Path, r.top) {
+			return fmt.Errorf("bad DEST %q: the workspace would be inside this repository (%s); choose a folder outside it", c.Dest, r.top)
+		}
+		stored = d.Path
+	}
+	if _, err := r.git.Run(a.ctx, "config", "--", "sidecar."+c.Name+".dest", stored); err != nil {
+		return fmt.Errorf("save sidecar %q: %w", c.Name, err)
+	}
+	if cfg.active == "" || cfg.dests[cfg.active] == "" {
+		if _, err := r.git.Run(a.ctx, "config", "sidecar.active", c.Name); err != nil {
+			return fmt.Errorf("make %q the active sidecar: %w", c.Name, err)
+		}
+	}
+	fmt.Fprintf(a.stderr, "added sidecar %q -> %s; run `git sidecar setup` to bootstrap it\n", c.Name, d.Display())
+	return nil
+}
+
+// inside reports whether path is dir or below it (after resolving
+// symlinks where the paths exist).
+func inside(path, dir string) bool {
+	resolve := func(p string) string {
+		if r, err := filepath.EvalSymlinks(p); err == nil {
+			return r
+		}
+		// The path may not exist yet: resolve its nearest existing parent.
+		parent, base := filepath.Split(filepath.Clean(p))
+		if parent != "" && parent != p {
+			if r, err := filepath.EvalSymlinks(filepath.Clean(parent)); err == nil {
+				return filepath.Join(r, base)
+			}
+		}
+		return p
+	}
+	p, d := resolve(path), resolve(dir)
+	rel, err := filepath.Rel(d, p)
+	return err == nil && (rel == "." || (!strings.HasPrefix(rel, "../") && rel != ".."))
+}
+
+type useCmd struct {
+	Name string `arg:"" help:"Sidecar to make active."`
+}
+
+func (c *useCmd) Run(a *app) error {
+	r, cfg, err := a.open()
+	if err != nil {
+		return err
+	}
+	if _, err := cfg.pick(c.Name); err != nil {
+		return err
+	}
+	if _, err := r.git.Run(a.ctx, "config", "sidecar.active", c.Name); err != nil {
+		return fmt.Errorf("make %q the active sidecar: %w", c.Name, err)
+	}
+	fmt.Fprintf(a.stderr, "active sidecar: %q\n", c.Name)
+	return nil
+}
+
+type listCmd struct{}
+
+func (c *listCmd) Run(a *app) error {
+	_, cfg, err := a.open()
+	if err != nil {
+		return err
+	}
+	names := cfg.names()
+	if len(names) == 0 {
+		fmt.Fprintln(a.stderr, "no sidecars; add one with `git sidecar add NAME DEST`")
+		return nil
+	}
+	active, _ := cfg.pick("")
+	for _, n := range names {
+		mark := " "
+		if n == active {
+			mark = "*"
+		}
+		fmt.Fprintf(a.stdout, "%s %s\t%s\n", mark, n, cfg.dests[n])
+	}
+	return nil
+}
+
+type removeCmd struct {
+	Name string `arg:"" help:"Sidecar to forget."`
+}
+
+func (c *removeCmd) Run(a *app) error {
+	r, cfg, err := a.open()
+	if err != nil {
+		return err
+	}
+	if _, err := cfg.pick(c.Name); err != nil {
+		return err
+	}
+	l, err := waitLock(a.ctx, r.stateDir(c.Name), a.stderr)
+	if err != nil {
+		return err
+	}
+	defer l.unlock()
+	if _, err := r.git.Run(a.ctx, "config", "--remove-section", "sidecar."+c.Name); err != nil {
+		return fmt.Errorf("remove sidecar %q: %w", c.Name, err)
+	}
+	if cfg.active == c.Name {
+		_, _ = r.git.Run(a.ctx, "config", "--unset", "sidecar.active")
+	}
+	refs, _ := r.git.Run(a.ctx, "for-each-ref", "--format=%(refname)", "refs/sidecar/"+c.Name+"/")
+	for _, ref := range strings.Fields(refs) {
+		_, _ = r.git.Run(a.ctx, "update-ref", "-d", ref)
+	}
+	if err := os.RemoveAll(r.stateDir(c.Name)); err != nil {
+		return fmt.Errorf("remove the state of sidecar %q: %w", c.Name, err)
+	}
+	fmt.Fprintf(a.stderr, "removed sidecar %q; its workspace %s was left as it is\n", c.Name, cfg.dests[c.Name])
+	return nil
+}
+
+type setupCmd struct {
+	Name      string `arg:"" optional:"" help:"Sidecar to bootstrap (default: the active one)."`
+	AcceptNew bool   `help:"Trust the SSH host key on first contact and record it in ~/.ssh/known_hosts."`
+}
+
+func (c *setupCmd) Run(a *app) error {
+	res, name, err := a.syncOnce(c.Name, true, c.AcceptNew)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(a.stderr, res.summary(name))
+	return nil
+}
+
+type syncCmd struct {
+	Name       string `arg:"" optional:"" help:"Sidecar to sync (default: the active one)."`
+	AcceptNew  bool   `help:"Trust the SSH host key on first contact and record it in ~/.ssh/known_hosts."`
+	Background bool   `hidden:"" help:"Run as the hooks' background worker: coalesce pending syncs, log instead of printing."`
+}
+
+func (c *syncCmd) Run(a *app) error {
+	if c.Background {
+		return a.backgroundSync(c.Name)
+	}
+	res, name, err := a.syncOnce(c.Name, false, c.AcceptNew)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(a.stderr, res.summary(name))
+	return nil
+}
+
+// syncOnce takes the lock and syncs, recording the outcome in the state.
+func (a *app) syncOnce(name string, force, acceptNew bool) (*syncResult, string, error) {
+	e, err := a.prepare(name, acceptNew)
+	if err != nil {
+		return nil, "", err
+	}
+	defer e.tr.close()
+	res, err := a.lockedSync(e, force)
+	return res, e.name, err
+}
+
+// prepare finds the repository and the sidecar and makes its engine. The
+// caller closes e.tr.
+func (a *app) prepare(name string, acceptNew bool) (*engine, error) {
+	r, cfg, err := a.open()
+	if err != nil {
+		return nil, err
+	}
+	if name, err = cfg.pick(name); err != nil {
+		return nil, err
+	}
+	return a.newEngine(r, cfg, name, acceptNew)
+}
+
+// lockedSync takes the lock, syncs and saves the outcome.
+func (a *app) lockedSync(e *engine, force bool) (*syncResult, error) {
+	dir := e.r.stateDir(e.name)
+	l, err := waitLock(a.ctx, dir, a.stderr)
+	if err != nil {
+		return nil, err
+	}
+	defer l.unlock()
+	// This sync covers whatever a hook asked for until now.
+	_ = os.Remove(dirtyPath(dir))
+	// Another sync may have run while we waited.
+	if e.st, err = e.r.loadState(e.name); err != nil {
+		return nil, err
+	}
+	return a.syncAndRecord(e, force)
+}
+
+// syncAndRecord runs one sync (lock held) and saves the outcome.
+func (a *app) syncAndRecord(e *engine, force bool) (*syncResult, error) {
+	name := e.name
+	e.sent = 0
+	res, err := e.sync(a.ctx, force)
+	st := e.st
+	now := time.Now()
+	if res != nil && res.Backup != "" {
+		fmt.Fprintf(a.stderr, "sidecar %q: the workspace had %d file(s) that differed from what was last synced; kept them in %s in the workspace repository before syncing (see them with `git show --stat %s` there)\n",
+			name, res.BackupFiles, res.Backup, res.Backup)
+	}
+	if res != nil && res.FetchError != "" && res.Via == "bundle" {
+		fmt.Fprintf(a.stderr, "sidecar %q: the workspace could not fetch origin (%s); sent the history as a bundle instead\n", name, res.FetchError)
+	}
+	if err != nil {
+		st.LastError = gitx.Sanitize(err.Error())
+		st.LastErrorAt = now
+	} else {
+		st.LastError = ""
+		st.LastErrorAt = time.Time{}
+	}
+	if res != nil {
+		st.LastSync = now
+		st.LastMode = res.Mode
+		st.LastDurationMS = res.Duration.Milliseconds()
+		st.LastBytes = e.sent
+		st.LastFiles = res.Files
+	}
+	if serr := e.r.saveState(name, st); serr != nil && err == nil {
+		err = serr
+	}
+	return res, err
+}
+
+type statusCmd struct {
+	Name      string `arg:"" optional:"" help:"Sidecar to show (default: the active one)."`
+	Offline   bool   `help:"Do not contact the workspace; compare with what the last sync verified."`
+	Wait      bool   `help:"First wait for a running or pending background sync to finish."`
+	AcceptNew bool   `help:"Trust the SSH host key on first contact and record it in ~/.ssh/known_hosts."`
+}
+
+func (c *statusCmd) Run(a *app) error {
+	r, cfg, err := a.open()
+	if err != nil {
+		return err
+	}
+	name, err := cfg.pick(c.Name)
+	if err != nil {
+		return err
+	}
+	dir := r.stateDir(name)
+	if c.Wait {
+		for busy(dir) {
+			select {
+			case <-a.ctx.Done():
+				return a.ctx.Err()
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	e, err := a.newEngine(r, cfg, name, c.AcceptNew)
+	if err != nil {
+		return err
+	}
+	defer e.tr.close()
+	st := e.st
+	w := a.stdout
+	fmt.Fprintf(w, "sidecar:   %s -> %s\n", name, e.dest.Display())
+	if st.Baseline == "" {
+		fmt.Fprintln(w, "baseline:  none (not set up; run `git sidecar setup`)")
+	} else {
+		br := strings.TrimPrefix(st.Branch, "refs/heads/")
+		if br == "" {
+			br = "a detached HEAD"
+		}
+		fmt.Fprintf(w, "baseline:  %s on %s (bootstrapped %s via %s)\n", short(st.Baseline), br, ago(st.BootstrappedAt), st.BootstrapVia)
+	}
+	if st.LastSync.IsZero() {
+		fmt.Fprintln(w, "last sync: never")
+	} else {
+		fmt.Fprintf(w, "last sync: %s (%s, %d file(s), %d bytes sent, %dms)\n", ago(st.LastSync), st.LastMode, st.LastFiles, st.LastBytes, st.LastDurationMS)
+	}
+	state := a.statusLine(r, e, c.Offline)
+	if busy(dir) {
+		state += " (a background sync is running or pending)"
+	}
+	fmt.Fprintf(w, "state:     %s\n", state)
+	if st.LastError != "" {
+		fmt.Fprintf(w, "last error: %s: %s\n", ago(st.LastErrorAt), st.LastError)
+	} else {
+		fmt.Fprintln(w, "last error: none")
+	}
+	if st.LastBackup != "" {
+		fmt.Fprintf(w, "backup:    %s (workspace edits kept %s)\n", st.LastBackup, ago(st.LastBackupAt))
+	}
+	if ev, at := lastHook(dir); ev != "" {
+		fmt.Fprintf(w, "last hook: %s %s\n", ev, ago(at))
+	}
+	return nil
+}
+
+// statusLine answers "is the workspace current?".
+func (a *app) statusLine(r *repo, e *engine, offline bool) string {
+	st := e.st
+	if st.Applied == "" {
+		if st.Mismatch != "" {
+			return "NOT in sync: the last sync did not verify (" + st.Mismatch + "); the next sync rebuilds the workspace"
+		}
+		return "NOT in sync: never synced"
+	}
+	idx := filepath.Join(r.stateDir(e.name), fmt.Sprintf("index.status.%d", os.Getpid()))
+	defer os.Remove(idx)
+	local, err := r.snapshot(a.ctx, idx)
+	if err != nil {
+		return "unknown: " + err.Error()
+	}
+	remote := ""
+	if !offline {
+		var stdout, stderr strings.Builder
+		if err := e.tr.run(a.ctx, checkScript(e.dest), nil, &stdout, &stderr); err != nil {
+			return "unknown: cannot reach the workspace: " + remoteError("check the workspace", err, stderr.String()).Error()
+		}
+		out := parseReply(stdout.String())
+		if _, ok := out.first("missing"); ok {
+			return "NOT in sync: the workspace is missing; run `git sidecar setup`"
+		}
+		remote, _ = out.first("tree")
+	}
+	switch {
+	case remote != "" && remote != st.Applied:
+		return "NOT in sync: the workspace was edited there since the last sync; the next sync keeps those edits under refs/sidecar/backup/ and resets it"
+	case local != st.Applied:
+		return "behind: the work tree changed since the last sync; run `git sidecar sync`"
+	case offline:
+		return "in sync (as of the last sync; not checked now)"
+	default:
+		return "in sync"
+	}
+}
+
+func ago(t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	d := time.Since(t)
+	switch {
+	case d < time.Second:
+		return "just now"
+	case d < time.Minute:
+		return fmt.Sprintf("%ds ago", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm ago", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%dh ago", int(d.Hours()))
+	}
+	return t.Format("2006-01-02 15:04")
+}
+
+type execCmd struct {
+	Args      []string `arg:"" optional:"" passthrough:"" help:"[NAME] -- CMD...: the sidecar (default: the active one), then the command."`
+	AcceptNew bool     `help:"Trust the SSH host key on first contact and record it in ~/.ssh/known_hosts."`
+	NoSync    bool     `help:"Run CMD without syncing first."`
+}
+
+func (c *execCmd) Run(a *app) error {
+	name := ""
+	argv := c.Args
+	if a.hasTail {
+		if len(c.Args) > 1 {
+			return fmt.Errorf("exec takes at most one NAME before --, got %q", c.Args)
+		}
+		if len(c.Args) == 1 {
+			name = c.Args[0]
+		}
+		argv = a.tail
+	}
+	if len(argv) == 0 {
+		return errors.New("exec needs a command: git sidecar exec [NAME] -- CMD...")
+	}
+	e, err := a.prepare(name, c.AcceptNew)
+	if err != nil {
+		return err
+	}
+	defer e.tr.close()
+	if !c.NoSync {
+		res, err := a.lockedSync(e, false)
+		if err != nil {
+			return err
+		}
+		a.logf("%s", res.summary(e.name))
+	}
+	// Run in the same subfolder of the workspace as we are in here.
+	prefix, err := gitx.Repo{Dir: a.dir}.Run(a.ctx, "rev-parse", "--show-prefix")
+	if err != nil {
+		prefix = ""
+	}
+	err = e.tr.run(a.ctx, execScript(e.dest, strings.TrimSuffix(prefix, "/"), argv), a.stdin, a.stdout, a.stderr)
+	var exit *sshx.ExitError
+	if errors.As(err, &exit) {
+		return exitCode(exit.Status)
+	}
+	return err
+}
+
+type hooksCmd struct {
+	Install   hooksInstallCmd   `cmd:"" help:"Install post-commit, post-checkout, post-merge and post-rewrite hooks (existing hooks keep running)."`
+	Uninstall hooksUninstallCmd `cmd:"" help:"Remove our hooks and put back the ones they chained to."`
+}

@@ -1,0 +1,225 @@
+package sidecar
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/git-relay/git-relay/hooks"
+	"github.com/git-relay/git-relay/internal/gitx"
+)
+
+// hooksDir is where git looks for hooks: `git rev-parse --git-path hooks`
+// honours core.hooksPath.
+func (r *repo) hooksDir(a *app) (string, error) {
+	p, err := r.git.Run(a.ctx, "rev-parse", "--git-path", "hooks")
+	if err != nil {
+		return "", fmt.Errorf("find the hooks folder: %w", err)
+	}
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(r.top, p)
+	}
+	return p, nil
+}
+
+type hooksInstallCmd struct{}
+
+func (c *hooksInstallCmd) Run(a *app) error {
+	r, err := openRepo(a.ctx, a.dir)
+	if err != nil {
+		return err
+	}
+	dir, err := r.hooksDir(a)
+	if err != nil {
+		return err
+	}
+	changes, err := hooks.Install(dir)
+	for _, ch := range changes {
+		switch ch.What {
+		case "chained":
+			fmt.Fprintf(a.stderr, "%s: installed; the existing hook was kept as %s%s and still runs first\n", ch.Name, ch.Name, hooks.Suffix)
+		default:
+			fmt.Fprintf(a.stderr, "%s: %s\n", ch.Name, ch.What)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(a.stderr, "hooks in %s now sync the active sidecar in the background; see `git sidecar status`\n", dir)
+	return nil
+}
+
+type hooksUninstallCmd struct{}
+
+func (c *hooksUninstallCmd) Run(a *app) error {
+	r, err := openRepo(a.ctx, a.dir)
+	if err != nil {
+		return err
+	}
+	dir, err := r.hooksDir(a)
+	if err != nil {
+		return err
+	}
+	changes, err := hooks.Uninstall(dir)
+	for _, ch := range changes {
+		switch ch.What {
+		case "restored":
+			fmt.Fprintf(a.stderr, "%s: removed; the hook it chained to is back\n", ch.Name)
+		case "foreign":
+			fmt.Fprintf(a.stderr, "%s: not ours, left alone\n", ch.Name)
+		case "absent":
+		default:
+			fmt.Fprintf(a.stderr, "%s: %s\n", ch.Name, ch.What)
+		}
+	}
+	return err
+}
+
+// hookCmd is what the installed hooks run. It must return at once: it
+// marks the sidecar dirty and starts a detached worker, which coalesces
+// whatever piles up while it runs.
+type hookCmd struct {
+	Event string   `arg:"" help:"The hook that fired."`
+	Args  []string `arg:"" optional:"" passthrough:"" help:"The hook's arguments."`
+}
+
+func (c *hookCmd) Run(a *app) error {
+	r, cfg, err := a.open()
+	if err != nil {
+		return err
+	}
+	// During a rebase, post-commit (and post-checkout) fire for every
+	// replayed commit on a detached HEAD; post-rewrite fires once at the
+	// end, and that is when we sync.
+	if c.Event != "post-rewrite" && r.rebasing() {
+		return nil
+	}
+	var names []string
+	if n, err := cfg.pick(""); err == nil {
+		names = []string{n}
+	} else {
+		names = cfg.names()
+	}
+	for _, name := range names {
+		st, err := r.loadState(name)
+		if err != nil || st.Dest == "" {
+			continue // never set up: a hook does not bootstrap on its own
+		}
+		dir := r.stateDir(name)
+		_ = os.WriteFile(filepath.Join(dir, "last-hook"), []byte(c.Event+" "+strconv.FormatInt(time.Now().Unix(), 10)+"\n"), 0o644)
+		if err := os.WriteFile(dirtyPath(dir), nil, 0o644); err != nil {
+			return fmt.Errorf("mark sidecar %q for sync: %w", name, err)
+		}
+		if err := startWorker(r, name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *repo) rebasing() bool {
+	for _, d := range []string{"rebase-merge", "rebase-apply"} {
+		if _, err := os.Stat(filepath.Join(r.gitDir, d)); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// startWorker starts `git-sidecar sync --background NAME` in its own
+// session with every descriptor redirected, and does not wait for it.
+func startWorker(r *repo, name string) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find git-sidecar: %w", err)
+	}
+	logPath := filepath.Join(r.stateDir(name), "sync.log")
+	if st, err := os.Stat(logPath); err == nil && st.Size() > 1<<20 {
+		_ = os.Rename(logPath, logPath+".old")
+	}
+	logf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+	if err != nil {
+		return fmt.Errorf("open sync log: %w", err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(exe, "sync", "--background", name)
+	// Named as on PATH, which is also how a test binary standing in for
+	// git-sidecar knows what to run.
+	cmd.Args[0] = "git-sidecar"
+	cmd.Dir = r.top
+	cmd.Env = gitx.CleanEnv(os.Environ())
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start background sync: %w", err)
+	}
+	return cmd.Process.Release()
+}
+
+// backgroundSync is the worker: it syncs while the dirty flag is set and
+// leaves when another worker holds the lock (that one will see the flag).
+func (a *app) backgroundSync(name string) error {
+	r, cfg, err := a.open()
+	if err != nil {
+		return err
+	}
+	if name, err = cfg.pick(name); err != nil {
+		return err
+	}
+	dir := r.stateDir(name)
+	dirty := func() bool {
+		_, err := os.Stat(dirtyPath(dir))
+		return err == nil
+	}
+	for {
+		l, ok, err := tryLock(dir)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return nil
+		}
+		for dirty() {
+			_ = os.Remove(dirtyPath(dir))
+			e, err := a.newEngine(r, cfg, name, false)
+			if err != nil {
+				l.unlock()
+				return err
+			}
+			res, err := a.syncAndRecord(e, false)
+			e.tr.close()
+			stamp := time.Now().Format(time.RFC3339)
+			if err != nil {
+				fmt.Fprintf(a.stderr, "%s sync failed: %v\n", stamp, err)
+			} else {
+				fmt.Fprintf(a.stderr, "%s %s\n", stamp, res.summary(name))
+			}
+		}
+		l.unlock()
+		// A hook that fired just before the unlock found the lock taken
+		// and left its flag for us.
+		if !dirty() {
+			return nil
+		}
+	}
+}
+
+// lastHook reads the last hook event recorded for a sidecar.
+func lastHook(dir string) (string, time.Time) {
+	b, err := os.ReadFile(filepath.Join(dir, "last-hook"))
+	if err != nil {
+		return "", time.Time{}
+	}
+	ev, ts, _ := strings.Cut(strings.TrimSpace(string(b)), " ")
+	n, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return ev, time.Time{}
+	}
+	return ev, time.Unix(n, 0)
+}

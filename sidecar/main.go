@@ -1,0 +1,139 @@
+// Package sidecar is `git sidecar`: it keeps a workspace on another
+// machine (over SSH) or in another folder identical to the local work
+// tree, so that builds and tests can run there while editing happens here.
+//
+// The workspace is a git repository. Setup bootstraps it once from origin
+// (or from a bundle sent over the same connection); after that every sync
+// sends only the difference between the tree last left in the workspace
+// and a snapshot of the work tree, in one remote command, and checks that
+// the workspace ends up with exactly that tree.
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/alecthomas/kong"
+)
+
+// app is what every command gets.
+type app struct {
+	ctx     context.Context
+	dir     string
+	stdin   io.Reader
+	stdout  io.Writer
+	stderr  io.Writer
+	verbose bool
+	// tail is what followed `--` on the command line (exec's command).
+	tail    []string
+	hasTail bool
+}
+
+func (a *app) logf(format string, args ...any) {
+	if a.verbose {
+		fmt.Fprintf(a.stderr, "sidecar: "+format+"\n", args...)
+	}
+}
+
+type cli struct {
+	Verbose bool `short:"v" help:"Say what is being done, on stderr."`
+
+	Add    addCmd    `cmd:"" help:"Add a sidecar NAME whose workspace is DEST: ssh://[user@]host[:port]/path, [user@]host:path or a local path."`
+	Use    useCmd    `cmd:"" help:"Make NAME the active sidecar (the one used when no NAME is given)."`
+	List   listCmd   `cmd:"" help:"List the sidecars; * marks the active one."`
+	Remove removeCmd `cmd:"" help:"Forget sidecar NAME and its state here; its workspace is left as it is."`
+	Setup  setupCmd  `cmd:"" help:"Bootstrap the workspace: fetch origin there (or send a bundle), check out the baseline, apply the local changes."`
+	Sync   syncCmd   `cmd:"" help:"Make the workspace equal the work tree; bootstraps again by itself when the baseline is stale."`
+	Status statusCmd `cmd:"" help:"Show the baseline, the last sync, whether the workspace is in sync, and the last error."`
+	Exec   execCmd   `cmd:"" help:"Sync, then run CMD in the workspace and exit with its status: git sidecar exec [NAME] -- CMD..."`
+	Hooks  hooksCmd  `cmd:"" help:"Install or remove the git hooks that sync after every commit, checkout, merge and rebase."`
+	Hook   hookCmd   `cmd:"" hidden:"" help:"Entry point of the installed hooks."`
+}
+
+// exitCode is an error that only sets the exit status (exec's command
+// failed; its output already said why).
+type exitCode int
+
+func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+// Main runs git-sidecar with the process's arguments and returns the exit
+// status.
+func Main() int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	dir, err := os.Getwd()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "git sidecar: find the current folder: %v\n", err)
+		return 1
+	}
+	return Run(ctx, dir, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+}
+
+// kongExit carries kong's exit request (after --help) out of Parse.
+type kongExit int
+
+// Run is Main with its inputs spelled out, for tests.
+func Run(ctx context.Context, dir string, args []string, stdin io.Reader, stdout, stderr io.Writer) (code int) {
+	a := &app{ctx: ctx, dir: dir, stdin: stdin, stdout: stdout, stderr: stderr}
+	// Everything after the first `--` is exec's command, kept away from
+	// kong so that it is passed on untouched.
+	for i, arg := range args {
+		if arg == "--" {
+			a.tail, a.hasTail = args[i+1:], true
+			args = args[:i]
+			break
+		}
+	}
+	var c cli
+	parser, err := kong.New(&c,
+		kong.Name("git sidecar"),
+		kong.Description("Keep a workspace on another machine (or in another folder) identical to this work tree: tracked and untracked-not-ignored files, exec bits, symlinks, deletions."),
+		kong.Writers(stdout, stderr),
+		kong.Exit(func(code int) { panic(kongExit(code)) }),
+		kong.UsageOnError(),
+		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
+	)
+	if err != nil {
+		fmt.Fprintf(stderr, "git sidecar: %v\n", err)
+		return 1
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			if k, ok := r.(kongExit); ok {
+				code = int(k)
+				return
+			}
+			panic(r)
+		}
+	}()
+	kctx, err := parser.Parse(args)
+	if err != nil {
+		fmt.Fprintf(stderr, "git sidecar: %v\n", err)
+		return 2
+	}
+	a.verbose = c.Verbose
+	if a.hasTail && kctx.Command() != "exec" && !strings.HasPrefix(kctx.Command(), "exec ") {
+		fmt.Fprintf(stderr, "git sidecar: unexpected arguments after --: %q\n", a.tail)
+		return 2
+	}
+	err = kctx.Run(a)
+	if err == nil {
+		return 0
+	}
+	var ec exitCode
+	if errors.As(err, &ec) {
+		return int(ec)
+	}
+	if errors.Is(err, context.Canceled) {
+		fmt.Fprintln(stderr, "git sidecar: interrupted")
+		return 130
+	}
+	fmt.Fprintf(stderr, "git sidecar: %v\n", err)
+	return 1
+}

@@ -1,0 +1,95 @@
+package sidecar
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"syscall"
+
+	"github.com/git-relay/git-relay/internal/gitx"
+	"github.com/git-relay/git-relay/internal/sshx"
+)
+
+// transport runs a POSIX sh script where the workspace lives. A non-zero
+// exit is an *sshx.ExitError whatever the transport.
+type transport interface {
+	run(ctx context.Context, script string, stdin io.Reader, stdout, stderr io.Writer) error
+	close() error
+}
+
+// localTransport runs scripts with this machine's sh: the same scripts as
+// over SSH, for workspaces on a local path or a mounted volume.
+type localTransport struct{}
+
+func (localTransport) run(ctx context.Context, script string, stdin io.Reader, stdout, stderr io.Writer) error {
+	cmd := exec.CommandContext(ctx, "sh", "-c", script)
+	// Hooks export GIT_DIR and GIT_INDEX_FILE relative to the local
+	// repository; they must not reach git in the workspace.
+	cmd.Env = gitx.CleanEnv(os.Environ())
+	cmd.Stdout = stdout
+	cmd.Stderr = stderr
+	var in io.WriteCloser
+	if stdin != nil {
+		var err error
+		if in, err = cmd.StdinPipe(); err != nil {
+			return err
+		}
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start sh: %w", err)
+	}
+	if in != nil {
+		// Not waited for: the script may stop reading early.
+		go func() {
+			_, _ = io.Copy(in, stdin)
+			in.Close()
+		}()
+	}
+	err := cmd.Wait()
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		if ws, ok := exit.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return &sshx.ExitError{Status: 128 + int(ws.Signal()), Signal: ws.Signal().String()}
+		}
+		return &sshx.ExitError{Status: exit.ExitCode()}
+	}
+	return fmt.Errorf("run sh: %w", err)
+}
+
+func (localTransport) close() error { return nil }
+
+// sshTransport dials on first use, so that commands which end up not
+// needing the remote never connect, and every later script shares the
+// one connection.
+type sshTransport struct {
+	dest   Dest
+	opts   sshx.Options
+	client *sshx.Client
+}
+
+func (t *sshTransport) run(ctx context.Context, script string, stdin io.Reader, stdout, stderr io.Writer) error {
+	if t.client == nil {
+		c, err := sshx.Dial(ctx, t.dest.Target(), t.opts)
+		if err != nil {
+			return err
+		}
+		t.client = c
+	}
+	return t.client.RunScript(ctx, script, stdin, stdout, stderr)
+}
+
+func (t *sshTransport) close() error {
+	if t.client == nil {
+		return nil
+	}
+	return t.client.Close()
+}
