@@ -131,6 +131,9 @@ fi
 drift=0
 if [ "$cur" != "$expect" ]; then
   drift=1
+  # The workspace's user may have no git identity.
+  GIT_AUTHOR_NAME=git-sidecar GIT_AUTHOR_EMAIL=git-sidecar@localhost GIT_COMMITTER_NAME=git-sidecar GIT_COMMITTER_EMAIL=git-sidecar@localhost
+  export GIT_AUTHOR_NAME GIT_AUTHOR_EMAIL GIT_COMMITTER_NAME GIT_COMMITTER_EMAIL
   if [ -n "$head" ]; then
     c=$(git commit-tree "$cur" -p "$head" -m 'git-sidecar: edits found in the workspace, kept before syncing' </dev/null) || die 'cannot keep the edits found in the workspace'
   else

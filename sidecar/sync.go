@@ -402,12 +402,18 @@ func (e *engine) bootstrap(ctx context.Context, head, branch, tree, reason strin
 	for _, h := range out["has"] {
 		has[h] = true
 	}
+	// The workspace may hold the commits from an earlier fetch or bundle
+	// even when origin cannot be reached now.
+	via := "origin"
+	if v, _ := out.first("fetch"); v != "ok" {
+		via = "workspace"
+	}
 	var base string
 	switch {
 	case has[head]:
-		base, res.Via = head, "origin"
+		base, res.Via = head, via
 	case mb != "" && has[mb]:
-		base, res.Via = mb, "origin"
+		base, res.Via = mb, via
 	default:
 		if err := e.sendBundle(ctx, head, out["tip"]); err != nil {
 			return nil, err

@@ -1,0 +1,81 @@
+// Package sidecar_test drives the real `git sidecar` end to end: testscript
+// scripts for the command line, and Go tests that sync real repositories
+// to workspaces on a local path and behind a real OpenSSH sshd.
+package sidecar_test
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/git-relay/git-relay/internal/sshtest"
+	"github.com/git-relay/git-relay/sidecar"
+)
+
+// TestMain makes this test binary answer as git-sidecar too, and puts it
+// on PATH (testscript.Main does), so `git sidecar` finds it.
+func TestMain(m *testing.M) {
+	testscript.Main(m, map[string]func(){
+		"git-sidecar": func() { os.Exit(sidecar.Main()) },
+	})
+}
+
+// oldGitBin writes, in a folder under dir, a `git` that refuses -C and
+// returns the folder, to put first on PATH: nothing of ours may depend on
+// -C.
+func oldGitBin(dir string) (string, error) {
+	real, err := exec.LookPath("git")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "oldgit")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		return "", err
+	}
+	return bin, os.WriteFile(filepath.Join(bin, "git"), []byte(sshtest.GitWrapper(real)), 0o755)
+}
+
+// hermetic is the environment every git and git-sidecar here runs with.
+func hermetic(home, pathPrefix string) []string {
+	return []string{
+		"HOME=" + home,
+		"XDG_CONFIG_HOME=" + filepath.Join(home, ".config"),
+		"GIT_CONFIG_NOSYSTEM=1",
+		"GIT_TERMINAL_PROMPT=0",
+		"GIT_AUTHOR_NAME=Ada Author", "GIT_AUTHOR_EMAIL=ada@example.com", "GIT_AUTHOR_DATE=2025-01-02T03:04:05Z",
+		"GIT_COMMITTER_NAME=Cy Committer", "GIT_COMMITTER_EMAIL=cy@example.com", "GIT_COMMITTER_DATE=2025-01-02T03:04:05Z",
+		"SSH_AUTH_SOCK=",
+		"PATH=" + pathPrefix + string(os.PathListSeparator) + os.Getenv("PATH"),
+	}
+}
+
+func TestScripts(t *testing.T) {
+	testscript.Run(t, testscript.Params{
+		Dir:                 "testdata",
+		RequireExplicitExec: true,
+		Setup: func(env *testscript.Env) error {
+			home := filepath.Join(env.WorkDir, "home")
+			if err := os.MkdirAll(home, 0o755); err != nil {
+				return err
+			}
+			bin, err := oldGitBin(env.WorkDir)
+			if err != nil {
+				return err
+			}
+			for _, kv := range hermetic(home, bin) {
+				k, v, _ := cut(kv)
+				env.Setenv(k, v)
+			}
+			// A workspace path with spaces, a quote and a command
+			// substitution: none of it may run.
+			env.Setenv("WS", filepath.Join(env.WorkDir, "ws dir it's $(touch pwned) `touch pwned2`"))
+			return nil
+		},
+	})
+}
+
+func cut(kv string) (string, string, bool) { return strings.Cut(kv, "=") }
