@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 
 	"github.com/git-relay/git-relay/internal/gitx"
@@ -28,7 +29,7 @@ func (localTransport) run(ctx context.Context, script string, stdin io.Reader, s
 	cmd := exec.CommandContext(ctx, "sh", "-c", script)
 	// Hooks export GIT_DIR and GIT_INDEX_FILE relative to the local
 	// repository; they must not reach git in the workspace.
-	cmd.Env = gitx.CleanEnv(os.Environ())
+	cmd.Env = workspaceEnv(os.Environ())
 	cmd.Stdout = stdout
 	cmd.Stderr = stderr
 	var in io.WriteCloser
@@ -66,6 +67,33 @@ func (localTransport) run(ctx context.Context, script string, stdin io.Reader, s
 }
 
 func (localTransport) close() error { return nil }
+
+// workspaceEnv is env as the workspace should see it: without the
+// repository-local git variables, and without the exec-path that git puts
+// first on PATH for hooks, so that the workspace runs the user's git.
+func workspaceEnv(env []string) []string {
+	env = gitx.CleanEnv(env)
+	execPath := ""
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "GIT_EXEC_PATH="); ok {
+			execPath = v
+		}
+	}
+	if execPath == "" {
+		return env
+	}
+	out := env[:0]
+	for _, kv := range env {
+		switch {
+		case strings.HasPrefix(kv, "GIT_EXEC_PATH="):
+			continue
+		case strings.HasPrefix(kv, "PATH="):
+			kv = "PATH=" + strings.TrimPrefix(strings.TrimPrefix(kv, "PATH="), execPath+":")
+		}
+		out = append(out, kv)
+	}
+	return out
+}
 
 // sshTransport dials on first use, so that commands which end up not
 // needing the remote never connect, and every later script shares the
