@@ -85,7 +85,8 @@ type Helper struct {
 	pushOptions []string
 	cas         map[string]string
 
-	refs *wire.Refs // upstream's refs, from the last list
+	refs   *wire.Refs // upstream's refs, from the last list
+	config map[string]string
 }
 
 func newHelper(ctx context.Context, name, addr string, stderr io.Writer) (*Helper, error) {
@@ -98,6 +99,9 @@ func newHelper(ctx context.Context, name, addr string, stderr io.Writer) (*Helpe
 		return nil, err
 	}
 	h := &Helper{git: gitx.Repo{GitDir: abs}, cas: map[string]string{}, ui: newUI(stderr)}
+	if err := h.loadConfig(ctx); err != nil {
+		return nil, err
+	}
 	if name != addr && !strings.Contains(name, "::") && !strings.Contains(name, "/") {
 		h.remote = name
 	}
@@ -106,7 +110,7 @@ func newHelper(ctx context.Context, name, addr string, stderr io.Writer) (*Helpe
 		return nil, err
 	}
 	h.repo = repo
-	keyFile := h.setting(ctx, "GIT_RELAY_KEY_FILE", "relayKeyFile", "relay.keyFile", true)
+	keyFile := h.setting("GIT_RELAY_KEY_FILE", "relayKeyFile", "relay.keyFile", true)
 	if keyFile == "" {
 		return nil, errors.New("no relay key: set relay.keyFile (git config --global relay.keyFile ~/relay.key) or GIT_RELAY_KEY_FILE")
 	}
@@ -115,7 +119,7 @@ func newHelper(ctx context.Context, name, addr string, stderr io.Writer) (*Helpe
 		return nil, err
 	}
 	h.maxBdy = wire.DefaultMaxBody
-	if s := h.setting(ctx, "", "relayMaxBody", "relay.maxBody", false); s != "" {
+	if s := h.setting("", "relayMaxBody", "relay.maxBody", false); s != "" {
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil || n < 64<<10 {
 			return nil, fmt.Errorf("relay.maxBody %q: expected a number of bytes, at least 65536", s)
@@ -154,7 +158,7 @@ func (h *Helper) resolveAddress(ctx context.Context, addr string) (string, strin
 	if err := validRepo(repo); err != nil {
 		return "", "", err
 	}
-	base := h.setting(ctx, "GIT_RELAY_URL", "relayUrl", "relay.url", false)
+	base := h.setting("GIT_RELAY_URL", "relayUrl", "relay.url", false)
 	if base == "" {
 		return "", "", errors.New("no relay server configured: set relay.url (git config --global relay.url https://relay.example/api/gr) or GIT_RELAY_URL")
 	}
@@ -172,31 +176,58 @@ func validRepo(repo string) error {
 	return nil
 }
 
+// loadConfig reads git's configuration once; a helper run is short and
+// every git process it starts costs time the user waits for.
+func (h *Helper) loadConfig(ctx context.Context) error {
+	out, err := h.git.Run(ctx, "config", "--list", "-z")
+	if err != nil {
+		var gerr *gitx.Error
+		if errors.As(err, &gerr) && gerr.ExitCode == 1 {
+			// No configuration file at all.
+			h.config = map[string]string{}
+			return nil
+		}
+		return fmt.Errorf("read git config: %w", err)
+	}
+	h.config = map[string]string{}
+	for _, entry := range strings.Split(out, "\x00") {
+		k, v, _ := strings.Cut(entry, "\n")
+		if k != "" {
+			// git prints keys with the section and variable names
+			// lower-cased and the subsection as written; later entries win,
+			// as with `git config --get`.
+			h.config[k] = v
+		}
+	}
+	return nil
+}
+
 // setting reads one setting: the environment variable, then the remote's
-// own key, then the global key.
-func (h *Helper) setting(ctx context.Context, env, remoteKey, globalKey string, path bool) string {
+// own key, then the global key. Keys are matched as git does: section and
+// variable names are case-insensitive, the remote's name is not.
+func (h *Helper) setting(env, remoteKey, globalKey string, path bool) string {
 	if env != "" {
 		if v := os.Getenv(env); v != "" {
 			return expandHome(v)
 		}
 	}
-	args := []string{"config"}
-	if path {
-		args = append(args, "--path")
-	}
+	v := ""
 	if h.remote != "" {
-		if v, err := h.git.Run(ctx, append(args, "--get", "remote."+h.remote+"."+remoteKey)...); err == nil && v != "" {
-			return v
-		}
+		v = h.config["remote."+h.remote+"."+strings.ToLower(remoteKey)]
 	}
-	v, _ := h.git.Run(ctx, append(args, "--get", globalKey)...)
+	if v == "" {
+		v = h.config[strings.ToLower(globalKey)]
+	}
+	if path {
+		v = expandHome(v)
+	}
 	return v
 }
 
 func expandHome(p string) string {
-	if strings.HasPrefix(p, "~/") {
+	if p == "~" || strings.HasPrefix(p, "~/") {
 		if home, err := os.UserHomeDir(); err == nil {
-			return filepath.Join(home, p[2:])
+			return filepath.Join(home, strings.TrimPrefix(p[1:], "/"))
 		}
 	}
 	return p

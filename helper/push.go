@@ -7,11 +7,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/git-relay/git-relay/internal/keyring"
@@ -85,10 +88,6 @@ func (h *Helper) check(ctx context.Context, u *refUpdate) {
 		refuse(quote("the relay pushes only branches (refs/heads/*) and tags (refs/tags/*)"))
 		return
 	}
-	if ok, _ := h.git.Ok(ctx, "check-ref-format", u.Ref); !ok {
-		refuse(quote("invalid ref name"))
-		return
-	}
 	old := h.refs.Refs[u.Ref]
 	if old == "" {
 		old = zeroID
@@ -126,17 +125,22 @@ func (h *Helper) check(ctx context.Context, u *refUpdate) {
 	if old == zeroID {
 		return
 	}
-	if ok, _ := h.git.Ok(ctx, "cat-file", "-e", old); !ok {
-		h.outOfSync(u.Ref, fmt.Sprintf("upstream %s is at %s, which this repository does not have", short(u.Ref), old[:12]))
-		refuse("fetch first")
-		return
-	}
 	if strings.HasPrefix(u.Ref, "refs/tags/") {
+		if ok, _ := h.git.Ok(ctx, "cat-file", "-e", old); !ok {
+			h.outOfSync(u.Ref, fmt.Sprintf("upstream tag %s is at %s, which this repository does not have", short(u.Ref), old[:12]))
+			refuse("fetch first")
+			return
+		}
 		if !u.Force {
 			refuse("already exists")
 			return
 		}
-	} else if ok, _ := h.git.Ok(ctx, "merge-base", "--is-ancestor", old, u.New); !ok {
+	} else if ff, err := h.git.Ok(ctx, "merge-base", "--is-ancestor", old, u.New); err != nil || !ff {
+		if ok, _ := h.git.Ok(ctx, "cat-file", "-e", old); !ok {
+			h.outOfSync(u.Ref, fmt.Sprintf("upstream %s is at %s, which this repository does not have", short(u.Ref), old[:12]))
+			refuse("fetch first")
+			return
+		}
 		if !u.Force {
 			h.outOfSync(u.Ref, fmt.Sprintf("upstream %s is at %s, which %s does not contain", short(u.Ref), old[:12], u.src))
 			refuse("non-fast forward")
@@ -171,7 +175,7 @@ func (h *Helper) send(ctx context.Context, ups []*refUpdate) error {
 	}
 	defer os.RemoveAll(tmpDir)
 
-	bundlePath, err := h.makeBundle(ctx, ups, tmpDir)
+	p, err := h.makeBundle(ctx, ups, tmpDir)
 	if err != nil {
 		return err
 	}
@@ -182,11 +186,7 @@ func (h *Helper) send(ctx context.Context, ups []*refUpdate) error {
 	for _, u := range ups {
 		m.Updates = append(m.Updates, u.Update)
 	}
-	var p *payload.Payload
-	if bundlePath != "" {
-		if p, err = payload.Prepare(bundlePath, tmpDir); err != nil {
-			return fmt.Errorf("prepare bundle: %w", err)
-		}
+	if p != nil {
 		defer p.Close()
 		m.Compression, m.BundleSize, m.BundleHash, m.PayloadSize = p.Compression, p.BundleSize, p.BundleHash, p.PayloadSize
 		m.ChunkSize = payload.ChunkSize(h.maxBdy)
@@ -253,9 +253,10 @@ func (h *Helper) send(ctx context.Context, ups []*refUpdate) error {
 	return nil
 }
 
-// makeBundle writes a bundle of what upstream lacks, or returns "" when
-// upstream already has every object (a ref-only update).
-func (h *Helper) makeBundle(ctx context.Context, ups []*refUpdate, dir string) (string, error) {
+// makeBundle writes a bundle of what upstream lacks and prepares it for
+// sealing, or returns nil when upstream already has every object (a
+// ref-only update).
+func (h *Helper) makeBundle(ctx context.Context, ups []*refUpdate, dir string) (*payload.Payload, error) {
 	var news []string
 	for _, u := range ups {
 		if u.New != zeroID {
@@ -263,7 +264,7 @@ func (h *Helper) makeBundle(ctx context.Context, ups []*refUpdate, dir string) (
 		}
 	}
 	if len(news) == 0 {
-		return "", nil
+		return nil, nil
 	}
 	// Prerequisites: every upstream tip the local repository has, so that
 	// the bundle carries only what upstream lacks.
@@ -279,7 +280,7 @@ func (h *Helper) makeBundle(ctx context.Context, ups []*refUpdate, dir string) (
 	if len(ids) > 0 {
 		out, err := h.git.RunInput(ctx, strings.NewReader(strings.Join(ids, "\n")+"\n"), "cat-file", "--batch-check=%(objectname)")
 		if err != nil {
-			return "", err
+			return nil, err
 		}
 		for _, line := range strings.Split(out, "\n") {
 			if f := strings.Fields(line); len(f) == 1 && upstreamIDs[f[0]] {
@@ -296,46 +297,78 @@ func (h *Helper) makeBundle(ctx context.Context, ups []*refUpdate, dir string) (
 	}
 	missing, err := h.git.RunInput(ctx, strings.NewReader(check.String()), "rev-list", "--objects", "-n", "1", "--stdin")
 	if err != nil {
-		return "", fmt.Errorf("find what upstream lacks: %w", err)
+		return nil, fmt.Errorf("find what upstream lacks: %w", err)
 	}
 	if strings.TrimSpace(missing) == "" {
-		return "", nil
+		return nil, nil
 	}
-	// Bundle from temporary refs: git records HEAD or a raw id badly in a
-	// bundle's ref list, or refuses it.
-	tmpPrefix := "refs/relay-tmp/" + randomHex(8) + "/"
+	// Bundle from refs: git records HEAD or a raw id badly in a bundle's
+	// ref list, or refuses it. A source that is a full ref name is used as
+	// it is; anything else gets a temporary ref.
 	var revs strings.Builder
 	var del strings.Builder
-	for i, n := range news {
-		ref := tmpPrefix + strconv.Itoa(i)
-		if _, err := h.git.Run(ctx, "update-ref", "--no-deref", ref, n); err != nil {
-			return "", err
+	seenRef := map[string]bool{}
+	for i, u := range ups {
+		if u.New == zeroID {
+			continue
 		}
-		revs.WriteString(ref + "\n")
-		del.WriteString("delete " + ref + "\n")
+		ref := u.src
+		if !strings.HasPrefix(ref, "refs/") || ref == "HEAD" {
+			ref = "refs/relay-tmp/" + randomHex(8) + "/" + strconv.Itoa(i)
+			if _, err := h.git.Run(ctx, "update-ref", "--no-deref", ref, u.New); err != nil {
+				return nil, err
+			}
+			del.WriteString("delete " + ref + "\n")
+		}
+		if !seenRef[ref] {
+			seenRef[ref] = true
+			revs.WriteString(ref + "\n")
+		}
 	}
-	defer h.git.RunInput(context.Background(), strings.NewReader(del.String()), "update-ref", "--stdin")
+	if del.Len() > 0 {
+		defer h.git.RunInput(context.Background(), strings.NewReader(del.String()), "update-ref", "--stdin")
+	}
 	for _, p := range prereqs {
 		revs.WriteString(p + "\n")
 	}
-	path := dir + "/push.bundle"
 	start := time.Now()
 	h.ui.status("bundling %d ref(s)...", len(news))
-	c := h.git.Command(ctx, "bundle", "create", "-q", path, "--stdin")
+	c := h.git.Command(ctx, "bundle", "create", "-q", "-", "--stdin")
 	c.Stdin = strings.NewReader(revs.String())
-	if err := c.Run(); err != nil {
-		return "", fmt.Errorf("create bundle: %w", err)
+	out, err := c.StdoutPipe()
+	if err != nil {
+		return nil, err
 	}
-	if st, err := os.Stat(path); err == nil {
-		h.ui.done("bundled %d ref(s): %s in %s", len(news), humanBytes(st.Size()), time.Since(start).Round(time.Millisecond))
+	if err := c.Start(); err != nil {
+		return nil, err
 	}
-	return path, nil
+	p, perr := payload.Spool(out, filepath.Join(dir, "push.bundle"), dir)
+	if perr != nil {
+		io.Copy(io.Discard, out)
+	}
+	if err := c.Wait(); err != nil {
+		if p != nil {
+			p.Close()
+		}
+		return nil, fmt.Errorf("create bundle: %w", err)
+	}
+	if perr != nil {
+		return nil, fmt.Errorf("prepare bundle: %w", perr)
+	}
+	h.ui.done("bundled %d ref(s): %s in %s", len(news), humanBytes(p.BundleSize), time.Since(start).Round(time.Millisecond))
+	return p, nil
 }
 
-// upload seals the payload chunk by chunk and sends each one; memory stays
-// at about two chunks. A chunk upload that fails on the way is sent again;
-// the server takes the same bytes at the same index as success, so a retry
-// after a lost answer resumes where the upload stopped.
+// uploadWorkers is how many chunks are on their way at once: enough to
+// keep the link busy while the server checks and stores the previous one,
+// few enough that memory stays at a handful of chunks.
+const uploadWorkers = 3
+
+// upload seals the payload chunk by chunk and sends the chunks, a few at a
+// time; memory stays at a few chunks whatever the payload's size. A chunk
+// upload that fails on the way is sent again; the server takes the same
+// bytes at the same index as success, so a retry after a lost answer
+// resumes where the upload stopped.
 func (h *Helper) upload(ctx context.Context, session string, m wire.PushManifest, raw []byte, path string) error {
 	salt, _ := hex.DecodeString(m.Salt)
 	st, err := seal.New(h.client.Key, keyring.LabelPushPayload, salt, wire.ManifestHash(raw), m.Chunks)
@@ -347,20 +380,69 @@ func (h *Helper) upload(ctx context.Context, session string, m wire.PushManifest
 		return err
 	}
 	defer f.Close()
-	start := time.Now()
-	var sent int64
-	q := func(i uint32) url.Values {
-		return url.Values{"session": {session}, "index": {strconv.FormatUint(uint64(i), 10)}}
+	if fi, err := f.Stat(); err != nil || fi.Size() != m.PayloadSize {
+		return fmt.Errorf("payload changed size while uploading")
 	}
-	err = st.SealAll(f, m.ChunkSize, func(i uint32, sealed []byte) error {
-		if _, err := h.client.Do(ctx, http.MethodPut, wire.PathPushChunk, q(i), sealed, nil); err != nil {
-			return fmt.Errorf("upload chunk %d of %d: %w", i+1, m.Chunks, h.explain(err))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	start := time.Now()
+	var (
+		mu   sync.Mutex
+		sent int64
+		done uint32
+	)
+	next := make(chan uint32)
+	errs := make(chan error, uploadWorkers)
+	var wg sync.WaitGroup
+	for w := 0; w < uploadWorkers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			plain := make([]byte, m.ChunkSize)
+			var sealed []byte
+			for i := range next {
+				off := int64(i) * int64(m.ChunkSize)
+				n := min(int64(m.ChunkSize), m.PayloadSize-off)
+				if _, err := f.ReadAt(plain[:n], off); err != nil {
+					errs <- fmt.Errorf("read payload: %w", err)
+					cancel()
+					return
+				}
+				var err error
+				sealed, err = st.Seal(sealed[:0], i, plain[:n])
+				if err == nil {
+					q := url.Values{"session": {session}, "index": {strconv.FormatUint(uint64(i), 10)}}
+					_, err = h.client.Do(ctx, http.MethodPut, wire.PathPushChunk, q, sealed, nil)
+				}
+				if err != nil {
+					errs <- fmt.Errorf("upload chunk %d of %d: %w", i+1, m.Chunks, h.explain(err))
+					cancel()
+					return
+				}
+				mu.Lock()
+				sent += int64(len(sealed))
+				done++
+				h.ui.status("upload %d/%d chunks, %s, %s", done, m.Chunks, humanBytes(sent), rate(sent, time.Since(start)))
+				mu.Unlock()
+			}
+		}()
+	}
+feed:
+	for i := uint32(0); i < m.Chunks; i++ {
+		select {
+		case next <- i:
+		case <-ctx.Done():
+			break feed
 		}
-		sent += int64(len(sealed))
-		h.ui.status("upload %d/%d chunks, %s, %s", i+1, m.Chunks, humanBytes(sent), rate(sent, time.Since(start)))
-		return nil
-	})
-	if err != nil {
+	}
+	close(next)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
+	}
+	if err := ctx.Err(); err != nil {
 		return err
 	}
 	h.ui.done("upload %d/%d chunks, %s, %s, done.", m.Chunks, m.Chunks, humanBytes(sent), rate(sent, time.Since(start)))
@@ -368,34 +450,39 @@ func (h *Helper) upload(ctx context.Context, session string, m wire.PushManifest
 }
 
 // finish asks the server to apply the push and follows its phases until
-// it is done or failed.
+// it is done or failed. The server holds each answer until the push is
+// done (or a few seconds pass), so a small push takes one round trip.
 func (h *Helper) finish(ctx context.Context, session string) (*wire.PushStatus, error) {
 	q := url.Values{"session": {session}}
 	var st wire.PushStatus
 	if _, err := h.client.Do(ctx, http.MethodPost, wire.PathPushFinish, q, nil, &st); err != nil {
 		return nil, h.explain(err)
 	}
-	last := ""
-	delay := 50 * time.Millisecond
+	wait := url.Values{"session": {session}, "wait": {"1"}}
 	for st.Phase != wire.PhaseDone && st.Phase != wire.PhaseFailed {
-		if st.Phase != last {
-			h.ui.status("server: %s...", st.Phase)
-			last = st.Phase
-		}
-		select {
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-time.After(delay):
-		}
-		if delay < time.Second {
-			delay = delay * 3 / 2
-		}
-		if _, err := h.client.Do(ctx, http.MethodGet, wire.PathPushStatus, q, nil, &st); err != nil {
+		h.ui.status("server: %s...", st.Phase)
+		if _, err := h.client.Do(ctx, http.MethodGet, wire.PathPushStatus, wait, nil, &st); err != nil {
 			return nil, h.explain(err)
 		}
 	}
-	h.ui.done("server: %s.", st.Phase)
+	h.ui.done("server: %s.", timeline(st.Timeline))
 	return &st, nil
+}
+
+// timeline says how long the server spent in each phase.
+func timeline(ts []wire.PhaseTime) string {
+	var parts []string
+	for i, t := range ts {
+		if t.Phase == wire.PhaseReceiving {
+			continue
+		}
+		if i+1 < len(ts) {
+			parts = append(parts, fmt.Sprintf("%s %s", t.Phase, ts[i+1].At.Sub(t.At).Round(time.Millisecond)))
+		} else {
+			parts = append(parts, t.Phase)
+		}
+	}
+	return strings.Join(parts, ", ")
 }
 
 func randomHex(n int) string {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/git-relay/git-relay/internal/bundle"
@@ -22,7 +23,7 @@ import (
 // startApply runs a push session's processing in the background, once.
 func (s *Server) startApply(id string) {
 	s.mu.Lock()
-	if s.running[id] {
+	if _, ok := s.running[id]; ok {
 		s.mu.Unlock()
 		return
 	}
@@ -34,18 +35,42 @@ func (s *Server) startApply(id string) {
 		return
 	default:
 	}
-	s.running[id] = true
+	done := make(chan struct{})
+	s.running[id] = done
 	s.work.Add(1)
 	s.mu.Unlock()
 	go func() {
 		defer s.work.Done()
-		defer func() {
-			s.mu.Lock()
-			delete(s.running, id)
-			s.mu.Unlock()
-		}()
-		s.apply(id)
+		var once sync.Once
+		answered := func() {
+			once.Do(func() {
+				s.mu.Lock()
+				delete(s.running, id)
+				s.mu.Unlock()
+				close(done)
+			})
+		}
+		defer answered()
+		s.apply(id, answered)
 	}()
+}
+
+// waitApply waits until the session's processing ends or d passes, so that
+// a small push is answered in the same round trip that completes it.
+func (s *Server) waitApply(ctx context.Context, id string, d time.Duration) {
+	s.mu.Lock()
+	done, ok := s.running[id]
+	s.mu.Unlock()
+	if !ok {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }
 
 // resume restarts the sessions a previous run left half-applied. The push
@@ -66,7 +91,10 @@ func (s *Server) resume() {
 	}
 }
 
-func (s *Server) apply(id string) {
+// apply processes a session and calls answered once its outcome is saved,
+// before the mirror catches up, so that waiting clients get their answer
+// without waiting for work they don't need.
+func (s *Server) apply(id string, answered func()) {
 	ctx := context.Background()
 	ps, err := s.readPush(id)
 	if err != nil {
@@ -75,7 +103,8 @@ func (s *Server) apply(id string) {
 	}
 	key, ok := s.cfg.Ring.Lookup(ps.state.KeyID)
 	if !ok {
-		ps.state.Phase, ps.state.Message = wire.PhaseFailed, "the key that started this push is no longer configured"
+		ps.enter(wire.PhaseFailed)
+		ps.state.Message = "the key that started this push is no longer configured"
 		_ = ps.save()
 		return
 	}
@@ -84,16 +113,37 @@ func (s *Server) apply(id string) {
 	start := time.Now()
 	results, err := s.applyPush(ctx, ps, key)
 	if err != nil {
-		ps.state.Phase = wire.PhaseFailed
+		ps.enter(wire.PhaseFailed)
 		ps.state.Message = s.redactor(err.Error())
 		s.log.Warn("push failed", "session", id, "repo", ps.manifest.Repo, "err", ps.state.Message)
 	} else {
-		ps.state.Phase = wire.PhaseDone
+		ps.enter(wire.PhaseDone)
 		ps.state.Results = results
 		s.log.Info("push done", "session", id, "repo", ps.manifest.Repo, "took", time.Since(start).Round(time.Millisecond))
 	}
 	if err := ps.save(); err != nil {
 		s.log.Error("save session", "session", id, "err", err)
+	}
+	answered()
+	// The client has its answer; now bring the mirror up to date from the
+	// bundle we hold, which is cheaper than fetching it back from upstream.
+	if bundle := filepath.Join(ps.dir, "bundle"); ps.state.Phase == wire.PhaseDone && fileExists(bundle) {
+		if h, err := s.openRepo(ps.manifest.Repo); err == nil {
+			if err := s.indexIntoMirror(ctx, h, bundle); err != nil {
+				s.log.Warn("update mirror", "repo", ps.manifest.Repo, "err", err)
+			}
+			for _, r := range ps.state.Results {
+				u := updateFor(ps.manifest.Updates, r.Ref)
+				if !r.OK {
+					continue
+				}
+				if u.New == zeroID {
+					_, _ = h.mirror.Run(ctx, "update-ref", "-d", u.Ref)
+				} else {
+					_, _ = h.mirror.Run(ctx, "update-ref", u.Ref, u.New)
+				}
+			}
+		}
 	}
 	// The chunks and the assembled bundle are not needed any more; the
 	// state stays for status queries until the janitor removes it.
@@ -104,6 +154,7 @@ func (s *Server) apply(id string) {
 // applyPush does the work and returns the per-ref results.
 func (s *Server) applyPush(ctx context.Context, ps *pushSession, key keyring.Key) ([]wire.RefResult, error) {
 	m := ps.manifest
+	tStart := time.Now()
 	h, err := s.openRepo(m.Repo)
 	if err != nil {
 		return nil, err
@@ -148,65 +199,46 @@ func (s *Server) applyPush(ctx context.Context, ps *pushSession, key keyring.Key
 			return nil, err
 		}
 	}
-	if err := s.refresh(ctx, h); err != nil {
+	tAssembled := time.Now()
+	if err := s.refresh(ctx, h, refs); err != nil {
 		return nil, err
 	}
 	if bundlePath != "" {
-		if err := s.checkBundle(ctx, h, ps, bundlePath); err != nil {
+		if err := s.checkBundleHeader(ctx, h, ps, bundlePath); err != nil {
 			return nil, err
 		}
+	} else if s.checkRefs(ctx, h, pending, results); failAtomic(m.Atomic, results) {
+		return ordered(m.Updates, results), nil
 	}
-
-	// Fast-forward and existence checks need the objects, which the mirror
-	// now holds.
-	var todo []wire.Update
-	for _, u := range pending {
-		r := results[u.Ref]
-		if u.New != zeroID {
-			if ok, _ := h.mirror.Ok(ctx, "cat-file", "-e", u.New); !ok {
-				r.Reason = "missing objects (the bundle does not carry " + u.New + ")"
-				continue
-			}
-		}
-		if u.New != zeroID && u.Old != zeroID && !u.Force && strings.HasPrefix(u.Ref, "refs/heads/") {
-			if ok, _ := h.mirror.Ok(ctx, "merge-base", "--is-ancestor", u.Old, u.New); !ok {
-				r.Reason = "non-fast forward"
-				continue
-			}
-		}
-		todo = append(todo, u)
-	}
-	if failAtomic(m.Atomic, results) || len(todo) == 0 {
+	todo := stillPending(pending, results)
+	if len(todo) == 0 {
 		return ordered(m.Updates, results), nil
 	}
 
-	ps.state.Phase = wire.PhasePushing
+	ps.enter(wire.PhasePushing)
 	if err := ps.save(); err != nil {
 		return nil, err
 	}
-	req := upstream.PushRequest{Atomic: m.Atomic, Options: m.Options}
-	needPack := false
+	tChecked := time.Now()
+	res, err := s.pushUpstream(ctx, h, ps, bundlePath, todo)
+	s.log.Debug("push timings", "session", ps.id, "assemble", tAssembled.Sub(tStart), "refresh+verify", tChecked.Sub(tAssembled), "push", time.Since(tChecked))
+	if err != nil {
+		return nil, err
+	}
 	for _, u := range todo {
-		req.Updates = append(req.Updates, upstream.Update{Ref: u.Ref, Old: u.Old, New: u.New})
-		if u.New != zeroID {
-			needPack = true
+		r := results[u.Ref]
+		reason, found := res.Refs[u.Ref]
+		if found && reason == "" {
+			r.OK = true
+			continue
 		}
-	}
-	if needPack {
-		if bundlePath != "" {
-			_, pack, err := bundle.OpenPack(bundlePath)
-			if err != nil {
-				return nil, err
+		if !found {
+			reason = "no status from upstream"
+			if res.UnpackError != "" {
+				reason = "upstream could not unpack: " + res.UnpackError
 			}
-			defer pack.Close()
-			req.Pack = pack
-		} else {
-			req.Pack = bytes.NewReader(bundle.EmptyPack())
 		}
-	}
-	res, err := h.remote.Push(ctx, req)
-	if err != nil && res == nil {
-		return nil, s.upstreamErr(h, err)
+		r.Reason = reason
 	}
 	var moved []string
 	for _, u := range todo {
@@ -239,17 +271,6 @@ func (s *Server) applyPush(ctx context.Context, ps *pushSession, key keyring.Key
 					results[ref].Reason = "fetch first"
 				}
 			}
-		}
-	}
-	// Keep the mirror's refs in step with what landed.
-	for _, u := range todo {
-		if !results[u.Ref].OK {
-			continue
-		}
-		if u.New == zeroID {
-			_, _ = h.mirror.Run(ctx, "update-ref", "-d", u.Ref)
-		} else {
-			_, _ = h.mirror.Run(ctx, "update-ref", u.Ref, u.New)
 		}
 	}
 	return ordered(m.Updates, results), nil
@@ -311,21 +332,20 @@ func (s *Server) assemble(ps *pushSession, key keyring.Key, out string) error {
 	defer f.Close()
 	m := ps.manifest
 	get := func(i uint32) ([]byte, error) { return os.ReadFile(ps.chunkPath(i)) }
-	if err := payload.Assemble(st, get, m.Compression, m.BundleSize, m.BundleHash, f); err != nil {
-		return err
-	}
-	return f.Sync()
+	// No fsync: after a crash the bundle is assembled again from the
+	// chunks, which are durable.
+	return payload.Assemble(st, get, m.Compression, m.BundleSize, m.BundleHash, f)
 }
 
-// checkBundle verifies the bundle against the mirror and the manifest, and
-// indexes its pack into the mirror with full object checks (fsck), so the
-// objects are known good before anything goes upstream.
-func (s *Server) checkBundle(ctx context.Context, h *repoHandle, ps *pushSession, path string) error {
+// checkBundleHeader verifies the bundle against the signed manifest and
+// the mirror: its heads must be the manifest's new ids, and its
+// prerequisites must be in upstream.
+func (s *Server) checkBundleHeader(ctx context.Context, h *repoHandle, ps *pushSession, path string) error {
 	hdr, pack, err := bundle.OpenPack(path)
 	if err != nil {
 		return fmt.Errorf("read bundle: %w", err)
 	}
-	defer pack.Close()
+	pack.Close()
 	var want, got []string
 	for _, u := range ps.manifest.Updates {
 		if u.New != zeroID {
@@ -335,14 +355,86 @@ func (s *Server) checkBundle(ctx context.Context, h *repoHandle, ps *pushSession
 	for _, r := range hdr.Refs {
 		got = append(got, r.OID)
 	}
-	sort.Strings(want)
-	sort.Strings(got)
-	if strings.Join(want, " ") != strings.Join(got, " ") {
+	if strings.Join(uniqueSorted(want), " ") != strings.Join(uniqueSorted(got), " ") {
 		return errors.New("the bundle's heads do not match the signed manifest")
 	}
 	if _, err := h.mirror.Run(ctx, "bundle", "verify", "-q", path); err != nil {
 		return fmt.Errorf("bundle verify: %w (upstream may lack its prerequisites: fetch and push again)", err)
 	}
+	return nil
+}
+
+// checkRefs checks what needs the objects: every new id is present, and a
+// branch moves by fast-forward unless the push is forced. The mirror must
+// hold the objects.
+func (s *Server) checkRefs(ctx context.Context, h *repoHandle, ups []wire.Update, results map[string]*wire.RefResult) {
+	for _, u := range ups {
+		r := results[u.Ref]
+		if u.New == zeroID {
+			continue
+		}
+		if ok, _ := h.mirror.Ok(ctx, "cat-file", "-e", u.New); !ok {
+			r.Reason = "missing objects (the bundle does not carry " + u.New + ")"
+			continue
+		}
+		if u.Old != zeroID && !u.Force && strings.HasPrefix(u.Ref, "refs/heads/") {
+			if ok, _ := h.mirror.Ok(ctx, "merge-base", "--is-ancestor", u.Old, u.New); !ok {
+				r.Reason = "non-fast forward"
+			}
+		}
+	}
+}
+
+func stillPending(ups []wire.Update, results map[string]*wire.RefResult) []wire.Update {
+	var out []wire.Update
+	for _, u := range ups {
+		if r := results[u.Ref]; !r.OK && r.Reason == "" {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// pushUpstream sends the updates and the bundle's pack to upstream's
+// receive-pack. The pack goes straight from the bundle file: no unpacking,
+// no repacking, because it already holds exactly what upstream lacks (its
+// prerequisites are upstream's tips). Upstream's own index-pack, fsck and
+// connectivity check stand guard over the objects, and the old ids in the
+// commands make every update a compare-and-swap.
+func (s *Server) pushUpstream(ctx context.Context, h *repoHandle, ps *pushSession, bundlePath string, todo []wire.Update) (*upstream.PushResult, error) {
+	req := upstream.PushRequest{Atomic: ps.manifest.Atomic, Options: ps.manifest.Options}
+	needPack := false
+	for _, u := range todo {
+		req.Updates = append(req.Updates, upstream.Update{Ref: u.Ref, Old: u.Old, New: u.New})
+		if u.New != zeroID {
+			needPack = true
+		}
+	}
+	if needPack && bundlePath == "" {
+		req.Pack = bytes.NewReader(bundle.EmptyPack())
+	} else if needPack {
+		_, pack, err := bundle.OpenPack(bundlePath)
+		if err != nil {
+			return nil, err
+		}
+		defer pack.Close()
+		req.Pack = pack
+	}
+	res, err := h.remote.Push(ctx, req)
+	if err != nil && res == nil {
+		return nil, s.upstreamErr(h, err)
+	}
+	return res, nil
+}
+
+// indexIntoMirror indexes the bundle's pack into the mirror with full
+// object checks, completing the thin pack from the mirror's objects.
+func (s *Server) indexIntoMirror(ctx context.Context, h *repoHandle, bundlePath string) error {
+	_, pack, err := bundle.OpenPack(bundlePath)
+	if err != nil {
+		return err
+	}
+	defer pack.Close()
 	c := h.mirror.Command(ctx, "index-pack", "--stdin", "--fix-thin", "--strict")
 	c.Stdin = pack
 	c.Stdout = io.Discard
@@ -350,4 +442,20 @@ func (s *Server) checkBundle(ctx context.Context, h *repoHandle, ps *pushSession
 		return fmt.Errorf("check objects: %w", err)
 	}
 	return nil
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+func uniqueSorted(ids []string) []string {
+	sort.Strings(ids)
+	out := ids[:0]
+	for i, id := range ids {
+		if i == 0 || id != ids[i-1] {
+			out = append(out, id)
+		}
+	}
+	return out
 }

@@ -99,7 +99,10 @@ func (s *Server) handleFetchCreate(c *call) {
 // manifest's bytes.
 func (s *Server) prepareFetch(ctx context.Context, h *repoHandle, id string, key keyring.Key, req wire.FetchRequest, maxBody int64) ([]byte, error) {
 	unlock := s.repoLocks.lock(h.name)
-	err := s.refresh(ctx, h)
+	refs, err := s.list(ctx, h)
+	if err == nil {
+		err = s.refresh(ctx, h, refs)
+	}
 	if err != nil {
 		unlock()
 		return nil, err

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -52,6 +53,7 @@ type serveCmd struct {
 	MaxPushSize int64  `default:"4294967296" help:"Largest push payload in bytes."`
 	SessionTTL  string `default:"24h" help:"How long an unfinished session is kept."`
 	MaxSessions int    `default:"64" help:"Most unfinished push sessions at once, per key."`
+	Verbose     bool   `short:"v" help:"Log the timings of each push's phases."`
 }
 
 func (c *serveCmd) Run(s *streams) error {
@@ -79,6 +81,7 @@ func (c *serveCmd) Run(s *streams) error {
 		SessionTTL:  c.SessionTTL,
 		MaxSessions: c.MaxSessions,
 		Log:         s.Stderr,
+		LogLevel:    logLevel(c.Verbose),
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
@@ -139,3 +142,10 @@ var errUsage = errors.New("usage")
 
 // streams are the command's standard output and error, bound into every Run.
 type streams struct{ Stdout, Stderr io.Writer }
+
+func logLevel(verbose bool) slog.Level {
+	if verbose {
+		return slog.LevelDebug
+	}
+	return slog.LevelInfo
+}

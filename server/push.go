@@ -26,9 +26,12 @@ type pushState struct {
 	Phase   string           `json:"phase"`
 	Message string           `json:"message,omitempty"`
 	Results []wire.RefResult `json:"results,omitempty"`
-	KeyID   string           `json:"keyId"`
-	Created time.Time        `json:"created"`
-	Updated time.Time        `json:"updated"`
+	// Timeline lists the phases with when each began, for the helper to
+	// show even when it learns of them only at the end.
+	Timeline []wire.PhaseTime `json:"timeline,omitempty"`
+	KeyID    string           `json:"keyId"`
+	Created  time.Time        `json:"created"`
+	Updated  time.Time        `json:"updated"`
 }
 
 type pushSession struct {
@@ -85,6 +88,12 @@ func (s *Server) readPush(id string) (*pushSession, error) {
 	return ps, nil
 }
 
+// enter moves the session to phase (the caller saves it).
+func (ps *pushSession) enter(phase string) {
+	ps.state.Phase = phase
+	ps.state.Timeline = append(ps.state.Timeline, wire.PhaseTime{Phase: phase, At: time.Now().UTC()})
+}
+
 func (ps *pushSession) save() error {
 	ps.state.Updated = time.Now().UTC()
 	b, err := json.Marshal(ps.state)
@@ -131,7 +140,7 @@ func (ps *pushSession) held() []uint32 {
 func (ps *pushSession) status() wire.PushStatus {
 	return wire.PushStatus{
 		Session: ps.id, Phase: ps.state.Phase, Held: ps.held(), Chunks: ps.manifest.Chunks,
-		Message: ps.state.Message, Results: ps.state.Results,
+		Message: ps.state.Message, Results: ps.state.Results, Timeline: ps.state.Timeline,
 	}
 }
 
@@ -209,16 +218,6 @@ func (s *Server) handlePushCreate(c *call) {
 		c.failErr(&userError{http.StatusTooManyRequests, wire.CodeTooLarge, fmt.Sprintf("too many unfinished pushes for this key (%d); wait or let them expire", n)})
 		return
 	}
-	// Fail early when upstream is missing, before any upload.
-	h, err := s.openRepo(m.Repo)
-	if err != nil {
-		c.failErr(err)
-		return
-	}
-	if _, err := s.list(c.r.Context(), h); err != nil {
-		c.failErr(err)
-		return
-	}
 	id := newID()
 	dir := s.sessionDir(id)
 	if err := os.MkdirAll(filepath.Join(dir, "chunks"), 0o700); err != nil {
@@ -226,7 +225,8 @@ func (s *Server) handlePushCreate(c *call) {
 		return
 	}
 	ps := &pushSession{id: id, dir: dir, raw: c.body, manifest: m,
-		state: pushState{Phase: wire.PhaseReceiving, KeyID: c.key.ID, Created: time.Now().UTC()}}
+		state: pushState{KeyID: c.key.ID, Created: time.Now().UTC()}}
+	ps.enter(wire.PhaseReceiving)
 	if err := writeFileAtomic(filepath.Join(dir, "manifest.json"), c.body); err != nil {
 		c.failErr(err)
 		return
@@ -301,11 +301,23 @@ func (s *Server) handlePushChunk(c *call) {
 	c.reply(http.StatusOK, ps.status())
 }
 
+// longPoll is how long complete and status wait for a push to finish
+// before answering with its current phase: long enough for most pushes to
+// finish in one round trip, well below a serverless proxy's time limit.
+const longPoll = 5 * time.Second
+
 func (s *Server) handlePushStatus(c *call) {
 	ps, err := s.loadPush(c.r.URL.Query().Get("session"), c.key)
 	if err != nil {
 		c.failErr(err)
 		return
+	}
+	if c.r.URL.Query().Get("wait") != "" {
+		s.waitApply(c.r.Context(), ps.id, longPoll)
+		if ps, err = s.readPush(ps.id); err != nil {
+			c.failErr(err)
+			return
+		}
 	}
 	c.reply(http.StatusOK, ps.status())
 }
@@ -323,7 +335,7 @@ func (s *Server) handlePushComplete(c *call) {
 			c.failErr(conflict("session %s holds %d of %d chunks", ps.id, len(held), ps.manifest.Chunks))
 			return
 		}
-		ps.state.Phase = wire.PhaseProcessing
+		ps.enter(wire.PhaseProcessing)
 		if err := ps.save(); err != nil {
 			c.failErr(err)
 			return
@@ -331,6 +343,11 @@ func (s *Server) handlePushComplete(c *call) {
 	}
 	if ps.state.Phase == wire.PhaseProcessing || ps.state.Phase == wire.PhasePushing {
 		s.startApply(ps.id)
+		s.waitApply(c.r.Context(), ps.id, longPoll)
+		if ps, err = s.readPush(ps.id); err != nil {
+			c.failErr(err)
+			return
+		}
 	}
 	c.reply(http.StatusOK, ps.status())
 }

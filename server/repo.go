@@ -55,8 +55,12 @@ func (s *Server) upstreamErr(h *repoHandle, err error) error {
 }
 
 // refresh brings the mirror up to date with upstream. The caller holds the
-// repository's lock.
-func (s *Server) refresh(ctx context.Context, h *repoHandle) error {
+// repository's lock. When the caller has just listed upstream's refs and
+// the mirror already matches them, there is nothing to fetch.
+func (s *Server) refresh(ctx context.Context, h *repoHandle, known *upstream.Refs) error {
+	if known != nil && s.mirrorMatches(ctx, h, known) {
+		return nil
+	}
 	if _, err := os.Stat(filepath.Join(h.dir, "HEAD")); err != nil {
 		if err := os.MkdirAll(filepath.Dir(h.dir), 0o700); err != nil {
 			return err
@@ -131,4 +135,26 @@ func (s *Server) handleRemoteInfo(c *call) {
 		return
 	}
 	c.reply(http.StatusOK, wire.RemoteInfo{Repo: repo, Branch: branch, SHA: refs.Refs[ref]})
+}
+
+func (s *Server) mirrorMatches(ctx context.Context, h *repoHandle, known *upstream.Refs) bool {
+	if _, err := os.Stat(filepath.Join(h.dir, "HEAD")); err != nil {
+		return false
+	}
+	out, err := h.mirror.Run(ctx, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/", "refs/tags/")
+	if err != nil {
+		return false
+	}
+	n := 0
+	for _, line := range strings.Split(out, "\n") {
+		id, ref, ok := strings.Cut(line, " ")
+		if !ok {
+			continue
+		}
+		if known.Refs[ref] != id {
+			return false
+		}
+		n++
+	}
+	return n == len(known.Refs)
 }

@@ -32,6 +32,7 @@ type Config struct {
 	SessionTTL  string
 	MaxSessions int
 	Log         io.Writer
+	LogLevel    slog.Level
 }
 
 // Server is the relay's state: sessions on disk and mirrors of upstream.
@@ -47,7 +48,7 @@ type Server struct {
 	closing   chan struct{}
 
 	mu      sync.Mutex
-	running map[string]bool // sessions being processed
+	running map[string]chan struct{} // sessions being processed; closed when done
 }
 
 // New prepares a server over cfg.DataDir.
@@ -83,10 +84,10 @@ func New(cfg Config) (*Server, error) {
 		ttl:      ttl,
 		verifier: &wire.Verifier{Ring: cfg.Ring},
 		closing:  make(chan struct{}),
-		running:  map[string]bool{},
+		running:  map[string]chan struct{}{},
 	}
 	s.redactor = redactor(cfg.Upstream, cfg.Token)
-	s.log = slog.New(slog.NewTextHandler(redactingWriter{logw, s.redactor}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	s.log = slog.New(slog.NewTextHandler(redactingWriter{logw, s.redactor}, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	return s, nil
 }
 

@@ -79,11 +79,10 @@ type Cmd struct {
 	Stderr io.Writer
 	Env    []string
 
-	repo    Repo
-	ctx     context.Context
-	cmd     *exec.Cmd
-	errbuf  limitedBuffer
-	closers []*io.PipeWriter
+	repo   Repo
+	ctx    context.Context
+	cmd    *exec.Cmd
+	errbuf limitedBuffer
 }
 
 // Command prepares `git args...` in r.
@@ -151,27 +150,26 @@ func (c *Cmd) build() {
 
 // Start starts the command; Wait finishes it.
 func (c *Cmd) Start() error {
-	c.build()
+	if c.cmd == nil {
+		c.build()
+	}
 	if err := c.cmd.Start(); err != nil {
 		return fmt.Errorf("start git %s: %w", firstArg(c.Args), err)
 	}
 	return nil
 }
 
-// StdoutPipe must be called before Start.
+// StdoutPipe returns a pipe to the command's stdout, as exec.Cmd's does:
+// call it before Start, read to EOF, then Wait.
 func (c *Cmd) StdoutPipe() (io.ReadCloser, error) {
-	pr, pw := io.Pipe()
-	c.Stdout = pw
-	c.closers = append(c.closers, pw)
-	return pr, nil
+	c.Stdout = nil
+	c.build()
+	return c.cmd.StdoutPipe()
 }
 
 // Wait waits for a started command and returns an *Error if it failed.
 func (c *Cmd) Wait() error {
 	err := c.cmd.Wait()
-	for _, cl := range c.closers {
-		cl.CloseWithError(err)
-	}
 	if err == nil {
 		return nil
 	}

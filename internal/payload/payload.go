@@ -42,50 +42,102 @@ func (p *Payload) Close() error {
 	return nil
 }
 
-// Prepare hashes the bundle and compresses it into tmpDir when that saves
-// at least minSaving.
+// sampleSize is how much of a bundle is compressed to decide whether
+// compressing all of it pays.
+const sampleSize = 4 << 20
+
+// Prepare hashes the bundle and compresses it into tmpDir when a sample
+// shows that compression saves at least minSaving. Most pushes are a pack
+// of zlib-compressed objects, so the sample usually says no and the
+// bundle is sealed as it is.
 func Prepare(bundlePath, tmpDir string) (*Payload, error) {
 	in, err := os.Open(bundlePath)
 	if err != nil {
 		return nil, err
 	}
 	defer in.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, in)
+	if err != nil {
+		return nil, fmt.Errorf("hash bundle: %w", err)
+	}
+	return decide(in, bundlePath, n, hex.EncodeToString(h.Sum(nil)), tmpDir)
+}
+
+// Spool writes the bundle that r streams (git bundle create's output) to
+// bundlePath, hashing it on the way, and then prepares it as Prepare does.
+// Hashing while git writes saves reading the bundle a second time.
+func Spool(r io.Reader, bundlePath, tmpDir string) (*Payload, error) {
+	f, err := os.OpenFile(bundlePath, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(f, h), r)
+	if err != nil {
+		return nil, fmt.Errorf("write bundle: %w", err)
+	}
+	return decide(f, bundlePath, n, hex.EncodeToString(h.Sum(nil)), tmpDir)
+}
+
+func decide(in *os.File, bundlePath string, n int64, hash, tmpDir string) (*Payload, error) {
+	p := &Payload{Path: bundlePath, Compression: wire.CompressNone, BundleSize: n, BundleHash: hash, PayloadSize: n}
+	sample := min(n, sampleSize)
+	if sample == 0 {
+		return p, nil
+	}
+	var cw countingWriter
+	if err := compress(&cw, io.NewSectionReader(in, 0, sample)); err != nil {
+		return nil, err
+	}
+	if float64(cw.n) > float64(sample)*(1-minSaving) {
+		return p, nil
+	}
 	out, err := os.CreateTemp(tmpDir, "payload-*.zst")
 	if err != nil {
 		return nil, err
 	}
-	keep := false
-	defer func() {
-		if !keep {
-			out.Close()
-			os.Remove(out.Name())
-		}
-	}()
-	enc, err := zstd.NewWriter(out, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+	cw = countingWriter{w: out}
+	err = compress(&cw, io.NewSectionReader(in, 0, n))
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
+		os.Remove(out.Name())
 		return nil, err
 	}
-	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(enc, h), in)
-	if err != nil {
-		return nil, fmt.Errorf("compress bundle: %w", err)
+	if float64(cw.n) > float64(n)*(1-minSaving) {
+		os.Remove(out.Name())
+		return p, nil
 	}
-	if err := enc.Close(); err != nil {
-		return nil, fmt.Errorf("compress bundle: %w", err)
-	}
-	st, err := out.Stat()
-	if err != nil {
-		return nil, err
-	}
-	p := &Payload{Path: bundlePath, Compression: wire.CompressNone, BundleSize: n, BundleHash: hex.EncodeToString(h.Sum(nil)), PayloadSize: n}
-	if float64(st.Size()) <= float64(n)*(1-minSaving) {
-		if err := out.Close(); err != nil {
-			return nil, err
-		}
-		keep = true
-		p.Path, p.Compression, p.PayloadSize, p.tmp = out.Name(), wire.CompressZstd, st.Size(), out.Name()
-	}
+	p.Path, p.Compression, p.PayloadSize, p.tmp = out.Name(), wire.CompressZstd, cw.n, out.Name()
 	return p, nil
+}
+
+func compress(w io.Writer, r io.Reader) error {
+	enc, err := zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(enc, r); err != nil {
+		enc.Close()
+		return fmt.Errorf("compress bundle: %w", err)
+	}
+	return enc.Close()
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	c.n += int64(len(p))
+	if c.w == nil {
+		return len(p), nil
+	}
+	return c.w.Write(p)
 }
 
 // ChunkSize is the payload bytes per chunk for a body limit: the sealed

@@ -3,6 +3,7 @@ package wire
 import (
 	"crypto/sha256"
 	"encoding/json"
+	"time"
 )
 
 // API paths, relative to the API base (/api/gr on the server; whatever the
@@ -98,12 +99,19 @@ type RefResult struct {
 
 // PushStatus is a push session's state.
 type PushStatus struct {
-	Session string      `json:"session"`
-	Phase   string      `json:"phase"`
-	Held    []uint32    `json:"held"` // chunk indexes the server holds
-	Chunks  uint32      `json:"chunks"`
-	Message string      `json:"message,omitempty"`
-	Results []RefResult `json:"results,omitempty"`
+	Session  string      `json:"session"`
+	Phase    string      `json:"phase"`
+	Held     []uint32    `json:"held"` // chunk indexes the server holds
+	Chunks   uint32      `json:"chunks"`
+	Message  string      `json:"message,omitempty"`
+	Results  []RefResult `json:"results,omitempty"`
+	Timeline []PhaseTime `json:"timeline,omitempty"`
+}
+
+// PhaseTime is when a push entered a phase.
+type PhaseTime struct {
+	Phase string    `json:"phase"`
+	At    time.Time `json:"at"`
 }
 
 // FetchRequest asks for a bundle of Wants, excluding what the client has.
