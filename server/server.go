@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/git-relay/git-relay/internal/keyring"
+	"github.com/git-relay/git-relay/internal/upstream"
 	"github.com/git-relay/git-relay/internal/wire"
 )
 
@@ -55,6 +56,15 @@ type Server struct {
 func New(cfg Config) (*Server, error) {
 	if cfg.MaxBody <= 0 {
 		cfg.MaxBody = wire.DefaultMaxBody
+	}
+	if cfg.MaxPushSize <= 0 {
+		cfg.MaxPushSize = 4 << 30
+	}
+	if cfg.MaxSessions <= 0 {
+		cfg.MaxSessions = 64
+	}
+	if _, err := upstream.New(strings.ReplaceAll(cfg.Upstream, "{repo}", "owner/repo"), cfg.Token); err != nil && strings.Contains(cfg.Upstream, "{repo}") {
+		return nil, fmt.Errorf("--upstream: %w", err)
 	}
 	if cfg.MaxBody < 64<<10 {
 		return nil, fmt.Errorf("--max-body %d is too small (at least 65536)", cfg.MaxBody)

@@ -1,0 +1,241 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/git-relay/git-relay/internal/keyring"
+	"github.com/git-relay/git-relay/internal/payload"
+	"github.com/git-relay/git-relay/internal/seal"
+	"github.com/git-relay/git-relay/internal/wire"
+)
+
+// hermetic sets up a git that reads no user or system configuration.
+func hermetic(t *testing.T) {
+	t.Helper()
+	home := t.TempDir()
+	for k, v := range map[string]string{
+		"HOME": home, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0",
+		"GIT_AUTHOR_NAME": "A U Thor", "GIT_AUTHOR_EMAIL": "author@example.com", "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
+		"GIT_COMMITTER_NAME": "C O Mitter", "GIT_COMMITTER_EMAIL": "committer@example.com", "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
+	} {
+		t.Setenv(k, v)
+	}
+}
+
+func git(t *testing.T, dir string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command("git", args...)
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "git %v: %s", args, out)
+	return strings.TrimSpace(string(out))
+}
+
+type fixture struct {
+	srv      *Server
+	http     *httptest.Server
+	client   *wire.Client
+	key      keyring.Key
+	upstream string // bare repo acme/widgets
+	work     string // a clone with commits
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	hermetic(t)
+	root := t.TempDir()
+	key, err := keyring.Generate()
+	require.NoError(t, err)
+	up := filepath.Join(root, "upstream", "acme", "widgets.git")
+	git(t, root, "init", "-q", "--bare", "-b", "master", up)
+	work := filepath.Join(root, "work")
+	git(t, root, "init", "-q", "-b", "master", work)
+	require.NoError(t, os.WriteFile(filepath.Join(work, "a.txt"), []byte("a\n"), 0o644))
+	git(t, work, "add", ".")
+	git(t, work, "commit", "-qm", "first")
+	s, err := New(Config{
+		DataDir: filepath.Join(root, "data"), Ring: keyring.NewRing(key),
+		Upstream: "file://" + filepath.Join(root, "upstream") + "/{repo}.git", MaxBody: 200_000,
+	})
+	require.NoError(t, err)
+	hs := httptest.NewServer(s.Handler())
+	t.Cleanup(func() { hs.Close(); s.work.Wait() })
+	return &fixture{srv: s, http: hs, key: key, upstream: up, work: work,
+		client: &wire.Client{Base: hs.URL + "/api/gr", Key: key, MaxBody: 200_000}}
+}
+
+func TestUnauthenticatedRequestsLearnNothing(t *testing.T) {
+	f := newFixture(t)
+	other, _ := keyring.Generate()
+	bad := &wire.Client{Base: f.client.Base, Key: other}
+	ctx := context.Background()
+	for _, repo := range []string{"acme/widgets", "acme/missing"} {
+		_, err := bad.Do(ctx, http.MethodGet, wire.PathRefs, url.Values{"repo": {repo}}, nil, nil)
+		require.ErrorIs(t, err, wire.ErrKeyRefused)
+	}
+	// Raw: same status and body whether the repository exists or not.
+	var bodies []string
+	for _, repo := range []string{"acme/widgets", "acme/missing"} {
+		resp, err := http.Get(f.http.URL + "/api/gr/refs?repo=" + repo)
+		require.NoError(t, err)
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+		bodies = append(bodies, string(b))
+	}
+	require.Equal(t, bodies[0], bodies[1])
+
+	// Health needs no key.
+	resp, err := http.Get(f.http.URL + "/healthz")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+}
+
+func TestOversizedBodyIsRefusedBeforeWork(t *testing.T) {
+	f := newFixture(t)
+	resp, err := http.Post(f.http.URL+"/api/gr/push", "application/octet-stream", bytes.NewReader(make([]byte, 200_001)))
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusRequestEntityTooLarge, resp.StatusCode)
+}
+
+func TestMissingUpstreamIsAClearError(t *testing.T) {
+	f := newFixture(t)
+	_, err := f.client.Do(context.Background(), http.MethodGet, wire.PathRefs, url.Values{"repo": {"acme/missing"}}, nil, nil)
+	require.ErrorContains(t, err, "upstream repository acme/missing not found")
+	require.NoDirExists(t, filepath.Join(filepath.Dir(f.upstream), "missing.git"), "the relay never creates upstream repositories")
+	_, err = f.client.Do(context.Background(), http.MethodGet, wire.PathRefs, url.Values{"repo": {"../etc"}}, nil, nil)
+	require.ErrorContains(t, err, "invalid repository")
+}
+
+// startPush bundles the work repo's master and creates a session.
+func (f *fixture) startPush(t *testing.T) (string, wire.PushManifest, []byte, [][]byte) {
+	t.Helper()
+	dir := t.TempDir()
+	bundle := filepath.Join(dir, "b.bundle")
+	git(t, f.work, "bundle", "create", "-q", bundle, "refs/heads/master")
+	p, err := payload.Prepare(bundle, dir)
+	require.NoError(t, err)
+	salt := make([]byte, 32)
+	_, _ = rand.Read(salt)
+	m := wire.PushManifest{Version: 1, Repo: "acme/widgets", Salt: hex.EncodeToString(salt), Nonce: "n",
+		Updates:     []wire.Update{{Ref: "refs/heads/master", Old: zeroID, New: git(t, f.work, "rev-parse", "master")}},
+		Compression: p.Compression, BundleSize: p.BundleSize, BundleHash: p.BundleHash, PayloadSize: p.PayloadSize,
+		ChunkSize: 100}
+	m.Chunks = seal.Chunks(p.PayloadSize, m.ChunkSize)
+	raw, _ := json.Marshal(m)
+	st, err := seal.New(f.key, keyring.LabelPushPayload, salt, wire.ManifestHash(raw), m.Chunks)
+	require.NoError(t, err)
+	pf, _ := os.Open(p.Path)
+	defer pf.Close()
+	var chunks [][]byte
+	require.NoError(t, st.SealAll(pf, m.ChunkSize, func(i uint32, c []byte) error {
+		chunks = append(chunks, append([]byte(nil), c...))
+		return nil
+	}))
+	var sess wire.Session
+	_, err = f.client.Do(context.Background(), http.MethodPost, wire.PathPush, nil, raw, &sess)
+	require.NoError(t, err)
+	return sess.Session, m, raw, chunks
+}
+
+func (f *fixture) put(session string, i int, body []byte) error {
+	q := url.Values{"session": {session}, "index": {itoa(i)}}
+	_, err := f.client.Do(context.Background(), http.MethodPut, wire.PathPushChunk, q, body, nil)
+	return err
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func TestChunkUploadIsIdempotentAndAuthenticated(t *testing.T) {
+	f := newFixture(t)
+	sess, m, _, chunks := f.startPush(t)
+	require.Greater(t, len(chunks), 2)
+
+	require.NoError(t, f.put(sess, 0, chunks[0]))
+	require.NoError(t, f.put(sess, 0, chunks[0]), "the same bytes again succeed")
+
+	// A chunk at the wrong index does not authenticate; it is named.
+	err := f.put(sess, 1, chunks[0])
+	require.ErrorContains(t, err, "chunk 1 of")
+	// Different bytes at a held index are a conflict.
+	err = f.put(sess, 0, chunks[1])
+	var api *wire.APIError
+	require.ErrorAs(t, err, &api)
+	require.Equal(t, http.StatusConflict, api.Status)
+
+	// The status says which chunks the server holds, so a client resumes.
+	var st wire.PushStatus
+	_, err = f.client.Do(context.Background(), http.MethodGet, wire.PathPushStatus, url.Values{"session": {sess}}, nil, &st)
+	require.NoError(t, err)
+	require.Equal(t, []uint32{0}, st.Held)
+	require.Equal(t, m.Chunks, st.Chunks)
+
+	// Completing early is refused; nothing reaches upstream.
+	_, err = f.client.Do(context.Background(), http.MethodPost, wire.PathPushFinish, url.Values{"session": {sess}}, nil, nil)
+	require.ErrorContains(t, err, "holds 1 of")
+	require.Empty(t, gitOK(f.upstream, "rev-parse", "--verify", "-q", "refs/heads/master"))
+}
+
+func gitOK(dir string, args ...string) string {
+	cmd := exec.Command("git", append([]string{"--git-dir", dir}, args...)...)
+	out, _ := cmd.Output()
+	return strings.TrimSpace(string(out))
+}
+
+func TestPushLandsAndSurvivesRestart(t *testing.T) {
+	f := newFixture(t)
+	sess, m, _, chunks := f.startPush(t)
+	for i, c := range chunks {
+		require.NoError(t, f.put(sess, i, c))
+	}
+	// A second server over the same data dir (a restart) finishes the
+	// session the first one received.
+	s2, err := New(f.srv.cfg)
+	require.NoError(t, err)
+	hs2 := httptest.NewServer(s2.Handler())
+	defer func() { hs2.Close(); s2.work.Wait() }()
+	c2 := &wire.Client{Base: hs2.URL + "/api/gr", Key: f.key, MaxBody: 200_000}
+	var st wire.PushStatus
+	_, err = c2.Do(context.Background(), http.MethodPost, wire.PathPushFinish, url.Values{"session": {sess}}, nil, &st)
+	require.NoError(t, err)
+	require.Equal(t, wire.PhaseDone, st.Phase, st.Message)
+	require.Equal(t, []wire.RefResult{{Ref: "refs/heads/master", OK: true}}, st.Results)
+	require.Equal(t, m.Updates[0].New, gitOK(f.upstream, "rev-parse", "refs/heads/master"))
+
+	// Completing again reports the same outcome and pushes nothing twice.
+	_, err = c2.Do(context.Background(), http.MethodPost, wire.PathPushFinish, url.Values{"session": {sess}}, nil, &st)
+	require.NoError(t, err)
+	require.Equal(t, wire.PhaseDone, st.Phase)
+}
+
+func TestForceNeedsAllowForce(t *testing.T) {
+	f := newFixture(t)
+	m := wire.PushManifest{Version: 1, Repo: "acme/widgets", Salt: strings.Repeat("00", 32), Compression: wire.CompressNone,
+		Updates: []wire.Update{{Ref: "refs/heads/master", Old: strings.Repeat("1", 40), New: strings.Repeat("2", 40), Force: true}}}
+	_, err := f.client.Do(context.Background(), http.MethodPost, wire.PathPush, nil, m, nil)
+	require.ErrorContains(t, err, "--allow-force")
+	m.Updates[0] = wire.Update{Ref: "refs/heads/bad..name", Old: zeroID, New: strings.Repeat("2", 40)}
+	_, err = f.client.Do(context.Background(), http.MethodPost, wire.PathPush, nil, m, nil)
+	require.ErrorContains(t, err, "invalid ref name")
+	m.Updates[0] = wire.Update{Ref: "refs/notes/x", Old: zeroID, New: strings.Repeat("2", 40)}
+	_, err = f.client.Do(context.Background(), http.MethodPost, wire.PathPush, nil, m, nil)
+	require.ErrorContains(t, err, "only refs/heads/* and refs/tags/*")
+}
