@@ -68,7 +68,7 @@ func (c *Client) Do(ctx context.Context, method, path string, query url.Values, 
 			select {
 			case <-ctx.Done():
 				return nil, ctx.Err()
-			case <-time.After(time.Duration(attempt*attempt) * 200 * time.Millisecond):
+			case <-time.After(time.Duration(attempt*attempt) * 100 * time.Millisecond):
 			}
 		}
 		raw, err := c.once(ctx, method, path, query, body, out)

@@ -1,0 +1,139 @@
+package helper
+
+import (
+	"bytes"
+	"context"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/git-relay/git-relay/internal/keyring"
+	"github.com/git-relay/git-relay/server"
+)
+
+func git(t *testing.T, dir string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command("git", args...)
+	cmd.Dir = dir
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GIT_DIR=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "git %v: %s", args, out)
+	return strings.TrimSpace(string(out))
+}
+
+// setup makes an upstream with one commit, a relay server in front of it,
+// and a local clone configured for the relay; it returns the clone's dir.
+func setup(t *testing.T) (work, upstream string) {
+	t.Helper()
+	home := t.TempDir()
+	for k, v := range map[string]string{
+		"HOME": home, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0",
+		"GIT_AUTHOR_NAME": "A", "GIT_AUTHOR_EMAIL": "a@example.com", "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
+		"GIT_COMMITTER_NAME": "C", "GIT_COMMITTER_EMAIL": "c@example.com", "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
+		"GIT_RELAY_URL": "", "GIT_RELAY_KEY_FILE": "",
+	} {
+		t.Setenv(k, v)
+	}
+	root := t.TempDir()
+	upstream = filepath.Join(root, "up", "acme", "widgets.git")
+	git(t, root, "init", "-q", "--bare", "-b", "master", upstream)
+	work = filepath.Join(root, "work")
+	git(t, root, "init", "-q", "-b", "master", work)
+	require.NoError(t, os.WriteFile(filepath.Join(work, "a.txt"), []byte("a\n"), 0o644))
+	git(t, work, "add", ".")
+	git(t, work, "commit", "-qm", "first")
+	git(t, work, "push", "-q", upstream, "master")
+
+	key, err := keyring.Generate()
+	require.NoError(t, err)
+	keyFile := filepath.Join(root, "relay.key")
+	require.NoError(t, os.WriteFile(keyFile, []byte(key.String()+"\n"), 0o600))
+	s, err := server.New(server.Config{DataDir: filepath.Join(root, "data"), Ring: keyring.NewRing(key),
+		Upstream: "file://" + filepath.Join(root, "up") + "/{repo}.git"})
+	require.NoError(t, err)
+	hs := httptest.NewServer(s.Handler())
+	t.Cleanup(hs.Close)
+	git(t, work, "config", "relay.url", hs.URL+"/api/gr")
+	git(t, work, "config", "relay.keyFile", keyFile)
+	t.Setenv("GIT_DIR", filepath.Join(work, ".git"))
+	return work, upstream
+}
+
+func talk(t *testing.T, addr, input string) (string, string, error) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	h, err := newHelper(context.Background(), addr, addr, &stderr)
+	if err != nil {
+		return "", err.Error(), err
+	}
+	err = h.serve(context.Background(), strings.NewReader(input), &stdout)
+	if err != nil {
+		return stdout.String(), stderr.String() + err.Error(), err
+	}
+	return stdout.String(), stderr.String(), err
+}
+
+func TestProtocolCapabilitiesOptionsAndList(t *testing.T) {
+	work, _ := setup(t)
+	head := git(t, work, "rev-parse", "master")
+	out, _, err := talk(t, "acme/widgets", "capabilities\noption verbosity 1\noption progress false\noption depth 1\nlist for-push\n\n")
+	require.NoError(t, err)
+	require.Equal(t, "fetch\npush\noption\n\nok\nok\nunsupported\n"+head+" refs/heads/master\n@refs/heads/master HEAD\n\n", out)
+}
+
+func TestPushUpToDateSendsNothing(t *testing.T) {
+	_, _ = setup(t)
+	out, _, err := talk(t, "acme/widgets", "list for-push\npush refs/heads/master:refs/heads/master\n\n")
+	require.NoError(t, err)
+	require.Contains(t, out, "ok refs/heads/master up to date\n\n")
+}
+
+func TestPushDivergedIsRefusedBeforeUpload(t *testing.T) {
+	work, upstream := setup(t)
+	// Upstream moves ahead with a commit this clone never saw.
+	other := t.TempDir()
+	git(t, other, "clone", "-q", upstream, "o")
+	require.NoError(t, os.WriteFile(filepath.Join(other, "o", "b.txt"), []byte("b\n"), 0o644))
+	git(t, filepath.Join(other, "o"), "add", ".")
+	git(t, filepath.Join(other, "o"), "commit", "-qm", "upstream")
+	git(t, filepath.Join(other, "o"), "push", "-q", "origin", "master")
+	before := git(t, work, "--git-dir", upstream, "rev-parse", "master")
+
+	require.NoError(t, os.WriteFile(filepath.Join(work, "c.txt"), []byte("c\n"), 0o644))
+	git(t, work, "add", ".")
+	git(t, work, "commit", "-qm", "local")
+	out, stderr, err := talk(t, "acme/widgets", "list for-push\npush refs/heads/master:refs/heads/master\n\n")
+	require.NoError(t, err)
+	require.Contains(t, out, "error refs/heads/master fetch first\n")
+	require.Contains(t, stderr, "ERR_OUT_OF_SYNC")
+	require.Contains(t, stderr, "git pull relay::acme/widgets master")
+	require.Equal(t, before, git(t, work, "--git-dir", upstream, "rev-parse", "master"))
+}
+
+func TestBadAddressAndMissingConfig(t *testing.T) {
+	_, _ = setup(t)
+	_, msg, err := talk(t, "not-a-repo", "capabilities\n")
+	require.Error(t, err)
+	require.Contains(t, msg, "expected owner/repo")
+
+	t.Setenv("GIT_RELAY_URL", "http://127.0.0.1:1/api/gr")
+	_, msg, err = talk(t, "acme/widgets", "list for-push\n")
+	require.Error(t, err)
+	require.Contains(t, msg, "cannot reach the relay")
+
+	// An explicit URL names the server itself: its last two segments are
+	// owner/repo.
+	h, err := newHelper(context.Background(), "x", "https://edge.example/api/game/acme/widgets", &bytes.Buffer{})
+	require.NoError(t, err)
+	require.Equal(t, "acme/widgets", h.repo)
+	require.Equal(t, "https://edge.example/api/game", h.client.Base)
+}
