@@ -370,7 +370,7 @@ func (a *app) statusLine(r *repo, e *engine, offline bool) string {
 	}
 	idx := filepath.Join(r.stateDir(e.name), fmt.Sprintf("index.status.%d", os.Getpid()))
 	defer os.Remove(idx)
-	local, err := r.snapshot(a.ctx, idx)
+	local, err := r.snapshot(a.ctx, idx, false)
 	if err != nil {
 		return "unknown: " + err.Error()
 	}

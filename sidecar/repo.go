@@ -136,6 +136,10 @@ type State struct {
 	// last sync; "" forces the next sync to bootstrap.
 	Applied string `json:"applied,omitempty"`
 
+	// LastHead is HEAD at the last successful sync, known to descend
+	// from Baseline.
+	LastHead string `json:"last_head,omitempty"`
+
 	BootstrappedAt time.Time `json:"bootstrapped_at,omitzero"`
 	BootstrapVia   string    `json:"bootstrap_via,omitempty"` // "origin" or "bundle"
 

@@ -90,13 +90,13 @@ type applyArgs struct {
 	last      string // tree the workspace should hold now ("" if unknown)
 	backupRef string
 	token     string // last line of stdin, proving the patch is whole
-	hasPatch  bool
 }
 
-// applyScript is the sync itself: stdin is a patch (possibly empty)
-// followed by the token line. It checks the workspace against what we left
-// there, keeps any edits found under backupRef, moves to the base, applies
-// the patch and reports the resulting tree.
+// applyScript is the sync itself. It first checks the workspace against
+// what we left there (a full scan, which runs while we snapshot the work
+// tree here), keeps any edits found under backupRef and moves to the
+// base. Only then does it read stdin: a patch (possibly empty) followed by
+// the token line. It applies the patch and reports the resulting tree.
 func applyScript(d Dest, a applyArgs) string {
 	var b strings.Builder
 	b.WriteString(prelude)
@@ -104,25 +104,33 @@ func applyScript(d Dest, a applyArgs) string {
 	if a.bootstrap {
 		mode = "bootstrap"
 	}
-	hasPatch := "0"
-	if a.hasPatch {
-		hasPatch = "1"
+	last := a.last
+	if last == "" {
+		last = "0"
 	}
-	fmt.Fprintf(&b, "mode=%s base=%s last=%s backup=%s token=%s haspatch=%s\n",
-		q(mode), q(a.base), q(a.last), q(a.backupRef), q(a.token), q(hasPatch))
-	fmt.Fprintf(&b, "if ! cd -- %s 2>/dev/null || [ ! -e .git ]; then cat >/dev/null; echo 'need-bootstrap the workspace is missing'; exit 0; fi\n", d.PathWord())
+	fmt.Fprintf(&b, "mode=%s base=%s last=%s backup=%s token=%s\n",
+		q(mode), q(a.base), q(a.last), q(a.backupRef), q(a.token))
+	fmt.Fprintf(&b, "if ! cd -- %s 2>/dev/null || [ ! -e .git ]; then echo 'need-bootstrap the workspace is missing'; exit 0; fi\n", d.PathWord())
 	b.WriteString(gitDirSnippet)
-	b.WriteString(`f="$gd/sidecar-patch.$$"
-trap 'rm -f "$f"' EXIT
-cat > "$f" || die 'cannot store the patch in the workspace'
-[ "$(tail -n 1 "$f")" = "$token" ] || die 'the patch arrived incomplete'
-if [ "$mode" = incremental ]; then
-  if ! git cat-file -e "$base^{commit}" 2>/dev/null </dev/null || ! git cat-file -e "$last^{tree}" 2>/dev/null </dev/null; then
-    echo 'need-bootstrap the workspace lacks the baseline'; exit 0
-  fi
+	// One cat-file answers the three lookups; read and case are builtins.
+	fmt.Fprintf(&b, "chk=$(printf '%%s\\n' %s %s 'HEAD^{commit}' | git cat-file --batch-check 2>/dev/null)\n",
+		q(a.base+"^{commit}"), q(last+"^{tree}"))
+	b.WriteString(applyBody)
+	return b.String()
+}
+
+const applyBody = `{ read l1; read l2; read l3; } <<SIDECAR_CHECKS
+$chk
+SIDECAR_CHECKS
+baseok=; lastok=; head=
+case "$l1" in *" commit "*) baseok=1 ;; esac
+case "$l2" in *" tree "*) lastok=1 ;; esac
+case "$l3" in *" commit "*) head=${l3%% *} ;; esac
+if [ "$mode" = incremental ] && { [ -z "$baseok" ] || [ -z "$lastok" ]; }; then
+  echo 'need-bootstrap the workspace lacks the baseline'; exit 0
 fi
-head=$(git rev-parse -q --verify 'HEAD^{commit}' 2>/dev/null </dev/null) || head=
-git add -A </dev/null >/dev/null || die 'cannot scan the workspace (git add -A)'
+[ -n "$baseok" ] || die 'the baseline commit is missing in the workspace'
+git -c core.untrackedCache=true add -A </dev/null >/dev/null || die 'cannot scan the workspace (git add -A)'
 cur=$(git write-tree </dev/null) || die 'cannot record the workspace (git write-tree)'
 expect=$last
 if [ -z "$expect" ]; then
@@ -150,14 +158,16 @@ else
   if [ "$head" != "$base" ]; then git update-ref --no-deref HEAD "$base" </dev/null || die 'cannot move HEAD back to the baseline'; fi
   if [ $drift = 1 ]; then git read-tree --reset -u "$last" </dev/null || die 'cannot restore the last synced files'; fi
 fi
-if [ "$haspatch" = 1 ]; then
+f="$gd/sidecar-patch.$$"
+trap 'rm -f "$f"' EXIT
+cat > "$f" || die 'cannot store the patch in the workspace'
+[ "$(tail -n 1 "$f")" = "$token" ] || die 'the patch arrived incomplete'
+if [ "$(wc -c < "$f")" -gt $(( ${#token} + 1 )) ]; then
   git apply --index --whitespace=nowarn "$f" </dev/null >/dev/null || die 'the patch did not apply'
 fi
 t=$(git write-tree </dev/null) || die 'cannot record the workspace after the sync'
 echo "tree $t"
-`)
-	return b.String()
-}
+`
 
 // checkScript reports the workspace's tree without changing anything: it
 // scans into a throwaway copy of the index.

@@ -13,6 +13,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/git-relay/git-relay/internal/gitx"
@@ -81,16 +83,44 @@ func (r *repo) head(ctx context.Context) (commit, branch string, err error) {
 }
 
 // snapshot records the work tree as git sees it (tracked files plus
-// untracked files that are not ignored) as a tree, through a throwaway
-// copy of the index so that the user's index is left alone. The copy keeps
-// the user's stat information, so only files that changed are read.
-func (r *repo) snapshot(ctx context.Context, indexFile string) (string, error) {
-	if err := copyIndex(filepath.Join(r.gitDir, "index"), indexFile); err != nil {
-		return "", fmt.Errorf("snapshot the work tree: %w", err)
+// untracked files that are not ignored) as a tree, through an index of our
+// own so that the user's index is left alone.
+//
+// With keep, the index persists between syncs: it is refreshed from the
+// user's index only when that one changed, and otherwise keeps its stat
+// information and cached trees from the last sync, so that a sync reads
+// only the files that changed and rebuilds only their trees.
+func (r *repo) snapshot(ctx context.Context, indexFile string, keep bool) (string, error) {
+	userIndex := filepath.Join(r.gitDir, "index")
+	stamp := ""
+	if fi, err := os.Stat(userIndex); err == nil {
+		stamp = fmt.Sprintf("%d %d", fi.Size(), fi.ModTime().UnixNano())
+		if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+			stamp += fmt.Sprintf(" %d", sys.Ino)
+		}
+	}
+	stampFile := indexFile + ".source"
+	reuse := false
+	if keep && stamp != "" {
+		if b, err := os.ReadFile(stampFile); err == nil && string(b) == stamp {
+			if _, err := os.Stat(indexFile); err == nil {
+				reuse = true
+			}
+		}
+	}
+	if !reuse {
+		if err := copyIndex(userIndex, indexFile); err != nil {
+			return "", fmt.Errorf("snapshot the work tree: %w", err)
+		}
+		if keep {
+			if err := os.WriteFile(stampFile, []byte(stamp), 0o644); err != nil {
+				return "", fmt.Errorf("snapshot the work tree: %w", err)
+			}
+		}
 	}
 	g := r.git
 	g.Env = append(append([]string(nil), g.Env...), "GIT_INDEX_FILE="+indexFile)
-	if _, err := g.Run(ctx, "-c", "advice.addEmbeddedRepo=false", "add", "-A"); err != nil {
+	if _, err := g.Run(ctx, "-c", "advice.addEmbeddedRepo=false", "-c", "core.untrackedCache=true", "add", "-A"); err != nil {
 		return "", fmt.Errorf("snapshot the work tree: %w", err)
 	}
 	tree, err := g.Run(ctx, "write-tree")
@@ -169,7 +199,9 @@ func (e *engine) staleReason(ctx context.Context, head, branch string) (string, 
 			to = "a detached HEAD"
 		}
 		return fmt.Sprintf("branch changed from %s to %s", from, to), nil
-	case st.Baseline == head:
+	case st.Baseline == head || st.LastHead == head:
+		// The last sync already checked that this HEAD descends from
+		// the baseline.
 		return "", nil
 	}
 	ok, err := e.r.git.Ok(ctx, "merge-base", "--is-ancestor", st.Baseline, head)
@@ -197,14 +229,10 @@ func (e *engine) sync(ctx context.Context, force bool) (*syncResult, error) {
 			return nil, err
 		}
 	}
-	tree, err := e.r.snapshot(ctx, filepath.Join(e.r.stateDir(e.name), "index"))
-	if err != nil {
-		return nil, err
-	}
-	e.logf("work tree snapshot %s (HEAD %s)", short(tree), short(head))
 	var res *syncResult
+	tree := ""
 	if reason == "" {
-		res, reason, err = e.incremental(ctx, tree)
+		res, tree, reason, err = e.incremental(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -213,60 +241,120 @@ func (e *engine) sync(ctx context.Context, force bool) (*syncResult, error) {
 		}
 	}
 	if reason != "" {
+		if tree == "" {
+			if tree, err = e.snapshot(ctx); err != nil {
+				return nil, err
+			}
+		}
 		if res, err = e.bootstrap(ctx, head, branch, tree, reason); err != nil {
-			return nil, err
+			return res, err
 		}
 	}
+	e.st.LastHead = head
 	res.Duration = time.Since(start)
 	res.Bytes = e.sent
 	return res, nil
 }
 
+func (e *engine) snapshot(ctx context.Context) (string, error) {
+	tree, err := e.r.snapshot(ctx, filepath.Join(e.r.stateDir(e.name), "index"), true)
+	if err == nil {
+		e.logf("work tree snapshot %s", short(tree))
+	}
+	return tree, err
+}
+
+// errWorkspaceDone tells a patch writer that the workspace stopped
+// reading.
+var errWorkspaceDone = errors.New("the workspace stopped reading")
+
 // incremental sends the difference between the tree left in the
-// workspace and the new snapshot, in one remote command. It returns a
-// reason to bootstrap instead when the workspace cannot take it.
-func (e *engine) incremental(ctx context.Context, tree string) (*syncResult, string, error) {
-	res := &syncResult{Mode: "incremental", Tree: tree}
+// workspace and a new snapshot, in one remote command. The command starts
+// first: the workspace scans itself for drift while the work tree is
+// snapshotted here, and the patch follows on its stdin. It returns a
+// reason to bootstrap instead when the workspace cannot take the patch.
+func (e *engine) incremental(ctx context.Context) (res *syncResult, tree, reason string, err error) {
 	a := applyArgs{
 		base:      e.st.Baseline,
 		last:      e.st.Applied,
 		backupRef: backupRef(),
 		token:     "git-sidecar-patch-end-" + randomHex(12),
-		hasPatch:  tree != e.st.Applied,
 	}
-	out, files, err := e.runApply(ctx, a, e.st.Applied, tree)
+	out, files, err := e.runApply(ctx, a, a.last, func() (string, error) {
+		t, err := e.snapshot(ctx)
+		tree = t
+		return t, err
+	})
 	if err != nil {
-		return nil, "", err
+		return nil, tree, "", err
 	}
 	if why, ok := out.first("need-bootstrap"); ok {
-		return nil, why, nil
+		return nil, tree, why, nil
 	}
-	res.Files = files
+	res = &syncResult{Mode: "incremental", Tree: tree, Files: files}
 	if err := e.finish(ctx, res, out, tree); err != nil {
-		return res, "", err
+		return res, tree, "", err
 	}
-	return res, "", nil
+	return res, tree, "", nil
+}
+
+// runApply starts applyScript, then computes the new tree with newTree
+// while the workspace scans itself, and streams the patch from..tree to
+// it.
+func (e *engine) runApply(ctx context.Context, a applyArgs, from string, newTree func() (string, error)) (reply, int, error) {
+	script := applyScript(e.dest, a)
+	pr, pw := io.Pipe()
+	cr := &countingReader{r: pr}
+	var stdout, stderr bytes.Buffer
+	done := make(chan error, 1)
+	go func() {
+		err := e.tr.run(ctx, script, cr, &stdout, &stderr)
+		pr.CloseWithError(errWorkspaceDone)
+		done <- err
+	}()
+	tree, terr := newTree()
+	files, werr := 0, error(nil)
+	if terr != nil {
+		// Without the token line the workspace applies nothing.
+		pw.CloseWithError(terr)
+	} else {
+		files, werr = e.writePatch(ctx, pw, from, tree, a.token)
+		pw.Close()
+	}
+	rerr := <-done
+	e.sent += int64(len(script)) + cr.n.Load()
+	if terr != nil {
+		return nil, 0, terr
+	}
+	if rerr != nil {
+		return nil, 0, remoteError("sync the workspace", rerr, stderr.String())
+	}
+	out := parseReply(stdout.String())
+	if _, ok := out.first("need-bootstrap"); ok {
+		return out, 0, nil
+	}
+	if werr != nil {
+		return nil, 0, werr
+	}
+	return out, files, nil
 }
 
 func backupRef() string {
 	return "refs/sidecar/backup/" + time.Now().UTC().Format("20060102T150405Z") + "-" + randomHex(3)
 }
 
-// runApply streams the patch from..to (when there is one) into
-// applyScript.
-func (e *engine) runApply(ctx context.Context, a applyArgs, from, to string) (reply, int, error) {
-	script := applyScript(e.dest, a)
-	var stdin io.Reader
-	var counter *patchCounter
-	var wait func() error
-	var cancel context.CancelFunc = func() {}
-	if a.hasPatch {
-		pctx, c := context.WithCancel(ctx)
-		cancel = c
+// writePatch writes the patch from..to (nothing when they are equal) and
+// the token line to w, and returns how many files the patch touches.
+func (e *engine) writePatch(ctx context.Context, w io.Writer, from, to, token string) (int, error) {
+	files := 0
+	if from != to {
+		pctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		// git writes into an OS pipe we read from, so that when the
+		// workspace stops reading we can stop git rather than block it.
 		pr, pw, err := os.Pipe()
 		if err != nil {
-			cancel()
-			return nil, 0, err
+			return 0, err
 		}
 		cmd := e.r.git.Command(pctx, "diff-tree", "-r", "-p", "--binary", "--full-index", "-M",
 			"--no-ext-diff", "--no-color", "--no-textconv", "--src-prefix=a/", "--dst-prefix=b/", from, to)
@@ -274,48 +362,28 @@ func (e *engine) runApply(ctx context.Context, a applyArgs, from, to string) (re
 		if err := cmd.Start(); err != nil {
 			pr.Close()
 			pw.Close()
-			cancel()
-			return nil, 0, err
+			return 0, fmt.Errorf("make the patch: %w", err)
 		}
 		pw.Close()
-		wait = func() error {
-			pr.Close()
-			return cmd.Wait()
-		}
-		counter = &patchCounter{r: pr}
-		stdin = io.MultiReader(counter, strings.NewReader(a.token+"\n"))
-	} else {
-		stdin = strings.NewReader(a.token + "\n")
-	}
-	defer cancel()
-	var stdout, stderr bytes.Buffer
-	cr := &countingReader{r: stdin}
-	e.sent += int64(len(script))
-	err := e.tr.run(ctx, script, cr, &stdout, &stderr)
-	e.sent += cr.n
-	var diffErr error
-	if wait != nil {
-		if err != nil || !strings.Contains(stdout.String(), "tree ") {
-			// The workspace did not take the whole patch; stop git.
+		counter := &patchCounter{r: pr}
+		_, cerr := io.Copy(w, counter)
+		if cerr != nil {
 			cancel()
 		}
-		diffErr = wait()
-	}
-	if err != nil {
-		return nil, 0, remoteError("sync the workspace", err, stderr.String())
-	}
-	out := parseReply(stdout.String())
-	if _, ok := out.first("need-bootstrap"); ok {
-		return out, 0, nil
-	}
-	if diffErr != nil {
-		return nil, 0, fmt.Errorf("make the patch: %w", diffErr)
-	}
-	files := 0
-	if counter != nil {
+		pr.Close()
+		werr := cmd.Wait()
+		if cerr != nil {
+			return 0, fmt.Errorf("send the patch: %w", cerr)
+		}
+		if werr != nil {
+			return 0, fmt.Errorf("make the patch: %w", werr)
+		}
 		files = counter.files
 	}
-	return out, files, nil
+	if _, err := io.WriteString(w, token+"\n"); err != nil {
+		return 0, fmt.Errorf("send the patch: %w", err)
+	}
+	return files, nil
 }
 
 // finish checks the tree the workspace reports against the snapshot and
@@ -335,39 +403,17 @@ func (e *engine) finish(ctx context.Context, res *syncResult, out reply, tree st
 		e.st.Mismatch = fmt.Sprintf("workspace tree %s, local tree %s", short(got), short(tree))
 		return &errNotInSync{name: e.name, local: tree, remote: got}
 	}
+	// Keep the applied tree reachable so that gc cannot take it while the
+	// next sync still needs to diff against it. A ref may name a tree.
+	if tree != e.st.Applied {
+		if _, err := e.r.git.Run(ctx, "update-ref", "refs/sidecar/"+e.name+"/synced", tree); err != nil {
+			return fmt.Errorf("record the synced tree: %w", err)
+		}
+	}
 	e.st.Applied = tree
 	e.st.InSync = true
 	e.st.Mismatch = ""
-	// Keep the applied tree reachable so that gc cannot take it while the
-	// next sync still needs to diff against it.
-	if err := e.keepTree(ctx, tree); err != nil {
-		return err
-	}
 	return nil
-}
-
-func (e *engine) keepTree(ctx context.Context, tree string) error {
-	g := e.r.git
-	g.Env = append(append([]string(nil), g.Env...), identityEnv...)
-	args := []string{"commit-tree", tree, "-m", "git-sidecar: tree synced to " + e.name}
-	if e.st.Baseline != "" {
-		args = append(args, "-p", e.st.Baseline)
-	}
-	c, err := g.Run(ctx, args...)
-	if err != nil {
-		return fmt.Errorf("record the synced tree: %w", err)
-	}
-	if _, err := e.r.git.Run(ctx, "update-ref", "refs/sidecar/"+e.name+"/synced", c); err != nil {
-		return fmt.Errorf("record the synced tree: %w", err)
-	}
-	return nil
-}
-
-// identityEnv names the author of our bookkeeping commits, so that they
-// work in repositories without user.name.
-var identityEnv = []string{
-	"GIT_AUTHOR_NAME=git-sidecar", "GIT_AUTHOR_EMAIL=git-sidecar@localhost",
-	"GIT_COMMITTER_NAME=git-sidecar", "GIT_COMMITTER_EMAIL=git-sidecar@localhost",
 }
 
 // bootstrap (re)builds the workspace: fetch origin there (or send a
@@ -430,12 +476,7 @@ func (e *engine) bootstrap(ctx context.Context, head, branch, tree, reason strin
 	if e.st.Dest == e.dest.Raw {
 		a.last = e.st.Applied
 	}
-	baseTree, err := e.r.git.Run(ctx, "rev-parse", base+"^{tree}")
-	if err != nil {
-		return nil, fmt.Errorf("read the baseline: %w", err)
-	}
-	a.hasPatch = baseTree != tree
-	reply, files, err := e.runApply(ctx, a, base, tree)
+	reply, files, err := e.runApply(ctx, a, base, func() (string, error) { return tree, nil })
 	if err != nil {
 		return nil, err
 	}
@@ -529,7 +570,7 @@ func (e *engine) sendBundle(ctx context.Context, head string, tips []string) err
 	cr := &countingReader{r: pr}
 	e.sent += int64(len(script))
 	rerr := e.tr.run(ctx, script, cr, &stdout, &stderr)
-	e.sent += cr.n
+	e.sent += cr.n.Load()
 	if rerr != nil {
 		cancel()
 	}
@@ -566,14 +607,16 @@ func lastLines(s string) string {
 	return s
 }
 
+// countingReader counts what passes; the count is read while a
+// transport's copier may still be reading.
 type countingReader struct {
 	r io.Reader
-	n int64
+	n atomic.Int64
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	c.n += int64(n)
+	c.n.Add(int64(n))
 	return n, err
 }
 
