@@ -234,3 +234,21 @@ func TestUnknownHostKeyIsRefused(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, string(kh), w.sshd.KnownHostsLine())
 }
+
+// TestHomeRelativeWorkspace: host:path without a leading slash is under
+// the remote home, and a path starting with '-' is a path, not an option.
+func TestHomeRelativeWorkspace(t *testing.T) {
+	w := newWorld(t, overSSH, "")
+	w.ws = filepath.Join(w.sshd.RemoteHome, "-dash "+nastyName)
+	w.dest = "devbox:-dash " + nastyName
+	w.write("a.txt", "a\n")
+	w.commitAll("a")
+	w.git(w.repo, "push", "-q", "origin", "main")
+	w.mustSidecar("add", "dev", w.dest)
+	require.Contains(t, w.mustSidecar("setup"), "in sync")
+	w.requireSame()
+	w.write("a.txt", "b\n")
+	w.sync()
+	out := w.mustSidecar("exec", "--", "pwd")
+	require.Contains(t, out, w.ws)
+}
