@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/git-relay/git-relay/internal/keyring"
@@ -50,9 +51,10 @@ func (h *Helper) fetch(ctx context.Context, lines []string) error {
 	if _, err := h.client.Do(ctx, http.MethodPost, wire.PathFetch, nil, req, &sess); err != nil {
 		return h.explain(err)
 	}
-	q := url.Values{"session": {sess.Session}}
+	// The server holds the status answer until the bundle is ready (or a
+	// few seconds pass), so a small fetch takes one round trip.
+	q := url.Values{"session": {sess.Session}, "wait": {"1"}}
 	var st wire.FetchStatus
-	delay := 50 * time.Millisecond
 	h.ui.status("server: preparing bundle...")
 	for {
 		if _, err := h.client.Do(ctx, http.MethodGet, wire.PathFetchStatus, q, nil, &st); err != nil {
@@ -60,14 +62,6 @@ func (h *Helper) fetch(ctx context.Context, lines []string) error {
 		}
 		if st.Ready || st.Phase == "failed" {
 			break
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(delay):
-		}
-		if delay < time.Second {
-			delay = delay * 3 / 2
 		}
 	}
 	if !st.Ready {
@@ -105,9 +99,15 @@ func (h *Helper) haves(ctx context.Context) ([]string, error) {
 	return ids, nil
 }
 
-// download fetches the chunks into a folder under the git dir (so a
-// download that fails can be told apart from a finished one), assembles
-// the bundle once every chunk authenticated, and unbundles it.
+// downloadWorkers is how many chunks are asked for at once.
+const downloadWorkers = 3
+
+// download fetches the chunks, a few at a time, opens each one as it
+// arrives (a chunk that fails authentication is asked for again, as a
+// proxy may have altered it) and writes its plaintext at its place in a
+// payload file under the git dir. Only when every chunk, the final one
+// included, has authenticated and the whole matches the manifest's hash is
+// the bundle handed to git, which unbundles it with its own tools.
 func (h *Helper) download(ctx context.Context, session string, m wire.FetchManifest, raw []byte) error {
 	salt, err := hex.DecodeString(m.Salt)
 	if err != nil || len(salt) != 32 {
@@ -125,57 +125,91 @@ func (h *Helper) download(ctx context.Context, session string, m wire.FetchManif
 		return err
 	}
 	defer os.RemoveAll(dir)
-	start := time.Now()
-	var got int64
-	chunkPath := func(i uint32) string { return filepath.Join(dir, strconv.FormatUint(uint64(i), 10)) }
-	for i := uint32(0); i < m.Chunks; i++ {
-		q := url.Values{"session": {session}, "index": {strconv.FormatUint(uint64(i), 10)}}
-		var body []byte
-		// The client retries a dropped or mangled answer; a chunk that
-		// arrives but does not authenticate is asked for again too, as a
-		// proxy may have altered it.
-		for attempt := 0; ; attempt++ {
-			b, err := h.client.Do(ctx, http.MethodGet, wire.PathFetchChunk, q, nil, nil)
-			if err != nil {
-				return fmt.Errorf("download chunk %d of %d: %w", i+1, m.Chunks, h.explain(err))
-			}
-			if _, err := st.Open(nil, i, b); err != nil {
-				if attempt < 3 {
-					continue
-				}
-				return fmt.Errorf("download: %w", err)
-			}
-			body = b
-			break
-		}
-		if err := os.WriteFile(chunkPath(i), body, 0o600); err != nil {
-			return err
-		}
-		got += int64(len(body))
-		h.ui.status("receive %d/%d chunks, %s, %s", i+1, m.Chunks, humanBytes(got), rate(got, time.Since(start)))
-	}
-	h.ui.done("receive %d/%d chunks, %s, %s, done.", m.Chunks, m.Chunks, humanBytes(got), rate(got, time.Since(start)))
-	bundlePath := filepath.Join(dir, "fetch.bundle")
-	f, err := os.Create(bundlePath)
+	payloadPath := filepath.Join(dir, "payload")
+	f, err := os.Create(payloadPath)
 	if err != nil {
 		return err
 	}
-	get := func(i uint32) ([]byte, error) {
-		b, err := os.ReadFile(chunkPath(i))
-		if err == nil {
-			os.Remove(chunkPath(i))
+	defer f.Close()
+	if err := f.Truncate(m.PayloadSize); err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	start := time.Now()
+	var (
+		mu   sync.Mutex
+		got  int64
+		done uint32
+	)
+	next := make(chan uint32)
+	errs := make(chan error, downloadWorkers)
+	var wg sync.WaitGroup
+	for w := 0; w < downloadWorkers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var plain []byte
+			for i := range next {
+				q := url.Values{"session": {session}, "index": {strconv.FormatUint(uint64(i), 10)}}
+				var err error
+				for attempt := 0; ; attempt++ {
+					var b []byte
+					if b, err = h.client.Do(ctx, http.MethodGet, wire.PathFetchChunk, q, nil, nil); err != nil {
+						err = fmt.Errorf("download chunk %d of %d: %w", i+1, m.Chunks, h.explain(err))
+						break
+					}
+					if plain, err = st.Open(plain[:0], i, b); err == nil || attempt >= 3 {
+						if err != nil {
+							err = fmt.Errorf("download: %w", err)
+						}
+						break
+					}
+				}
+				if err == nil {
+					_, err = f.WriteAt(plain, int64(i)*int64(m.ChunkSize))
+				}
+				if err != nil {
+					errs <- err
+					cancel()
+					return
+				}
+				mu.Lock()
+				got += int64(len(plain))
+				done++
+				h.ui.status("receive %d/%d chunks, %s, %s", done, m.Chunks, humanBytes(got), rate(got, time.Since(start)))
+				mu.Unlock()
+			}
+		}()
+	}
+feed:
+	for i := uint32(0); i < m.Chunks; i++ {
+		select {
+		case next <- i:
+		case <-ctx.Done():
+			break feed
 		}
-		return b, err
 	}
-	err = payload.Assemble(st, get, m.Compression, m.BundleSize, m.BundleHash, f)
-	if cerr := f.Close(); err == nil {
-		err = cerr
+	close(next)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return err
+	default:
 	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	h.ui.done("receive %d/%d chunks, %s, %s, done.", m.Chunks, m.Chunks, humanBytes(got), rate(got, time.Since(start)))
+	if err := f.Close(); err != nil {
+		return err
+	}
+	bundlePath, err := payload.Finish(payloadPath, m.Compression, m.PayloadSize, m.BundleSize, m.BundleHash, filepath.Join(dir, "fetch.bundle"))
 	if err != nil {
 		return fmt.Errorf("fetch from the relay: %w", err)
 	}
-	c := h.git.Command(ctx, "bundle", "unbundle", bundlePath)
-	if err := c.Run(); err != nil {
+	if err := h.git.Command(ctx, "bundle", "unbundle", bundlePath).Run(); err != nil {
 		return fmt.Errorf("unpack the fetched bundle: %w", err)
 	}
 	return nil

@@ -67,7 +67,7 @@ func (s *Server) handleFetchCreate(c *call) {
 	}
 	id := newID()
 	dir := s.fetchDir(id)
-	if err := os.MkdirAll(filepath.Join(dir, "chunks"), 0o700); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		c.failErr(err)
 		return
 	}
@@ -77,8 +77,18 @@ func (s *Server) handleFetchCreate(c *call) {
 		return
 	}
 	s.work.Add(1)
+	done := make(chan struct{})
+	s.mu.Lock()
+	s.running["fetch-"+id] = done
+	s.mu.Unlock()
 	go func() {
 		defer s.work.Done()
+		defer func() {
+			s.mu.Lock()
+			delete(s.running, "fetch-"+id)
+			s.mu.Unlock()
+			close(done)
+		}()
 		raw, err := s.prepareFetch(context.Background(), h, id, c.key, req, maxBody)
 		if err != nil {
 			st.Phase, st.Message = "failed", s.redactor(err.Error())
@@ -122,35 +132,21 @@ func (s *Server) prepareFetch(ctx context.Context, h *repoHandle, id string, key
 	if empty {
 		return json.Marshal(m)
 	}
-	defer os.Remove(bundlePath)
 	p, err := payload.Prepare(bundlePath, dir)
 	if err != nil {
 		return nil, err
 	}
-	defer p.Close()
+	// Keep only what is sealed: the bundle, or its compressed copy.
+	if p.Path != bundlePath {
+		os.Remove(bundlePath)
+	}
+	if err := os.Rename(p.Path, filepath.Join(dir, "payload")); err != nil {
+		return nil, err
+	}
 	m.Compression, m.BundleSize, m.BundleHash, m.PayloadSize = p.Compression, p.BundleSize, p.BundleHash, p.PayloadSize
 	m.ChunkSize = payload.ChunkSize(maxBody)
 	m.Chunks = seal.Chunks(p.PayloadSize, m.ChunkSize)
-	raw, err := json.Marshal(m)
-	if err != nil {
-		return nil, err
-	}
-	st, err := seal.New(key, keyring.LabelFetchPayload, salt, wire.ManifestHash(raw), m.Chunks)
-	if err != nil {
-		return nil, err
-	}
-	f, err := os.Open(p.Path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	err = st.SealAll(f, m.ChunkSize, func(i uint32, sealed []byte) error {
-		return writeFileAtomic(filepath.Join(dir, "chunks", fmt.Sprintf("%08d", i)), sealed)
-	})
-	if err != nil {
-		return nil, fmt.Errorf("seal fetch payload: %w", err)
-	}
-	return raw, nil
+	return json.Marshal(m)
 }
 
 // bundleFor writes a bundle of req.Wants minus everything reachable from
@@ -239,6 +235,13 @@ func (s *Server) handleFetchStatus(c *call) {
 		c.failErr(err)
 		return
 	}
+	if st.Phase == "preparing" && c.r.URL.Query().Get("wait") != "" {
+		s.waitApply(c.r.Context(), "fetch-"+c.r.URL.Query().Get("session"), longPoll)
+		if st, dir, err = s.loadFetch(c.r.URL.Query().Get("session"), c.key); err != nil {
+			c.failErr(err)
+			return
+		}
+	}
 	out := wire.FetchStatus{Phase: st.Phase, Message: st.Message}
 	if st.Phase == "ready" {
 		raw, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
@@ -262,17 +265,48 @@ func (s *Server) handleFetchChunk(c *call) {
 		c.failErr(conflict("fetch session is %s", st.Phase))
 		return
 	}
+	raw, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
+	if err != nil {
+		c.failErr(err)
+		return
+	}
+	var m wire.FetchManifest
+	if err := json.Unmarshal(raw, &m); err != nil {
+		c.failErr(err)
+		return
+	}
 	idx, err := strconv.ParseUint(q.Get("index"), 10, 32)
-	if err != nil {
-		c.failErr(badRequest("invalid chunk index %q", q.Get("index")))
+	if err != nil || uint32(idx) >= m.Chunks {
+		c.failErr(badRequest("chunk index %q out of range", q.Get("index")))
 		return
 	}
-	b, err := os.ReadFile(filepath.Join(dir, "chunks", fmt.Sprintf("%08d", idx)))
+	// Chunks are sealed on demand from the payload: the same bytes every
+	// time (the key, nonce and associated data are fixed by the manifest
+	// and the index), so a download can be resumed or repeated.
+	salt, _ := hex.DecodeString(m.Salt)
+	stream, err := seal.New(c.key, keyring.LabelFetchPayload, salt, wire.ManifestHash(raw), m.Chunks)
 	if err != nil {
-		c.failErr(notFound("no chunk %d", idx))
+		c.failErr(err)
 		return
 	}
-	c.reply(http.StatusOK, b)
+	f, err := os.Open(filepath.Join(dir, "payload"))
+	if err != nil {
+		c.failErr(notFound("fetch session %s has no payload (it may have expired)", q.Get("session")))
+		return
+	}
+	defer f.Close()
+	off := int64(idx) * int64(m.ChunkSize)
+	plain := make([]byte, min(int64(m.ChunkSize), m.PayloadSize-off))
+	if _, err := f.ReadAt(plain, off); err != nil {
+		c.failErr(err)
+		return
+	}
+	sealed, err := stream.Seal(nil, uint32(idx), plain)
+	if err != nil {
+		c.failErr(err)
+		return
+	}
+	c.reply(http.StatusOK, sealed)
 }
 
 func saveJSON(path string, v any) error {

@@ -216,3 +216,50 @@ func Assemble(st *seal.Stream, get func(i uint32) ([]byte, error), compression s
 	}
 	return nil
 }
+
+// Finish checks a payload whose chunks were opened one by one into the file
+// at payloadPath (each authenticated, in any order) and returns the path of
+// the bundle: the payload itself, or its decompressed copy at bundlePath.
+// The bundle's size and SHA-256 must match the manifest.
+func Finish(payloadPath, compression string, payloadSize, size int64, hash, bundlePath string) (string, error) {
+	in, err := os.Open(payloadPath)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	if fi, err := in.Stat(); err != nil || fi.Size() != payloadSize {
+		return "", errors.New("payload has the wrong size")
+	}
+	h := sha256.New()
+	out := payloadPath
+	var n int64
+	switch compression {
+	case wire.CompressNone:
+		n, err = io.Copy(h, in)
+	case wire.CompressZstd:
+		dec, derr := zstd.NewReader(in, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(64<<20))
+		if derr != nil {
+			return "", derr
+		}
+		defer dec.Close()
+		f, ferr := os.Create(bundlePath)
+		if ferr != nil {
+			return "", ferr
+		}
+		defer f.Close()
+		n, err = io.Copy(io.MultiWriter(f, h), io.LimitReader(dec, size+1))
+		out = bundlePath
+	default:
+		return "", fmt.Errorf("unknown compression %q", compression)
+	}
+	if err != nil {
+		return "", fmt.Errorf("read payload: %w", err)
+	}
+	if n != size {
+		return "", fmt.Errorf("bundle is %d bytes, the manifest says %d", n, size)
+	}
+	if hex.EncodeToString(h.Sum(nil)) != hash {
+		return "", errors.New("assembled bundle does not match the manifest's hash")
+	}
+	return out, nil
+}
