@@ -58,7 +58,10 @@ func (r *Remote) pushFile(ctx context.Context, req PushRequest) (*PushResult, er
 		stdinW.Close()
 		return nil, fmt.Errorf("push to %s: %w", r, err)
 	}
-	cmd := r.git().Command(ctx, "receive-pack", dir)
+	// The relay streams the client's pack without indexing it itself, so
+	// the objects must be checked where they land: GitHub fsck-checks every
+	// push, and a file:// upstream is asked to do the same.
+	cmd := gitx.Repo{Env: append(r.GitEnv("receive.fsckObjects=true"), "GIT_PROTOCOL=")}.Command(ctx, "receive-pack", dir)
 	cmd.Stdin = stdinR
 	cmd.Stdout = stdoutW
 	// Without side bands receive-pack prints its messages on stderr.
