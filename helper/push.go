@@ -101,6 +101,9 @@ func (h *Helper) check(ctx context.Context, u *refUpdate) {
 			refuse("stale info")
 			return
 		}
+		// A lease that holds allows a forced update; git does not always
+		// mark such a push line with '+'.
+		u.Force = true
 	}
 	if u.src == "" {
 		u.New = zeroID
@@ -226,7 +229,11 @@ func (h *Helper) send(ctx context.Context, ups []*refUpdate) error {
 		return err
 	}
 	if st.Phase == wire.PhaseFailed {
-		return fmt.Errorf("the relay could not push to upstream: %s", st.Message)
+		// Nothing landed; git prints the reason next to each ref.
+		for _, u := range ups {
+			u.result = "error " + u.Ref + " " + quote("the relay refused the push: "+st.Message)
+		}
+		return nil
 	}
 	byRef := map[string]wire.RefResult{}
 	for _, r := range st.Results {
@@ -309,7 +316,9 @@ func (h *Helper) makeBundle(ctx context.Context, ups []*refUpdate, dir string) (
 	var del strings.Builder
 	seenRef := map[string]bool{}
 	for i, u := range ups {
-		if u.New == zeroID {
+		if u.New == zeroID || upstreamIDs[u.New] {
+			// Deleted, or upstream has it already (a new branch at one of
+			// its tips): the server checks such ids against upstream.
 			continue
 		}
 		ref := u.src

@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -346,17 +345,27 @@ func (s *Server) checkBundleHeader(ctx context.Context, h *repoHandle, ps *pushS
 		return fmt.Errorf("read bundle: %w", err)
 	}
 	pack.Close()
-	var want, got []string
+	// Every head of the bundle is a new id of the signed manifest, and every
+	// new id the bundle does not carry is one upstream already has.
+	news := map[string]bool{}
 	for _, u := range ps.manifest.Updates {
 		if u.New != zeroID {
-			want = append(want, u.New)
+			news[u.New] = true
 		}
 	}
+	heads := map[string]bool{}
 	for _, r := range hdr.Refs {
-		got = append(got, r.OID)
+		if !news[r.OID] {
+			return errors.New("the bundle's heads do not match the signed manifest")
+		}
+		heads[r.OID] = true
 	}
-	if strings.Join(uniqueSorted(want), " ") != strings.Join(uniqueSorted(got), " ") {
-		return errors.New("the bundle's heads do not match the signed manifest")
+	for id := range news {
+		if !heads[id] {
+			if ok, _ := h.mirror.Ok(ctx, "cat-file", "-e", id); !ok {
+				return fmt.Errorf("the bundle does not carry %s, and upstream does not have it", id)
+			}
+		}
 	}
 	if _, err := h.mirror.Run(ctx, "bundle", "verify", "-q", path); err != nil {
 		return fmt.Errorf("bundle verify: %w (upstream may lack its prerequisites: fetch and push again)", err)
@@ -447,15 +456,4 @@ func (s *Server) indexIntoMirror(ctx context.Context, h *repoHandle, bundlePath 
 func fileExists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
-}
-
-func uniqueSorted(ids []string) []string {
-	sort.Strings(ids)
-	out := ids[:0]
-	for i, id := range ids {
-		if i == 0 || id != ids[i-1] {
-			out = append(out, id)
-		}
-	}
-	return out
 }
