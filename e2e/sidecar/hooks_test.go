@@ -25,7 +25,7 @@ func (w *world) slowWorkspaceGit(delay string) func(string) {
 	delayFile := filepath.Join(bin, "delay")
 	setDelay := func(d string) { require.NoError(w.t, os.WriteFile(delayFile, []byte(d), 0o644)) }
 	setDelay(delay)
-	script := fmt.Sprintf("#!/bin/sh\ncase \"$PWD\" in %s*) [ \"$1\" = add ] && sleep \"$(cat '%s')\" ;; esac\nexec '%s' \"$@\"\n",
+	script := fmt.Sprintf("#!/bin/sh\ncase \"$PWD\" in %s*) case \" $* \" in *\" add \"*) sleep \"$(cat '%s')\" ;; esac ;; esac\nexec '%s' \"$@\"\n",
 		shellPattern(w.ws), delayFile, real)
 	require.NoError(w.t, os.WriteFile(filepath.Join(bin, "git"), []byte(script), 0o755))
 	for i, kv := range w.env {
@@ -80,6 +80,7 @@ func TestHooks(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "existing post-commit ran\n", string(ran))
 	st := w.waitIdle()
+	require.GreaterOrEqual(t, time.Since(start), 2*time.Second, "the sync should have been slow")
 	require.Contains(t, st, "state:     in sync")
 	require.Contains(t, st, "last hook: post-commit")
 	w.requireSame()

@@ -49,6 +49,10 @@ func hermetic(home, pathPrefix string) []string {
 		"GIT_AUTHOR_NAME=Ada Author", "GIT_AUTHOR_EMAIL=ada@example.com", "GIT_AUTHOR_DATE=2025-01-02T03:04:05Z",
 		"GIT_COMMITTER_NAME=Cy Committer", "GIT_COMMITTER_EMAIL=cy@example.com", "GIT_COMMITTER_DATE=2025-01-02T03:04:05Z",
 		"SSH_AUTH_SOCK=",
+		// Under -race, every git-sidecar (this test binary) would sleep
+		// a second at exit waiting for late race reports, and a hook
+		// would look slow for that reason alone.
+		"GORACE=atexit_sleep_ms=0",
 		"PATH=" + pathPrefix + string(os.PathListSeparator) + os.Getenv("PATH"),
 	}
 }
