@@ -72,4 +72,3 @@ func TestInstallRefusesAmbiguousChain(t *testing.T) {
 	require.NoFileExists(t, filepath.Join(dir, "post-checkout"))
 	require.False(t, hooks.IsOurs(filepath.Join(dir, "post-commit")))
 }
-
