@@ -1,7 +1,9 @@
 package sidecar_test
 
 import (
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -251,4 +253,46 @@ func TestHomeRelativeWorkspace(t *testing.T) {
 	w.sync()
 	out := w.mustSidecar("exec", "--", "pwd")
 	require.Contains(t, out, w.ws)
+}
+
+// TestMismatchIsReportedAndRepaired: when the workspace does not end up
+// with the snapshot's tree (here its git silently skips `apply`), the sync
+// says so and fails, status shows it, and the next sync rebuilds the
+// workspace.
+func TestMismatchIsReportedAndRepaired(t *testing.T) {
+	w := newWorld(t, local, "")
+	real, err := exec.LookPath("git")
+	require.NoError(t, err)
+	bin := filepath.Join(w.root, "brokengit")
+	flag := filepath.Join(w.root, "break-apply")
+	require.NoError(t, os.MkdirAll(bin, 0o755))
+	script := fmt.Sprintf("#!/bin/sh\nif [ -e %s ]; then case \" $* \" in *\" apply \"*) exit 0 ;; esac; fi\nexec %s \"$@\"\n",
+		shellPattern(flag), shellPattern(real))
+	require.NoError(t, os.WriteFile(filepath.Join(bin, "git"), []byte(script), 0o755))
+	for i, kv := range w.env {
+		if strings.HasPrefix(kv, "PATH=") {
+			w.env[i] = "PATH=" + bin + ":" + strings.TrimPrefix(kv, "PATH=")
+		}
+	}
+	w.write("a.txt", "a\n")
+	w.commitAll("a")
+	w.git(w.repo, "push", "-q", "origin", "main")
+	w.mustSidecar("add", "dev", w.dest)
+	w.mustSidecar("setup")
+
+	require.NoError(t, os.WriteFile(flag, nil, 0o644))
+	w.write("a.txt", "changed\n")
+	_, errOut, err := w.sidecar("sync")
+	require.Error(t, err)
+	require.Contains(t, errOut, "does NOT match the work tree after the sync")
+	require.Contains(t, errOut, "the next sync rebuilds it")
+	st := w.mustSidecar("status")
+	require.Contains(t, st, "state:     NOT in sync: the last sync did not verify")
+	require.Contains(t, st, "last error:")
+
+	require.NoError(t, os.Remove(flag))
+	out := w.sync()
+	require.Contains(t, out, "bootstrap")
+	require.Contains(t, out, "the last sync did not verify")
+	require.Contains(t, w.mustSidecar("status"), "state:     in sync")
 }
