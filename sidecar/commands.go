@@ -451,7 +451,9 @@ func (c *execCmd) Run(a *app) error {
 	}
 	// Run in the same subfolder of the workspace as we are in here.
 	prefix, err := gitx.Repo{Dir: a.dir}.Run(a.ctx, "rev-parse", "--show-prefix")
-	if err != nil {
+	if err != nil || strings.ContainsAny(prefix, "\x00\n\r") {
+		// A folder name with a line break would not survive every login
+		// shell; run at the top of the workspace instead.
 		prefix = ""
 	}
 	err = e.tr.run(a.ctx, execScript(e.dest, strings.TrimSuffix(prefix, "/"), argv), a.stdin, a.stdout, a.stderr)

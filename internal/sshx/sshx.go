@@ -631,7 +631,12 @@ func (c *Client) RunScript(ctx context.Context, script string, stdin io.Reader, 
 	if err != nil {
 		var exit *ssh.ExitError
 		if errors.As(err, &exit) {
-			return &ExitError{Status: exit.ExitStatus(), Signal: exit.Signal()}
+			status := exit.ExitStatus()
+			if sig := exit.Signal(); sig != "" && status <= 0 {
+				// Like a local shell: 128 plus the signal's number.
+				status = 128 + signalNumbers[sig]
+			}
+			return &ExitError{Status: status, Signal: exit.Signal()}
 		}
 		var missing *ssh.ExitMissingError
 		if errors.As(err, &missing) {
@@ -643,6 +648,12 @@ func (c *Client) RunScript(ctx context.Context, script string, stdin io.Reader, 
 		return fmt.Errorf("remote shell on %s did not run our command (its output: %q)", c.Addr, firstLine(errF.Before()+outF.Before()))
 	}
 	return nil
+}
+
+// signalNumbers are the POSIX numbers of the signals SSH names.
+var signalNumbers = map[string]int{
+	"HUP": 1, "INT": 2, "QUIT": 3, "ILL": 4, "ABRT": 6, "FPE": 8, "KILL": 9,
+	"USR1": 10, "SEGV": 11, "USR2": 12, "PIPE": 13, "ALRM": 14, "TERM": 15,
 }
 
 func firstLine(s string) string {
