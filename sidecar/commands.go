@@ -248,14 +248,23 @@ func (a *app) lockedSync(e *engine, force bool) (*syncResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer l.unlock()
 	// This sync covers whatever a hook asked for until now.
 	_ = os.Remove(dirtyPath(dir))
 	// Another sync may have run while we waited.
 	if e.st, err = e.r.loadState(e.name); err != nil {
+		l.unlock()
 		return nil, err
 	}
-	return a.syncAndRecord(e, force)
+	res, err := a.syncAndRecord(e, force)
+	l.unlock()
+	// A hook that fired meanwhile found the lock taken and left its flag
+	// to whoever held it: hand it to a background worker.
+	if _, serr := os.Stat(dirtyPath(dir)); serr == nil {
+		if werr := startWorker(e.r, e.name); werr != nil {
+			a.logf("could not start the background sync: %v", werr)
+		}
+	}
+	return res, err
 }
 
 // syncAndRecord runs one sync (lock held) and saves the outcome.
@@ -310,7 +319,19 @@ func (c *statusCmd) Run(a *app) error {
 	}
 	dir := r.stateDir(name)
 	if c.Wait {
+		var kicked time.Time
 		for busy(dir) {
+			// A pending sync nobody runs (its worker died, say) is
+			// started here rather than waited for forever.
+			if _, err := os.Stat(dirtyPath(dir)); err == nil && time.Since(kicked) > 2*time.Second {
+				if l, ok, _ := tryLock(dir); ok {
+					l.unlock()
+					kicked = time.Now()
+					if err := startWorker(r, name); err != nil {
+						return err
+					}
+				}
+			}
 			select {
 			case <-a.ctx.Done():
 				return a.ctx.Err()

@@ -136,6 +136,9 @@ type State struct {
 	// last sync; "" forces the next sync to bootstrap.
 	Applied string `json:"applied,omitempty"`
 
+	// Seen is the tree the workspace reported at the end of the last
+	// sync, verified or not: what a bootstrap expects to find there.
+	Seen string `json:"seen,omitempty"`
 	// LastHead is HEAD at the last successful sync, known to descend
 	// from Baseline.
 	LastHead string `json:"last_head,omitempty"`

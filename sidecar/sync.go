@@ -397,6 +397,7 @@ func (e *engine) finish(ctx context.Context, res *syncResult, out reply, tree st
 		e.st.LastBackupAt = time.Now()
 	}
 	got, _ := out.first("tree")
+	e.st.Seen = got
 	if got != tree {
 		e.st.Applied = ""
 		e.st.InSync = false
@@ -474,7 +475,12 @@ func (e *engine) bootstrap(ctx context.Context, head, branch, tree, reason strin
 		token:     "git-sidecar-patch-end-" + randomHex(12),
 	}
 	if e.st.Dest == e.dest.Raw {
+		// Edits made in the workspace are whatever differs from the
+		// tree we last saw there.
 		a.last = e.st.Applied
+		if a.last == "" {
+			a.last = e.st.Seen
+		}
 	}
 	reply, files, err := e.runApply(ctx, a, base, func() (string, error) { return tree, nil })
 	if err != nil {
