@@ -181,8 +181,11 @@ func (r *repo) loadState(name string) (*State, error) {
 	return st, nil
 }
 
-// saveState writes the state through a temporary file and a rename, so a
-// crash leaves the old state or the new one, never half of one.
+// saveState writes the state through a temporary file and a rename, so
+// that readers see the old state or the new one, never half of one. It
+// does not fsync: it sits on the path of every sync, and a state lost in
+// a crash costs at most a bootstrap (an unreadable one reads as empty),
+// while edits found in the workspace are still kept as a backup first.
 func (r *repo) saveState(name string, st *State) error {
 	dir := r.stateDir(name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -197,11 +200,6 @@ func (r *repo) saveState(name string, st *State) error {
 		return fmt.Errorf("save sidecar state: %w", err)
 	}
 	if _, err := tmp.Write(append(b, '\n')); err != nil {
-		tmp.Close()
-		os.Remove(tmp.Name())
-		return fmt.Errorf("save sidecar state: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
 		tmp.Close()
 		os.Remove(tmp.Name())
 		return fmt.Errorf("save sidecar state: %w", err)

@@ -89,14 +89,15 @@ type applyArgs struct {
 	base      string // commit to have as HEAD
 	last      string // tree the workspace should hold now ("" if unknown)
 	backupRef string
-	token     string // last line of stdin, proving the patch is whole
+	token     string // starts the last line of stdin, proving the patch is whole
 }
 
 // applyScript is the sync itself. It first checks the workspace against
 // what we left there (a full scan, which runs while we snapshot the work
 // tree here), keeps any edits found under backupRef and moves to the
 // base. Only then does it read stdin: a patch (possibly empty) followed by
-// the token line. It applies the patch and reports the resulting tree.
+// a line "<token> patch" or "<token> empty". It applies the patch and
+// reports the resulting tree.
 func applyScript(d Dest, a applyArgs) string {
 	var b strings.Builder
 	b.WriteString(prelude)
@@ -158,13 +159,14 @@ else
   if [ "$head" != "$base" ]; then git update-ref --no-deref HEAD "$base" </dev/null || die 'cannot move HEAD back to the baseline'; fi
   if [ $drift = 1 ]; then git read-tree --reset -u "$last" </dev/null || die 'cannot restore the last synced files'; fi
 fi
-f="$gd/sidecar-patch.$$"
-trap 'rm -f "$f"' EXIT
+# The patch stays in the git dir until the next sync, for inspection.
+f="$gd/sidecar-patch"
 cat > "$f" || die 'cannot store the patch in the workspace'
-[ "$(tail -n 1 "$f")" = "$token" ] || die 'the patch arrived incomplete'
-if [ "$(wc -c < "$f")" -gt $(( ${#token} + 1 )) ]; then
-  git apply --index --whitespace=nowarn "$f" </dev/null >/dev/null || die 'the patch did not apply'
-fi
+case "$(tail -n 1 "$f")" in
+  "$token empty") ;;
+  "$token patch") git apply --index --whitespace=nowarn "$f" </dev/null >/dev/null || die 'the patch did not apply' ;;
+  *) die 'the patch arrived incomplete' ;;
+esac
 t=$(git write-tree </dev/null) || die 'cannot record the workspace after the sync'
 echo "tree $t"
 `

@@ -344,9 +344,10 @@ func backupRef() string {
 }
 
 // writePatch writes the patch from..to (nothing when they are equal) and
-// the token line to w, and returns how many files the patch touches.
+// the closing token line to w, and returns how many files the patch
+// touches.
 func (e *engine) writePatch(ctx context.Context, w io.Writer, from, to, token string) (int, error) {
-	files := 0
+	files, sent := 0, int64(0)
 	if from != to {
 		pctx, cancel := context.WithCancel(ctx)
 		defer cancel()
@@ -366,7 +367,8 @@ func (e *engine) writePatch(ctx context.Context, w io.Writer, from, to, token st
 		}
 		pw.Close()
 		counter := &patchCounter{r: pr}
-		_, cerr := io.Copy(w, counter)
+		n, cerr := io.Copy(w, counter)
+		sent = n
 		if cerr != nil {
 			cancel()
 		}
@@ -380,7 +382,12 @@ func (e *engine) writePatch(ctx context.Context, w io.Writer, from, to, token st
 		}
 		files = counter.files
 	}
-	if _, err := io.WriteString(w, token+"\n"); err != nil {
+	// from may be a commit whose tree is to: then git printed nothing.
+	last := token + " empty\n"
+	if sent > 0 {
+		last = token + " patch\n"
+	}
+	if _, err := io.WriteString(w, last); err != nil {
 		return 0, fmt.Errorf("send the patch: %w", err)
 	}
 	return files, nil

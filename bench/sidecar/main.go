@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -93,8 +94,8 @@ func run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("git sidecar vs rsync -a --delete: %d files, %.1f MB, generated and committed in %s\n\n",
-		*nFiles, float64(size)/1e6, time.Since(start).Round(time.Millisecond))
+	fmt.Printf("git sidecar vs rsync -a --delete: %d files, %.1f MB, generated and committed in %s; %d CPUs, load average %s\n\n",
+		*nFiles, float64(size)/1e6, time.Since(start).Round(time.Millisecond), runtime.NumCPU(), loadAvg())
 
 	targets := []target{{name: "local folder", dest: filepath.Join(root, "ws local"), rsyncDst: filepath.Join(root, "rsync local") + "/"}}
 	if !*onlyLocal {
@@ -343,6 +344,16 @@ func (b *bench) measure(t target, name string) (*result, error) {
 		return nil, err
 	}
 	return r, nil
+}
+
+// loadAvg is the 1-minute load average, to judge how noisy the figures
+// are.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	return strings.Fields(string(b))[0]
 }
 
 func median(ds []time.Duration) time.Duration {
