@@ -402,6 +402,18 @@ func TestTamperCutResponse(t *testing.T) {
 	require.Equal(t, body, got, "the cut happens once")
 }
 
+func TestTamperSkip(t *testing.T) {
+	b := newBackend(t)
+	p := startProxy(t, b, Options{})
+	p.SetTamper(mustTamper(t, "drop", "-path", "chunk", "-skip", "2", "-count", "1"))
+	var codes []int
+	for range 5 {
+		resp, _ := post(t, p.URL+"/api/game/chunk", []byte("x"))
+		codes = append(codes, resp.StatusCode)
+	}
+	require.Equal(t, []int{201, 201, 502, 201, 201}, codes)
+}
+
 func TestParseTamperErrors(t *testing.T) {
 	for _, args := range [][]string{
 		nil, {"bogus"}, {"flip", "-dir", "sideways"}, {"flip", "extra"}, {"drop-once-after"},

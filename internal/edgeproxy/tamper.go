@@ -53,11 +53,14 @@ type Match struct {
 	// matched text is also the key that pairs requests, so "chunk" pairs
 	// every chunk upload with the one before it.
 	Path *regexp.Regexp
+	// Skip lets the first Skip matching bodies pass untouched.
+	Skip int
 	// Count caps how many times the mode acts (0: no limit).
 	Count int
 
-	mu   sync.Mutex
-	done int
+	mu      sync.Mutex
+	skipped int
+	done    int
 }
 
 func (m *Match) key(req *Request, dir Direction, body []byte) (string, bool) {
@@ -82,6 +85,10 @@ func (m *Match) key(req *Request, dir Direction, body []byte) (string, bool) {
 func (m *Match) take() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.skipped < m.Skip {
+		m.skipped++
+		return false
+	}
 	if m.Count > 0 && m.done >= m.Count {
 		return false
 	}
@@ -249,7 +256,7 @@ func CutAfter(n int, m *Match) *Tamper {
 }
 
 // TamperUsage describes the canned modes ParseTamper accepts.
-const TamperUsage = `MODE [-dir up|down] [-min BYTES] [-path REGEXP] [-count N] [-wait DURATION]
+const TamperUsage = `MODE [-dir up|down] [-min BYTES] [-path REGEXP] [-skip N] [-count N] [-wait DURATION]
 modes: off | flip | truncate | drop | replay | swap | drop-once-after BYTES`
 
 // ParseTamper builds a canned mode from words such as
@@ -282,6 +289,7 @@ func ParseTamper(args []string) (*Tamper, error) {
 	dir := fs.String("dir", "", "up, down or both (default both)")
 	minSize := fs.Int("min", 0, "touch only bodies longer than this many bytes")
 	path := fs.String("path", "", "touch only paths matching this regular expression")
+	skip := fs.Int("skip", 0, "let the first N matching bodies pass")
 	count := fs.Int("count", 0, "act at most this many times (0: no limit)")
 	wait := fs.Duration("wait", 500*time.Millisecond, "swap: how long a request waits for its partner")
 	if err := fs.Parse(rest); err != nil {
@@ -290,7 +298,7 @@ func ParseTamper(args []string) (*Tamper, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("tamper %s: unexpected %q; usage: %s", mode, strings.Join(fs.Args(), " "), TamperUsage)
 	}
-	m := &Match{Min: *minSize, Count: *count}
+	m := &Match{Min: *minSize, Skip: *skip, Count: *count}
 	switch *dir {
 	case "", "both":
 	case "up":

@@ -67,6 +67,7 @@ type Host struct {
 	requests int
 	denied   int
 	stderr   limitedLog
+	hook     func(r *http.Request)
 }
 
 type tokenForm struct{ name, text string }
@@ -174,6 +175,15 @@ func (h *Host) Requests() (total, denied int) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.requests, h.denied
+}
+
+// SetHook makes f run on every authorized request before git serves it
+// (nil removes it). A test uses it to act at a precise moment, such as
+// killing the relay while it is pushing.
+func (h *Host) SetHook(f func(r *http.Request)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.hook = f
 }
 
 // Stderr returns what git http-backend wrote to its stderr (the first
@@ -300,6 +310,13 @@ func (h *Host) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("WWW-Authenticate", `Basic realm="`+Realm+`"`)
 		http.Error(w, "githost: authentication required", http.StatusUnauthorized)
 		return
+	}
+
+	h.mu.Lock()
+	hook := h.hook
+	h.mu.Unlock()
+	if hook != nil {
+		hook(r)
 	}
 
 	// net/http/cgi refuses chunked bodies (git sends one for any push
