@@ -33,7 +33,7 @@ import (
 var (
 	nFiles    = flag.Int("files", 20000, "files in the generated tree")
 	nChanged  = flag.Int("changed", 400, "files changed before the commit")
-	runs      = flag.Int("runs", 7, "one-file syncs per measurement (the median is reported)")
+	runs      = flag.Int("runs", 9, "one-file syncs per measurement (the median is reported)")
 	keep      = flag.Bool("keep", false, "keep the temporary folder")
 	onlyLocal = flag.Bool("local-only", false, "skip the SSH target")
 )
