@@ -359,7 +359,7 @@ func (c *statusCmd) Run(a *app) error {
 	if st.LastSync.IsZero() {
 		fmt.Fprintln(w, "last sync: never")
 	} else {
-		fmt.Fprintf(w, "last sync: %s (%s, %d file(s), %d bytes sent, %dms)\n", ago(st.LastSync), st.LastMode, st.LastFiles, st.LastBytes, st.LastDurationMS)
+		fmt.Fprintf(w, "last sync: %s (%s, %s, %d bytes sent, %dms)\n", ago(st.LastSync), st.LastMode, filesText(st.LastFiles), st.LastBytes, st.LastDurationMS)
 	}
 	state := a.statusLine(r, e, c.Offline)
 	if busy(dir) {

@@ -661,16 +661,19 @@ func (p *patchCounter) Read(b []byte) (int, error) {
 
 var bytesRE = regexp.MustCompile(`(\d+) bytes sent`)
 
+func filesText(n int) string {
+	switch n {
+	case 0:
+		return "no changes"
+	case 1:
+		return "1 file"
+	}
+	return fmt.Sprintf("%d files", n)
+}
+
 // summary is the one line a sync prints.
 func (res *syncResult) summary(name string) string {
-	files := "no changes"
-	switch res.Files {
-	case 0:
-	case 1:
-		files = "1 file"
-	default:
-		files = fmt.Sprintf("%d files", res.Files)
-	}
+	files := filesText(res.Files)
 	mode := res.Mode
 	if res.Mode == "bootstrap" {
 		mode = "bootstrap via " + res.Via + ", " + res.Reason
