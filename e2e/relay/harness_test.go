@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -125,7 +126,7 @@ type state struct {
 
 func setup(env *testscript.Env) error {
 	vars := hermeticVars(env.WorkDir)
-	st := &state{work: env.WorkDir, names: slicesClone(passVars)}
+	st := &state{work: env.WorkDir, names: slices.Clone(passVars)}
 	for _, kv := range vars {
 		name, value, _ := strings.Cut(kv, "=")
 		env.Setenv(name, value)
@@ -145,8 +146,6 @@ func setup(env *testscript.Env) error {
 	env.Defer(func() { st.teardown(t) })
 	return nil
 }
-
-func slicesClone(s []string) []string { return append([]string(nil), s...) }
 
 func getState(ts *testscript.TestScript) *state {
 	return ts.Value(stateKey{}).(*state)
@@ -242,15 +241,18 @@ func cmdRelayUp(ts *testscript.TestScript, neg bool, args []string) {
 		token := randomToken()
 		h, err := githost.Start(upstream, token)
 		ts.Check(err)
-		st.mu.Lock()
-		st.host = h
-		st.tokens = append(st.tokens, token)
-		st.mu.Unlock()
 		given := token
 		if *badToken {
 			given = randomToken()
+		}
+		st.mu.Lock()
+		st.host = h
+		st.tokens = append(st.tokens, token)
+		if given != token {
+			// The wrong token must not leak either.
 			st.tokens = append(st.tokens, given)
 		}
+		st.mu.Unlock()
 		tokenFile := filepath.Join(work, "token")
 		ts.Check(os.WriteFile(tokenFile, []byte(given+"\n"), 0o600))
 		template = h.URL + "/{repo}.git"
@@ -683,7 +685,7 @@ func cmdNoTokenLeak(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	st := getState(ts)
 	st.mu.Lock()
-	tokens, host, proxy := slicesClone(st.tokens), st.host, st.proxy
+	tokens, host, proxy := slices.Clone(st.tokens), st.host, st.proxy
 	st.mu.Unlock()
 	if len(tokens) == 0 {
 		ts.Fatalf("no-token-leak: no token in play; use relay-up --http-upstream")
@@ -870,7 +872,7 @@ func cmdServerRestart(ts *testscript.TestScript, neg bool, args []string) {
 	if host := st.host; host != nil {
 		host.SetHook(nil)
 	}
-	args = slicesClone(st.serverArgs)
+	args = slices.Clone(st.serverArgs)
 	for i := range args {
 		if args[i] == "--listen" {
 			args[i+1] = st.listen

@@ -14,6 +14,11 @@ import (
 // when a script runs it under that name; testscript puts both names on the
 // scripts' PATH, so `git push relay::…` finds the real helper.
 func TestMain(m *testing.M) {
+	// Under -race every helper and server process would otherwise sleep a
+	// second on exit, and a script runs dozens of them.
+	if os.Getenv("GORACE") == "" {
+		os.Setenv("GORACE", "atexit_sleep_ms=0")
+	}
 	testscript.Main(m, map[string]func(){
 		"git-remote-relay": func() { os.Exit(helper.Main()) },
 		"git-relay-server": func() { os.Exit(server.Main()) },
