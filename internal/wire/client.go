@@ -7,10 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
-	"strings"
+	"syscall"
 	"time"
 
 	"github.com/git-relay/git-relay/internal/keyring"
@@ -79,6 +78,11 @@ func (c *Client) Do(ctx context.Context, method, path string, query url.Values, 
 		if !retryable(err) {
 			break
 		}
+		// Nobody listening is not a passing fault: try once more (a server
+		// restarting), then say so rather than keep the user waiting.
+		if errors.Is(err, syscall.ECONNREFUSED) && attempt >= 1 {
+			break
+		}
 	}
 	return nil, lastErr
 }
@@ -122,11 +126,7 @@ func (c *Client) once(ctx context.Context, method, path string, query url.Values
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		var nerr net.Error
-		if errors.As(err, &nerr) || strings.Contains(err.Error(), "connection") {
-			return nil, transient{fmt.Errorf("%w at %s: %v", ErrUnreachable, c.Base, unwrapURLError(err))}
-		}
-		return nil, transient{fmt.Errorf("%w at %s: %v", ErrUnreachable, c.Base, unwrapURLError(err))}
+		return nil, transient{fmt.Errorf("%w at %s: %w", ErrUnreachable, c.Base, unwrapURLError(err))}
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, c.maxBody()+1))
@@ -140,7 +140,7 @@ func (c *Client) once(ctx context.Context, method, path string, query url.Values
 	if sig == "" || !VerifyResponse(c.Key, nonce, resp.StatusCode, raw, sig) {
 		switch {
 		case resp.StatusCode == http.StatusUnauthorized:
-			return nil, fmt.Errorf("%w (key id %s): check that relay.keyFile holds the server's key", ErrKeyRefused, c.Key.ID)
+			return nil, fmt.Errorf("%w (key id %s): the signature did not check out: either relay.keyFile does not hold the server's key, or something on the way altered the request", ErrKeyRefused, c.Key.ID)
 		case resp.StatusCode == http.StatusRequestEntityTooLarge:
 			return nil, fmt.Errorf("%s: a proxy refused a %d-byte body as too large: lower relay.maxBody", path, len(body))
 		case resp.StatusCode >= 500 || resp.StatusCode == http.StatusNotFound && sig == "":
