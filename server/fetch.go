@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,6 +17,7 @@ import (
 	"github.com/git-relay/git-relay/internal/keyring"
 	"github.com/git-relay/git-relay/internal/payload"
 	"github.com/git-relay/git-relay/internal/seal"
+	"github.com/git-relay/git-relay/internal/upstream"
 	"github.com/git-relay/git-relay/internal/wire"
 )
 
@@ -105,8 +107,8 @@ func (s *Server) handleFetchCreate(c *call) {
 	c.reply(http.StatusOK, wire.Session{Session: id})
 }
 
-// prepareFetch builds, compresses and seals the bundle, and returns the
-// manifest's bytes.
+// prepareFetch builds the bundle (compressed when that pays) that the
+// chunks are sealed from on demand, and returns the manifest's bytes.
 func (s *Server) prepareFetch(ctx context.Context, h *repoHandle, id string, key keyring.Key, req wire.FetchRequest, maxBody int64) ([]byte, error) {
 	unlock := s.repoLocks.lock(h.name)
 	refs, err := s.list(ctx, h)
@@ -118,8 +120,7 @@ func (s *Server) prepareFetch(ctx context.Context, h *repoHandle, id string, key
 		return nil, err
 	}
 	dir := s.fetchDir(id)
-	bundlePath := filepath.Join(dir, "bundle")
-	empty, err := s.bundleFor(ctx, h, id, req, bundlePath)
+	p, err := s.bundleFor(ctx, h, id, req, refs, dir)
 	unlock()
 	if err != nil {
 		return nil, err
@@ -129,20 +130,14 @@ func (s *Server) prepareFetch(ctx context.Context, h *repoHandle, id string, key
 		return nil, err
 	}
 	m := wire.FetchManifest{Version: 1, Session: id, Repo: req.Repo, Salt: hex.EncodeToString(salt), Compression: wire.CompressNone}
-	if empty {
+	if p == nil {
 		return json.Marshal(m)
 	}
-	p, err := payload.Prepare(bundlePath, dir)
-	if err != nil {
-		return nil, err
-	}
 	// Keep only what is sealed: the bundle, or its compressed copy.
-	if p.Path != bundlePath {
-		os.Remove(bundlePath)
-	}
 	if err := os.Rename(p.Path, filepath.Join(dir, "payload")); err != nil {
 		return nil, err
 	}
+	os.Remove(filepath.Join(dir, "fetch.bundle"))
 	m.Compression, m.BundleSize, m.BundleHash, m.PayloadSize = p.Compression, p.BundleSize, p.BundleHash, p.PayloadSize
 	m.ChunkSize = payload.ChunkSize(maxBody)
 	m.Chunks = seal.Chunks(p.PayloadSize, m.ChunkSize)
@@ -150,9 +145,9 @@ func (s *Server) prepareFetch(ctx context.Context, h *repoHandle, id string, key
 }
 
 // bundleFor writes a bundle of req.Wants minus everything reachable from
-// the haves that the mirror knows. It reports empty when the client
-// already has everything.
-func (s *Server) bundleFor(ctx context.Context, h *repoHandle, id string, req wire.FetchRequest, path string) (bool, error) {
+// the haves that the mirror knows, hashing it as git writes it. It returns
+// nil when the client already has everything.
+func (s *Server) bundleFor(ctx context.Context, h *repoHandle, id string, req wire.FetchRequest, refs *upstream.Refs, dir string) (*payload.Payload, error) {
 	var check strings.Builder
 	for _, w := range req.Wants {
 		check.WriteString(w + "\n")
@@ -162,7 +157,7 @@ func (s *Server) bundleFor(ctx context.Context, h *repoHandle, id string, req wi
 	}
 	out, err := h.mirror.RunInput(ctx, strings.NewReader(check.String()), "cat-file", "--batch-check=%(objectname) %(objecttype)")
 	if err != nil {
-		return false, err
+		return nil, err
 	}
 	known := map[string]bool{}
 	for _, line := range strings.Split(out, "\n") {
@@ -172,48 +167,73 @@ func (s *Server) bundleFor(ctx context.Context, h *repoHandle, id string, req wi
 	}
 	for _, w := range req.Wants {
 		if !known[w] {
-			return false, notFound("upstream %s has no object %s (it may have moved: fetch again)", h.name, w)
+			return nil, notFound("upstream %s has no object %s (it may have moved: fetch again)", h.name, w)
 		}
 	}
-	// Bundle from temporary refs: git records raw ids badly in a bundle.
-	prefix := "refs/relay-fetch/" + id + "/"
-	var revs strings.Builder
-	var tmpRefs []string
-	for i, w := range req.Wants {
-		ref := prefix + strconv.Itoa(i)
-		if _, err := h.mirror.Run(ctx, "update-ref", "--no-deref", ref, w); err != nil {
-			return false, err
-		}
-		tmpRefs = append(tmpRefs, ref)
-		revs.WriteString(ref + "\n")
-	}
-	defer func() {
-		var del strings.Builder
-		for _, r := range tmpRefs {
-			del.WriteString("delete " + r + "\n")
-		}
-		_, _ = h.mirror.RunInput(context.Background(), strings.NewReader(del.String()), "update-ref", "--stdin")
-	}()
 	var not strings.Builder
 	for _, hv := range req.Haves {
 		if known[hv] {
 			not.WriteString("^" + hv + "\n")
-			revs.WriteString("^" + hv + "\n")
 		}
 	}
 	// Is anything missing on the client's side at all?
-	args := append([]string{"rev-list", "--objects", "-n", "1", "--stdin"}, []string{}...)
-	missing, err := h.mirror.RunInput(ctx, strings.NewReader(strings.Join(req.Wants, "\n")+"\n"+not.String()), args...)
+	missing, err := h.mirror.RunInput(ctx, strings.NewReader(strings.Join(req.Wants, "\n")+"\n"+not.String()), "rev-list", "--objects", "-n", "1", "--stdin")
 	if err != nil {
-		return false, err
+		return nil, err
 	}
 	if strings.TrimSpace(missing) == "" {
-		return true, nil
+		return nil, nil
 	}
-	if _, err := h.mirror.RunInput(ctx, strings.NewReader(revs.String()), "bundle", "create", "-q", path, "--stdin"); err != nil {
-		return false, fmt.Errorf("create bundle: %w", err)
+	// Bundle from refs: git records raw ids badly in a bundle. A want that
+	// is the tip of one of the mirror's refs is bundled by that ref; any
+	// other gets a temporary ref.
+	byID := map[string]string{}
+	for name, oid := range refs.Refs {
+		if cur, ok := byID[oid]; !ok || name < cur {
+			byID[oid] = name
+		}
 	}
-	return false, nil
+	var revs, tmp, del strings.Builder
+	seen := map[string]bool{}
+	for i, w := range req.Wants {
+		ref, ok := byID[w]
+		if !ok {
+			ref = "refs/relay-fetch/" + id + "/" + strconv.Itoa(i)
+			tmp.WriteString("create " + ref + " " + w + "\n")
+			del.WriteString("delete " + ref + "\n")
+		}
+		if !seen[ref] {
+			seen[ref] = true
+			revs.WriteString(ref + "\n")
+		}
+	}
+	if tmp.Len() > 0 {
+		if _, err := h.mirror.RunInput(ctx, strings.NewReader(tmp.String()), "update-ref", "--stdin"); err != nil {
+			return nil, err
+		}
+		defer h.mirror.RunInput(context.Background(), strings.NewReader(del.String()), "update-ref", "--stdin")
+	}
+	revs.WriteString(not.String())
+	c := h.mirror.Command(ctx, "bundle", "create", "-q", "-", "--stdin")
+	c.Stdin = strings.NewReader(revs.String())
+	stdout, err := c.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Start(); err != nil {
+		return nil, err
+	}
+	p, perr := payload.Spool(stdout, filepath.Join(dir, "fetch.bundle"), dir)
+	if perr != nil {
+		io.Copy(io.Discard, stdout)
+	}
+	if err := c.Wait(); err != nil {
+		if p != nil {
+			p.Close()
+		}
+		return nil, fmt.Errorf("create bundle: %w", err)
+	}
+	return p, perr
 }
 
 func (s *Server) loadFetch(id string, key keyring.Key) (fetchState, string, error) {
