@@ -12,8 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/git-relay/git-relay/internal/keyring"
 	"github.com/git-relay/git-relay/internal/payload"
@@ -99,9 +97,6 @@ func (h *Helper) haves(ctx context.Context) ([]string, error) {
 	return ids, nil
 }
 
-// downloadWorkers is how many chunks are asked for at once.
-const downloadWorkers = 3
-
 // download fetches the chunks, a few at a time, opens each one as it
 // arrives (a chunk that fails authentication is asked for again, as a
 // proxy may have altered it) and writes its plaintext at its place in a
@@ -135,73 +130,31 @@ func (h *Helper) download(ctx context.Context, session string, m wire.FetchManif
 		return err
 	}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	start := time.Now()
-	var (
-		mu   sync.Mutex
-		got  int64
-		done uint32
-	)
-	next := make(chan uint32)
-	errs := make(chan error, downloadWorkers)
-	var wg sync.WaitGroup
-	for w := 0; w < downloadWorkers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var plain []byte
-			for i := range next {
-				q := url.Values{"session": {session}, "index": {strconv.FormatUint(uint64(i), 10)}}
-				var err error
-				for attempt := 0; ; attempt++ {
-					var b []byte
-					if b, err = h.client.Do(ctx, http.MethodGet, wire.PathFetchChunk, q, nil, nil); err != nil {
-						err = fmt.Errorf("download chunk %d of %d: %w", i+1, m.Chunks, h.explain(err))
-						break
-					}
-					if plain, err = st.Open(plain[:0], i, b); err == nil || attempt >= 3 {
-						if err != nil {
-							err = fmt.Errorf("download: %w", err)
-						}
-						break
-					}
-				}
-				if err == nil {
-					_, err = f.WriteAt(plain, int64(i)*int64(m.ChunkSize))
-				}
-				if err != nil {
-					errs <- err
-					cancel()
-					return
-				}
-				mu.Lock()
-				got += int64(len(plain))
-				done++
-				h.ui.status("receive %d/%d chunks, %s, %s", done, m.Chunks, humanBytes(got), rate(got, time.Since(start)))
-				mu.Unlock()
+	plains := make([][]byte, chunkWorkers)
+	err = h.eachChunk(ctx, "receive", m.Chunks, func(ctx context.Context, w int, i uint32) (int64, error) {
+		q := url.Values{"session": {session}, "index": {strconv.FormatUint(uint64(i), 10)}}
+		// The client retries a dropped or mangled answer; a chunk that
+		// arrives but does not authenticate is asked for again too, as a
+		// proxy may have altered it.
+		for attempt := 0; ; attempt++ {
+			b, err := h.client.Do(ctx, http.MethodGet, wire.PathFetchChunk, q, nil, nil)
+			if err != nil {
+				return 0, fmt.Errorf("download chunk %d of %d: %w", i+1, m.Chunks, h.explain(err))
 			}
-		}()
-	}
-feed:
-	for i := uint32(0); i < m.Chunks; i++ {
-		select {
-		case next <- i:
-		case <-ctx.Done():
-			break feed
+			plains[w], err = st.Open(plains[w][:0], i, b)
+			if err == nil {
+				break
+			}
+			if attempt >= 3 {
+				return 0, fmt.Errorf("download: %w", err)
+			}
 		}
-	}
-	close(next)
-	wg.Wait()
-	select {
-	case err := <-errs:
-		return err
-	default:
-	}
-	if err := ctx.Err(); err != nil {
+		_, err := f.WriteAt(plains[w], int64(i)*int64(m.ChunkSize))
+		return int64(len(plains[w])), err
+	})
+	if err != nil {
 		return err
 	}
-	h.ui.done("receive %d/%d chunks, %s, %s, done.", m.Chunks, m.Chunks, humanBytes(got), rate(got, time.Since(start)))
 	if err := f.Close(); err != nil {
 		return err
 	}

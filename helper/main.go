@@ -263,18 +263,9 @@ func (h *Helper) serve(ctx context.Context, stdin io.Reader, stdout io.Writer) e
 			}
 			h.writeList(out, refs, arg == "for-push")
 		case "push":
-			specs := []string{arg}
-			for {
-				l, err := in.ReadString('\n')
-				l = strings.TrimSuffix(l, "\n")
-				if l == "" || err != nil {
-					break
-				}
-				c, a, _ := strings.Cut(l, " ")
-				if c != "push" {
-					return fmt.Errorf("unexpected %q in a push batch", l)
-				}
-				specs = append(specs, a)
+			specs, err := readBatch(in, "push", arg)
+			if err != nil {
+				return err
 			}
 			results, err := h.push(ctx, specs)
 			if err != nil {
@@ -285,18 +276,9 @@ func (h *Helper) serve(ctx context.Context, stdin io.Reader, stdout io.Writer) e
 			}
 			fmt.Fprintln(out)
 		case "fetch":
-			wants := []string{arg}
-			for {
-				l, err := in.ReadString('\n')
-				l = strings.TrimSuffix(l, "\n")
-				if l == "" || err != nil {
-					break
-				}
-				c, a, _ := strings.Cut(l, " ")
-				if c != "fetch" {
-					return fmt.Errorf("unexpected %q in a fetch batch", l)
-				}
-				wants = append(wants, a)
+			wants, err := readBatch(in, "fetch", arg)
+			if err != nil {
+				return err
 			}
 			if err := h.fetch(ctx, wants); err != nil {
 				return err
@@ -308,6 +290,24 @@ func (h *Helper) serve(ctx context.Context, stdin io.Reader, stdout io.Writer) e
 		if err := out.Flush(); err != nil {
 			return err
 		}
+	}
+}
+
+// readBatch reads the rest of a batch of cmd lines (push or fetch), which
+// ends with a blank line, and returns the arguments of every line.
+func readBatch(in *bufio.Reader, cmd, first string) ([]string, error) {
+	args := []string{first}
+	for {
+		l, err := in.ReadString('\n')
+		l = strings.TrimSuffix(l, "\n")
+		if l == "" || err != nil {
+			return args, nil
+		}
+		c, a, _ := strings.Cut(l, " ")
+		if c != cmd {
+			return nil, fmt.Errorf("unexpected %q in a %s batch", l, cmd)
+		}
+		args = append(args, a)
 	}
 }
 

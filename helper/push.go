@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/git-relay/git-relay/internal/keyring"
@@ -368,11 +367,6 @@ func (h *Helper) makeBundle(ctx context.Context, ups []*refUpdate, dir string) (
 	return p, nil
 }
 
-// uploadWorkers is how many chunks are on their way at once: enough to
-// keep the link busy while the server checks and stores the previous one,
-// few enough that memory stays at a handful of chunks.
-const uploadWorkers = 3
-
 // upload seals the payload chunk by chunk and sends the chunks, a few at a
 // time; memory stays at a few chunks whatever the payload's size. A chunk
 // upload that fails on the way is sent again; the server takes the same
@@ -392,70 +386,27 @@ func (h *Helper) upload(ctx context.Context, session string, m wire.PushManifest
 	if fi, err := f.Stat(); err != nil || fi.Size() != m.PayloadSize {
 		return fmt.Errorf("payload changed size while uploading")
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	start := time.Now()
-	var (
-		mu   sync.Mutex
-		sent int64
-		done uint32
-	)
-	next := make(chan uint32)
-	errs := make(chan error, uploadWorkers)
-	var wg sync.WaitGroup
-	for w := 0; w < uploadWorkers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			plain := make([]byte, m.ChunkSize)
-			var sealed []byte
-			for i := range next {
-				off := int64(i) * int64(m.ChunkSize)
-				n := min(int64(m.ChunkSize), m.PayloadSize-off)
-				if _, err := f.ReadAt(plain[:n], off); err != nil {
-					errs <- fmt.Errorf("read payload: %w", err)
-					cancel()
-					return
-				}
-				var err error
-				sealed, err = st.Seal(sealed[:0], i, plain[:n])
-				if err == nil {
-					q := url.Values{"session": {session}, "index": {strconv.FormatUint(uint64(i), 10)}}
-					_, err = h.client.Do(ctx, http.MethodPut, wire.PathPushChunk, q, sealed, nil)
-				}
-				if err != nil {
-					errs <- fmt.Errorf("upload chunk %d of %d: %w", i+1, m.Chunks, h.explain(err))
-					cancel()
-					return
-				}
-				mu.Lock()
-				sent += int64(len(sealed))
-				done++
-				h.ui.status("upload %d/%d chunks, %s, %s", done, m.Chunks, humanBytes(sent), rate(sent, time.Since(start)))
-				mu.Unlock()
-			}
-		}()
-	}
-feed:
-	for i := uint32(0); i < m.Chunks; i++ {
-		select {
-		case next <- i:
-		case <-ctx.Done():
-			break feed
+	plains := make([][]byte, chunkWorkers)
+	sealed := make([][]byte, chunkWorkers)
+	return h.eachChunk(ctx, "upload", m.Chunks, func(ctx context.Context, w int, i uint32) (int64, error) {
+		off := int64(i) * int64(m.ChunkSize)
+		n := min(int64(m.ChunkSize), m.PayloadSize-off)
+		if plains[w] == nil {
+			plains[w] = make([]byte, m.ChunkSize)
 		}
-	}
-	close(next)
-	wg.Wait()
-	select {
-	case err := <-errs:
-		return err
-	default:
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	h.ui.done("upload %d/%d chunks, %s, %s, done.", m.Chunks, m.Chunks, humanBytes(sent), rate(sent, time.Since(start)))
-	return nil
+		if _, err := f.ReadAt(plains[w][:n], off); err != nil {
+			return 0, fmt.Errorf("read payload: %w", err)
+		}
+		var err error
+		if sealed[w], err = st.Seal(sealed[w][:0], i, plains[w][:n]); err != nil {
+			return 0, err
+		}
+		q := url.Values{"session": {session}, "index": {strconv.FormatUint(uint64(i), 10)}}
+		if _, err := h.client.Do(ctx, http.MethodPut, wire.PathPushChunk, q, sealed[w], nil); err != nil {
+			return 0, fmt.Errorf("upload chunk %d of %d: %w", i+1, m.Chunks, h.explain(err))
+		}
+		return int64(len(sealed[w])), nil
+	})
 }
 
 // finish asks the server to apply the push and follows its phases until

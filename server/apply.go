@@ -225,21 +225,6 @@ func (s *Server) applyPush(ctx context.Context, ps *pushSession, key keyring.Key
 	if err != nil {
 		return nil, err
 	}
-	for _, u := range todo {
-		r := results[u.Ref]
-		reason, found := res.Refs[u.Ref]
-		if found && reason == "" {
-			r.OK = true
-			continue
-		}
-		if !found {
-			reason = "no status from upstream"
-			if res.UnpackError != "" {
-				reason = "upstream could not unpack: " + res.UnpackError
-			}
-		}
-		r.Reason = reason
-	}
 	var moved []string
 	for _, u := range todo {
 		r := results[u.Ref]
