@@ -109,6 +109,7 @@ func (s *Server) apply(id string, answered func()) {
 	}
 	unlock := s.repoLocks.lock(ps.manifest.Repo)
 	defer unlock()
+	s.log.Info("push phase", "session", id, "repo", ps.manifest.Repo, "phase", ps.state.Phase)
 	start := time.Now()
 	results, err := s.applyPush(ctx, ps, key)
 	if err != nil {
@@ -118,7 +119,7 @@ func (s *Server) apply(id string, answered func()) {
 	} else {
 		ps.enter(wire.PhaseDone)
 		ps.state.Results = results
-		s.log.Info("push done", "session", id, "repo", ps.manifest.Repo, "took", time.Since(start).Round(time.Millisecond))
+		s.log.Info("push done", "session", id, "repo", ps.manifest.Repo, "took", time.Since(start).Round(time.Millisecond), "refs", summarize(results))
 	}
 	if err := ps.save(); err != nil {
 		s.log.Error("save session", "session", id, "err", err)
@@ -216,6 +217,7 @@ func (s *Server) applyPush(ctx context.Context, ps *pushSession, key keyring.Key
 	}
 
 	ps.enter(wire.PhasePushing)
+	s.log.Info("push phase", "session", ps.id, "repo", m.Repo, "phase", wire.PhasePushing)
 	if err := ps.save(); err != nil {
 		return nil, err
 	}
@@ -455,4 +457,17 @@ func (s *Server) indexIntoMirror(ctx context.Context, h *repoHandle, bundlePath 
 func fileExists(path string) bool {
 	_, err := os.Stat(path)
 	return err == nil
+}
+
+// summarize says in a few words what happened to each ref, for the log.
+func summarize(results []wire.RefResult) string {
+	parts := make([]string, 0, len(results))
+	for _, r := range results {
+		if r.OK {
+			parts = append(parts, r.Ref+" ok")
+		} else {
+			parts = append(parts, r.Ref+" refused ("+r.Reason+")")
+		}
+	}
+	return strings.Join(parts, ", ")
 }
