@@ -2,6 +2,7 @@ package helper
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 )
@@ -12,11 +13,33 @@ import (
 // chunks whatever the payload's size.
 const chunkWorkers = 3
 
-// eachChunk runs move for chunks 0..count-1, chunkWorkers at a time. Each
-// worker has its own number (0..chunkWorkers-1), so move can keep buffers
-// per worker. move returns how many bytes it moved; the first error stops
-// the others. Progress is shown as verb N/M chunks.
-func (h *Helper) eachChunk(ctx context.Context, verb string, count uint32, move func(ctx context.Context, worker int, i uint32) (int64, error)) error {
+// chunk is one piece of a payload on its way: its index, whether it is
+// the last one, and (for an upload) its bytes.
+type chunk struct {
+	i     uint32
+	final bool
+	buf   []byte
+}
+
+// eachChunk runs move for chunks 0..count-1, chunkWorkers at a time.
+func (h *Helper) eachChunk(ctx context.Context, verb string, count uint32, move func(ctx context.Context, worker int, c chunk) (int64, error)) error {
+	feed := func(ctx context.Context, send func(chunk) error) error {
+		for i := uint32(0); i < count; i++ {
+			if err := send(chunk{i: i, final: i == count-1}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return h.moveChunks(ctx, verb, count, feed, move)
+}
+
+// moveChunks runs move for every chunk that feed sends, chunkWorkers at a
+// time. Each worker has its own number (0..chunkWorkers-1), so move can
+// keep buffers per worker. move returns how many bytes it moved; the first
+// error, of move or of feed, stops the rest. Progress is shown as verb
+// N/M chunks, or N chunks while the count (0) is not known yet.
+func (h *Helper) moveChunks(ctx context.Context, verb string, count uint32, feed func(ctx context.Context, send func(chunk) error) error, move func(ctx context.Context, worker int, c chunk) (int64, error)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	start := time.Now()
@@ -26,39 +49,52 @@ func (h *Helper) eachChunk(ctx context.Context, verb string, count uint32, move 
 		done     uint32
 		firstErr error
 	)
-	next := make(chan uint32)
+	fail := func(err error) {
+		mu.Lock()
+		if firstErr == nil {
+			firstErr = err
+		}
+		mu.Unlock()
+		cancel()
+	}
+	of := func() string {
+		if count == 0 {
+			return fmt.Sprintf("%d", done)
+		}
+		return fmt.Sprintf("%d/%d", done, count)
+	}
+	next := make(chan chunk)
 	var wg sync.WaitGroup
 	for w := 0; w < chunkWorkers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := range next {
-				n, err := move(ctx, w, i)
-				mu.Lock()
+			for c := range next {
+				n, err := move(ctx, w, c)
 				if err != nil {
-					if firstErr == nil {
-						firstErr = err
-					}
-					mu.Unlock()
-					cancel()
+					fail(err)
 					return
 				}
+				mu.Lock()
 				moved += n
 				done++
-				h.ui.status("%s %d/%d chunks, %s, %s", verb, done, count, humanBytes(moved), rate(moved, time.Since(start)))
+				h.ui.status("%s %s chunks, %s, %s", verb, of(), humanBytes(moved), rate(moved, time.Since(start)))
 				mu.Unlock()
 			}
 		}()
 	}
-feed:
-	for i := uint32(0); i < count; i++ {
+	err := feed(ctx, func(c chunk) error {
 		select {
-		case next <- i:
+		case next <- c:
+			return nil
 		case <-ctx.Done():
-			break feed
+			return ctx.Err()
 		}
-	}
+	})
 	close(next)
+	if err != nil {
+		fail(err)
+	}
 	wg.Wait()
 	if firstErr != nil {
 		return firstErr
@@ -66,6 +102,6 @@ feed:
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	h.ui.done("%s %d/%d chunks, %s, %s, done.", verb, count, count, humanBytes(moved), rate(moved, time.Since(start)))
+	h.ui.done("%s %s chunks, %s, %s, done.", verb, of(), humanBytes(moved), rate(moved, time.Since(start)))
 	return nil
 }

@@ -111,7 +111,7 @@ func (h *Helper) download(ctx context.Context, session string, m wire.FetchManif
 	if m.ChunkSize <= 0 || int64(m.ChunkSize)+seal.Overhead > h.maxBdy || seal.Chunks(m.PayloadSize, m.ChunkSize) != m.Chunks {
 		return errors.New("the relay's fetch manifest has inconsistent sizes")
 	}
-	st, err := seal.New(h.client.Key, keyring.LabelFetchPayload, salt, wire.ManifestHash(raw), m.Chunks)
+	st, err := seal.New(h.client.Key, keyring.LabelFetchPayload, salt, wire.ManifestHash(raw))
 	if err != nil {
 		return err
 	}
@@ -131,7 +131,8 @@ func (h *Helper) download(ctx context.Context, session string, m wire.FetchManif
 	}
 
 	plains := make([][]byte, chunkWorkers)
-	err = h.eachChunk(ctx, "receive", m.Chunks, func(ctx context.Context, w int, i uint32) (int64, error) {
+	err = h.eachChunk(ctx, "receive", m.Chunks, func(ctx context.Context, w int, c chunk) (int64, error) {
+		i := c.i
 		q := url.Values{"session": {session}, "index": {strconv.FormatUint(uint64(i), 10)}}
 		// The client retries a dropped or mangled answer; a chunk that
 		// arrives but does not authenticate is asked for again too, as a
@@ -141,7 +142,7 @@ func (h *Helper) download(ctx context.Context, session string, m wire.FetchManif
 			if err != nil {
 				return 0, fmt.Errorf("download chunk %d of %d: %w", i+1, m.Chunks, h.explain(err))
 			}
-			plains[w], err = st.Open(plains[w][:0], i, b)
+			plains[w], err = st.Open(plains[w][:0], i, c.final, b)
 			if err == nil {
 				break
 			}

@@ -10,12 +10,12 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"os"
-	"path/filepath"
+
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/git-relay/git-relay/internal/gitx"
 	"github.com/git-relay/git-relay/internal/keyring"
 	"github.com/git-relay/git-relay/internal/payload"
 	"github.com/git-relay/git-relay/internal/seal"
@@ -168,36 +168,39 @@ func short(ref string) string {
 
 func quote(s string) string { return strconv.Quote(s) }
 
-// send bundles what upstream lacks for the updates, uploads it and reports
-// what upstream did with each ref.
+// send bundles what upstream lacks for the updates, uploads it while git
+// writes it, and reports what upstream did with each ref.
 func (h *Helper) send(ctx context.Context, ups []*refUpdate) error {
-	tmpDir, err := os.MkdirTemp(h.git.GitDir, "relay-push-")
+	revs, cleanup, err := h.bundleRevs(ctx, ups)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmpDir)
-
-	p, err := h.makeBundle(ctx, ups, tmpDir)
-	if err != nil {
-		return err
-	}
+	defer cleanup()
 	m := wire.PushManifest{
-		Version: 1, Repo: h.repo, Atomic: h.atomic, Options: h.pushOptions,
-		Salt: randomHex(32), Nonce: randomHex(16), Compression: wire.CompressNone,
+		Version: wire.PushManifestVersion, Repo: h.repo, Atomic: h.atomic, Options: h.pushOptions,
+		Salt: randomHex(32), Nonce: randomHex(16),
 	}
 	for _, u := range ups {
 		m.Updates = append(m.Updates, u.Update)
 	}
-	if p != nil {
-		defer p.Close()
-		m.Compression, m.BundleSize, m.BundleHash, m.PayloadSize = p.Compression, p.BundleSize, p.BundleHash, p.PayloadSize
+	var bundle *bundleRun
+	if revs != "" {
 		m.ChunkSize = payload.ChunkSize(h.maxBdy)
-		m.Chunks = seal.Chunks(p.PayloadSize, m.ChunkSize)
-		h.ui.detail("bundle: %s, payload %s (%s), %d chunk(s)", humanBytes(p.BundleSize), humanBytes(p.PayloadSize), p.Compression, m.Chunks)
+		// git spends its first moments counting objects; the session is
+		// opened meanwhile.
+		if bundle, err = h.startBundle(ctx, revs); err != nil {
+			return err
+		}
+		defer bundle.stop()
 	} else {
 		h.ui.detail("upstream has every object: updating refs only")
 	}
 	if h.dryRun {
+		if bundle != nil {
+			if _, err := bundle.drain(m.ChunkSize); err != nil {
+				return err
+			}
+		}
 		for _, u := range ups {
 			u.result = "ok " + u.Ref
 		}
@@ -207,23 +210,35 @@ func (h *Helper) send(ctx context.Context, ups []*refUpdate) error {
 	if err != nil {
 		return err
 	}
-	var sess wire.Session
-	if _, err := h.client.Do(ctx, http.MethodPost, wire.PathPush, nil, raw, &sess); err != nil {
+	refuse := func(err error) bool {
 		var api *wire.APIError
 		if errors.As(err, &api) && (api.Code == wire.CodeForbidden || api.Code == wire.CodeTooLarge) {
 			for _, u := range ups {
 				u.result = "error " + u.Ref + " " + quote(api.Msg)
 			}
+			return true
+		}
+		return false
+	}
+	var sess wire.Session
+	if _, err := h.client.Do(ctx, http.MethodPost, wire.PathPush, nil, raw, &sess); err != nil {
+		if refuse(err) {
 			return nil
 		}
 		return h.explain(err)
 	}
-	if m.Chunks > 0 {
-		if err := h.upload(ctx, sess.Session, m, raw, p.Path); err != nil {
+	totals := wire.PushTotals{}
+	if bundle != nil {
+		t, err := h.upload(ctx, sess.Session, m, raw, bundle)
+		if err != nil {
+			if refuse(err) {
+				return nil
+			}
 			return err
 		}
+		totals = *t
 	}
-	st, err := h.finish(ctx, sess.Session)
+	st, err := h.finish(ctx, sess.Session, totals)
 	if err != nil {
 		return err
 	}
@@ -259,10 +274,12 @@ func (h *Helper) send(ctx context.Context, ups []*refUpdate) error {
 	return nil
 }
 
-// makeBundle writes a bundle of what upstream lacks and prepares it for
-// sealing, or returns nil when upstream already has every object (a
-// ref-only update).
-func (h *Helper) makeBundle(ctx context.Context, ups []*refUpdate, dir string) (*payload.Payload, error) {
+// bundleRevs returns what `git bundle create --stdin` must be given to
+// bundle what upstream lacks for the updates, or "" when upstream already
+// has every object (a ref-only update). cleanup removes the temporary
+// refs it made.
+func (h *Helper) bundleRevs(ctx context.Context, ups []*refUpdate) (string, func(), error) {
+	nothing := func() {}
 	var news []string
 	for _, u := range ups {
 		if u.New != zeroID {
@@ -270,7 +287,7 @@ func (h *Helper) makeBundle(ctx context.Context, ups []*refUpdate, dir string) (
 		}
 	}
 	if len(news) == 0 {
-		return nil, nil
+		return "", nothing, nil
 	}
 	// Prerequisites: every upstream tip the local repository has, so that
 	// the bundle carries only what upstream lacks.
@@ -286,7 +303,7 @@ func (h *Helper) makeBundle(ctx context.Context, ups []*refUpdate, dir string) (
 	if len(ids) > 0 {
 		out, err := h.git.RunInput(ctx, strings.NewReader(strings.Join(ids, "\n")+"\n"), "cat-file", "--batch-check=%(objectname)")
 		if err != nil {
-			return nil, err
+			return "", nothing, err
 		}
 		for _, line := range strings.Split(out, "\n") {
 			if f := strings.Fields(line); len(f) == 1 && upstreamIDs[f[0]] {
@@ -303,10 +320,10 @@ func (h *Helper) makeBundle(ctx context.Context, ups []*refUpdate, dir string) (
 	}
 	missing, err := h.git.RunInput(ctx, strings.NewReader(check.String()), "rev-list", "--objects", "-n", "1", "--stdin")
 	if err != nil {
-		return nil, fmt.Errorf("find what upstream lacks: %w", err)
+		return "", nothing, fmt.Errorf("find what upstream lacks: %w", err)
 	}
 	if strings.TrimSpace(missing) == "" {
-		return nil, nil
+		return "", nothing, nil
 	}
 	// Bundle from refs: git records HEAD or a raw id badly in a bundle's
 	// ref list, or refuses it. A source that is a full ref name is used as
@@ -324,7 +341,7 @@ func (h *Helper) makeBundle(ctx context.Context, ups []*refUpdate, dir string) (
 		if !strings.HasPrefix(ref, "refs/") || ref == "HEAD" {
 			ref = "refs/relay-tmp/" + randomHex(8) + "/" + strconv.Itoa(i)
 			if _, err := h.git.Run(ctx, "update-ref", "--no-deref", ref, u.New); err != nil {
-				return nil, err
+				return "", nothing, err
 			}
 			del.WriteString("delete " + ref + "\n")
 		}
@@ -333,89 +350,143 @@ func (h *Helper) makeBundle(ctx context.Context, ups []*refUpdate, dir string) (
 			revs.WriteString(ref + "\n")
 		}
 	}
+	cleanup := nothing
 	if del.Len() > 0 {
-		defer h.git.RunInput(context.Background(), strings.NewReader(del.String()), "update-ref", "--stdin")
+		cleanup = func() {
+			_, _ = h.git.RunInput(context.Background(), strings.NewReader(del.String()), "update-ref", "--stdin")
+		}
 	}
 	for _, p := range prereqs {
 		revs.WriteString(p + "\n")
 	}
-	start := time.Now()
-	h.ui.status("bundling %d ref(s)...", len(news))
+	return revs.String(), cleanup, nil
+}
+
+// bundleRun is `git bundle create` writing to a pipe.
+type bundleRun struct {
+	h     *Helper
+	cmd   *gitx.Cmd
+	out   io.ReadCloser
+	start time.Time
+	done  bool
+}
+
+func (h *Helper) startBundle(ctx context.Context, revs string) (*bundleRun, error) {
+	h.ui.status("bundling...")
 	c := h.git.Command(ctx, "bundle", "create", "-q", "-", "--stdin")
-	c.Stdin = strings.NewReader(revs.String())
+	c.Stdin = strings.NewReader(revs)
 	out, err := c.StdoutPipe()
 	if err != nil {
 		return nil, err
 	}
 	if err := c.Start(); err != nil {
-		return nil, err
-	}
-	p, perr := payload.Spool(out, filepath.Join(dir, "push.bundle"), dir)
-	if perr != nil {
-		io.Copy(io.Discard, out)
-	}
-	if err := c.Wait(); err != nil {
-		if p != nil {
-			p.Close()
-		}
 		return nil, fmt.Errorf("create bundle: %w", err)
 	}
-	if perr != nil {
-		return nil, fmt.Errorf("prepare bundle: %w", perr)
-	}
-	h.ui.done("bundled %d ref(s): %s in %s", len(news), humanBytes(p.BundleSize), time.Since(start).Round(time.Millisecond))
-	return p, nil
+	return &bundleRun{h: h, cmd: c, out: out, start: time.Now()}, nil
 }
 
-// upload seals the payload chunk by chunk and sends the chunks, a few at a
-// time; memory stays at a few chunks whatever the payload's size. A chunk
-// upload that fails on the way is sent again; the server takes the same
-// bytes at the same index as success, so a retry after a lost answer
-// resumes where the upload stopped.
-func (h *Helper) upload(ctx context.Context, session string, m wire.PushManifest, raw []byte, path string) error {
-	salt, _ := hex.DecodeString(m.Salt)
-	st, err := seal.New(h.client.Key, keyring.LabelPushPayload, salt, wire.ManifestHash(raw), m.Chunks)
+// split cuts the bundle into chunks as git writes it (see payload.Split)
+// and waits for git.
+func (b *bundleRun) split(chunkSize int, free chan []byte, emit func(i uint32, final bool, chunk []byte) error) (*wire.PushTotals, error) {
+	t, err := payload.Split(b.out, chunkSize, free, emit)
 	if err != nil {
-		return err
+		b.stop()
+		if werr := b.wait(); werr != nil && !errors.Is(err, context.Canceled) {
+			return nil, werr
+		}
+		return nil, err
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		return err
+	if err := b.wait(); err != nil {
+		return nil, err
 	}
-	defer f.Close()
-	if fi, err := f.Stat(); err != nil || fi.Size() != m.PayloadSize {
-		return fmt.Errorf("payload changed size while uploading")
-	}
-	plains := make([][]byte, chunkWorkers)
-	sealed := make([][]byte, chunkWorkers)
-	return h.eachChunk(ctx, "upload", m.Chunks, func(ctx context.Context, w int, i uint32) (int64, error) {
-		off := int64(i) * int64(m.ChunkSize)
-		n := min(int64(m.ChunkSize), m.PayloadSize-off)
-		if plains[w] == nil {
-			plains[w] = make([]byte, m.ChunkSize)
-		}
-		if _, err := f.ReadAt(plains[w][:n], off); err != nil {
-			return 0, fmt.Errorf("read payload: %w", err)
-		}
-		var err error
-		if sealed[w], err = st.Seal(sealed[w][:0], i, plains[w][:n]); err != nil {
-			return 0, err
-		}
-		q := url.Values{"session": {session}, "index": {strconv.FormatUint(uint64(i), 10)}}
-		if _, err := h.client.Do(ctx, http.MethodPut, wire.PathPushChunk, q, sealed[w], nil); err != nil {
-			return 0, fmt.Errorf("upload chunk %d of %d: %w", i+1, m.Chunks, h.explain(err))
-		}
-		return int64(len(sealed[w])), nil
+	b.h.ui.detail("bundle: %s, payload %s (%s), %d chunk(s), written in %s", humanBytes(t.BundleSize), humanBytes(t.PayloadSize), t.Compression, t.Chunks, time.Since(b.start).Round(time.Millisecond))
+	return &wire.PushTotals{Compression: t.Compression, BundleSize: t.BundleSize, BundleHash: t.BundleHash, PayloadSize: t.PayloadSize, Chunks: t.Chunks}, nil
+}
+
+// drain reads the whole bundle and throws it away: a dry run makes the
+// bundle, to show that it can, and sends nothing.
+func (b *bundleRun) drain(chunkSize int) (*wire.PushTotals, error) {
+	free := make(chan []byte, 1)
+	free <- make([]byte, chunkSize)
+	return b.split(chunkSize, free, func(_ uint32, _ bool, buf []byte) error {
+		free <- buf
+		return nil
 	})
+}
+
+func (b *bundleRun) wait() error {
+	if b.done {
+		return nil
+	}
+	b.done = true
+	if err := b.cmd.Wait(); err != nil {
+		return fmt.Errorf("create bundle: %w", err)
+	}
+	return nil
+}
+
+// stop ends git early (a failed upload) and reaps it.
+func (b *bundleRun) stop() {
+	if !b.done {
+		b.out.Close()
+		_ = b.wait()
+	}
+}
+
+// upload seals and sends the bundle's chunks while git writes it, a few
+// at a time; memory stays at a few chunks whatever the payload's size. A
+// chunk upload that fails on the way is sent again; the server takes the
+// same bytes at the same index as success, so a retry after a lost answer
+// resumes where the upload stopped.
+func (h *Helper) upload(ctx context.Context, session string, m wire.PushManifest, raw []byte, b *bundleRun) (*wire.PushTotals, error) {
+	salt, _ := hex.DecodeString(m.Salt)
+	st, err := seal.New(h.client.Key, keyring.LabelPushPayload, salt, wire.ManifestHash(raw))
+	if err != nil {
+		return nil, err
+	}
+	// One buffer per worker and one being filled: each chunk is sealed in
+	// place and given back once the server has it.
+	free := make(chan []byte, chunkWorkers+1)
+	for range chunkWorkers + 1 {
+		free <- make([]byte, 0, m.ChunkSize+seal.Overhead)
+	}
+	var totals *wire.PushTotals
+	feed := func(ctx context.Context, send func(chunk) error) error {
+		var err error
+		totals, err = b.split(m.ChunkSize, free, func(i uint32, final bool, buf []byte) error {
+			return send(chunk{i: i, final: final, buf: buf})
+		})
+		return err
+	}
+	err = h.moveChunks(ctx, "upload", 0, feed, func(ctx context.Context, _ int, c chunk) (int64, error) {
+		defer func() { free <- c.buf[:0] }()
+		sealed := st.Seal(c.buf[:0], c.i, c.final, c.buf)
+		q := url.Values{"session": {session}, "index": {strconv.FormatUint(uint64(c.i), 10)}}
+		if c.final {
+			q.Set("final", "1")
+		}
+		if _, err := h.client.Do(ctx, http.MethodPut, wire.PathPushChunk, q, sealed, nil); err != nil {
+			return 0, fmt.Errorf("upload chunk %d: %w", c.i+1, h.explain(err))
+		}
+		return int64(len(sealed)), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return totals, nil
 }
 
 // finish asks the server to apply the push and follows its phases until
 // it is done or failed. The server holds each answer until the push is
 // done (or a few seconds pass), so a small push takes one round trip.
-func (h *Helper) finish(ctx context.Context, session string) (*wire.PushStatus, error) {
+func (h *Helper) finish(ctx context.Context, session string, totals wire.PushTotals) (*wire.PushStatus, error) {
 	q := url.Values{"session": {session}}
+	body, err := json.Marshal(totals)
+	if err != nil {
+		return nil, err
+	}
 	var st wire.PushStatus
-	if _, err := h.client.Do(ctx, http.MethodPost, wire.PathPushFinish, q, nil, &st); err != nil {
+	if _, err := h.client.Do(ctx, http.MethodPost, wire.PathPushFinish, q, body, &st); err != nil {
 		return nil, h.explain(err)
 	}
 	wait := url.Values{"session": {session}, "wait": {"1"}}

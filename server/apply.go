@@ -149,7 +149,7 @@ func (s *Server) apply(id string, answered func()) {
 	// state stays for status queries until the janitor removes it.
 	os.RemoveAll(filepath.Join(ps.dir, "chunks"))
 	os.Remove(filepath.Join(ps.dir, "bundle"))
-	os.Remove(filepath.Join(ps.dir, "bundle.part"))
+	os.Remove(filepath.Join(ps.dir, "payload.part"))
 }
 
 // applyPush does the work and returns the per-ref results.
@@ -194,7 +194,7 @@ func (s *Server) applyPush(ctx context.Context, ps *pushSession, key keyring.Key
 	}
 
 	var bundlePath string
-	if m.Chunks > 0 {
+	if t := ps.state.Totals; t != nil && t.Chunks > 0 {
 		bundlePath = filepath.Join(ps.dir, "bundle")
 		if err := s.assemble(ps, key, bundlePath); err != nil {
 			return nil, err
@@ -309,16 +309,19 @@ func ordered(us []wire.Update, results map[string]*wire.RefResult) []wire.RefRes
 // authenticated (the final chunk included).
 func (s *Server) assemble(ps *pushSession, key keyring.Key, out string) error {
 	// Fast path: every chunk's plaintext was written when it arrived and
-	// authenticated; if the whole matches the signed size and hash, it is
-	// the bundle. Otherwise (a crash, compression) decrypt the chunks again.
-	part := filepath.Join(ps.dir, "bundle.part")
-	if ps.manifest.Compression == wire.CompressNone {
-		p, err := payload.Finish(part, wire.CompressNone, ps.manifest.PayloadSize, ps.manifest.BundleSize, ps.manifest.BundleHash, "")
-		if err == nil && p == part {
+	// authenticated; if the whole matches the signed sizes and hash, it is
+	// the payload (decompressed into out when it was compressed).
+	// Otherwise (a crash between a chunk and its plaintext) decrypt the
+	// chunks again.
+	t := ps.state.Totals
+	part := filepath.Join(ps.dir, "payload.part")
+	defer os.Remove(part)
+	if p, err := payload.Finish(part, t.Compression, t.PayloadSize, t.BundleSize, t.BundleHash, out); err == nil {
+		if p == part {
 			return os.Rename(part, out)
 		}
+		return nil
 	}
-	os.Remove(part)
 	st, err := ps.stream(key)
 	if err != nil {
 		return err
@@ -328,11 +331,10 @@ func (s *Server) assemble(ps *pushSession, key keyring.Key, out string) error {
 		return err
 	}
 	defer f.Close()
-	m := ps.manifest
 	get := func(i uint32) ([]byte, error) { return os.ReadFile(ps.chunkPath(i)) }
 	// No fsync: after a crash the bundle is assembled again from the
 	// chunks, which are durable.
-	return payload.Assemble(st, get, m.Compression, m.BundleSize, m.BundleHash, f)
+	return payload.Assemble(st, get, t.Chunks, t.Compression, t.BundleSize, t.BundleHash, f)
 }
 
 // checkBundleHeader verifies the bundle against the signed manifest and
@@ -443,9 +445,10 @@ func (s *Server) indexIntoMirror(ctx context.Context, h *repoHandle, bundlePath 
 		return err
 	}
 	defer pack.Close()
-	// One thread: this runs after the client has its answer, and must not
-	// slow whatever the machine does next.
+	// One thread at idle priority: this runs after the client has its
+	// answer, and must not slow whatever the machine does next.
 	c := h.mirror.Command(ctx, "index-pack", "--stdin", "--fix-thin", "--strict", "--threads=1")
+	c.Background = true
 	c.Stdin = pack
 	c.Stdout = io.Discard
 	if err := c.Run(); err != nil {

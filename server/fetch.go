@@ -304,7 +304,7 @@ func (s *Server) handleFetchChunk(c *call) {
 	// time (the key, nonce and associated data are fixed by the manifest
 	// and the index), so a download can be resumed or repeated.
 	salt, _ := hex.DecodeString(m.Salt)
-	stream, err := seal.New(c.key, keyring.LabelFetchPayload, salt, wire.ManifestHash(raw), m.Chunks)
+	stream, err := seal.New(c.key, keyring.LabelFetchPayload, salt, wire.ManifestHash(raw))
 	if err != nil {
 		c.failErr(err)
 		return
@@ -316,17 +316,13 @@ func (s *Server) handleFetchChunk(c *call) {
 	}
 	defer f.Close()
 	off := int64(idx) * int64(m.ChunkSize)
-	plain := make([]byte, min(int64(m.ChunkSize), m.PayloadSize-off))
+	n := min(int64(m.ChunkSize), m.PayloadSize-off)
+	plain := make([]byte, n, n+seal.Overhead) // sealed in place
 	if _, err := f.ReadAt(plain, off); err != nil {
 		c.failErr(err)
 		return
 	}
-	sealed, err := stream.Seal(nil, uint32(idx), plain)
-	if err != nil {
-		c.failErr(err)
-		return
-	}
-	c.reply(http.StatusOK, sealed)
+	c.reply(http.StatusOK, stream.Seal(plain[:0], uint32(idx), uint32(idx) == m.Chunks-1, plain))
 }
 
 func saveJSON(path string, v any) error {

@@ -26,6 +26,9 @@ type pushState struct {
 	Phase   string           `json:"phase"`
 	Message string           `json:"message,omitempty"`
 	Results []wire.RefResult `json:"results,omitempty"`
+	// Totals is the signed close of the upload (sizes, chunk count and
+	// the bundle's hash), kept from the first complete request.
+	Totals *wire.PushTotals `json:"totals,omitempty"`
 	// Timeline lists the phases with when each began, for the helper to
 	// show even when it learns of them only at the end.
 	Timeline []wire.PhaseTime `json:"timeline,omitempty"`
@@ -108,9 +111,9 @@ func (ps *pushSession) chunkPath(i uint32) string {
 }
 
 // writePlain puts chunk i's plaintext at its offset in the partial
-// bundle. A failure only costs the fast path at assembly.
+// payload. A failure only costs the fast path at assembly.
 func (ps *pushSession) writePlain(i uint32, plain []byte) {
-	f, err := os.OpenFile(filepath.Join(ps.dir, "bundle.part"), os.O_WRONLY|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(filepath.Join(ps.dir, "payload.part"), os.O_WRONLY|os.O_CREATE, 0o600)
 	if err != nil {
 		return
 	}
@@ -118,13 +121,17 @@ func (ps *pushSession) writePlain(i uint32, plain []byte) {
 	_, _ = f.WriteAt(plain, int64(i)*int64(ps.manifest.ChunkSize))
 }
 
-// expectedLen is the exact sealed size of chunk i.
-func (ps *pushSession) expectedLen(i uint32) int64 {
-	m := ps.manifest
-	if i < m.Chunks-1 {
-		return int64(m.ChunkSize) + seal.Overhead
+// finalPath holds the index of the chunk that opened as the final one.
+func (ps *pushSession) finalPath() string { return filepath.Join(ps.dir, "final") }
+
+// final returns the index of the final chunk, if it has arrived.
+func (ps *pushSession) final() (uint32, bool) {
+	b, err := os.ReadFile(ps.finalPath())
+	if err != nil {
+		return 0, false
 	}
-	return m.PayloadSize - int64(m.ChunkSize)*int64(m.Chunks-1) + seal.Overhead
+	n, err := strconv.ParseUint(string(b), 10, 32)
+	return uint32(n), err == nil
 }
 
 func (ps *pushSession) stream(key keyring.Key) (*seal.Stream, error) {
@@ -132,7 +139,7 @@ func (ps *pushSession) stream(key keyring.Key) (*seal.Stream, error) {
 	if err != nil {
 		return nil, err
 	}
-	return seal.New(key, keyring.LabelPushPayload, salt, wire.ManifestHash(ps.raw), ps.manifest.Chunks)
+	return seal.New(key, keyring.LabelPushPayload, salt, wire.ManifestHash(ps.raw))
 }
 
 func (ps *pushSession) held() []uint32 {
@@ -149,16 +156,20 @@ func (ps *pushSession) held() []uint32 {
 }
 
 func (ps *pushSession) status() wire.PushStatus {
+	var chunks uint32
+	if ps.state.Totals != nil {
+		chunks = ps.state.Totals.Chunks
+	}
 	return wire.PushStatus{
-		Session: ps.id, Phase: ps.state.Phase, Held: ps.held(), Chunks: ps.manifest.Chunks,
+		Session: ps.id, Phase: ps.state.Phase, Held: ps.held(), Chunks: chunks,
 		Message: ps.state.Message, Results: ps.state.Results, Timeline: ps.state.Timeline,
 	}
 }
 
 // checkManifest validates a manifest before any work is done.
 func (s *Server) checkManifest(c *call, m *wire.PushManifest) error {
-	if m.Version != 1 {
-		return badRequest("unsupported manifest version %d (upgrade git-relay)", m.Version)
+	if m.Version != wire.PushManifestVersion {
+		return badRequest("unsupported manifest version %d (this relay speaks %d: use the same git-relay release on both sides)", m.Version, wire.PushManifestVersion)
 	}
 	if err := validRepo(m.Repo); err != nil {
 		return err
@@ -191,26 +202,52 @@ func (s *Server) checkManifest(c *call, m *wire.PushManifest) error {
 	if salt, err := hex.DecodeString(m.Salt); err != nil || len(salt) != 32 {
 		return badRequest("manifest salt must be 32 bytes in hex")
 	}
-	if m.Compression != wire.CompressNone && m.Compression != wire.CompressZstd {
-		return badRequest("unknown compression %q", m.Compression)
+	if m.ChunkSize == 0 {
+		return nil // a ref-only update
 	}
-	if m.Chunks == 0 {
-		if m.BundleSize != 0 || m.PayloadSize != 0 {
+	if m.ChunkSize < minChunkSize || int64(m.ChunkSize)+seal.Overhead > s.cfg.MaxBody {
+		return &userError{http.StatusRequestEntityTooLarge, wire.CodeTooLarge, fmt.Sprintf("chunk size %d does not fit the server's --max-body %d (at least %d): set relay.maxBody to at most %d", m.ChunkSize, s.cfg.MaxBody, minChunkSize, s.cfg.MaxBody)}
+	}
+	return nil
+}
+
+// minChunkSize keeps the number of chunk files of a push reasonable: it
+// is what the smallest relay.maxBody the helper takes (64 KiB) leaves.
+const minChunkSize = 64<<10 - seal.Overhead
+
+// checkTotals validates the close of an upload against the manifest and
+// the chunks the session holds: every chunk up to the final one, and
+// nothing after it.
+func (s *Server) checkTotals(ps *pushSession, t *wire.PushTotals) error {
+	m := ps.manifest
+	if m.ChunkSize == 0 {
+		if *t != (wire.PushTotals{}) {
 			return badRequest("a ref-only update carries no payload")
 		}
 		return nil
 	}
-	if m.PayloadSize <= 0 || m.PayloadSize > s.cfg.MaxPushSize || m.BundleSize <= 0 || m.BundleSize > s.cfg.MaxPushSize {
-		return &userError{http.StatusRequestEntityTooLarge, wire.CodeTooLarge, fmt.Sprintf("push of %d bytes is larger than this relay accepts (%d)", m.PayloadSize, s.cfg.MaxPushSize)}
+	if t.Compression != wire.CompressNone && t.Compression != wire.CompressZstd {
+		return badRequest("unknown compression %q", t.Compression)
 	}
-	if m.ChunkSize <= 0 || int64(m.ChunkSize)+seal.Overhead > s.cfg.MaxBody {
-		return &userError{http.StatusRequestEntityTooLarge, wire.CodeTooLarge, fmt.Sprintf("chunk size %d exceeds the server's --max-body %d: lower relay.maxBody", m.ChunkSize, s.cfg.MaxBody)}
+	if t.PayloadSize < 0 || t.PayloadSize > s.cfg.MaxPushSize || t.BundleSize <= 0 || t.BundleSize > s.cfg.MaxPushSize {
+		return &userError{http.StatusRequestEntityTooLarge, wire.CodeTooLarge, fmt.Sprintf("push of %d bytes is larger than this relay accepts (%d)", t.BundleSize, s.cfg.MaxPushSize)}
 	}
-	if seal.Chunks(m.PayloadSize, m.ChunkSize) != m.Chunks {
-		return badRequest("chunk count %d does not match %d bytes in chunks of %d", m.Chunks, m.PayloadSize, m.ChunkSize)
+	if t.Chunks == 0 || seal.Chunks(t.PayloadSize, m.ChunkSize) != t.Chunks {
+		return badRequest("chunk count %d does not match %d bytes in chunks of %d", t.Chunks, t.PayloadSize, m.ChunkSize)
 	}
-	if h, err := hex.DecodeString(m.BundleHash); err != nil || len(h) != sha256.Size {
+	if h, err := hex.DecodeString(t.BundleHash); err != nil || len(h) != sha256.Size {
 		return badRequest("bundle hash must be a hex SHA-256")
+	}
+	final, ok := ps.final()
+	if !ok {
+		return conflict("session %s has not received its final chunk", ps.id)
+	}
+	if final != t.Chunks-1 {
+		return badRequest("the final chunk is chunk %d, not %d", final+1, t.Chunks)
+	}
+	held := ps.held()
+	if uint32(len(held)) != t.Chunks || held[len(held)-1] != final {
+		return conflict("session %s holds %d of %d chunks", ps.id, len(held), t.Chunks)
 	}
 	return nil
 }
@@ -246,7 +283,7 @@ func (s *Server) handlePushCreate(c *call) {
 		c.failErr(err)
 		return
 	}
-	s.log.Info("push session", "session", id, "repo", m.Repo, "refs", len(m.Updates), "chunks", m.Chunks, "bytes", m.PayloadSize)
+	s.log.Info("push session", "session", id, "repo", m.Repo, "refs", len(m.Updates), "payload", m.ChunkSize > 0)
 	c.reply(http.StatusOK, wire.Session{Session: id})
 }
 
@@ -273,12 +310,21 @@ func (s *Server) handlePushChunk(c *call) {
 		c.failErr(err)
 		return
 	}
-	idx, err := strconv.ParseUint(q.Get("index"), 10, 32)
-	if err != nil || uint32(idx) >= ps.manifest.Chunks {
-		c.failErr(badRequest("chunk index %q out of range (0..%d)", q.Get("index"), int64(ps.manifest.Chunks)-1))
+	m := ps.manifest
+	if m.ChunkSize == 0 {
+		c.failErr(badRequest("session %s is a ref-only update and takes no chunks", ps.id))
 		return
 	}
-	i := uint32(idx)
+	idx, err := strconv.ParseUint(q.Get("index"), 10, 32)
+	if err != nil {
+		c.failErr(badRequest("chunk index %q is not a number", q.Get("index")))
+		return
+	}
+	if int64(idx)*int64(m.ChunkSize) >= s.cfg.MaxPushSize {
+		c.failErr(&userError{http.StatusRequestEntityTooLarge, wire.CodeTooLarge, fmt.Sprintf("push is larger than this relay accepts (%d bytes)", s.cfg.MaxPushSize)})
+		return
+	}
+	i, final := uint32(idx), q.Get("final") == "1"
 	path := ps.chunkPath(i)
 	if old, err := os.ReadFile(path); err == nil {
 		if bytes.Equal(old, c.body) {
@@ -292,8 +338,14 @@ func (s *Server) handlePushChunk(c *call) {
 		c.failErr(conflict("session %s is %s and takes no more chunks", ps.id, ps.state.Phase))
 		return
 	}
-	if int64(len(c.body)) != ps.expectedLen(i) {
-		c.failErr(badRequest("chunk %d: %d bytes, expected %d", i, len(c.body), ps.expectedLen(i)))
+	// Every chunk but the final one is full.
+	full := int64(m.ChunkSize) + seal.Overhead
+	if n := int64(len(c.body)); n < seal.Overhead || n > full || (!final && n != full) {
+		c.failErr(badRequest("chunk %d: %d bytes, expected %d", i, n, full))
+		return
+	}
+	if f, ok := ps.final(); ok && (i > f || (final && i != f)) {
+		c.failErr(conflict("chunk %d: the final chunk of session %s is chunk %d", i, ps.id, f))
 		return
 	}
 	st, err := ps.stream(c.key)
@@ -301,21 +353,35 @@ func (s *Server) handlePushChunk(c *call) {
 		c.failErr(err)
 		return
 	}
-	plain, err := st.Open(nil, i, c.body)
+	bp, _ := s.bodies.Get().(*[]byte)
+	if bp == nil {
+		bp = new([]byte)
+	}
+	defer s.bodies.Put(bp)
+	plain, err := st.Open((*bp)[:0], i, final, c.body)
+	*bp = plain[:0]
 	if err != nil {
 		c.failErr(badRequest("%v: it was altered on the way or belongs to another push", err))
 		return
+	}
+	if final {
+		// Only a chunk that opened as the last one marks the end; the
+		// marker is created once, so a second final chunk is a conflict.
+		if err := createFileAtomic(ps.finalPath(), []byte(strconv.FormatUint(idx, 10))); err != nil {
+			if f, ok := ps.final(); !ok || f != i {
+				c.failErr(conflict("chunk %d: session %s already has its final chunk", i, ps.id))
+				return
+			}
+		}
 	}
 	if err := writeFileAtomic(path, c.body); err != nil {
 		c.failErr(err)
 		return
 	}
-	if ps.manifest.Compression == wire.CompressNone {
-		// Keep the authenticated plaintext at its place too, so that
-		// assembling the bundle is a hash check rather than a second
-		// decryption pass. The sealed chunk stays the durable copy.
-		ps.writePlain(i, plain)
-	}
+	// Keep the authenticated plaintext at its place too, so that
+	// assembling the bundle is a hash check rather than a second
+	// decryption pass. The sealed chunk stays the durable copy.
+	ps.writePlain(i, plain)
 	c.reply(http.StatusOK, ps.status())
 }
 
@@ -348,11 +414,21 @@ func (s *Server) handlePushComplete(c *call) {
 		c.failErr(err)
 		return
 	}
+	var t wire.PushTotals
+	if err := json.Unmarshal(c.body, &t); err != nil {
+		c.failErr(badRequest("decode the push totals: %v", err))
+		return
+	}
+	if ps.state.Totals != nil && *ps.state.Totals != t {
+		c.failErr(conflict("session %s was completed with other totals", ps.id))
+		return
+	}
 	if ps.state.Phase == wire.PhaseReceiving {
-		if held := ps.held(); uint32(len(held)) != ps.manifest.Chunks {
-			c.failErr(conflict("session %s holds %d of %d chunks", ps.id, len(held), ps.manifest.Chunks))
+		if err := s.checkTotals(ps, &t); err != nil {
+			c.failErr(err)
 			return
 		}
+		ps.state.Totals = &t
 		ps.enter(wire.PhaseProcessing)
 		if err := ps.save(); err != nil {
 			c.failErr(err)
@@ -368,6 +444,28 @@ func (s *Server) handlePushComplete(c *call) {
 		}
 	}
 	c.reply(http.StatusOK, ps.status())
+}
+
+// createFileAtomic writes data to path through a temporary file and
+// links it into place, so that path appears whole and only once: it fails
+// if path exists.
+func createFileAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	_, err = tmp.Write(data)
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return os.Link(tmp.Name(), path)
 }
 
 // writeFileAtomic writes through a temporary file, fsyncs, and renames, so

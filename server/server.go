@@ -50,6 +50,8 @@ type Server struct {
 
 	mu      sync.Mutex
 	running map[string]chan struct{} // sessions being processed; closed when done
+
+	bodies sync.Pool // *[]byte: request body buffers (readBody)
 }
 
 // New prepares a server over cfg.DataDir.
@@ -166,7 +168,7 @@ func (s *Server) api(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBody))
+	body, err := s.readBody(w, r)
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
@@ -185,6 +187,7 @@ func (s *Server) api(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, `{"code":"unauthorized","error":"unauthorized"}`)
 		return
 	}
+	defer s.bodies.Put(&body)
 	c := &call{w: w, r: r, key: key, nonce: auth.Nonce, body: body, s: s}
 	switch r.Method + " " + path {
 	case "GET " + wire.PathRefs:
@@ -207,6 +210,38 @@ func (s *Server) api(w http.ResponseWriter, r *http.Request) {
 		s.handleFetchChunk(c)
 	default:
 		c.fail(http.StatusNotFound, wire.CodeNotFound, fmt.Sprintf("no such API call: %s %s", r.Method, path))
+	}
+}
+
+// readBody reads a request body of at most --max-body bytes into a
+// buffer from the pool: chunk bodies are megabytes each, and reading them
+// into fresh, growing buffers would cost more than the rest of their
+// handling. The handler must not keep the body past its return.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	bp, _ := s.bodies.Get().(*[]byte)
+	if bp == nil {
+		b := make([]byte, 0, 64<<10)
+		bp = &b
+	}
+	buf := (*bp)[:0]
+	if r.ContentLength > 0 && int64(cap(buf)) < r.ContentLength {
+		buf = make([]byte, 0, r.ContentLength)
+	}
+	in := http.MaxBytesReader(w, r.Body, s.cfg.MaxBody)
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := in.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			*bp = buf[:0]
+			s.bodies.Put(bp)
+			return nil, err
+		}
 	}
 }
 

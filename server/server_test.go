@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -67,6 +68,10 @@ func newFixture(t *testing.T) *fixture {
 	work := filepath.Join(root, "work")
 	git(t, root, "init", "-q", "-b", "master", work)
 	require.NoError(t, os.WriteFile(filepath.Join(work, "a.txt"), []byte("a\n"), 0o644))
+	// Enough incompressible bytes for a few chunks of the smallest size.
+	blob := make([]byte, 3*minChunkSize+1000)
+	_, _ = rand.Read(blob)
+	require.NoError(t, os.WriteFile(filepath.Join(work, "blob.bin"), blob, 0o644))
 	git(t, work, "add", ".")
 	git(t, work, "commit", "-qm", "first")
 	s, err := New(Config{
@@ -125,48 +130,66 @@ func TestMissingUpstreamIsAClearError(t *testing.T) {
 	require.ErrorContains(t, err, "invalid repository")
 }
 
-// startPush bundles the work repo's master and creates a session.
-func (f *fixture) startPush(t *testing.T) (string, wire.PushManifest, []byte, [][]byte) {
+// sealedChunk is one chunk as the helper would upload it.
+type sealedChunk struct {
+	body  []byte
+	final bool
+}
+
+// startPush bundles the work repo's master, seals it as the helper does,
+// and creates a session.
+func (f *fixture) startPush(t *testing.T) (string, wire.PushManifest, *wire.PushTotals, []sealedChunk) {
 	t.Helper()
-	dir := t.TempDir()
-	bundle := filepath.Join(dir, "b.bundle")
-	git(t, f.work, "bundle", "create", "-q", bundle, "refs/heads/master")
-	p, err := payload.Prepare(bundle, dir)
-	require.NoError(t, err)
 	salt := make([]byte, 32)
 	_, _ = rand.Read(salt)
-	m := wire.PushManifest{Version: 1, Repo: "acme/widgets", Salt: hex.EncodeToString(salt), Nonce: "n",
-		Updates:     []wire.Update{{Ref: "refs/heads/master", Old: zeroID, New: git(t, f.work, "rev-parse", "master")}},
-		Compression: p.Compression, BundleSize: p.BundleSize, BundleHash: p.BundleHash, PayloadSize: p.PayloadSize,
-		ChunkSize: 100}
-	m.Chunks = seal.Chunks(p.PayloadSize, m.ChunkSize)
+	m := wire.PushManifest{Version: wire.PushManifestVersion, Repo: "acme/widgets", Salt: hex.EncodeToString(salt), Nonce: "n",
+		Updates:   []wire.Update{{Ref: "refs/heads/master", Old: zeroID, New: git(t, f.work, "rev-parse", "master")}},
+		ChunkSize: minChunkSize}
 	raw, _ := json.Marshal(m)
-	st, err := seal.New(f.key, keyring.LabelPushPayload, salt, wire.ManifestHash(raw), m.Chunks)
+	st, err := seal.New(f.key, keyring.LabelPushPayload, salt, wire.ManifestHash(raw))
 	require.NoError(t, err)
-	pf, _ := os.Open(p.Path)
-	defer pf.Close()
-	var chunks [][]byte
-	require.NoError(t, st.SealAll(pf, m.ChunkSize, func(i uint32, c []byte) error {
-		chunks = append(chunks, append([]byte(nil), c...))
+	cmd := exec.Command("git", "bundle", "create", "-q", "-", "refs/heads/master")
+	cmd.Dir = f.work
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	free := make(chan []byte, 1)
+	free <- make([]byte, 0, m.ChunkSize+seal.Overhead)
+	var chunks []sealedChunk
+	p, err := payload.Split(out, m.ChunkSize, free, func(i uint32, final bool, c []byte) error {
+		chunks = append(chunks, sealedChunk{st.Seal(nil, i, final, c), final})
+		free <- c
 		return nil
-	}))
+	})
+	require.NoError(t, err)
+	require.NoError(t, cmd.Wait())
 	var sess wire.Session
 	_, err = f.client.Do(context.Background(), http.MethodPost, wire.PathPush, nil, raw, &sess)
 	require.NoError(t, err)
-	return sess.Session, m, raw, chunks
+	totals := &wire.PushTotals{Compression: p.Compression, BundleSize: p.BundleSize, BundleHash: p.BundleHash, PayloadSize: p.PayloadSize, Chunks: p.Chunks}
+	return sess.Session, m, totals, chunks
 }
 
-func (f *fixture) put(session string, i int, body []byte) error {
+func (f *fixture) put(session string, i int, c sealedChunk) error {
 	q := url.Values{"session": {session}, "index": {itoa(i)}}
-	_, err := f.client.Do(context.Background(), http.MethodPut, wire.PathPushChunk, q, body, nil)
+	if c.final {
+		q.Set("final", "1")
+	}
+	_, err := f.client.Do(context.Background(), http.MethodPut, wire.PathPushChunk, q, c.body, nil)
 	return err
+}
+
+func (f *fixture) complete(session string, t *wire.PushTotals) (*wire.PushStatus, error) {
+	var st wire.PushStatus
+	_, err := f.client.Do(context.Background(), http.MethodPost, wire.PathPushFinish, url.Values{"session": {session}}, t, &st)
+	return &st, err
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
 
 func TestChunkUploadIsIdempotentAndAuthenticated(t *testing.T) {
 	f := newFixture(t)
-	sess, m, _, chunks := f.startPush(t)
+	sess, _, totals, chunks := f.startPush(t)
 	require.Greater(t, len(chunks), 2)
 
 	require.NoError(t, f.put(sess, 0, chunks[0]))
@@ -174,7 +197,7 @@ func TestChunkUploadIsIdempotentAndAuthenticated(t *testing.T) {
 
 	// A chunk at the wrong index does not authenticate; it is named.
 	err := f.put(sess, 1, chunks[0])
-	require.ErrorContains(t, err, "chunk 1 of")
+	require.ErrorContains(t, err, "chunk 1: chunk failed authentication")
 	// Different bytes at a held index are a conflict.
 	err = f.put(sess, 0, chunks[1])
 	var api *wire.APIError
@@ -186,11 +209,59 @@ func TestChunkUploadIsIdempotentAndAuthenticated(t *testing.T) {
 	_, err = f.client.Do(context.Background(), http.MethodGet, wire.PathPushStatus, url.Values{"session": {sess}}, nil, &st)
 	require.NoError(t, err)
 	require.Equal(t, []uint32{0}, st.Held)
-	require.Equal(t, m.Chunks, st.Chunks)
 
 	// Completing early is refused; nothing reaches upstream.
-	_, err = f.client.Do(context.Background(), http.MethodPost, wire.PathPushFinish, url.Values{"session": {sess}}, nil, nil)
-	require.ErrorContains(t, err, "holds 1 of")
+	_, err = f.complete(sess, totals)
+	require.ErrorContains(t, err, "has not received its final chunk")
+	last := len(chunks) - 1
+	require.NoError(t, f.put(sess, last, chunks[last]))
+	_, err = f.complete(sess, totals)
+	require.ErrorContains(t, err, fmt.Sprintf("holds 2 of %d chunks", len(chunks)))
+	require.Empty(t, gitOK(f.upstream, "rev-parse", "--verify", "-q", "refs/heads/master"))
+}
+
+// TestStreamEndsOnlyAtItsFinalChunk: the final flag travels in the request
+// but is bound into the chunk, so a proxy can neither cut the payload
+// short (mark a middle chunk final) nor hide its end, and nothing comes
+// after the final chunk.
+func TestStreamEndsOnlyAtItsFinalChunk(t *testing.T) {
+	f := newFixture(t)
+	sess, _, totals, chunks := f.startPush(t)
+	last := len(chunks) - 1
+
+	// A middle chunk presented as the last one does not open.
+	cut := chunks[1]
+	cut.final = true
+	require.ErrorContains(t, f.put(sess, 1, cut), "chunk 1 (as the final chunk): chunk failed authentication")
+	// The real last chunk presented as an ordinary one does not either.
+	hidden := chunks[last]
+	hidden.final = false
+	err := f.put(sess, last, hidden)
+	require.Error(t, err)
+
+	for i, c := range chunks {
+		require.NoError(t, f.put(sess, i, c))
+	}
+	// Nothing after the final chunk; a chunk replayed at a later index
+	// is refused too.
+	err = f.put(sess, last+1, chunks[0])
+	var api *wire.APIError
+	require.ErrorAs(t, err, &api)
+	require.Equal(t, http.StatusConflict, api.Status)
+
+	// Totals that do not match what arrived are refused, and a bundle
+	// hash that does not match fails the push before upstream sees it.
+	short := *totals
+	short.Chunks--
+	short.PayloadSize -= int64(minChunkSize)
+	_, err = f.complete(sess, &short)
+	require.ErrorContains(t, err, fmt.Sprintf("the final chunk is chunk %d, not %d", len(chunks), len(chunks)-1))
+	wrong := *totals
+	wrong.BundleHash = strings.Repeat("ab", 32)
+	st, err := f.complete(sess, &wrong)
+	require.NoError(t, err)
+	require.Equal(t, wire.PhaseFailed, st.Phase)
+	require.Contains(t, st.Message, "hash")
 	require.Empty(t, gitOK(f.upstream, "rev-parse", "--verify", "-q", "refs/heads/master"))
 }
 
@@ -202,7 +273,7 @@ func gitOK(dir string, args ...string) string {
 
 func TestPushLandsAndSurvivesRestart(t *testing.T) {
 	f := newFixture(t)
-	sess, m, _, chunks := f.startPush(t)
+	sess, m, totals, chunks := f.startPush(t)
 	for i, c := range chunks {
 		require.NoError(t, f.put(sess, i, c))
 	}
@@ -214,21 +285,21 @@ func TestPushLandsAndSurvivesRestart(t *testing.T) {
 	defer func() { hs2.Close(); s2.work.Wait() }()
 	c2 := &wire.Client{Base: hs2.URL + "/api/gr", Key: f.key, MaxBody: 200_000}
 	var st wire.PushStatus
-	_, err = c2.Do(context.Background(), http.MethodPost, wire.PathPushFinish, url.Values{"session": {sess}}, nil, &st)
+	_, err = c2.Do(context.Background(), http.MethodPost, wire.PathPushFinish, url.Values{"session": {sess}}, totals, &st)
 	require.NoError(t, err)
 	require.Equal(t, wire.PhaseDone, st.Phase, st.Message)
 	require.Equal(t, []wire.RefResult{{Ref: "refs/heads/master", OK: true}}, st.Results)
 	require.Equal(t, m.Updates[0].New, gitOK(f.upstream, "rev-parse", "refs/heads/master"))
 
 	// Completing again reports the same outcome and pushes nothing twice.
-	_, err = c2.Do(context.Background(), http.MethodPost, wire.PathPushFinish, url.Values{"session": {sess}}, nil, &st)
+	_, err = c2.Do(context.Background(), http.MethodPost, wire.PathPushFinish, url.Values{"session": {sess}}, totals, &st)
 	require.NoError(t, err)
 	require.Equal(t, wire.PhaseDone, st.Phase)
 }
 
 func TestForceNeedsAllowForce(t *testing.T) {
 	f := newFixture(t)
-	m := wire.PushManifest{Version: 1, Repo: "acme/widgets", Salt: strings.Repeat("00", 32), Compression: wire.CompressNone,
+	m := wire.PushManifest{Version: wire.PushManifestVersion, Repo: "acme/widgets", Salt: strings.Repeat("00", 32),
 		Updates: []wire.Update{{Ref: "refs/heads/master", Old: strings.Repeat("1", 40), New: strings.Repeat("2", 40), Force: true}}}
 	_, err := f.client.Do(context.Background(), http.MethodPost, wire.PathPush, nil, m, nil)
 	require.ErrorContains(t, err, "--allow-force")

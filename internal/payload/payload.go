@@ -147,11 +147,11 @@ func ChunkSize(maxBody int64) int {
 }
 
 // Assemble opens chunks 0..count-1 in order (get returns each sealed
-// chunk), decompresses them, and writes the bundle to out, checking its
-// size and SHA-256. A chunk that fails authentication stops it with an
-// error naming the chunk. The caller must not use what was written to out
-// unless Assemble returns nil.
-func Assemble(st *seal.Stream, get func(i uint32) ([]byte, error), compression string, size int64, hash string, out io.Writer) error {
+// chunk; the last must open as the final one), decompresses them, and
+// writes the bundle to out, checking its size and SHA-256. A chunk that
+// fails authentication stops it with an error naming the chunk. The caller
+// must not use what was written to out unless Assemble returns nil.
+func Assemble(st *seal.Stream, get func(i uint32) ([]byte, error), count uint32, compression string, size int64, hash string, out io.Writer) error {
 	h := sha256.New()
 	sink := io.MultiWriter(out, h)
 	pr, pw := io.Pipe()
@@ -189,14 +189,14 @@ func Assemble(st *seal.Stream, get func(i uint32) ([]byte, error), compression s
 		done <- err
 	}()
 	var buf []byte
-	for i := uint32(0); i < st.Count(); i++ {
+	for i := uint32(0); i < count; i++ {
 		ct, err := get(i)
 		if err != nil {
 			pw.CloseWithError(err)
 			<-done
 			return fmt.Errorf("chunk %d: %w", i, err)
 		}
-		buf, err = st.Open(buf[:0], i, ct)
+		buf, err = st.Open(buf[:0], i, i == count-1, ct)
 		if err != nil {
 			pw.CloseWithError(err)
 			<-done

@@ -17,53 +17,89 @@ import (
 	"github.com/git-relay/git-relay/internal/wire"
 )
 
-func sealFile(t *testing.T, p *Payload, st *seal.Stream, chunkSize int) [][]byte {
-	f, err := os.Open(p.Path)
-	require.NoError(t, err)
-	defer f.Close()
+// splitAndSeal cuts content into sealed chunks as the helper does while
+// git writes a bundle.
+func splitAndSeal(t *testing.T, content []byte, st *seal.Stream, chunkSize int) ([][]byte, *Totals) {
+	free := make(chan []byte, 1)
+	free <- make([]byte, 0, chunkSize+seal.Overhead)
 	var chunks [][]byte
-	require.NoError(t, st.SealAll(f, chunkSize, func(i uint32, c []byte) error {
-		chunks = append(chunks, append([]byte(nil), c...))
+	var finals []bool
+	tot, err := Split(bytes.NewReader(content), chunkSize, free, func(i uint32, final bool, c []byte) error {
+		require.EqualValues(t, len(chunks), i)
+		chunks = append(chunks, st.Seal(nil, i, final, c))
+		finals = append(finals, final)
+		free <- c
 		return nil
-	}))
-	return chunks
+	})
+	require.NoError(t, err)
+	require.EqualValues(t, len(chunks), tot.Chunks)
+	for i, f := range finals {
+		require.Equal(t, i == len(finals)-1, f, "only the last chunk is final")
+	}
+	return chunks, tot
 }
 
-func TestRoundTripCompressesOnlyWhenItPays(t *testing.T) {
-	dir := t.TempDir()
+func TestSplitCompressesOnlyWhenItPays(t *testing.T) {
 	key := keyring.FromSecret("01020304", bytes.Repeat([]byte{1}, 32))
 	random := make([]byte, 300_000)
 	_, _ = rand.Read(random)
+	exact := make([]byte, 3*(64<<10))
+	_, _ = rand.Read(exact)
 	for _, tc := range []struct {
 		name    string
 		content []byte
 		want    string
 	}{
-		{"text compresses", bytes.Repeat([]byte("a line of source code\n"), 20_000), wire.CompressZstd},
+		{"text compresses", bytes.Repeat([]byte("a line of source code\n"), 200_000), wire.CompressZstd},
 		{"random does not", random, wire.CompressNone},
+		{"a whole number of chunks", exact, wire.CompressNone},
+		{"empty", nil, wire.CompressNone},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			p, err := Spool(bytes.NewReader(tc.content), filepath.Join(dir, tc.name+".bundle"), dir)
-			require.NoError(t, err)
-			defer p.Close()
-			require.Equal(t, tc.want, p.Compression)
-			require.EqualValues(t, len(tc.content), p.BundleSize)
 			chunkSize := 64 << 10
-			st, err := seal.New(key, keyring.LabelPushPayload, []byte("salt"), [32]byte{9}, seal.Chunks(p.PayloadSize, chunkSize))
+			st, err := seal.New(key, keyring.LabelPushPayload, []byte("salt"), [32]byte{9})
 			require.NoError(t, err)
-			chunks := sealFile(t, p, st, chunkSize)
+			chunks, tot := splitAndSeal(t, tc.content, st, chunkSize)
+			require.Equal(t, tc.want, tot.Compression)
+			require.EqualValues(t, len(tc.content), tot.BundleSize)
+			require.Equal(t, seal.Chunks(tot.PayloadSize, chunkSize), tot.Chunks)
 			var out bytes.Buffer
 			get := func(i uint32) ([]byte, error) { return chunks[i], nil }
-			require.NoError(t, Assemble(st, get, p.Compression, p.BundleSize, p.BundleHash, &out))
-			require.Equal(t, tc.content, out.Bytes())
+			require.NoError(t, Assemble(st, get, tot.Chunks, tot.Compression, tot.BundleSize, tot.BundleHash, &out))
+			require.Equal(t, len(tc.content), out.Len())
+			require.True(t, bytes.Equal(tc.content, out.Bytes()))
 
-			// A wrong size or hash in the manifest is caught.
+			// A wrong size or hash is caught.
 			out.Reset()
-			require.Error(t, Assemble(st, get, p.Compression, p.BundleSize-1, p.BundleHash, &out))
+			require.Error(t, Assemble(st, get, tot.Chunks, tot.Compression, tot.BundleSize-1, tot.BundleHash, &out))
 			out.Reset()
-			require.ErrorContains(t, Assemble(st, get, p.Compression, p.BundleSize, "00", &out), "hash")
+			require.ErrorContains(t, Assemble(st, get, tot.Chunks, tot.Compression, tot.BundleSize, "00", &out), "hash")
+			if tot.Chunks > 1 {
+				// Cut short, the payload's last chunk is not a final one.
+				out.Reset()
+				require.ErrorIs(t, Assemble(st, get, tot.Chunks-1, tot.Compression, tot.BundleSize, tot.BundleHash, &out), seal.ErrAuth)
+			}
 		})
 	}
+}
+
+func TestSpoolCompressesOnlyWhenItPays(t *testing.T) {
+	dir := t.TempDir()
+	random := make([]byte, 300_000)
+	_, _ = rand.Read(random)
+	text := bytes.Repeat([]byte("a line of source code\n"), 20_000)
+	p, err := Spool(bytes.NewReader(text), filepath.Join(dir, "text.bundle"), dir)
+	require.NoError(t, err)
+	defer p.Close()
+	require.Equal(t, wire.CompressZstd, p.Compression)
+	q, err := Spool(bytes.NewReader(random), filepath.Join(dir, "random.bundle"), dir)
+	require.NoError(t, err)
+	require.Equal(t, wire.CompressNone, q.Compression)
+	got, err := Finish(p.Path, p.Compression, p.PayloadSize, p.BundleSize, p.BundleHash, filepath.Join(dir, "out.bundle"))
+	require.NoError(t, err)
+	b, err := os.ReadFile(got)
+	require.NoError(t, err)
+	require.Equal(t, text, b)
 }
 
 // TestVectors runs the shared known-answer vectors through Assemble, the
@@ -71,7 +107,7 @@ func TestRoundTripCompressesOnlyWhenItPays(t *testing.T) {
 func TestVectors(t *testing.T) {
 	for _, v := range sealtest.Load(t) {
 		t.Run(v.Name, func(t *testing.T) {
-			st, err := seal.New(v.Key(), v.Label, v.SaltBytes(), v.ManifestHash(), v.Count)
+			st, err := seal.New(v.Key(), v.Label, v.SaltBytes(), v.ManifestHash())
 			require.NoError(t, err)
 			chunks := v.ChunkBytes()
 			get := func(i uint32) ([]byte, error) {
@@ -85,7 +121,7 @@ func TestVectors(t *testing.T) {
 			if v.Error != "" {
 				size = 57 // the good payload's size; irrelevant when a chunk fails
 			}
-			err = Assemble(st, get, wire.CompressNone, size, hashOfHex(v.Plaintext), &out)
+			err = Assemble(st, get, v.Count, wire.CompressNone, size, hashOfHex(v.Plaintext), &out)
 			if v.Error == "" {
 				require.NoError(t, err)
 				return

@@ -25,48 +25,43 @@ func TestRoundTrip(t *testing.T) {
 	key := keyring.FromSecret("01020304", bytes.Repeat([]byte{7}, 32))
 	mh := [32]byte{1, 2, 3}
 	payload := bytes.Repeat([]byte("git-relay "), 1000) // 10,000 bytes
-	st, err := seal.New(key, keyring.LabelPushPayload, []byte("salt"), mh, seal.Chunks(int64(len(payload)), 4096))
+	st, err := seal.New(key, keyring.LabelPushPayload, []byte("salt"), mh)
 	require.NoError(t, err)
-	require.EqualValues(t, 3, st.Count())
+	count := seal.Chunks(int64(len(payload)), 4096)
+	require.EqualValues(t, 3, count)
 	var chunks [][]byte
-	require.NoError(t, st.SealAll(bytes.NewReader(payload), 4096, func(i uint32, c []byte) error {
-		require.EqualValues(t, len(chunks), i)
-		chunks = append(chunks, append([]byte(nil), c...))
-		return nil
-	}))
+	for i := range count {
+		part := payload[i*4096 : min(len(payload), int(i+1)*4096)]
+		chunks = append(chunks, st.Seal(nil, i, i == count-1, part))
+	}
 	var got []byte
 	for i, c := range chunks {
-		got, err = st.Open(got, uint32(i), c)
+		got, err = st.Open(got, uint32(i), uint32(i) == count-1, c)
 		require.NoError(t, err)
 	}
 	require.Equal(t, payload, got)
 
-	// A payload longer than the declared count is refused while sealing.
-	short, err := seal.New(key, keyring.LabelPushPayload, []byte("salt"), mh, 2)
-	require.NoError(t, err)
-	err = short.SealAll(bytes.NewReader(payload), 4096, func(uint32, []byte) error { return nil })
-	require.ErrorContains(t, err, "longer than 2 chunks")
+	// Sealing in place gives the same bytes.
+	buf := append(make([]byte, 0, 4096+seal.Overhead), payload[:4096]...)
+	require.Equal(t, chunks[0], st.Seal(buf[:0], 0, false, buf))
 
 	// The fetch direction derives another key: a push chunk does not open
 	// as a fetch chunk.
-	other, err := seal.New(key, keyring.LabelFetchPayload, []byte("salt"), mh, 3)
+	other, err := seal.New(key, keyring.LabelFetchPayload, []byte("salt"), mh)
 	require.NoError(t, err)
-	_, err = other.Open(nil, 0, chunks[0])
+	_, err = other.Open(nil, 0, false, chunks[0])
 	require.ErrorIs(t, err, seal.ErrAuth)
 }
 
 func TestEmptyPayloadHasOneFinalChunk(t *testing.T) {
 	require.EqualValues(t, 1, seal.Chunks(0, 100))
 	key := keyring.FromSecret("01020304", bytes.Repeat([]byte{9}, 32))
-	st, err := seal.New(key, keyring.LabelPushPayload, nil, [32]byte{}, 1)
+	st, err := seal.New(key, keyring.LabelPushPayload, nil, [32]byte{})
 	require.NoError(t, err)
-	n := 0
-	require.NoError(t, st.SealAll(bytes.NewReader(nil), 100, func(i uint32, c []byte) error {
-		n++
-		require.Len(t, c, seal.Overhead)
-		return nil
-	}))
-	require.Equal(t, 1, n)
+	c := st.Seal(nil, 0, true, nil)
+	require.Len(t, c, seal.Overhead)
+	_, err = st.Open(nil, 0, true, c)
+	require.NoError(t, err)
 }
 
 // TestVectors checks the known-answer vectors that the server and the
@@ -77,47 +72,55 @@ func TestVectors(t *testing.T) {
 	}
 	for _, v := range sealtest.Load(t) {
 		t.Run(v.Name, func(t *testing.T) {
-			st, err := seal.New(v.Key(), v.Label, v.SaltBytes(), v.ManifestHash(), v.Count)
+			st, err := seal.New(v.Key(), v.Label, v.SaltBytes(), v.ManifestHash())
 			require.NoError(t, err)
-			got, err := openAll(st, v.ChunkBytes())
+			got, err := openAll(st, v.ChunkBytes(), v.Count)
 			if v.Error == "" {
 				require.NoError(t, err)
 				require.Equal(t, v.Plaintext, hex.EncodeToString(got))
 				return
 			}
 			require.ErrorContains(t, err, v.Error)
-			require.ErrorContains(t, err, fmt.Sprintf("chunk %d ", v.BadChunk))
+			require.Regexp(t, fmt.Sprintf(`\bchunk %d\b`, v.BadChunk), err.Error())
 		})
 	}
 }
 
-func openAll(st *seal.Stream, chunks [][]byte) ([]byte, error) {
+// openAll opens the chunks as a receiver does that was told the payload
+// has count chunks: the last one must open as the final one, and a chunk
+// missing or beyond it is an error naming it.
+func openAll(st *seal.Stream, chunks [][]byte, count uint32) ([]byte, error) {
 	var out []byte
 	var err error
 	for i, c := range chunks {
-		if out, err = st.Open(out, uint32(i), c); err != nil {
+		if uint32(i) >= count {
+			return nil, fmt.Errorf("chunk %d after the final chunk: %w", i, seal.ErrAuth)
+		}
+		if out, err = st.Open(out, uint32(i), uint32(i) == count-1, c); err != nil {
 			return nil, err
 		}
 	}
-	if n := uint32(len(chunks)); n < st.Count() {
-		return nil, fmt.Errorf("chunk %d of %d: %w (missing)", n, st.Count(), seal.ErrAuth)
+	if n := uint32(len(chunks)); n < count {
+		return nil, fmt.Errorf("chunk %d of %d: %w (missing)", n, count, seal.ErrAuth)
 	}
 	return out, nil
 }
 
-// rawSeal seals with an arbitrary final flag and AAD, to build the
-// malformed streams that the API refuses to produce.
-func rawSeal(t *testing.T, payloadKey []byte, mh [32]byte, index, count uint32, final bool, pt []byte) []byte {
+// rawSeal seals with an arbitrary final flag, to build the malformed
+// streams that the API refuses to produce.
+func rawSeal(t *testing.T, payloadKey []byte, mh [32]byte, index uint32, final bool, pt []byte) []byte {
 	block, err := aes.NewCipher(payloadKey)
 	require.NoError(t, err)
 	aead, err := cipher.NewGCM(block)
 	require.NoError(t, err)
 	nonce := make([]byte, 12)
 	binary.BigEndian.PutUint64(nonce[3:11], uint64(index))
+	count := uint32(0)
 	if final {
 		nonce[11] = 1
+		count = index + 1
 	}
-	aad := append([]byte("GR1-CHUNK"), mh[:]...)
+	aad := append([]byte("GR2-CHUNK"), mh[:]...)
 	aad = binary.BigEndian.AppendUint32(aad, index)
 	aad = binary.BigEndian.AppendUint32(aad, count)
 	return aead.Seal(nil, nonce, pt, aad)
@@ -127,15 +130,15 @@ func writeVectors(t *testing.T) {
 	secret := bytes.Repeat([]byte{0x42}, 32)
 	key := keyring.FromSecret("a1b2c3d4", secret)
 	salt := bytes.Repeat([]byte{0x5a}, 32)
-	manifest := `{"v":1,"repo":"acme/widgets","chunks":3}`
-	other := `{"v":1,"repo":"acme/widgets","chunks":3,"nonce":"another push"}`
+	manifest := `{"v":2,"repo":"acme/widgets","chunkSize":4096}`
+	other := `{"v":2,"repo":"acme/widgets","chunkSize":4096,"nonce":"another push"}`
 	mh := sha(manifest)
 	pk := key.Derive(keyring.LabelPushPayload, salt, mh[:])
 	pt := [][]byte{[]byte("first chunk of the bundle "), []byte("second chunk of the bundle "), []byte("last")}
 	good := [][]byte{
-		rawSeal(t, pk, mh, 0, 3, false, pt[0]),
-		rawSeal(t, pk, mh, 1, 3, false, pt[1]),
-		rawSeal(t, pk, mh, 2, 3, true, pt[2]),
+		rawSeal(t, pk, mh, 0, false, pt[0]),
+		rawSeal(t, pk, mh, 1, false, pt[1]),
+		rawSeal(t, pk, mh, 2, true, pt[2]),
 	}
 	flipped := append([]byte(nil), good[1]...)
 	flipped[3] ^= 1
@@ -155,14 +158,18 @@ func writeVectors(t *testing.T) {
 	vs := []sealtest.Vector{
 		mk("good", good, "", 0),
 		mk("bad tag", [][]byte{good[0], flipped, good[2]}, "failed authentication", 1),
-		mk("no final", [][]byte{good[0], good[1], rawSeal(t, pk, mh, 2, 3, false, pt[2])}, "failed authentication", 2),
-		mk("two finals", [][]byte{rawSeal(t, pk, mh, 0, 3, true, pt[0]), good[1], good[2]}, "failed authentication", 0),
+		mk("no final", [][]byte{good[0], good[1], rawSeal(t, pk, mh, 2, false, pt[2])}, "failed authentication", 2),
+		mk("two finals", [][]byte{rawSeal(t, pk, mh, 0, true, pt[0]), good[1], good[2]}, "failed authentication", 0),
 		mk("reordered", [][]byte{good[1], good[0], good[2]}, "failed authentication", 0),
-		mk("wrong session", [][]byte{good[0], rawSeal(t, opk, omh, 1, 3, false, pt[1]), good[2]}, "failed authentication", 1),
+		mk("wrong session", [][]byte{good[0], rawSeal(t, opk, omh, 1, false, pt[1]), good[2]}, "failed authentication", 1),
 		mk("trailing bytes", [][]byte{good[0], good[1], append(append([]byte(nil), good[2]...), 0)}, "failed authentication", 2),
 		mk("missing chunk", [][]byte{good[0], good[2]}, "failed authentication", 1),
 		mk("extra chunk", [][]byte{good[0], good[1], good[2], good[2]}, "failed authentication", 3),
+		mk("truncated", [][]byte{good[0], good[1]}, "failed authentication", 1),
 	}
+	// A receiver led to believe the payload ends at chunk 1 opens chunk 1
+	// as the final one, and it does not open.
+	vs[len(vs)-1].Count = 2
 	b, err := json.MarshalIndent(vs, "", "  ")
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(sealtest.Path(), append(b, '\n'), 0o644))

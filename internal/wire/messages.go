@@ -54,23 +54,36 @@ const (
 	CompressZstd = "zstd"
 )
 
-// PushManifest describes one push. Its exact bytes are signed with the
-// request that creates the session, and their SHA-256 is bound into the
-// payload key and into every chunk.
+// PushManifest opens one push. Its exact bytes are signed with the request
+// that creates the session, and their SHA-256 is bound into the payload
+// key and into every chunk. It says what the push does, not how large it
+// is: the helper uploads the bundle while git writes it, so the sizes, the
+// chunk count and the bundle's hash come at the end, in PushTotals.
 type PushManifest struct {
-	Version     int      `json:"v"`
-	Repo        string   `json:"repo"`
-	Updates     []Update `json:"updates"`
-	Atomic      bool     `json:"atomic,omitempty"`
-	Options     []string `json:"options,omitempty"`
-	Salt        string   `json:"salt"`        // hex, 32 random bytes
-	Compression string   `json:"compression"` // none | zstd
-	BundleSize  int64    `json:"bundleSize"`  // plaintext bundle bytes (0: ref-only update)
-	BundleHash  string   `json:"bundleHash"`  // hex SHA-256 of the bundle
-	PayloadSize int64    `json:"payloadSize"` // bytes sealed (after compression)
-	ChunkSize   int      `json:"chunkSize"`   // payload bytes per chunk
-	Chunks      uint32   `json:"chunks"`      // 0 for a ref-only update
-	Nonce       string   `json:"nonce"`       // random, so that no two manifests are equal
+	Version   int      `json:"v"`
+	Repo      string   `json:"repo"`
+	Updates   []Update `json:"updates"`
+	Atomic    bool     `json:"atomic,omitempty"`
+	Options   []string `json:"options,omitempty"`
+	Salt      string   `json:"salt"`      // hex, 32 random bytes
+	ChunkSize int      `json:"chunkSize"` // payload bytes per chunk; 0 for a ref-only update
+	Nonce     string   `json:"nonce"`     // random, so that no two manifests are equal
+}
+
+// PushManifestVersion is the version of PushManifest and of the chunk
+// format that goes with it.
+const PushManifestVersion = 2
+
+// PushTotals closes a push's upload: it is the signed body of the request
+// that completes the session. The server checks the chunks it holds
+// against it (the last one must have been sealed as final) and the
+// assembled bundle against its size and hash.
+type PushTotals struct {
+	Compression string `json:"compression"` // none | zstd
+	BundleSize  int64  `json:"bundleSize"`  // plaintext bundle bytes (0: ref-only update)
+	BundleHash  string `json:"bundleHash"`  // hex SHA-256 of the bundle
+	PayloadSize int64  `json:"payloadSize"` // bytes sealed (after compression)
+	Chunks      uint32 `json:"chunks"`      // 0 for a ref-only update
 }
 
 // ManifestHash is the hash bound into keys and chunks.

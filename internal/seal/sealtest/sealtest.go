@@ -24,8 +24,8 @@ type Vector struct {
 	Label     string   `json:"label"`
 	Salt      string   `json:"salt"`     // hex
 	Manifest  string   `json:"manifest"` // the exact manifest bytes
-	Count     uint32   `json:"count"`
-	Chunks    []string `json:"chunks"` // hex ciphertexts, in the order they arrive
+	Count     uint32   `json:"count"`    // the chunks the receiver expects; the last opens as final
+	Chunks    []string `json:"chunks"`   // hex ciphertexts, in the order they arrive
 	Plaintext string   `json:"plaintext,omitempty"`
 	// Error is empty for a good vector; otherwise opening must fail, and
 	// the error must name this chunk index.
