@@ -19,6 +19,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"unicode"
 )
 
@@ -78,6 +79,10 @@ type Cmd struct {
 	// kept for the error message.
 	Stderr io.Writer
 	Env    []string
+	// Background runs git at the lowest CPU priority (nice 19): for
+	// maintenance that nobody waits for, which must not slow the work
+	// that somebody does wait for.
+	Background bool
 
 	repo   Repo
 	ctx    context.Context
@@ -155,6 +160,10 @@ func (c *Cmd) Start() error {
 	}
 	if err := c.cmd.Start(); err != nil {
 		return fmt.Errorf("start git %s: %w", firstArg(c.Args), err)
+	}
+	if c.Background {
+		// Best effort: a git that runs at normal priority is still right.
+		_ = syscall.Setpriority(syscall.PRIO_PROCESS, c.cmd.Process.Pid, 19)
 	}
 	return nil
 }
