@@ -109,6 +109,8 @@ type Proxy struct {
 	done    chan struct{}
 
 	mu         sync.Mutex
+	scans      int        // bodies still being scanned (inspectBody)
+	scanned    *sync.Cond // signalled, with mu, when scans drops to 0
 	tamper     *Tamper
 	violations []Violation
 	stats      Stats
@@ -144,6 +146,7 @@ func New(target string, opts Options) (*Proxy, error) {
 		},
 		stats: Stats{PerPath: map[string]int{}},
 	}
+	p.scanned = sync.NewCond(&p.mu)
 	for _, s := range opts.Secrets {
 		if s != "" {
 			p.secrets = append(p.secrets, []byte(s))
@@ -194,6 +197,7 @@ func (p *Proxy) SetTamper(t *Tamper) {
 func (p *Proxy) Violations() []Violation {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.waitScans()
 	return slices.Clone(p.violations)
 }
 
@@ -202,6 +206,7 @@ func (p *Proxy) Violations() []Violation {
 func (p *Proxy) TakeViolations() []Violation {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.waitScans()
 	v := p.violations
 	p.violations = nil
 	return v
@@ -296,7 +301,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "edgeproxy: read request body: "+err.Error(), http.StatusBadRequest)
 		return
 	}
-	p.inspect(Up, r.Method, path, r.Header, body)
+	p.inspectBody(tamper, Up, r.Method, path, r.Header, body)
 
 	req := &Request{Method: r.Method, Path: path, Query: r.URL.RawQuery, Header: copyHeader(r.Header), Body: body}
 	if tamper != nil && tamper.OnRequest != nil {
@@ -345,7 +350,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "edgeproxy: read response body: "+err.Error(), http.StatusBadGateway)
 		return
 	}
-	p.inspect(Down, r.Method, path, resp.Header, rbody)
+	p.inspectBody(tamper, Down, r.Method, path, resp.Header, rbody)
 
 	res := &Response{Status: resp.StatusCode, Header: copyHeader(resp.Header), Body: rbody, CutAfter: -1}
 	if tamper != nil && tamper.OnResponse != nil {
@@ -392,6 +397,37 @@ func readLimited(r io.Reader, declared, max int64) (body []byte, tooBig bool, er
 		return buf.Bytes(), false, err
 	}
 	return buf.Bytes(), false, nil
+}
+
+// inspectBody scans a body for what must not cross the edge. The scan is
+// the test's watch, not part of forwarding, so it runs beside the
+// exchange rather than in its way; Violations waits for it. Under a
+// tamper, which may change the body in place, it runs first, on the body
+// as it was sent.
+func (p *Proxy) inspectBody(tamper *Tamper, dir Direction, method, path string, h http.Header, body []byte) {
+	if tamper != nil {
+		p.inspect(dir, method, path, h, body)
+		return
+	}
+	p.mu.Lock()
+	p.scans++
+	p.mu.Unlock()
+	go func() {
+		p.inspect(dir, method, path, h, body)
+		p.mu.Lock()
+		if p.scans--; p.scans == 0 {
+			p.scanned.Broadcast()
+		}
+		p.mu.Unlock()
+	}()
+}
+
+// waitScans waits, with p.mu held, until every body seen so far has been
+// scanned.
+func (p *Proxy) waitScans() {
+	for p.scans > 0 {
+		p.scanned.Wait()
+	}
 }
 
 // inspect records plaintext and secrets in one body and its headers.
