@@ -98,7 +98,9 @@ func newHelper(ctx context.Context, name, addr string, stderr io.Writer) (*Helpe
 	if err != nil {
 		return nil, err
 	}
-	h := &Helper{git: gitx.Repo{GitDir: abs}, cas: map[string]string{}, ui: newUI(stderr)}
+	// The user's `git -c` settings apply to the commands run on their
+	// repository, and to the helper's own settings.
+	h := &Helper{git: gitx.Repo{GitDir: abs, Env: gitx.ConfigEnv(os.Environ())}, cas: map[string]string{}, ui: newUI(stderr)}
 	if err := h.loadConfig(ctx); err != nil {
 		return nil, err
 	}

@@ -39,7 +39,9 @@ func openRepo(ctx context.Context, dir string) (*repo, error) {
 	if len(lines) != 2 || lines[0] == "" {
 		return nil, errNotRepo
 	}
-	return &repo{top: lines[0], gitDir: lines[1], git: gitx.Repo{Dir: lines[0]}}, nil
+	// The user's `git -c` settings apply to the commands run on their
+	// repository, as they would to a git subcommand of git's own.
+	return &repo{top: lines[0], gitDir: lines[1], git: gitx.Repo{Dir: lines[0], Env: gitx.ConfigEnv(os.Environ())}}, nil
 }
 
 // sidecarConfig is what git config holds about sidecars.

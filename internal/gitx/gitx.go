@@ -59,6 +59,23 @@ func CleanEnv(env []string) []string {
 	return out
 }
 
+// ConfigEnv returns the variables of env that carry `git -c` settings
+// (GIT_CONFIG_PARAMETERS, and GIT_CONFIG_COUNT with its numbered pairs).
+// CleanEnv drops them; a program that git runs for the user's own
+// repository (a remote helper, a git subcommand) passes them back in
+// Repo.Env for its commands on that repository, as git's own subcommands
+// do, so that `git -c relay.url=… push` means what it says.
+func ConfigEnv(env []string) []string {
+	var out []string
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		if name == "GIT_CONFIG_PARAMETERS" || name == "GIT_CONFIG_COUNT" || strings.HasPrefix(name, "GIT_CONFIG_KEY_") || strings.HasPrefix(name, "GIT_CONFIG_VALUE_") {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
 // Repo names the repository and working directory a command runs in.
 // The zero value runs git in the current directory with a clean environment.
 type Repo struct {
