@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/git-relay/git-relay/internal/keyring"
 	"github.com/git-relay/git-relay/internal/payload"
@@ -49,34 +50,46 @@ func (h *Helper) fetch(ctx context.Context, lines []string) error {
 	if _, err := h.client.Do(ctx, http.MethodPost, wire.PathFetch, nil, req, &sess); err != nil {
 		return h.explain(err)
 	}
-	// The server holds the status answer until the bundle is ready (or a
-	// few seconds pass), so a small fetch takes one round trip.
-	q := url.Values{"session": {sess.Session}, "wait": {"1"}}
-	var st wire.FetchStatus
+	// The server holds the status answer until the manifest is out (or a
+	// few seconds pass); the chunks follow while git writes the bundle.
 	h.ui.status("server: preparing bundle...")
-	for {
-		if _, err := h.client.Do(ctx, http.MethodGet, wire.PathFetchStatus, q, nil, &st); err != nil {
-			return h.explain(err)
-		}
-		if st.Ready || st.Phase == "failed" {
-			break
-		}
-	}
-	if !st.Ready {
-		return fmt.Errorf("the relay could not prepare the fetch: %s", st.Message)
+	st, err := h.fetchStatus(ctx, sess.Session, "1", wire.FetchPreparing)
+	if err != nil {
+		return err
 	}
 	var m wire.FetchManifest
 	if err := json.Unmarshal(st.Manifest, &m); err != nil {
 		return fmt.Errorf("decode fetch manifest: %w", err)
 	}
+	if m.Version != wire.FetchManifestVersion {
+		return fmt.Errorf("the relay speaks fetch version %d, this helper %d: use the same git-relay release on both sides", m.Version, wire.FetchManifestVersion)
+	}
 	if m.Session != sess.Session || m.Repo != h.repo {
 		return errors.New("the relay's fetch manifest is for another session")
 	}
-	if m.Chunks == 0 {
+	if m.ChunkSize == 0 {
 		h.ui.done("server: nothing to send.")
 		return nil
 	}
 	return h.download(ctx, sess.Session, m, st.Manifest)
+}
+
+// fetchStatus asks for a fetch's status until it has left phase (the
+// server holds each answer a few seconds), and fails if the fetch did.
+func (h *Helper) fetchStatus(ctx context.Context, session, wait, phase string) (*wire.FetchStatus, error) {
+	q := url.Values{"session": {session}, "wait": {wait}}
+	var st wire.FetchStatus
+	for {
+		if _, err := h.client.Do(ctx, http.MethodGet, wire.PathFetchStatus, q, nil, &st); err != nil {
+			return nil, h.explain(err)
+		}
+		switch {
+		case st.Phase == wire.FetchFailed:
+			return nil, fmt.Errorf("the relay could not prepare the fetch: %s", st.Message)
+		case st.Phase == wire.FetchReady, st.Phase != phase && (phase != wire.FetchPreparing || st.Phase == wire.FetchSending):
+			return &st, nil
+		}
+	}
 }
 
 // haves lists the tips of every local ref; the server keeps those it
@@ -97,19 +110,21 @@ func (h *Helper) haves(ctx context.Context) ([]string, error) {
 	return ids, nil
 }
 
-// download fetches the chunks, a few at a time, opens each one as it
-// arrives (a chunk that fails authentication is asked for again, as a
-// proxy may have altered it) and writes its plaintext at its place in a
-// payload file under the git dir. Only when every chunk, the final one
-// included, has authenticated and the whole matches the manifest's hash is
-// the bundle handed to git, which unbundles it with its own tools.
+// download fetches the chunks, a few at a time and while the server is
+// still writing the bundle, opens each one as it arrives (a chunk that
+// fails authentication is asked for again, as a proxy may have altered
+// it) and writes its plaintext at its place in a payload file under the
+// git dir. The chunk that says it is the last one must open as the final
+// chunk. Only when every chunk up to it has authenticated and the whole
+// matches the totals' size and hash is the bundle handed to git, which
+// unbundles it with its own tools.
 func (h *Helper) download(ctx context.Context, session string, m wire.FetchManifest, raw []byte) error {
 	salt, err := hex.DecodeString(m.Salt)
 	if err != nil || len(salt) != 32 {
 		return errors.New("bad salt in the relay's fetch manifest")
 	}
-	if m.ChunkSize <= 0 || int64(m.ChunkSize)+seal.Overhead > h.maxBdy || seal.Chunks(m.PayloadSize, m.ChunkSize) != m.Chunks {
-		return errors.New("the relay's fetch manifest has inconsistent sizes")
+	if m.ChunkSize <= 0 || int64(m.ChunkSize)+1+seal.Overhead > h.maxBdy {
+		return errors.New("the relay's fetch manifest has a chunk size over relay.maxBody")
 	}
 	st, err := seal.New(h.client.Key, keyring.LabelFetchPayload, salt, wire.ManifestHash(raw))
 	if err != nil {
@@ -126,29 +141,74 @@ func (h *Helper) download(ctx context.Context, session string, m wire.FetchManif
 		return err
 	}
 	defer f.Close()
-	if err := f.Truncate(m.PayloadSize); err != nil {
-		return err
-	}
 
+	// The index of the final chunk, once a chunk has said so.
+	var (
+		mu    sync.Mutex
+		final = int64(-1)
+		got   int64 // chunks received
+		// finalKnown is closed when final is set.
+		finalKnown = make(chan struct{})
+	)
+	finalIs := func() int64 { mu.Lock(); defer mu.Unlock(); return final }
+	feed := func(ctx context.Context, send func(chunk) error) error {
+		for i := uint32(0); ; i++ {
+			if f := finalIs(); f >= 0 && int64(i) > f {
+				return nil
+			}
+			if err := send(chunk{i: i}); err != nil {
+				return err
+			}
+		}
+	}
 	plains := make([][]byte, chunkWorkers)
-	err = h.eachChunk(ctx, "receive", m.Chunks, func(ctx context.Context, w int, c chunk) (int64, error) {
+	err = h.moveChunks(ctx, "receive", 0, feed, func(ctx context.Context, w int, c chunk) (int64, error) {
 		i := c.i
 		q := url.Values{"session": {session}, "index": {strconv.FormatUint(uint64(i), 10)}}
-		// The client retries a dropped or mangled answer; a chunk that
-		// arrives but does not authenticate is asked for again too, as a
-		// proxy may have altered it.
 		for attempt := 0; ; attempt++ {
+			if f := finalIs(); f >= 0 && int64(i) > f {
+				return 0, nil // asked for before the end was known
+			}
 			b, err := h.client.Do(ctx, http.MethodGet, wire.PathFetchChunk, q, nil, nil)
+			var api *wire.APIError
+			switch {
+			case errors.As(err, &api) && api.Code == wire.CodeNotReady:
+				continue // the server waited a few seconds; git is still at it
+			case errors.As(err, &api) && api.Code == wire.CodeRange:
+				// Past the end, which another worker is about to learn
+				// from the final chunk; the count is checked at the end.
+				select {
+				case <-finalKnown:
+					return 0, nil
+				case <-ctx.Done():
+					return 0, ctx.Err()
+				}
+			case err != nil:
+				return 0, fmt.Errorf("download chunk %d: %w", i+1, h.explain(err))
+			}
+			// The client retries a dropped or mangled answer; a chunk that
+			// arrives but does not authenticate is asked for again too, as
+			// a proxy may have altered it.
+			last := len(b) > 0 && b[0] == wire.FetchChunkFinal
+			if len(b) > 0 {
+				plains[w], err = st.Open(plains[w][:0], i, last, b[1:])
+			} else {
+				err = fmt.Errorf("chunk %d: empty answer: %w", i, seal.ErrAuth)
+			}
 			if err != nil {
-				return 0, fmt.Errorf("download chunk %d of %d: %w", i+1, m.Chunks, h.explain(err))
+				if attempt >= 3 {
+					return 0, fmt.Errorf("download: %w", err)
+				}
+				continue
 			}
-			plains[w], err = st.Open(plains[w][:0], i, c.final, b)
-			if err == nil {
-				break
+			mu.Lock()
+			got++
+			if last && final < 0 {
+				final = int64(i)
+				close(finalKnown)
 			}
-			if attempt >= 3 {
-				return 0, fmt.Errorf("download: %w", err)
-			}
+			mu.Unlock()
+			break
 		}
 		_, err := f.WriteAt(plains[w], int64(i)*int64(m.ChunkSize))
 		return int64(len(plains[w])), err
@@ -159,7 +219,15 @@ func (h *Helper) download(ctx context.Context, session string, m wire.FetchManif
 	if err := f.Close(); err != nil {
 		return err
 	}
-	bundlePath, err := payload.Finish(payloadPath, m.Compression, m.PayloadSize, m.BundleSize, m.BundleHash, filepath.Join(dir, "fetch.bundle"))
+	status, err := h.fetchStatus(ctx, session, "ready", wire.FetchSending)
+	if err != nil {
+		return err
+	}
+	t := status.Totals
+	if t == nil || int64(t.Chunks) != final+1 || got != final+1 {
+		return errors.New("fetch from the relay: the chunks do not add up to the relay's totals")
+	}
+	bundlePath, err := payload.Finish(payloadPath, t.Compression, t.PayloadSize, t.BundleSize, t.BundleHash, filepath.Join(dir, "fetch.bundle"))
 	if err != nil {
 		return fmt.Errorf("fetch from the relay: %w", err)
 	}

@@ -227,7 +227,7 @@ func (h *Helper) send(ctx context.Context, ups []*refUpdate) error {
 		}
 		return h.explain(err)
 	}
-	totals := wire.PushTotals{}
+	totals := wire.Totals{}
 	if bundle != nil {
 		t, err := h.upload(ctx, sess.Session, m, raw, bundle)
 		if err != nil {
@@ -387,7 +387,7 @@ func (h *Helper) startBundle(ctx context.Context, revs string) (*bundleRun, erro
 
 // split cuts the bundle into chunks as git writes it (see payload.Split)
 // and waits for git.
-func (b *bundleRun) split(chunkSize int, free chan []byte, emit func(i uint32, final bool, chunk []byte) error) (*wire.PushTotals, error) {
+func (b *bundleRun) split(chunkSize int, free chan []byte, emit func(i uint32, final bool, chunk []byte) error) (*wire.Totals, error) {
 	t, err := payload.Split(b.out, chunkSize, free, emit)
 	if err != nil {
 		b.stop()
@@ -400,12 +400,12 @@ func (b *bundleRun) split(chunkSize int, free chan []byte, emit func(i uint32, f
 		return nil, err
 	}
 	b.h.ui.detail("bundle: %s, payload %s (%s), %d chunk(s), written in %s", humanBytes(t.BundleSize), humanBytes(t.PayloadSize), t.Compression, t.Chunks, time.Since(b.start).Round(time.Millisecond))
-	return &wire.PushTotals{Compression: t.Compression, BundleSize: t.BundleSize, BundleHash: t.BundleHash, PayloadSize: t.PayloadSize, Chunks: t.Chunks}, nil
+	return &wire.Totals{Compression: t.Compression, BundleSize: t.BundleSize, BundleHash: t.BundleHash, PayloadSize: t.PayloadSize, Chunks: t.Chunks}, nil
 }
 
 // drain reads the whole bundle and throws it away: a dry run makes the
 // bundle, to show that it can, and sends nothing.
-func (b *bundleRun) drain(chunkSize int) (*wire.PushTotals, error) {
+func (b *bundleRun) drain(chunkSize int) (*wire.Totals, error) {
 	free := make(chan []byte, 1)
 	free <- make([]byte, chunkSize)
 	return b.split(chunkSize, free, func(_ uint32, _ bool, buf []byte) error {
@@ -438,7 +438,7 @@ func (b *bundleRun) stop() {
 // chunk upload that fails on the way is sent again; the server takes the
 // same bytes at the same index as success, so a retry after a lost answer
 // resumes where the upload stopped.
-func (h *Helper) upload(ctx context.Context, session string, m wire.PushManifest, raw []byte, b *bundleRun) (*wire.PushTotals, error) {
+func (h *Helper) upload(ctx context.Context, session string, m wire.PushManifest, raw []byte, b *bundleRun) (*wire.Totals, error) {
 	salt, _ := hex.DecodeString(m.Salt)
 	st, err := seal.New(h.client.Key, keyring.LabelPushPayload, salt, wire.ManifestHash(raw))
 	if err != nil {
@@ -450,7 +450,7 @@ func (h *Helper) upload(ctx context.Context, session string, m wire.PushManifest
 	for range chunkWorkers + 1 {
 		free <- make([]byte, 0, m.ChunkSize+seal.Overhead)
 	}
-	var totals *wire.PushTotals
+	var totals *wire.Totals
 	feed := func(ctx context.Context, send func(chunk) error) error {
 		var err error
 		totals, err = b.split(m.ChunkSize, free, func(i uint32, final bool, buf []byte) error {
@@ -479,7 +479,7 @@ func (h *Helper) upload(ctx context.Context, session string, m wire.PushManifest
 // finish asks the server to apply the push and follows its phases until
 // it is done or failed. The server holds each answer until the push is
 // done (or a few seconds pass), so a small push takes one round trip.
-func (h *Helper) finish(ctx context.Context, session string, totals wire.PushTotals) (*wire.PushStatus, error) {
+func (h *Helper) finish(ctx context.Context, session string, totals wire.Totals) (*wire.PushStatus, error) {
 	q := url.Values{"session": {session}}
 	body, err := json.Marshal(totals)
 	if err != nil {

@@ -6,12 +6,12 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/git-relay/git-relay/internal/keyring"
@@ -22,14 +22,64 @@ import (
 )
 
 // A fetch is a session too: the server builds a bundle of what the client
-// wants minus what it has, seals it into chunks on disk, and the client
-// downloads them one signed response at a time, resuming where it left off.
+// wants minus what it has, and the client downloads it one signed, sealed
+// chunk at a time while git is still writing the rest. Chunks are sealed
+// on demand from the payload file, so a dropped download resumes.
 
 type fetchState struct {
-	Phase   string    `json:"phase"` // preparing | ready | failed
-	Message string    `json:"message,omitempty"`
-	KeyID   string    `json:"keyId"`
-	Created time.Time `json:"created"`
+	Phase   string       `json:"phase"` // wire.FetchPreparing, FetchSending, FetchReady, FetchFailed
+	Message string       `json:"message,omitempty"`
+	Totals  *wire.Totals `json:"totals,omitempty"`
+	KeyID   string       `json:"keyId"`
+	Created time.Time    `json:"created"`
+}
+
+// fetchProgress is what a fetch being written has produced so far. It
+// lives in memory only: after a restart, a fetch that was still being
+// written is reported failed, and the client asks again.
+type fetchProgress struct {
+	mu      sync.Mutex
+	phase   string
+	chunks  uint32        // chunks written whole to the payload file
+	written int64         // payload bytes written
+	final   bool          // the last chunk written is the final one
+	changed chan struct{} // closed, and replaced, at every change
+}
+
+func newFetchProgress() *fetchProgress {
+	return &fetchProgress{phase: wire.FetchPreparing, changed: make(chan struct{})}
+}
+
+// update changes the progress under its lock and wakes the waiters.
+func (p *fetchProgress) update(f func()) {
+	p.mu.Lock()
+	f()
+	close(p.changed)
+	p.changed = make(chan struct{})
+	p.mu.Unlock()
+}
+
+// wait waits until ok holds (it is called with the lock held), d passes or
+// ctx ends.
+func (p *fetchProgress) wait(ctx context.Context, d time.Duration, ok func() bool) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		p.mu.Lock()
+		if ok() {
+			p.mu.Unlock()
+			return
+		}
+		ch := p.changed
+		p.mu.Unlock()
+		select {
+		case <-ch:
+		case <-t.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 func (s *Server) fetchDir(id string) string { return filepath.Join(s.cfg.DataDir, "fetches", id) }
@@ -73,81 +123,128 @@ func (s *Server) handleFetchCreate(c *call) {
 		c.failErr(err)
 		return
 	}
-	st := fetchState{Phase: "preparing", KeyID: c.key.ID, Created: time.Now().UTC()}
+	st := fetchState{Phase: wire.FetchPreparing, KeyID: c.key.ID, Created: time.Now().UTC()}
 	if err := saveJSON(filepath.Join(dir, "state.json"), st); err != nil {
 		c.failErr(err)
 		return
 	}
-	s.work.Add(1)
-	done := make(chan struct{})
+	prog := newFetchProgress()
 	s.mu.Lock()
-	s.running["fetch-"+id] = done
+	s.fetches[id] = prog
 	s.mu.Unlock()
+	s.work.Add(1)
 	go func() {
 		defer s.work.Done()
-		defer func() {
-			s.mu.Lock()
-			delete(s.running, "fetch-"+id)
-			s.mu.Unlock()
-			close(done)
-		}()
-		raw, err := s.prepareFetch(context.Background(), h, id, c.key, req, maxBody)
+		err := s.prepareFetch(context.Background(), h, id, c.key, req, maxBody, prog)
 		if err != nil {
-			st.Phase, st.Message = "failed", s.redactor(err.Error())
-			s.log.Warn("fetch failed", "session", id, "repo", req.Repo, "err", st.Message)
-		} else {
-			if err := writeFileAtomic(filepath.Join(dir, "manifest.json"), raw); err != nil {
-				st.Phase, st.Message = "failed", err.Error()
-			} else {
-				st.Phase = "ready"
-			}
+			msg := s.redactor(err.Error())
+			s.log.Warn("fetch failed", "session", id, "repo", req.Repo, "err", msg)
+			st := st
+			st.Phase, st.Message = wire.FetchFailed, msg
+			_ = saveJSON(filepath.Join(dir, "state.json"), st)
+			prog.update(func() { prog.phase = wire.FetchFailed })
 		}
-		_ = saveJSON(filepath.Join(dir, "state.json"), st)
+		s.mu.Lock()
+		delete(s.fetches, id)
+		s.mu.Unlock()
 	}()
 	c.reply(http.StatusOK, wire.Session{Session: id})
 }
 
-// prepareFetch builds the bundle (compressed when that pays) that the
-// chunks are sealed from on demand, and returns the manifest's bytes.
-func (s *Server) prepareFetch(ctx context.Context, h *repoHandle, id string, key keyring.Key, req wire.FetchRequest, maxBody int64) ([]byte, error) {
+// prepareFetch checks the request against a refreshed mirror, publishes
+// the manifest, and writes the bundle (compressed when that pays) to the
+// payload file that chunks are sealed from, telling prog as each chunk is
+// complete so that the client downloads while git writes.
+func (s *Server) prepareFetch(ctx context.Context, h *repoHandle, id string, key keyring.Key, req wire.FetchRequest, maxBody int64, prog *fetchProgress) error {
 	unlock := s.repoLocks.lock(h.name)
+	defer unlock()
 	refs, err := s.list(ctx, h)
 	if err == nil {
 		err = s.refresh(ctx, h, refs)
 	}
 	if err != nil {
-		unlock()
-		return nil, err
+		return err
 	}
 	dir := s.fetchDir(id)
-	p, err := s.bundleFor(ctx, h, id, req, refs, dir)
-	unlock()
+	revs, cleanup, err := s.fetchRevs(ctx, h, id, req, refs)
 	if err != nil {
-		return nil, err
+		return err
 	}
+	defer cleanup()
 	salt := make([]byte, 32)
 	if _, err := rand.Read(salt); err != nil {
-		return nil, err
+		return err
 	}
-	m := wire.FetchManifest{Version: 1, Session: id, Repo: req.Repo, Salt: hex.EncodeToString(salt), Compression: wire.CompressNone}
-	if p == nil {
-		return json.Marshal(m)
+	m := wire.FetchManifest{Version: wire.FetchManifestVersion, Session: id, Repo: req.Repo, Salt: hex.EncodeToString(salt)}
+	st := fetchState{KeyID: key.ID, Created: time.Now().UTC()}
+	publish := func(phase string, t *wire.Totals) error {
+		st.Phase, st.Totals = phase, t
+		if err := saveJSON(filepath.Join(dir, "state.json"), st); err != nil {
+			return err
+		}
+		prog.update(func() { prog.phase = phase })
+		return nil
 	}
-	// Keep only what is sealed: the bundle, or its compressed copy.
-	if err := os.Rename(p.Path, filepath.Join(dir, "payload")); err != nil {
-		return nil, err
+	if revs == "" {
+		// The client has everything already.
+		raw, _ := json.Marshal(m)
+		if err := writeFileAtomic(filepath.Join(dir, "manifest.json"), raw); err != nil {
+			return err
+		}
+		return publish(wire.FetchReady, &wire.Totals{Compression: wire.CompressNone})
 	}
-	os.Remove(filepath.Join(dir, "fetch.bundle"))
-	m.Compression, m.BundleSize, m.BundleHash, m.PayloadSize = p.Compression, p.BundleSize, p.BundleHash, p.PayloadSize
-	m.ChunkSize = payload.ChunkSize(maxBody)
-	m.Chunks = seal.Chunks(p.PayloadSize, m.ChunkSize)
-	return json.Marshal(m)
+	m.ChunkSize = payload.ChunkSize(maxBody) - 1 // the answer's flag byte
+	c := h.mirror.Command(ctx, "bundle", "create", "-q", "-", "--stdin")
+	c.Stdin = strings.NewReader(revs)
+	stdout, err := c.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := c.Start(); err != nil {
+		return err
+	}
+	f, err := os.Create(filepath.Join(dir, "payload"))
+	if err == nil {
+		raw, _ := json.Marshal(m)
+		if err = writeFileAtomic(filepath.Join(dir, "manifest.json"), raw); err == nil {
+			err = publish(wire.FetchSending, nil)
+		}
+	}
+	if err != nil {
+		stdout.Close()
+		_ = c.Wait()
+		return err
+	}
+	defer f.Close()
+	free := make(chan []byte, 1)
+	free <- make([]byte, 0, m.ChunkSize)
+	t, err := payload.Split(stdout, m.ChunkSize, free, func(i uint32, final bool, chunk []byte) error {
+		defer func() { free <- chunk }()
+		if _, err := f.Write(chunk); err != nil {
+			return err
+		}
+		prog.update(func() {
+			prog.chunks, prog.written, prog.final = i+1, prog.written+int64(len(chunk)), final
+		})
+		return nil
+	})
+	if err != nil {
+		stdout.Close()
+		_ = c.Wait()
+		return err
+	}
+	if err := c.Wait(); err != nil {
+		return fmt.Errorf("create bundle: %w", err)
+	}
+	return publish(wire.FetchReady, &wire.Totals{Compression: t.Compression, BundleSize: t.BundleSize, BundleHash: t.BundleHash, PayloadSize: t.PayloadSize, Chunks: t.Chunks})
 }
 
-// bundleFor writes a bundle of req.Wants minus everything reachable from
-// the haves that the mirror knows, hashing it as git writes it. It returns
-// nil when the client already has everything.
-func (s *Server) bundleFor(ctx context.Context, h *repoHandle, id string, req wire.FetchRequest, refs *upstream.Refs, dir string) (*payload.Payload, error) {
+// fetchRevs returns what `git bundle create --stdin` must be given for a
+// bundle of req.Wants minus everything reachable from the haves that the
+// mirror knows, or "" when the client already has everything. cleanup
+// removes the temporary refs it made.
+func (s *Server) fetchRevs(ctx context.Context, h *repoHandle, id string, req wire.FetchRequest, refs *upstream.Refs) (string, func(), error) {
+	nothing := func() {}
 	var check strings.Builder
 	for _, w := range req.Wants {
 		check.WriteString(w + "\n")
@@ -157,7 +254,7 @@ func (s *Server) bundleFor(ctx context.Context, h *repoHandle, id string, req wi
 	}
 	out, err := h.mirror.RunInput(ctx, strings.NewReader(check.String()), "cat-file", "--batch-check=%(objectname) %(objecttype)")
 	if err != nil {
-		return nil, err
+		return "", nothing, err
 	}
 	known := map[string]bool{}
 	for _, line := range strings.Split(out, "\n") {
@@ -167,7 +264,7 @@ func (s *Server) bundleFor(ctx context.Context, h *repoHandle, id string, req wi
 	}
 	for _, w := range req.Wants {
 		if !known[w] {
-			return nil, notFound("upstream %s has no object %s (it may have moved: fetch again)", h.name, w)
+			return "", nothing, notFound("upstream %s has no object %s (it may have moved: fetch again)", h.name, w)
 		}
 	}
 	var not strings.Builder
@@ -179,10 +276,10 @@ func (s *Server) bundleFor(ctx context.Context, h *repoHandle, id string, req wi
 	// Is anything missing on the client's side at all?
 	missing, err := h.mirror.RunInput(ctx, strings.NewReader(strings.Join(req.Wants, "\n")+"\n"+not.String()), "rev-list", "--objects", "-n", "1", "--stdin")
 	if err != nil {
-		return nil, err
+		return "", nothing, err
 	}
 	if strings.TrimSpace(missing) == "" {
-		return nil, nil
+		return "", nothing, nil
 	}
 	// Bundle from refs: git records raw ids badly in a bundle. A want that
 	// is the tip of one of the mirror's refs is bundled by that ref; any
@@ -207,33 +304,17 @@ func (s *Server) bundleFor(ctx context.Context, h *repoHandle, id string, req wi
 			revs.WriteString(ref + "\n")
 		}
 	}
+	cleanup := nothing
 	if tmp.Len() > 0 {
 		if _, err := h.mirror.RunInput(ctx, strings.NewReader(tmp.String()), "update-ref", "--stdin"); err != nil {
-			return nil, err
+			return "", nothing, err
 		}
-		defer h.mirror.RunInput(context.Background(), strings.NewReader(del.String()), "update-ref", "--stdin")
+		cleanup = func() {
+			_, _ = h.mirror.RunInput(context.Background(), strings.NewReader(del.String()), "update-ref", "--stdin")
+		}
 	}
 	revs.WriteString(not.String())
-	c := h.mirror.Command(ctx, "bundle", "create", "-q", "-", "--stdin")
-	c.Stdin = strings.NewReader(revs.String())
-	stdout, err := c.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := c.Start(); err != nil {
-		return nil, err
-	}
-	p, perr := payload.Spool(stdout, filepath.Join(dir, "fetch.bundle"), dir)
-	if perr != nil {
-		io.Copy(io.Discard, stdout)
-	}
-	if err := c.Wait(); err != nil {
-		if p != nil {
-			p.Close()
-		}
-		return nil, fmt.Errorf("create bundle: %w", err)
-	}
-	return p, perr
+	return revs.String(), cleanup, nil
 }
 
 func (s *Server) loadFetch(id string, key keyring.Key) (fetchState, string, error) {
@@ -249,40 +330,94 @@ func (s *Server) loadFetch(id string, key keyring.Key) (fetchState, string, erro
 	return st, dir, nil
 }
 
+// fetchProgressOf returns the progress of a fetch being written, or nil.
+func (s *Server) fetchProgressOf(id string) *fetchProgress {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fetches[id]
+}
+
+// handleFetchStatus says where a fetch is. With wait=1 it holds the answer
+// until the manifest is out (or a few seconds pass); with wait=ready,
+// until every chunk is written and the totals are known.
 func (s *Server) handleFetchStatus(c *call) {
-	st, dir, err := s.loadFetch(c.r.URL.Query().Get("session"), c.key)
+	q := c.r.URL.Query()
+	id := q.Get("session")
+	st, dir, err := s.loadFetch(id, c.key)
 	if err != nil {
 		c.failErr(err)
 		return
 	}
-	if st.Phase == "preparing" && c.r.URL.Query().Get("wait") != "" {
-		s.waitApply(c.r.Context(), "fetch-"+c.r.URL.Query().Get("session"), longPoll)
-		if st, dir, err = s.loadFetch(c.r.URL.Query().Get("session"), c.key); err != nil {
+	if w := q.Get("wait"); w != "" && st.Phase != wire.FetchReady && st.Phase != wire.FetchFailed {
+		if p := s.fetchProgressOf(id); p != nil {
+			p.wait(c.r.Context(), longPoll, func() bool {
+				return p.phase == wire.FetchReady || p.phase == wire.FetchFailed || (w != "ready" && p.phase == wire.FetchSending)
+			})
+		}
+		if st, dir, err = s.loadFetch(id, c.key); err != nil {
 			c.failErr(err)
 			return
 		}
 	}
-	out := wire.FetchStatus{Phase: st.Phase, Message: st.Message}
-	if st.Phase == "ready" {
+	if (st.Phase == wire.FetchPreparing || st.Phase == wire.FetchSending) && s.fetchProgressOf(id) == nil {
+		// Nobody is writing it any more: a restart cut it short.
+		st.Phase, st.Message = wire.FetchFailed, "the relay restarted while preparing this fetch: fetch again"
+	}
+	out := wire.FetchStatus{Phase: st.Phase, Message: st.Message, Totals: st.Totals}
+	if st.Phase == wire.FetchSending || st.Phase == wire.FetchReady {
 		raw, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
 		if err != nil {
 			c.failErr(err)
 			return
 		}
-		out.Ready, out.Manifest = true, raw
+		out.Manifest = raw
 	}
 	c.reply(http.StatusOK, out)
 }
 
+// handleFetchChunk answers one chunk: the final flag, then the chunk
+// sealed on demand from the payload file. The same bytes every time (the
+// key, nonce and associated data are fixed by the manifest and the
+// index), so a download can be resumed or repeated. A chunk that git has
+// not finished writing is waited for a few seconds.
 func (s *Server) handleFetchChunk(c *call) {
 	q := c.r.URL.Query()
-	st, dir, err := s.loadFetch(q.Get("session"), c.key)
+	id := q.Get("session")
+	st, dir, err := s.loadFetch(id, c.key)
 	if err != nil {
 		c.failErr(err)
 		return
 	}
-	if st.Phase != "ready" {
-		c.failErr(conflict("fetch session is %s", st.Phase))
+	idx, err := strconv.ParseUint(q.Get("index"), 10, 32)
+	if err != nil {
+		c.failErr(badRequest("chunk index %q is not a number", q.Get("index")))
+		return
+	}
+	i := uint32(idx)
+	// Where the payload stands: from the writer while it writes, from the
+	// state once it is done.
+	var chunks uint32
+	var written int64
+	var final bool
+	if p := s.fetchProgressOf(id); p != nil {
+		p.wait(c.r.Context(), longPoll, func() bool { return p.chunks > i || p.final || p.phase == wire.FetchFailed })
+		p.mu.Lock()
+		chunks, written, final, st.Phase = p.chunks, p.written, p.final, p.phase
+		p.mu.Unlock()
+	} else if st.Phase == wire.FetchReady && st.Totals != nil {
+		chunks, written, final = st.Totals.Chunks, st.Totals.PayloadSize, true
+	} else if st.Phase != wire.FetchFailed {
+		st.Phase = wire.FetchFailed
+	}
+	switch {
+	case st.Phase == wire.FetchFailed:
+		c.failErr(conflict("fetch session %s failed: fetch again", id))
+		return
+	case st.Phase == wire.FetchPreparing || (i >= chunks && !final):
+		c.failErr(&userError{http.StatusConflict, wire.CodeNotReady, fmt.Sprintf("chunk %d is not written yet: ask again", i)})
+		return
+	case i >= chunks:
+		c.failErr(&userError{http.StatusRequestedRangeNotSatisfiable, wire.CodeRange, fmt.Sprintf("chunk %d is past the final chunk %d", i, chunks-1)})
 		return
 	}
 	raw, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
@@ -295,14 +430,6 @@ func (s *Server) handleFetchChunk(c *call) {
 		c.failErr(err)
 		return
 	}
-	idx, err := strconv.ParseUint(q.Get("index"), 10, 32)
-	if err != nil || uint32(idx) >= m.Chunks {
-		c.failErr(badRequest("chunk index %q out of range", q.Get("index")))
-		return
-	}
-	// Chunks are sealed on demand from the payload: the same bytes every
-	// time (the key, nonce and associated data are fixed by the manifest
-	// and the index), so a download can be resumed or repeated.
 	salt, _ := hex.DecodeString(m.Salt)
 	stream, err := seal.New(c.key, keyring.LabelFetchPayload, salt, wire.ManifestHash(raw))
 	if err != nil {
@@ -311,18 +438,23 @@ func (s *Server) handleFetchChunk(c *call) {
 	}
 	f, err := os.Open(filepath.Join(dir, "payload"))
 	if err != nil {
-		c.failErr(notFound("fetch session %s has no payload (it may have expired)", q.Get("session")))
+		c.failErr(notFound("fetch session %s has no payload (it may have expired)", id))
 		return
 	}
 	defer f.Close()
-	off := int64(idx) * int64(m.ChunkSize)
-	n := min(int64(m.ChunkSize), m.PayloadSize-off)
-	plain := make([]byte, n, n+seal.Overhead) // sealed in place
-	if _, err := f.ReadAt(plain, off); err != nil {
+	last := final && i == chunks-1
+	off := int64(i) * int64(m.ChunkSize)
+	n := min(int64(m.ChunkSize), written-off)
+	body := make([]byte, 1+n, 1+n+seal.Overhead)
+	if _, err := f.ReadAt(body[1:], off); err != nil {
 		c.failErr(err)
 		return
 	}
-	c.reply(http.StatusOK, stream.Seal(plain[:0], uint32(idx), uint32(idx) == m.Chunks-1, plain))
+	if last {
+		body[0] = wire.FetchChunkFinal
+	}
+	// Sealed in place, after the flag.
+	c.reply(http.StatusOK, stream.Seal(body[:1], i, last, body[1:]))
 }
 
 func saveJSON(path string, v any) error {

@@ -28,7 +28,7 @@ type pushState struct {
 	Results []wire.RefResult `json:"results,omitempty"`
 	// Totals is the signed close of the upload (sizes, chunk count and
 	// the bundle's hash), kept from the first complete request.
-	Totals *wire.PushTotals `json:"totals,omitempty"`
+	Totals *wire.Totals `json:"totals,omitempty"`
 	// Timeline lists the phases with when each began, for the helper to
 	// show even when it learns of them only at the end.
 	Timeline []wire.PhaseTime `json:"timeline,omitempty"`
@@ -218,10 +218,10 @@ const minChunkSize = 64<<10 - seal.Overhead
 // checkTotals validates the close of an upload against the manifest and
 // the chunks the session holds: every chunk up to the final one, and
 // nothing after it.
-func (s *Server) checkTotals(ps *pushSession, t *wire.PushTotals) error {
+func (s *Server) checkTotals(ps *pushSession, t *wire.Totals) error {
 	m := ps.manifest
 	if m.ChunkSize == 0 {
-		if *t != (wire.PushTotals{}) {
+		if *t != (wire.Totals{}) {
 			return badRequest("a ref-only update carries no payload")
 		}
 		return nil
@@ -414,7 +414,7 @@ func (s *Server) handlePushComplete(c *call) {
 		c.failErr(err)
 		return
 	}
-	var t wire.PushTotals
+	var t wire.Totals
 	if err := json.Unmarshal(c.body, &t); err != nil {
 		c.failErr(badRequest("decode the push totals: %v", err))
 		return

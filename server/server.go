@@ -49,7 +49,8 @@ type Server struct {
 	closing   chan struct{}
 
 	mu      sync.Mutex
-	running map[string]chan struct{} // sessions being processed; closed when done
+	running map[string]chan struct{}  // sessions being processed; closed when done
+	fetches map[string]*fetchProgress // fetches being written
 
 	bodies sync.Pool // *[]byte: request body buffers (readBody)
 }
@@ -97,6 +98,7 @@ func New(cfg Config) (*Server, error) {
 		verifier: &wire.Verifier{Ring: cfg.Ring},
 		closing:  make(chan struct{}),
 		running:  map[string]chan struct{}{},
+		fetches:  map[string]*fetchProgress{},
 	}
 	s.redactor = redactor(cfg.Upstream, cfg.Token)
 	s.log = slog.New(slog.NewTextHandler(redactingWriter{logw, s.redactor}, &slog.HandlerOptions{Level: cfg.LogLevel}))

@@ -138,7 +138,7 @@ type sealedChunk struct {
 
 // startPush bundles the work repo's master, seals it as the helper does,
 // and creates a session.
-func (f *fixture) startPush(t *testing.T) (string, wire.PushManifest, *wire.PushTotals, []sealedChunk) {
+func (f *fixture) startPush(t *testing.T) (string, wire.PushManifest, *wire.Totals, []sealedChunk) {
 	t.Helper()
 	salt := make([]byte, 32)
 	_, _ = rand.Read(salt)
@@ -166,7 +166,7 @@ func (f *fixture) startPush(t *testing.T) (string, wire.PushManifest, *wire.Push
 	var sess wire.Session
 	_, err = f.client.Do(context.Background(), http.MethodPost, wire.PathPush, nil, raw, &sess)
 	require.NoError(t, err)
-	totals := &wire.PushTotals{Compression: p.Compression, BundleSize: p.BundleSize, BundleHash: p.BundleHash, PayloadSize: p.PayloadSize, Chunks: p.Chunks}
+	totals := &wire.Totals{Compression: p.Compression, BundleSize: p.BundleSize, BundleHash: p.BundleHash, PayloadSize: p.PayloadSize, Chunks: p.Chunks}
 	return sess.Session, m, totals, chunks
 }
 
@@ -179,7 +179,7 @@ func (f *fixture) put(session string, i int, c sealedChunk) error {
 	return err
 }
 
-func (f *fixture) complete(session string, t *wire.PushTotals) (*wire.PushStatus, error) {
+func (f *fixture) complete(session string, t *wire.Totals) (*wire.PushStatus, error) {
 	var st wire.PushStatus
 	_, err := f.client.Do(context.Background(), http.MethodPost, wire.PathPushFinish, url.Values{"session": {session}}, t, &st)
 	return &st, err

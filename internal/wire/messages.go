@@ -58,7 +58,7 @@ const (
 // that creates the session, and their SHA-256 is bound into the payload
 // key and into every chunk. It says what the push does, not how large it
 // is: the helper uploads the bundle while git writes it, so the sizes, the
-// chunk count and the bundle's hash come at the end, in PushTotals.
+// chunk count and the bundle's hash come at the end, in Totals.
 type PushManifest struct {
 	Version   int      `json:"v"`
 	Repo      string   `json:"repo"`
@@ -74,11 +74,11 @@ type PushManifest struct {
 // format that goes with it.
 const PushManifestVersion = 2
 
-// PushTotals closes a push's upload: it is the signed body of the request
+// Totals closes a push's upload: it is the signed body of the request
 // that completes the session. The server checks the chunks it holds
 // against it (the last one must have been sealed as final) and the
 // assembled bundle against its size and hash.
-type PushTotals struct {
+type Totals struct {
 	Compression string `json:"compression"` // none | zstd
 	BundleSize  int64  `json:"bundleSize"`  // plaintext bundle bytes (0: ref-only update)
 	BundleHash  string `json:"bundleHash"`  // hex SHA-256 of the bundle
@@ -135,28 +135,43 @@ type FetchRequest struct {
 	MaxBody int64    `json:"maxBody"`
 }
 
-// FetchManifest describes a fetch payload prepared by the server.
+// FetchManifest opens a fetch payload prepared by the server. As with a
+// push, the server sends the bundle while git writes it, so the sizes and
+// the hash come at the end, in FetchStatus.Totals.
 type FetchManifest struct {
-	Version     int    `json:"v"`
-	Session     string `json:"session"`
-	Repo        string `json:"repo"`
-	Salt        string `json:"salt"`
-	Compression string `json:"compression"`
-	BundleSize  int64  `json:"bundleSize"`
-	BundleHash  string `json:"bundleHash"`
-	PayloadSize int64  `json:"payloadSize"`
-	ChunkSize   int    `json:"chunkSize"`
-	Chunks      uint32 `json:"chunks"` // 0: the client already has everything
+	Version   int    `json:"v"`
+	Session   string `json:"session"`
+	Repo      string `json:"repo"`
+	Salt      string `json:"salt"`
+	ChunkSize int    `json:"chunkSize"` // 0: the client already has everything
 }
+
+// FetchManifestVersion is the version of FetchManifest and of the chunk
+// answers that go with it.
+const FetchManifestVersion = 2
+
+// Fetch phases, in order.
+const (
+	FetchPreparing = "preparing" // checking the request, refreshing the mirror
+	FetchSending   = "sending"   // chunks can be asked for while git writes the rest
+	FetchReady     = "ready"     // every chunk is written; Totals is set
+	FetchFailed    = "failed"
+)
 
 // FetchStatus wraps the manifest with its exact bytes, which the payload
 // key and chunks are bound to.
 type FetchStatus struct {
-	Ready    bool            `json:"ready"`
 	Phase    string          `json:"phase"`
 	Message  string          `json:"message,omitempty"`
 	Manifest json.RawMessage `json:"manifest,omitempty"`
+	Totals   *Totals         `json:"totals,omitempty"`
 }
+
+// A fetch chunk answer is a flag byte, FetchChunkFinal on the payload's
+// last chunk and 0 on the others, followed by the sealed chunk. The flag
+// is covered by the response's signature and, through the nonce and the
+// associated data, by the chunk's own authentication.
+const FetchChunkFinal = 1
 
 // Error is the body of every non-2xx answer.
 type Error struct {
@@ -173,4 +188,8 @@ const (
 	CodeUpstream   = "upstream"
 	CodeForbidden  = "forbidden"
 	CodeInternal   = "internal"
+	// CodeNotReady: a fetch chunk that git has not written yet; ask again.
+	CodeNotReady = "not_ready"
+	// CodeRange: a fetch chunk past the payload's final chunk.
+	CodeRange = "out_of_range"
 )
