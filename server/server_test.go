@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -309,4 +311,72 @@ func TestForceNeedsAllowForce(t *testing.T) {
 	m.Updates[0] = wire.Update{Ref: "refs/notes/x", Old: zeroID, New: strings.Repeat("2", 40)}
 	_, err = f.client.Do(context.Background(), http.MethodPost, wire.PathPush, nil, m, nil)
 	require.ErrorContains(t, err, "only refs/heads/* and refs/tags/*")
+}
+
+// TestFetchChunksCarryTheirFinalFlag: a fetch's chunks come while git
+// writes the bundle; the answer's flag byte says which chunk is the last,
+// and only that chunk opens as final. Past it, the server says so, and
+// the status then gives the totals the payload must match.
+func TestFetchChunksCarryTheirFinalFlag(t *testing.T) {
+	f := newFixture(t)
+	git(t, f.work, "push", "-q", f.upstream, "master")
+	tip := git(t, f.work, "rev-parse", "master")
+	ctx := context.Background()
+	var sess wire.Session
+	_, err := f.client.Do(ctx, http.MethodPost, wire.PathFetch, nil, wire.FetchRequest{Repo: "acme/widgets", Wants: []string{tip}, MaxBody: 64 << 10}, &sess)
+	require.NoError(t, err)
+	var st wire.FetchStatus
+	for st.Manifest == nil {
+		_, err = f.client.Do(ctx, http.MethodGet, wire.PathFetchStatus, url.Values{"session": {sess.Session}, "wait": {"1"}}, nil, &st)
+		require.NoError(t, err)
+		require.NotEqual(t, wire.FetchFailed, st.Phase, st.Message)
+	}
+	var m wire.FetchManifest
+	require.NoError(t, json.Unmarshal(st.Manifest, &m))
+	salt, _ := hex.DecodeString(m.Salt)
+	stream, err := seal.New(f.key, keyring.LabelFetchPayload, salt, wire.ManifestHash(st.Manifest))
+	require.NoError(t, err)
+
+	get := func(i int) ([]byte, error) {
+		for {
+			b, err := f.client.Do(ctx, http.MethodGet, wire.PathFetchChunk, url.Values{"session": {sess.Session}, "index": {itoa(i)}}, nil, nil)
+			var api *wire.APIError
+			if errors.As(err, &api) && api.Code == wire.CodeNotReady {
+				continue
+			}
+			return b, err
+		}
+	}
+	var payloadBytes []byte
+	final := -1
+	for i := 0; final < 0; i++ {
+		b, err := get(i)
+		require.NoError(t, err)
+		last := b[0] == wire.FetchChunkFinal
+		plain, err := stream.Open(nil, uint32(i), last, b[1:])
+		require.NoError(t, err)
+		// The same chunk with its flag turned does not open.
+		_, err = stream.Open(nil, uint32(i), !last, b[1:])
+		require.ErrorIs(t, err, seal.ErrAuth)
+		payloadBytes = append(payloadBytes, plain...)
+		if last {
+			final = i
+		}
+	}
+	require.Greater(t, final, 1, "the fixture's bundle spans several chunks")
+	_, err = get(final + 1)
+	var api *wire.APIError
+	require.ErrorAs(t, err, &api)
+	require.Equal(t, wire.CodeRange, api.Code)
+
+	_, err = f.client.Do(ctx, http.MethodGet, wire.PathFetchStatus, url.Values{"session": {sess.Session}, "wait": {"ready"}}, nil, &st)
+	require.NoError(t, err)
+	require.Equal(t, wire.FetchReady, st.Phase)
+	require.NotNil(t, st.Totals)
+	require.EqualValues(t, final+1, st.Totals.Chunks)
+	require.Equal(t, wire.CompressNone, st.Totals.Compression)
+	require.EqualValues(t, len(payloadBytes), st.Totals.PayloadSize)
+	sum := sha256.Sum256(payloadBytes)
+	require.Equal(t, hex.EncodeToString(sum[:]), st.Totals.BundleHash)
+	require.True(t, bytes.HasPrefix(payloadBytes, []byte("# v2 git bundle\n")))
 }
