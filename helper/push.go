@@ -400,7 +400,7 @@ func (b *bundleRun) split(chunkSize int, free chan []byte, emit func(i uint32, f
 		return nil, err
 	}
 	b.h.ui.detail("bundle: %s, payload %s (%s), %d chunk(s), written in %s", humanBytes(t.BundleSize), humanBytes(t.PayloadSize), t.Compression, t.Chunks, time.Since(b.start).Round(time.Millisecond))
-	return &wire.Totals{Compression: t.Compression, BundleSize: t.BundleSize, BundleHash: t.BundleHash, PayloadSize: t.PayloadSize, Chunks: t.Chunks}, nil
+	return t, nil
 }
 
 // drain reads the whole bundle and throws it away: a dry run makes the

@@ -236,7 +236,7 @@ func (s *Server) prepareFetch(ctx context.Context, h *repoHandle, id string, key
 	if err := c.Wait(); err != nil {
 		return fmt.Errorf("create bundle: %w", err)
 	}
-	return publish(wire.FetchReady, &wire.Totals{Compression: t.Compression, BundleSize: t.BundleSize, BundleHash: t.BundleHash, PayloadSize: t.PayloadSize, Chunks: t.Chunks})
+	return publish(wire.FetchReady, t)
 }
 
 // fetchRevs returns what `git bundle create --stdin` must be given for a

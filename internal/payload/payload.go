@@ -1,7 +1,8 @@
-// Package payload turns a bundle file into the bytes that get sealed, and
-// back: it decides whether compression pays, and it reassembles sealed
-// chunks into a bundle whose size and hash match the signed manifest. Both
-// directions stream, so memory stays flat whatever the bundle's size.
+// Package payload turns a bundle that git is writing into the chunks that
+// get sealed, and back: it decides whether compression pays, cuts the
+// payload into chunks as it comes, and reassembles chunks into a bundle
+// whose size and hash match the signed totals. Both directions stream, so
+// memory stays flat whatever the bundle's size.
 package payload
 
 import (
@@ -23,97 +24,6 @@ import (
 // well under 1% and costs CPU on both ends; it pays for ref-heavy or
 // loosely packed bundles only.
 const minSaving = 0.05
-
-// Payload is a prepared bundle.
-type Payload struct {
-	Path        string // the file to seal: the bundle itself or its compressed copy
-	Compression string
-	BundleSize  int64
-	BundleHash  string
-	PayloadSize int64
-	tmp         string
-}
-
-// Close removes the compressed copy, if one was made.
-func (p *Payload) Close() error {
-	if p.tmp != "" {
-		return os.Remove(p.tmp)
-	}
-	return nil
-}
-
-// sampleSize is how much of a bundle is compressed to decide whether
-// compressing all of it pays.
-const sampleSize = 4 << 20
-
-// Prepare hashes the bundle and compresses it into tmpDir when a sample
-// shows that compression saves at least minSaving. Most pushes are a pack
-// of zlib-compressed objects, so the sample usually says no and the
-// bundle is sealed as it is.
-func Prepare(bundlePath, tmpDir string) (*Payload, error) {
-	in, err := os.Open(bundlePath)
-	if err != nil {
-		return nil, err
-	}
-	defer in.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, in)
-	if err != nil {
-		return nil, fmt.Errorf("hash bundle: %w", err)
-	}
-	return decide(in, bundlePath, n, hex.EncodeToString(h.Sum(nil)), tmpDir)
-}
-
-// Spool writes the bundle that r streams (git bundle create's output) to
-// bundlePath, hashing it on the way, and then prepares it as Prepare does.
-// Hashing while git writes saves reading the bundle a second time.
-func Spool(r io.Reader, bundlePath, tmpDir string) (*Payload, error) {
-	f, err := os.OpenFile(bundlePath, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), r)
-	if err != nil {
-		return nil, fmt.Errorf("write bundle: %w", err)
-	}
-	return decide(f, bundlePath, n, hex.EncodeToString(h.Sum(nil)), tmpDir)
-}
-
-func decide(in *os.File, bundlePath string, n int64, hash, tmpDir string) (*Payload, error) {
-	p := &Payload{Path: bundlePath, Compression: wire.CompressNone, BundleSize: n, BundleHash: hash, PayloadSize: n}
-	sample := min(n, sampleSize)
-	if sample == 0 {
-		return p, nil
-	}
-	var cw countingWriter
-	if err := compress(&cw, io.NewSectionReader(in, 0, sample)); err != nil {
-		return nil, err
-	}
-	if float64(cw.n) > float64(sample)*(1-minSaving) {
-		return p, nil
-	}
-	out, err := os.CreateTemp(tmpDir, "payload-*.zst")
-	if err != nil {
-		return nil, err
-	}
-	cw = countingWriter{w: out}
-	err = compress(&cw, io.NewSectionReader(in, 0, n))
-	if cerr := out.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(out.Name())
-		return nil, err
-	}
-	if float64(cw.n) > float64(n)*(1-minSaving) {
-		os.Remove(out.Name())
-		return p, nil
-	}
-	p.Path, p.Compression, p.PayloadSize, p.tmp = out.Name(), wire.CompressZstd, cw.n, out.Name()
-	return p, nil
-}
 
 func compress(w io.Writer, r io.Reader) error {
 	enc, err := zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))

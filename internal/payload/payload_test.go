@@ -6,7 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"os"
-	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -19,7 +19,7 @@ import (
 
 // splitAndSeal cuts content into sealed chunks as the helper does while
 // git writes a bundle.
-func splitAndSeal(t *testing.T, content []byte, st *seal.Stream, chunkSize int) ([][]byte, *Totals) {
+func splitAndSeal(t *testing.T, content []byte, st *seal.Stream, chunkSize int) ([][]byte, *wire.Totals) {
 	free := make(chan []byte, 1)
 	free <- make([]byte, 0, chunkSize+seal.Overhead)
 	var chunks [][]byte
@@ -69,6 +69,23 @@ func TestSplitCompressesOnlyWhenItPays(t *testing.T) {
 			require.Equal(t, len(tc.content), out.Len())
 			require.True(t, bytes.Equal(tc.content, out.Bytes()))
 
+			// Finish gives the same bundle from the opened chunks written
+			// to a file, as the server and the helper keep them.
+			dir := t.TempDir()
+			var opened []byte
+			for i, c := range chunks {
+				opened, err = st.Open(opened, uint32(i), uint32(i) == tot.Chunks-1, c)
+				require.NoError(t, err)
+			}
+			require.NoError(t, os.WriteFile(dir+"/payload", opened, 0o600))
+			got, err := Finish(dir+"/payload", tot.Compression, tot.PayloadSize, tot.BundleSize, tot.BundleHash, dir+"/bundle")
+			require.NoError(t, err)
+			b, err := os.ReadFile(got)
+			require.NoError(t, err)
+			require.True(t, bytes.Equal(tc.content, b))
+			_, err = Finish(dir+"/payload", tot.Compression, tot.PayloadSize, tot.BundleSize, strings.Repeat("0", 64), dir+"/bundle")
+			require.ErrorContains(t, err, "hash")
+
 			// A wrong size or hash is caught.
 			out.Reset()
 			require.Error(t, Assemble(st, get, tot.Chunks, tot.Compression, tot.BundleSize-1, tot.BundleHash, &out))
@@ -81,25 +98,6 @@ func TestSplitCompressesOnlyWhenItPays(t *testing.T) {
 			}
 		})
 	}
-}
-
-func TestSpoolCompressesOnlyWhenItPays(t *testing.T) {
-	dir := t.TempDir()
-	random := make([]byte, 300_000)
-	_, _ = rand.Read(random)
-	text := bytes.Repeat([]byte("a line of source code\n"), 20_000)
-	p, err := Spool(bytes.NewReader(text), filepath.Join(dir, "text.bundle"), dir)
-	require.NoError(t, err)
-	defer p.Close()
-	require.Equal(t, wire.CompressZstd, p.Compression)
-	q, err := Spool(bytes.NewReader(random), filepath.Join(dir, "random.bundle"), dir)
-	require.NoError(t, err)
-	require.Equal(t, wire.CompressNone, q.Compression)
-	got, err := Finish(p.Path, p.Compression, p.PayloadSize, p.BundleSize, p.BundleHash, filepath.Join(dir, "out.bundle"))
-	require.NoError(t, err)
-	b, err := os.ReadFile(got)
-	require.NoError(t, err)
-	require.Equal(t, text, b)
 }
 
 // TestVectors runs the shared known-answer vectors through Assemble, the

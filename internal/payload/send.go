@@ -17,15 +17,6 @@ import (
 // small, because the decision holds up the first chunk.
 const streamSample = 1 << 20
 
-// Totals describes a payload once all of it has been cut into chunks.
-type Totals struct {
-	Compression string
-	BundleSize  int64
-	BundleHash  string // hex SHA-256 of the bundle
-	PayloadSize int64  // bytes sealed, after compression
-	Chunks      uint32
-}
-
 // Split reads a bundle from r while it is being written, compresses it
 // when a sample shows that pays, and cuts the result into chunks of
 // chunkSize bytes, calling emit for each in order with final set on the
@@ -35,7 +26,7 @@ type Totals struct {
 // so the number of buffers bounds the memory in use whatever the bundle's
 // size. A chunk is known to be the last only when the next read finds the
 // end, so Split reads one byte ahead.
-func Split(r io.Reader, chunkSize int, free chan []byte, emit func(i uint32, final bool, chunk []byte) error) (*Totals, error) {
+func Split(r io.Reader, chunkSize int, free chan []byte, emit func(i uint32, final bool, chunk []byte) error) (*wire.Totals, error) {
 	h := sha256.New()
 	bundle := &counter{r: io.TeeReader(r, h)}
 	sample := make([]byte, streamSample)
@@ -44,7 +35,7 @@ func Split(r io.Reader, chunkSize int, free chan []byte, emit func(i uint32, fin
 		return nil, fmt.Errorf("read bundle: %w", err)
 	}
 	sample = sample[:n]
-	t := &Totals{Compression: wire.CompressNone}
+	t := &wire.Totals{Compression: wire.CompressNone}
 	src := io.MultiReader(bytes.NewReader(sample), bundle)
 	if n > 0 && pays(sample) {
 		t.Compression = wire.CompressZstd
