@@ -10,7 +10,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-
 	"strconv"
 	"strings"
 	"time"
