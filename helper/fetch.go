@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/git-relay/git-relay/internal/keyring"
 	"github.com/git-relay/git-relay/internal/payload"
@@ -53,10 +54,12 @@ func (h *Helper) fetch(ctx context.Context, lines []string) error {
 	// The server holds the status answer until the manifest is out (or a
 	// few seconds pass); the chunks follow while git writes the bundle.
 	h.ui.status("server: preparing bundle...")
+	start := time.Now()
 	st, err := h.fetchStatus(ctx, sess.Session, "1", wire.FetchPreparing)
 	if err != nil {
 		return err
 	}
+	h.ui.detail("server: sending after %s", time.Since(start).Round(time.Millisecond))
 	var m wire.FetchManifest
 	if err := json.Unmarshal(st.Manifest, &m); err != nil {
 		return fmt.Errorf("decode fetch manifest: %w", err)
@@ -162,6 +165,7 @@ func (h *Helper) download(ctx context.Context, session string, m wire.FetchManif
 		}
 	}
 	plains := make([][]byte, chunkWorkers)
+	hashed := payload.NewPrefix(f, m.ChunkSize)
 	err = h.moveChunks(ctx, "receive", 0, feed, func(ctx context.Context, w int, c chunk) (int64, error) {
 		i := c.i
 		q := url.Values{"session": {session}, "index": {strconv.FormatUint(uint64(i), 10)}}
@@ -210,8 +214,11 @@ func (h *Helper) download(ctx context.Context, session string, m wire.FetchManif
 			mu.Unlock()
 			break
 		}
-		_, err := f.WriteAt(plains[w], int64(i)*int64(m.ChunkSize))
-		return int64(len(plains[w])), err
+		if _, err := f.WriteAt(plains[w], int64(i)*int64(m.ChunkSize)); err != nil {
+			return 0, err
+		}
+		hashed.Add(i, plains[w])
+		return int64(len(plains[w])), nil
 	})
 	if err != nil {
 		return err
@@ -223,14 +230,19 @@ func (h *Helper) download(ctx context.Context, session string, m wire.FetchManif
 	if err != nil {
 		return err
 	}
+	start := time.Now()
 	t := status.Totals
 	if t == nil || int64(t.Chunks) != final+1 || got != final+1 {
 		return errors.New("fetch from the relay: the chunks do not add up to the relay's totals")
 	}
-	bundlePath, err := payload.Finish(payloadPath, t.Compression, t.PayloadSize, t.BundleSize, t.BundleHash, filepath.Join(dir, "fetch.bundle"))
-	if err != nil {
-		return fmt.Errorf("fetch from the relay: %w", err)
+	// An uncompressed payload is the bundle, hashed while it arrived.
+	bundlePath := payloadPath
+	if t.Compression != wire.CompressNone || !hashed.Matches(t.Chunks, t.BundleSize, t.BundleHash) {
+		if bundlePath, err = payload.Finish(payloadPath, t.Compression, t.PayloadSize, t.BundleSize, t.BundleHash, filepath.Join(dir, "fetch.bundle")); err != nil {
+			return fmt.Errorf("fetch from the relay: %w", err)
+		}
 	}
+	h.ui.detail("bundle: %s, checked in %s", humanBytes(t.BundleSize), time.Since(start).Round(time.Millisecond))
 	if err := h.git.Command(ctx, "bundle", "unbundle", bundlePath).Run(); err != nil {
 		return fmt.Errorf("unpack the fetched bundle: %w", err)
 	}

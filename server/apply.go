@@ -149,7 +149,8 @@ func (s *Server) apply(id string, answered func()) {
 	// state stays for status queries until the janitor removes it.
 	os.RemoveAll(filepath.Join(ps.dir, "chunks"))
 	os.Remove(filepath.Join(ps.dir, "bundle"))
-	os.Remove(filepath.Join(ps.dir, "payload.part"))
+	s.takePartHash(ps.id)
+	os.Remove(ps.partPath())
 }
 
 // applyPush does the work and returns the per-ref results.
@@ -314,8 +315,11 @@ func (s *Server) assemble(ps *pushSession, key keyring.Key, out string) error {
 	// Otherwise (a crash between a chunk and its plaintext) decrypt the
 	// chunks again.
 	t := ps.state.Totals
-	part := filepath.Join(ps.dir, "payload.part")
+	part := ps.partPath()
 	defer os.Remove(part)
+	if h := s.takePartHash(ps.id); h != nil && t.Compression == wire.CompressNone && h.Matches(t.Chunks, t.BundleSize, t.BundleHash) {
+		return os.Rename(part, out)
+	}
 	if p, err := payload.Finish(part, t.Compression, t.PayloadSize, t.BundleSize, t.BundleHash, out); err == nil {
 		if p == part {
 			return os.Rename(part, out)

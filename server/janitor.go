@@ -43,6 +43,7 @@ func (s *Server) sweep(now time.Time) {
 		case wire.PhaseReceiving:
 			if age > s.ttl {
 				s.log.Info("expiring push session", "session", ps.id)
+				s.takePartHash(ps.id)
 				os.RemoveAll(ps.dir)
 			}
 		case wire.PhaseDone, wire.PhaseFailed:

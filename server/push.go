@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/git-relay/git-relay/internal/keyring"
+	"github.com/git-relay/git-relay/internal/payload"
 	"github.com/git-relay/git-relay/internal/seal"
 	"github.com/git-relay/git-relay/internal/wire"
 )
@@ -112,13 +113,55 @@ func (ps *pushSession) chunkPath(i uint32) string {
 
 // writePlain puts chunk i's plaintext at its offset in the partial
 // payload. A failure only costs the fast path at assembly.
-func (ps *pushSession) writePlain(i uint32, plain []byte) {
-	f, err := os.OpenFile(filepath.Join(ps.dir, "payload.part"), os.O_WRONLY|os.O_CREATE, 0o600)
+func (ps *pushSession) writePlain(i uint32, plain []byte) bool {
+	f, err := os.OpenFile(ps.partPath(), os.O_WRONLY|os.O_CREATE, 0o600)
 	if err != nil {
-		return
+		return false
 	}
-	defer f.Close()
-	_, _ = f.WriteAt(plain, int64(i)*int64(ps.manifest.ChunkSize))
+	_, err = f.WriteAt(plain, int64(i)*int64(ps.manifest.ChunkSize))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err == nil
+}
+
+func (ps *pushSession) partPath() string { return filepath.Join(ps.dir, "payload.part") }
+
+// partHash is the running hash of a session's partial payload, kept in
+// memory while its chunks arrive: the bundle's hash is then ready when
+// the last chunk is. A restart loses it, and assembly reads the payload
+// again.
+type partHash struct {
+	*payload.Prefix
+	file *os.File
+}
+
+// partHashOf returns the session's running hash, starting it if need be.
+func (s *Server) partHashOf(ps *pushSession) *partHash {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p, ok := s.partHashes[ps.id]; ok {
+		return p
+	}
+	f, err := os.Open(ps.partPath())
+	if err != nil {
+		return nil
+	}
+	p := &partHash{Prefix: payload.NewPrefix(f, ps.manifest.ChunkSize), file: f}
+	s.partHashes[ps.id] = p
+	return p
+}
+
+// takePartHash forgets a session's running hash and returns it, if any.
+func (s *Server) takePartHash(id string) *partHash {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.partHashes[id]
+	delete(s.partHashes, id)
+	if p != nil {
+		p.file.Close()
+	}
+	return p
 }
 
 // finalPath holds the index of the chunk that opened as the final one.
@@ -378,10 +421,18 @@ func (s *Server) handlePushChunk(c *call) {
 		c.failErr(err)
 		return
 	}
-	// Keep the authenticated plaintext at its place too, so that
-	// assembling the bundle is a hash check rather than a second
-	// decryption pass. The sealed chunk stays the durable copy.
-	ps.writePlain(i, plain)
+	// Keep the authenticated plaintext at its place too, hashed in order
+	// as it arrives, so that assembling the bundle is a comparison rather
+	// than a second decryption pass. The sealed chunk stays the durable
+	// copy.
+	kept := ps.writePlain(i, plain)
+	if p := s.partHashOf(ps); p != nil {
+		if kept {
+			p.Add(i, plain)
+		} else {
+			p.Spoil()
+		}
+	}
 	c.reply(http.StatusOK, ps.status())
 }
 

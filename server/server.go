@@ -51,6 +51,8 @@ type Server struct {
 	mu      sync.Mutex
 	running map[string]chan struct{}  // sessions being processed; closed when done
 	fetches map[string]*fetchProgress // fetches being written
+	// partHashes are the running hashes of pushes being received.
+	partHashes map[string]*partHash
 
 	bodies sync.Pool // *[]byte: request body buffers (readBody)
 }
@@ -99,6 +101,8 @@ func New(cfg Config) (*Server, error) {
 		closing:  make(chan struct{}),
 		running:  map[string]chan struct{}{},
 		fetches:  map[string]*fetchProgress{},
+
+		partHashes: map[string]*partHash{},
 	}
 	s.redactor = redactor(cfg.Upstream, cfg.Token)
 	s.log = slog.New(slog.NewTextHandler(redactingWriter{logw, s.redactor}, &slog.HandlerOptions{Level: cfg.LogLevel}))

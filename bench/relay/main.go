@@ -64,7 +64,7 @@ func run() error {
 	var o options
 	flag.BoolVar(&o.keep, "keep", false, "keep the work folder (repositories, server log) and print where it is")
 	flag.BoolVar(&o.noProxy, "no-proxy", false, "talk to the relay server directly instead of through the edge proxy")
-	flag.IntVar(&o.rounds, "rounds", 3, "rounds of each comparison; the median time of each side is reported")
+	flag.IntVar(&o.rounds, "rounds", 5, "rounds of each comparison; the median time of each side is reported")
 	flag.BoolVar(&o.noClone, "no-clone", false, "skip the clone comparison")
 	flag.Parse()
 	if o.rounds < 1 {
@@ -293,9 +293,11 @@ func (b *bench) run(ctx context.Context) error {
 func (b *bench) compare(ctx context.Context, name string, goal float64, direct, relay []string) (row, error) {
 	r := row{name: name, goal: goal}
 	var err error
+	b.srv.idle(ctx)
 	if r.direct, err = measure(ctx, b.src.Dir, direct...); err != nil {
 		return r, fmt.Errorf("%s, direct: %w", name, err)
 	}
+	b.srv.idle(ctx)
 	hwmOK := resetHWM(b.srv.pid()) == nil
 	if b.srv.proxy != nil {
 		b.srv.proxy.Reset()

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -97,6 +98,38 @@ func startRelay(ctx context.Context, work, upstreams string, withProxy bool) (*r
 }
 
 func (s *relayServer) pid() int { return s.cmd.Process.Pid }
+
+// idle waits (30 s at most) until the server runs no git: after a push it
+// indexes the pack into its mirror in the background. Each measurement
+// starts on a quiet machine, so that neither side of a comparison pays
+// for work the one before left behind.
+func (s *relayServer) idle(ctx context.Context) {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) && ctx.Err() == nil && hasChildren(s.pid()) {
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// hasChildren says whether any process has pid as its parent.
+func hasChildren(pid int) bool {
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, st := range stats {
+		b, err := os.ReadFile(st)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces and parentheses.
+		i := strings.LastIndexByte(string(b), ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			return true
+		}
+	}
+	return false
+}
 
 // stop sends SIGTERM, waits for a graceful exit, and returns the peak RSS
 // of the server's process tree (the server and every git it ran) in KiB.
