@@ -53,6 +53,9 @@ const (
 	oneCommitLines = 3
 )
 
+// showRounds prints every round (-v).
+var showRounds bool
+
 type options struct {
 	keep    bool
 	noProxy bool
@@ -66,6 +69,7 @@ func run() error {
 	flag.BoolVar(&o.noProxy, "no-proxy", false, "talk to the relay server directly instead of through the edge proxy")
 	flag.IntVar(&o.rounds, "rounds", 5, "rounds of each comparison; the median time of each side is reported")
 	flag.BoolVar(&o.noClone, "no-clone", false, "skip the clone comparison")
+	flag.BoolVar(&showRounds, "v", false, "print every round's times, not only the medians")
 	flag.Parse()
 	if o.rounds < 1 {
 		return fmt.Errorf("-rounds %d: want at least 1", o.rounds)
@@ -311,6 +315,11 @@ func (b *bench) compare(ctx context.Context, name string, goal float64, direct, 
 	if b.srv.proxy != nil {
 		st := b.srv.proxy.Stats()
 		r.trafficUp, r.trafficDown, r.requests = st.Up, st.Down, st.Requests
+		// Scan what crossed now, off the clock; the report lists the
+		// violations at the end.
+		for _, v := range b.srv.proxy.TakeViolations() {
+			b.notes = append(b.notes, "edge proxy violation: "+v.String())
+		}
 	}
 	return r, nil
 }
@@ -386,6 +395,11 @@ func (b *bench) packSize(ctx context.Context) (int64, error) {
 // side (the machine may be shared, and a median shrugs off a neighbour's
 // burst), the largest peak RSS of each side, and round 0's traffic.
 func aggregate(rs []row, checkClientRSS bool) row {
+	if showRounds {
+		for _, r := range rs {
+			fmt.Printf("  %s: direct %.0f ms, relay %.0f ms\n", r.name, r.direct.Seconds*1000, r.relay.Seconds*1000)
+		}
+	}
 	out := rs[0]
 	out.checkClientRSS = checkClientRSS
 	out.direct.Seconds = medianOf(rs, func(r row) float64 { return r.direct.Seconds })

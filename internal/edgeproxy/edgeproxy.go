@@ -52,6 +52,11 @@ type Options struct {
 	Timeout time.Duration
 	// Logf, when set, receives one line per exchange.
 	Logf func(format string, args ...any)
+	// DeferScan keeps the bodies and scans them for plaintext and secrets
+	// only when violations are asked for, so that a benchmark does not
+	// time the proxy's watch, which a real edge does not keep. Bodies are
+	// held in memory until then.
+	DeferScan bool
 }
 
 // Direction says which way a body was travelling.
@@ -110,6 +115,7 @@ type Proxy struct {
 
 	mu         sync.Mutex
 	scans      int        // bodies still being scanned (inspectBody)
+	deferred   []func()   // scans kept for later (Options.DeferScan)
 	scanned    *sync.Cond // signalled, with mu, when scans drops to 0
 	tamper     *Tamper
 	violations []Violation
@@ -409,6 +415,12 @@ func (p *Proxy) inspectBody(tamper *Tamper, dir Direction, method, path string, 
 		p.inspect(dir, method, path, h, body)
 		return
 	}
+	if p.opts.DeferScan {
+		p.mu.Lock()
+		p.deferred = append(p.deferred, func() { p.inspect(dir, method, path, h, body) })
+		p.mu.Unlock()
+		return
+	}
 	p.mu.Lock()
 	p.scans++
 	p.mu.Unlock()
@@ -423,8 +435,17 @@ func (p *Proxy) inspectBody(tamper *Tamper, dir Direction, method, path string, 
 }
 
 // waitScans waits, with p.mu held, until every body seen so far has been
-// scanned.
+// scanned, running the deferred scans first.
 func (p *Proxy) waitScans() {
+	for len(p.deferred) > 0 {
+		scans := p.deferred
+		p.deferred = nil
+		p.mu.Unlock()
+		for _, scan := range scans {
+			scan()
+		}
+		p.mu.Lock()
+	}
 	for p.scans > 0 {
 		p.scanned.Wait()
 	}

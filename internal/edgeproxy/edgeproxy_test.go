@@ -433,3 +433,22 @@ func TestNewRejectsBadTarget(t *testing.T) {
 		require.Error(t, err, target)
 	}
 }
+
+// TestDeferredScanStillSeesEveryBody: with DeferScan the watch runs when
+// violations are asked for, and misses nothing.
+func TestDeferredScanStillSeesEveryBody(t *testing.T) {
+	b := newBackend(t)
+	b.reply["/api/gr/down"] = []byte("# v2 git bundle\n")
+	b.reply["/api/gr/up"] = []byte("ok")
+	p := startProxy(t, b, Options{DeferScan: true})
+	resp, _ := post(t, p.URL+"/api/game/up", []byte("x PACK\x00\x00\x00\x02 y"))
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	resp, _ = post(t, p.URL+"/api/game/down", nil)
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	v := p.TakeViolations()
+	require.Len(t, v, 2)
+	require.Equal(t, Up, v[0].Direction)
+	require.Contains(t, v[0].Detail, `"PACK v2" raw`)
+	require.Equal(t, Down, v[1].Direction)
+	require.Empty(t, p.Violations())
+}
