@@ -118,9 +118,10 @@ func (h *Helper) haves(ctx context.Context) ([]string, error) {
 // fails authentication is asked for again, as a proxy may have altered
 // it) and writes its plaintext at its place in a payload file under the
 // git dir. The chunk that says it is the last one must open as the final
-// chunk. Only when every chunk up to it has authenticated and the whole
-// matches the totals' size and hash is the bundle handed to git, which
-// unbundles it with its own tools.
+// chunk. git index-pack reads the authenticated chunks in order as they
+// land, into a quarantine: only when every chunk up to the final one has
+// authenticated and the whole matches the totals' size and hash do its
+// objects join the repository.
 func (h *Helper) download(ctx context.Context, session string, m wire.FetchManifest, raw []byte) error {
 	salt, err := hex.DecodeString(m.Salt)
 	if err != nil || len(salt) != 32 {
@@ -128,6 +129,9 @@ func (h *Helper) download(ctx context.Context, session string, m wire.FetchManif
 	}
 	if m.ChunkSize <= 0 || int64(m.ChunkSize)+1+seal.Overhead > h.maxBdy {
 		return errors.New("the relay's fetch manifest has a chunk size over relay.maxBody")
+	}
+	if m.Compression != wire.CompressNone && m.Compression != wire.CompressZstd {
+		return fmt.Errorf("the relay's fetch manifest names an unknown compression %q", m.Compression)
 	}
 	st, err := seal.New(h.client.Key, keyring.LabelFetchPayload, salt, wire.ManifestHash(raw))
 	if err != nil {
@@ -147,9 +151,10 @@ func (h *Helper) download(ctx context.Context, session string, m wire.FetchManif
 
 	// The index of the final chunk, once a chunk has said so.
 	var (
-		mu    sync.Mutex
-		final = int64(-1)
-		got   int64 // chunks received
+		mu     sync.Mutex
+		final  = int64(-1)
+		got    int64 // chunks received
+		totals *wire.Totals
 		// finalKnown is closed when final is set.
 		finalKnown = make(chan struct{})
 	)
@@ -165,7 +170,11 @@ func (h *Helper) download(ctx context.Context, session string, m wire.FetchManif
 		}
 	}
 	plains := make([][]byte, chunkWorkers)
-	hashed := payload.NewPrefix(f, m.ChunkSize)
+	ordered := payload.NewOrdered(f, m.ChunkSize)
+	unpacked, err := h.startUnpack(ctx, dir, ordered, m.Compression)
+	if err != nil {
+		return err
+	}
 	err = h.moveChunks(ctx, "receive", 0, feed, func(ctx context.Context, w int, c chunk) (int64, error) {
 		i := c.i
 		q := url.Values{"session": {session}, "index": {strconv.FormatUint(uint64(i), 10)}}
@@ -205,6 +214,10 @@ func (h *Helper) download(ctx context.Context, session string, m wire.FetchManif
 				}
 				continue
 			}
+			if _, err := f.WriteAt(plains[w], int64(i)*int64(m.ChunkSize)); err != nil {
+				return 0, err
+			}
+			ordered.Add(i, len(plains[w]), last)
 			mu.Lock()
 			got++
 			if last && final < 0 {
@@ -212,39 +225,39 @@ func (h *Helper) download(ctx context.Context, session string, m wire.FetchManif
 				close(finalKnown)
 			}
 			mu.Unlock()
-			break
+			return int64(len(plains[w])), nil
 		}
-		if _, err := f.WriteAt(plains[w], int64(i)*int64(m.ChunkSize)); err != nil {
-			return 0, err
-		}
-		hashed.Add(i, plains[w])
-		return int64(len(plains[w])), nil
 	})
-	if err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	status, err := h.fetchStatus(ctx, session, "ready", wire.FetchSending)
-	if err != nil {
-		return err
-	}
-	start := time.Now()
-	t := status.Totals
-	if t == nil || int64(t.Chunks) != final+1 || got != final+1 {
-		return errors.New("fetch from the relay: the chunks do not add up to the relay's totals")
-	}
-	// An uncompressed payload is the bundle, hashed while it arrived.
-	bundlePath := payloadPath
-	if t.Compression != wire.CompressNone || !hashed.Matches(t.Chunks, t.BundleSize, t.BundleHash) {
-		if bundlePath, err = payload.Finish(payloadPath, t.Compression, t.PayloadSize, t.BundleSize, t.BundleHash, filepath.Join(dir, "fetch.bundle")); err != nil {
-			return fmt.Errorf("fetch from the relay: %w", err)
+	if err == nil {
+		var status *wire.FetchStatus
+		if status, err = h.fetchStatus(ctx, session, "ready", wire.FetchSending); err == nil {
+			t := status.Totals
+			if t == nil || t.Compression != m.Compression || int64(t.Chunks) != final+1 || got != final+1 {
+				err = errors.New("fetch from the relay: the chunks do not add up to the relay's totals")
+			} else {
+				totals = t
+			}
 		}
 	}
-	h.ui.detail("bundle: %s, checked in %s", humanBytes(t.BundleSize), time.Since(start).Round(time.Millisecond))
-	if err := h.git.Command(ctx, "bundle", "unbundle", bundlePath).Run(); err != nil {
-		return fmt.Errorf("unpack the fetched bundle: %w", err)
+	if err != nil {
+		ordered.Abort(err)
+		<-unpacked
+		return err
 	}
+	// Every chunk is in and authenticated; git index-pack finishes what it
+	// read meanwhile, and the bundle it read must be the one the totals
+	// describe before its objects are let in.
+	start := time.Now()
+	u := <-unpacked
+	if u.err != nil {
+		return u.err
+	}
+	if u.size != totals.BundleSize || u.hash != totals.BundleHash {
+		return errors.New("fetch from the relay: the bundle does not match the relay's totals (size or hash)")
+	}
+	if err := h.admitPack(ctx, u.quarantine); err != nil {
+		return err
+	}
+	h.ui.detail("bundle: %s, checked and unpacked %s after the last chunk", humanBytes(totals.BundleSize), time.Since(start).Round(time.Millisecond))
 	return nil
 }

@@ -87,6 +87,8 @@ type Helper struct {
 
 	refs   *wire.Refs // upstream's refs, from the last list
 	config map[string]string
+	// objects is the repository's object folder, once asked for.
+	objects string
 }
 
 func newHelper(ctx context.Context, name, addr string, stderr io.Writer) (*Helper, error) {

@@ -387,7 +387,7 @@ func (h *Helper) startBundle(ctx context.Context, revs string) (*bundleRun, erro
 // split cuts the bundle into chunks as git writes it (see payload.Split)
 // and waits for git.
 func (b *bundleRun) split(chunkSize int, free chan []byte, emit func(i uint32, final bool, chunk []byte) error) (*wire.Totals, error) {
-	t, err := payload.Split(b.out, chunkSize, free, emit)
+	t, err := payload.Split(b.out, chunkSize, free, nil, emit)
 	if err != nil {
 		b.stop()
 		if werr := b.wait(); werr != nil && !errors.Is(err, context.Canceled) {

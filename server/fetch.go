@@ -204,12 +204,6 @@ func (s *Server) prepareFetch(ctx context.Context, h *repoHandle, id string, key
 		return err
 	}
 	f, err := os.Create(filepath.Join(dir, "payload"))
-	if err == nil {
-		raw, _ := json.Marshal(m)
-		if err = writeFileAtomic(filepath.Join(dir, "manifest.json"), raw); err == nil {
-			err = publish(wire.FetchSending, nil)
-		}
-	}
 	if err != nil {
 		stdout.Close()
 		_ = c.Wait()
@@ -218,7 +212,17 @@ func (s *Server) prepareFetch(ctx context.Context, h *repoHandle, id string, key
 	defer f.Close()
 	free := make(chan []byte, 1)
 	free <- make([]byte, 0, m.ChunkSize)
-	t, err := payload.Split(stdout, m.ChunkSize, free, func(i uint32, final bool, chunk []byte) error {
+	// The manifest goes out once the compression is decided, on the
+	// bundle's first bytes.
+	decided := func(compression string) error {
+		m.Compression = compression
+		raw, _ := json.Marshal(m)
+		if err := writeFileAtomic(filepath.Join(dir, "manifest.json"), raw); err != nil {
+			return err
+		}
+		return publish(wire.FetchSending, nil)
+	}
+	t, err := payload.Split(stdout, m.ChunkSize, free, decided, func(i uint32, final bool, chunk []byte) error {
 		defer func() { free <- chunk }()
 		if _, err := f.Write(chunk); err != nil {
 			return err

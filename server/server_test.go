@@ -158,7 +158,7 @@ func (f *fixture) startPush(t *testing.T) (string, wire.PushManifest, *wire.Tota
 	free := make(chan []byte, 1)
 	free <- make([]byte, 0, m.ChunkSize+seal.Overhead)
 	var chunks []sealedChunk
-	p, err := payload.Split(out, m.ChunkSize, free, func(i uint32, final bool, c []byte) error {
+	p, err := payload.Split(out, m.ChunkSize, free, nil, func(i uint32, final bool, c []byte) error {
 		chunks = append(chunks, sealedChunk{st.Seal(nil, i, final, c), final})
 		free <- c
 		return nil

@@ -24,7 +24,7 @@ func splitAndSeal(t *testing.T, content []byte, st *seal.Stream, chunkSize int) 
 	free <- make([]byte, 0, chunkSize+seal.Overhead)
 	var chunks [][]byte
 	var finals []bool
-	tot, err := Split(bytes.NewReader(content), chunkSize, free, func(i uint32, final bool, c []byte) error {
+	tot, err := Split(bytes.NewReader(content), chunkSize, free, nil, func(i uint32, final bool, c []byte) error {
 		require.EqualValues(t, len(chunks), i)
 		chunks = append(chunks, st.Seal(nil, i, final, c))
 		finals = append(finals, final)

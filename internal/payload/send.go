@@ -25,8 +25,9 @@ const streamSample = 1 << 20
 // at least chunkSize; emit owns the buffer until it sends it back on free,
 // so the number of buffers bounds the memory in use whatever the bundle's
 // size. A chunk is known to be the last only when the next read finds the
-// end, so Split reads one byte ahead.
-func Split(r io.Reader, chunkSize int, free chan []byte, emit func(i uint32, final bool, chunk []byte) error) (*wire.Totals, error) {
+// end, so Split reads one byte ahead. decided, when not nil, hears the
+// compression before the first chunk is emitted.
+func Split(r io.Reader, chunkSize int, free chan []byte, decided func(compression string) error, emit func(i uint32, final bool, chunk []byte) error) (*wire.Totals, error) {
 	h := sha256.New()
 	bundle := &counter{r: io.TeeReader(r, h)}
 	sample := make([]byte, streamSample)
@@ -43,6 +44,11 @@ func Split(r io.Reader, chunkSize int, free chan []byte, emit func(i uint32, fin
 		go func(plain io.Reader) { pw.CloseWithError(compress(pw, plain)) }(src)
 		defer pr.Close()
 		src = pr
+	}
+	if decided != nil {
+		if err := decided(t.Compression); err != nil {
+			return nil, err
+		}
 	}
 	in := bufio.NewReaderSize(src, 64<<10)
 	for i := uint32(0); ; i++ {

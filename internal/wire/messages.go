@@ -144,6 +144,9 @@ type FetchManifest struct {
 	Repo      string `json:"repo"`
 	Salt      string `json:"salt"`
 	ChunkSize int    `json:"chunkSize"` // 0: the client already has everything
+	// Compression is decided on the bundle's first bytes, before the
+	// first chunk, so that the client can unpack while it downloads.
+	Compression string `json:"compression,omitempty"`
 }
 
 // FetchManifestVersion is the version of FetchManifest and of the chunk
