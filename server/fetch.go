@@ -449,7 +449,16 @@ func (s *Server) handleFetchChunk(c *call) {
 	last := final && i == chunks-1
 	off := int64(i) * int64(m.ChunkSize)
 	n := min(int64(m.ChunkSize), written-off)
-	body := make([]byte, 1+n, 1+n+seal.Overhead)
+	bp, _ := s.bodies.Get().(*[]byte)
+	if bp == nil {
+		bp = new([]byte)
+	}
+	defer s.bodies.Put(bp)
+	if int64(cap(*bp)) < 1+n+seal.Overhead {
+		*bp = make([]byte, 0, 1+n+seal.Overhead)
+	}
+	body := (*bp)[:1+n]
+	body[0] = 0
 	if _, err := f.ReadAt(body[1:], off); err != nil {
 		c.failErr(err)
 		return

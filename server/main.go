@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/alecthomas/kong"
@@ -56,7 +57,17 @@ type serveCmd struct {
 	Verbose     bool   `short:"v" help:"Log the timings of each push's phases."`
 }
 
+// softMemoryLimit is the heap size at which the server's garbage
+// collector starts working harder. The server holds a few chunks of a few
+// megabytes at a time whatever the repository's size; the limit keeps the
+// garbage of chunks already answered from piling up beside them. GOMEMLIMIT
+// overrides it.
+const softMemoryLimit = 64 << 20
+
 func (c *serveCmd) Run(s *streams) error {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(softMemoryLimit)
+	}
 	token := os.Getenv("GITHUB_TOKEN")
 	if c.TokenFile != "" {
 		b, err := os.ReadFile(c.TokenFile)

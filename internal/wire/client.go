@@ -129,7 +129,14 @@ func (c *Client) once(ctx context.Context, method, path string, query url.Values
 		return nil, transient{fmt.Errorf("%w at %s: %w", ErrUnreachable, c.Base, unwrapURLError(err))}
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, c.maxBody()+1))
+	// Chunk answers are megabytes: read them into a buffer of their
+	// declared size rather than one that grows by doubling.
+	var buf bytes.Buffer
+	if resp.ContentLength > 0 && resp.ContentLength <= c.maxBody() {
+		buf.Grow(int(resp.ContentLength) + bytes.MinRead)
+	}
+	_, err = buf.ReadFrom(io.LimitReader(resp.Body, c.maxBody()+1))
+	raw := buf.Bytes()
 	if err != nil {
 		return nil, transient{fmt.Errorf("%s: read answer: %w", path, err)}
 	}
