@@ -27,17 +27,28 @@ import (
 // limit), checks all of it, and unbundles it with git's own tools.
 func (h *Helper) fetch(ctx context.Context, lines []string) error {
 	seen := map[string]bool{}
-	var wants []string
+	var ids []string
 	for _, l := range lines {
 		id, _, _ := strings.Cut(l, " ")
 		if len(id) != 40 || seen[id] {
 			continue
 		}
 		seen[id] = true
-		if ok, _ := h.git.Ok(ctx, "cat-file", "-e", id); ok {
-			continue
+		ids = append(ids, id)
+	}
+	// The ids this repository has already need no fetching; one git asks
+	// for all of them.
+	var wants []string
+	if len(ids) > 0 {
+		out, err := h.git.RunInput(ctx, strings.NewReader(strings.Join(ids, "\n")+"\n"), "cat-file", "--batch-check=%(objectname)")
+		if err != nil {
+			return err
 		}
-		wants = append(wants, id)
+		for _, line := range strings.Split(out, "\n") {
+			if id, missing := strings.CutSuffix(line, " missing"); missing {
+				wants = append(wants, id)
+			}
+		}
 	}
 	if len(wants) == 0 {
 		return nil
@@ -74,7 +85,7 @@ func (h *Helper) fetch(ctx context.Context, lines []string) error {
 		h.ui.done("server: nothing to send.")
 		return nil
 	}
-	return h.download(ctx, sess.Session, m, st.Manifest)
+	return h.download(ctx, sess.Session, m, st.Manifest, st.Totals)
 }
 
 // fetchStatus asks for a fetch's status until it has left phase (the
@@ -114,15 +125,15 @@ func (h *Helper) haves(ctx context.Context) ([]string, error) {
 }
 
 // download fetches the chunks, a few at a time and while the server is
-// still writing the bundle, opens each one as it arrives (a chunk that
-// fails authentication is asked for again, as a proxy may have altered
-// it) and writes its plaintext at its place in a payload file under the
-// git dir. The chunk that says it is the last one must open as the final
+// still writing the bundle (early gives their count when it was done
+// already), opens each one as it arrives (a chunk that fails
+// authentication is asked for again, as a proxy may have altered it) and
+// writes its plaintext at its place in a payload file under the git dir. The chunk that says it is the last one must open as the final
 // chunk. git index-pack reads the authenticated chunks in order as they
 // land, into a quarantine: only when every chunk up to the final one has
 // authenticated and the whole matches the totals' size and hash do its
 // objects join the repository.
-func (h *Helper) download(ctx context.Context, session string, m wire.FetchManifest, raw []byte) error {
+func (h *Helper) download(ctx context.Context, session string, m wire.FetchManifest, raw []byte, early *wire.Totals) error {
 	salt, err := hex.DecodeString(m.Salt)
 	if err != nil || len(salt) != 32 {
 		return errors.New("bad salt in the relay's fetch manifest")
@@ -162,6 +173,11 @@ func (h *Helper) download(ctx context.Context, session string, m wire.FetchManif
 	feed := func(ctx context.Context, send func(chunk) error) error {
 		for i := uint32(0); ; i++ {
 			if f := finalIs(); f >= 0 && int64(i) > f {
+				return nil
+			}
+			// A bundle already written when the manifest came has a known
+			// count: no need to ask past it.
+			if early != nil && i >= early.Chunks {
 				return nil
 			}
 			if err := send(chunk{i: i}); err != nil {

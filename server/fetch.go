@@ -113,10 +113,6 @@ func (s *Server) handleFetchCreate(c *call) {
 		c.failErr(badRequest("maxBody %d is too small", maxBody))
 		return
 	}
-	if _, err := s.list(c.r.Context(), h); err != nil {
-		c.failErr(err)
-		return
-	}
 	id := newID()
 	dir := s.fetchDir(id)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -364,8 +360,15 @@ func (s *Server) handleFetchStatus(c *call) {
 		}
 	}
 	if (st.Phase == wire.FetchPreparing || st.Phase == wire.FetchSending) && s.fetchProgressOf(id) == nil {
-		// Nobody is writing it any more: a restart cut it short.
-		st.Phase, st.Message = wire.FetchFailed, "the relay restarted while preparing this fetch: fetch again"
+		// The writer saves its last state before it leaves: read it again.
+		if st, dir, err = s.loadFetch(id, c.key); err != nil {
+			c.failErr(err)
+			return
+		}
+		if st.Phase == wire.FetchPreparing || st.Phase == wire.FetchSending {
+			// Nobody is writing it any more: a restart cut it short.
+			st.Phase, st.Message = wire.FetchFailed, "the relay restarted while preparing this fetch: fetch again"
+		}
 	}
 	out := wire.FetchStatus{Phase: st.Phase, Message: st.Message, Totals: st.Totals}
 	if st.Phase == wire.FetchSending || st.Phase == wire.FetchReady {
@@ -403,7 +406,15 @@ func (s *Server) handleFetchChunk(c *call) {
 	var chunks uint32
 	var written int64
 	var final bool
-	if p := s.fetchProgressOf(id); p != nil {
+	p := s.fetchProgressOf(id)
+	if p == nil && st.Phase != wire.FetchReady && st.Phase != wire.FetchFailed {
+		// The writer saves its last state before it leaves: read it again.
+		if st, dir, err = s.loadFetch(id, c.key); err != nil {
+			c.failErr(err)
+			return
+		}
+	}
+	if p != nil {
 		p.wait(c.r.Context(), longPoll, func() bool { return p.chunks > i || p.final || p.phase == wire.FetchFailed })
 		p.mu.Lock()
 		chunks, written, final, st.Phase = p.chunks, p.written, p.final, p.phase
