@@ -16,6 +16,7 @@ import (
 
 	"github.com/git-relay/git-relay/internal/bundle"
 	"github.com/git-relay/git-relay/internal/gitx"
+	"github.com/git-relay/git-relay/internal/payload"
 	"github.com/git-relay/git-relay/internal/wire"
 )
 
@@ -27,13 +28,13 @@ type unpacked struct {
 	err        error
 }
 
-// startUnpack runs git index-pack on the bundle that payload streams, as
+// startUnpack runs git index-pack on the bundle that stream carries, as
 // its authenticated chunks land, into a quarantine object folder under
 // dir: the repository's own objects serve as bases for a thin pack, but
 // none of the new objects is visible to it until admitPack moves the pack
 // in. The result comes on the channel once the payload has ended and git
 // is done, or as soon as either fails.
-func (h *Helper) startUnpack(ctx context.Context, dir string, payload io.Reader, compression string) (<-chan unpacked, error) {
+func (h *Helper) startUnpack(ctx context.Context, dir string, stream io.Reader, compression string) (<-chan unpacked, error) {
 	objects, err := h.objectDir(ctx)
 	if err != nil {
 		return nil, err
@@ -51,7 +52,7 @@ func (h *Helper) startUnpack(ctx context.Context, dir string, payload io.Reader,
 	out := make(chan unpacked, 1)
 	go func() {
 		u := unpacked{quarantine: quarantine}
-		u.size, u.hash, u.err = h.unpack(ctx, git, args, payload, compression)
+		u.size, u.hash, u.err = h.unpack(ctx, git, args, stream, compression)
 		out <- u
 	}()
 	return out, nil
@@ -59,10 +60,10 @@ func (h *Helper) startUnpack(ctx context.Context, dir string, payload io.Reader,
 
 // unpack decompresses the payload if need be, hashes the bundle, checks
 // its header and prerequisites, and feeds its pack to git.
-func (h *Helper) unpack(ctx context.Context, git gitx.Repo, args []string, payload io.Reader, compression string) (int64, string, error) {
-	var in io.Reader = payload
+func (h *Helper) unpack(ctx context.Context, git gitx.Repo, args []string, stream io.Reader, compression string) (int64, string, error) {
+	var in io.Reader = stream
 	if compression == wire.CompressZstd {
-		dec, err := zstd.NewReader(payload, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(64<<20))
+		dec, err := zstd.NewReader(stream, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(64<<20))
 		if err != nil {
 			return 0, "", err
 		}
@@ -70,7 +71,7 @@ func (h *Helper) unpack(ctx context.Context, git gitx.Repo, args []string, paylo
 		in = dec
 	}
 	sum := sha256.New()
-	counted := &countingReader{r: io.TeeReader(in, sum)}
+	counted := &payload.Counter{R: io.TeeReader(in, sum)}
 	hdr, pack, err := bundle.Split(counted)
 	if err != nil {
 		return 0, "", fmt.Errorf("fetch from the relay: %w", err)
@@ -89,7 +90,7 @@ func (h *Helper) unpack(ctx context.Context, git gitx.Repo, args []string, paylo
 	if n, _ := io.Copy(io.Discard, counted); n > 0 {
 		return 0, "", errors.New("fetch from the relay: the bundle has bytes after its pack")
 	}
-	return counted.n, hex.EncodeToString(sum.Sum(nil)), nil
+	return counted.N, hex.EncodeToString(sum.Sum(nil)), nil
 }
 
 // havePrereqs checks that the repository has every object the bundle
@@ -174,15 +175,4 @@ func (h *Helper) fsckObjects() bool {
 		}
 	}
 	return false
-}
-
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
 }

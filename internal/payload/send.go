@@ -29,7 +29,7 @@ const streamSample = 1 << 20
 // compression before the first chunk is emitted.
 func Split(r io.Reader, chunkSize int, free chan []byte, decided func(compression string) error, emit func(i uint32, final bool, chunk []byte) error) (*wire.Totals, error) {
 	h := sha256.New()
-	bundle := &counter{r: io.TeeReader(r, h)}
+	bundle := &Counter{R: io.TeeReader(r, h)}
 	sample := make([]byte, streamSample)
 	n, err := io.ReadFull(bundle, sample)
 	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
@@ -82,7 +82,7 @@ func Split(r io.Reader, chunkSize int, free chan []byte, decided func(compressio
 			break
 		}
 	}
-	t.BundleSize = bundle.n
+	t.BundleSize = bundle.N
 	t.BundleHash = hex.EncodeToString(h.Sum(nil))
 	return t, nil
 }
@@ -96,13 +96,14 @@ func pays(sample []byte) bool {
 	return float64(cw.n) <= float64(len(sample))*(1-minSaving)
 }
 
-type counter struct {
-	r io.Reader
-	n int64
+// Counter counts the bytes read through it.
+type Counter struct {
+	R io.Reader
+	N int64
 }
 
-func (c *counter) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
+func (c *Counter) Read(p []byte) (int, error) {
+	n, err := c.R.Read(p)
+	c.N += int64(n)
 	return n, err
 }
