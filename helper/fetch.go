@@ -24,7 +24,8 @@ import (
 // fetch answers a batch of "fetch <id> <name>" lines: it asks the server
 // for a bundle of the wanted objects minus what this repository has,
 // downloads it in sealed chunks (each a signed response under the body
-// limit), checks all of it, and unbundles it with git's own tools.
+// limit) while git index-pack unpacks it aside, and lets the objects in
+// once all of it checks out.
 func (h *Helper) fetch(ctx context.Context, lines []string) error {
 	seen := map[string]bool{}
 	var ids []string
@@ -66,7 +67,7 @@ func (h *Helper) fetch(ctx context.Context, lines []string) error {
 	// few seconds pass); the chunks follow while git writes the bundle.
 	h.ui.status("server: preparing bundle...")
 	start := time.Now()
-	st, err := h.fetchStatus(ctx, sess.Session, "1", wire.FetchPreparing)
+	st, err := h.fetchStatus(ctx, sess.Session, "1", wire.FetchSending)
 	if err != nil {
 		return err
 	}
@@ -88,8 +89,9 @@ func (h *Helper) fetch(ctx context.Context, lines []string) error {
 	return h.download(ctx, sess.Session, m, st.Manifest, st.Totals)
 }
 
-// fetchStatus asks for a fetch's status until it has left phase (the
-// server holds each answer a few seconds), and fails if the fetch did.
+// fetchStatus asks for a fetch's status until it has reached phase
+// (wire.FetchSending, which wire.FetchReady passes too, or wire.FetchReady);
+// the server holds each answer a few seconds. It fails if the fetch did.
 func (h *Helper) fetchStatus(ctx context.Context, session, wait, phase string) (*wire.FetchStatus, error) {
 	q := url.Values{"session": {session}, "wait": {wait}}
 	var st wire.FetchStatus
@@ -97,11 +99,15 @@ func (h *Helper) fetchStatus(ctx context.Context, session, wait, phase string) (
 		if _, err := h.client.Do(ctx, http.MethodGet, wire.PathFetchStatus, q, nil, &st); err != nil {
 			return nil, h.explain(err)
 		}
-		switch {
-		case st.Phase == wire.FetchFailed:
+		switch st.Phase {
+		case wire.FetchFailed:
 			return nil, fmt.Errorf("the relay could not prepare the fetch: %s", st.Message)
-		case st.Phase == wire.FetchReady, st.Phase != phase && (phase != wire.FetchPreparing || st.Phase == wire.FetchSending):
+		case wire.FetchReady:
 			return &st, nil
+		case wire.FetchSending:
+			if phase == wire.FetchSending {
+				return &st, nil
+			}
 		}
 	}
 }
@@ -246,7 +252,7 @@ func (h *Helper) download(ctx context.Context, session string, m wire.FetchManif
 	})
 	if err == nil {
 		var status *wire.FetchStatus
-		if status, err = h.fetchStatus(ctx, session, "ready", wire.FetchSending); err == nil {
+		if status, err = h.fetchStatus(ctx, session, "ready", wire.FetchReady); err == nil {
 			t := status.Totals
 			if t == nil || t.Compression != m.Compression || int64(t.Chunks) != final+1 || got != final+1 {
 				err = errors.New("fetch from the relay: the chunks do not add up to the relay's totals")
