@@ -5,53 +5,33 @@ import (
 	"context"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/git-relay/git-relay/internal/gittest"
 	"github.com/git-relay/git-relay/internal/keyring"
 	"github.com/git-relay/git-relay/server"
 )
-
-func git(t *testing.T, dir string, args ...string) string {
-	t.Helper()
-	cmd := exec.Command("git", args...)
-	cmd.Dir = dir
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "GIT_DIR=") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "git %v: %s", args, out)
-	return strings.TrimSpace(string(out))
-}
 
 // setup makes an upstream with one commit, a relay server in front of it,
 // and a local clone configured for the relay; it returns the clone's dir.
 func setup(t *testing.T) (work, upstream string) {
 	t.Helper()
-	home := t.TempDir()
-	for k, v := range map[string]string{
-		"HOME": home, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0",
-		"GIT_AUTHOR_NAME": "A", "GIT_AUTHOR_EMAIL": "a@example.com", "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
-		"GIT_COMMITTER_NAME": "C", "GIT_COMMITTER_EMAIL": "c@example.com", "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
-		"GIT_RELAY_URL": "", "GIT_RELAY_KEY_FILE": "",
-	} {
-		t.Setenv(k, v)
-	}
+	gittest.Setenv(t)
+	t.Setenv("GIT_RELAY_URL", "")
+	t.Setenv("GIT_RELAY_KEY_FILE", "")
 	root := t.TempDir()
 	upstream = filepath.Join(root, "up", "acme", "widgets.git")
-	git(t, root, "init", "-q", "--bare", "-b", "master", upstream)
+	gittest.Git(t, root, "init", "-q", "--bare", "-b", "master", upstream)
 	work = filepath.Join(root, "work")
-	git(t, root, "init", "-q", "-b", "master", work)
+	gittest.Git(t, root, "init", "-q", "-b", "master", work)
 	require.NoError(t, os.WriteFile(filepath.Join(work, "a.txt"), []byte("a\n"), 0o644))
-	git(t, work, "add", ".")
-	git(t, work, "commit", "-qm", "first")
-	git(t, work, "push", "-q", upstream, "master")
+	gittest.Git(t, work, "add", ".")
+	gittest.Git(t, work, "commit", "-qm", "first")
+	gittest.Git(t, work, "push", "-q", upstream, "master")
 
 	key, err := keyring.Generate()
 	require.NoError(t, err)
@@ -62,8 +42,8 @@ func setup(t *testing.T) (work, upstream string) {
 	require.NoError(t, err)
 	hs := httptest.NewServer(s.Handler())
 	t.Cleanup(hs.Close)
-	git(t, work, "config", "relay.url", hs.URL+"/api/gr")
-	git(t, work, "config", "relay.keyFile", keyFile)
+	gittest.Git(t, work, "config", "relay.url", hs.URL+"/api/gr")
+	gittest.Git(t, work, "config", "relay.keyFile", keyFile)
 	t.Setenv("GIT_DIR", filepath.Join(work, ".git"))
 	return work, upstream
 }
@@ -84,7 +64,7 @@ func talk(t *testing.T, addr, input string) (string, string, error) {
 
 func TestProtocolCapabilitiesOptionsAndList(t *testing.T) {
 	work, _ := setup(t)
-	head := git(t, work, "rev-parse", "master")
+	head := gittest.Git(t, work, "rev-parse", "master")
 	out, _, err := talk(t, "acme/widgets", "capabilities\noption verbosity 1\noption progress false\noption depth 1\nlist for-push\n\n")
 	require.NoError(t, err)
 	require.Equal(t, "fetch\npush\noption\n\nok\nok\nunsupported\n"+head+" refs/heads/master\n@refs/heads/master HEAD\n\n", out)
@@ -101,22 +81,22 @@ func TestPushDivergedIsRefusedBeforeUpload(t *testing.T) {
 	work, upstream := setup(t)
 	// Upstream moves ahead with a commit this clone never saw.
 	other := t.TempDir()
-	git(t, other, "clone", "-q", upstream, "o")
+	gittest.Git(t, other, "clone", "-q", upstream, "o")
 	require.NoError(t, os.WriteFile(filepath.Join(other, "o", "b.txt"), []byte("b\n"), 0o644))
-	git(t, filepath.Join(other, "o"), "add", ".")
-	git(t, filepath.Join(other, "o"), "commit", "-qm", "upstream")
-	git(t, filepath.Join(other, "o"), "push", "-q", "origin", "master")
-	before := git(t, work, "--git-dir", upstream, "rev-parse", "master")
+	gittest.Git(t, filepath.Join(other, "o"), "add", ".")
+	gittest.Git(t, filepath.Join(other, "o"), "commit", "-qm", "upstream")
+	gittest.Git(t, filepath.Join(other, "o"), "push", "-q", "origin", "master")
+	before := gittest.Git(t, work, "--git-dir", upstream, "rev-parse", "master")
 
 	require.NoError(t, os.WriteFile(filepath.Join(work, "c.txt"), []byte("c\n"), 0o644))
-	git(t, work, "add", ".")
-	git(t, work, "commit", "-qm", "local")
+	gittest.Git(t, work, "add", ".")
+	gittest.Git(t, work, "commit", "-qm", "local")
 	out, stderr, err := talk(t, "acme/widgets", "list for-push\npush refs/heads/master:refs/heads/master\n\n")
 	require.NoError(t, err)
 	require.Contains(t, out, "error refs/heads/master fetch first\n")
 	require.Contains(t, stderr, "ERR_OUT_OF_SYNC")
 	require.Contains(t, stderr, "git pull relay::acme/widgets master")
-	require.Equal(t, before, git(t, work, "--git-dir", upstream, "rev-parse", "master"))
+	require.Equal(t, before, gittest.Git(t, work, "--git-dir", upstream, "rev-parse", "master"))
 }
 
 func TestBadAddressAndMissingConfig(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/git-relay/git-relay/internal/gittest"
 	"github.com/git-relay/git-relay/internal/wire"
 )
 
@@ -22,15 +23,15 @@ func TestUnpackQuarantinesUntilAdmitted(t *testing.T) {
 	ctx := context.Background()
 	// Another history, with a commit on top of one the work repo has not.
 	other := filepath.Join(t.TempDir(), "other")
-	git(t, work, "clone", "-q", work, other)
+	gittest.Git(t, work, "clone", "-q", work, other)
 	require.NoError(t, os.WriteFile(filepath.Join(other, "b.txt"), []byte("b\n"), 0o644))
-	git(t, other, "add", ".")
-	git(t, other, "commit", "-qm", "second")
-	base := git(t, other, "rev-parse", "HEAD")
+	gittest.Git(t, other, "add", ".")
+	gittest.Git(t, other, "commit", "-qm", "second")
+	base := gittest.Git(t, other, "rev-parse", "HEAD")
 	require.NoError(t, os.WriteFile(filepath.Join(other, "c.txt"), []byte("c\n"), 0o644))
-	git(t, other, "add", ".")
-	git(t, other, "commit", "-qm", "third")
-	tip := git(t, other, "rev-parse", "HEAD")
+	gittest.Git(t, other, "add", ".")
+	gittest.Git(t, other, "commit", "-qm", "third")
+	tip := gittest.Git(t, other, "rev-parse", "HEAD")
 
 	h, err := newHelper(ctx, "relay::acme/widgets", "acme/widgets", &bytes.Buffer{})
 	require.NoError(t, err)

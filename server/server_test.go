@@ -22,33 +22,12 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/git-relay/git-relay/internal/gittest"
 	"github.com/git-relay/git-relay/internal/keyring"
 	"github.com/git-relay/git-relay/internal/payload"
 	"github.com/git-relay/git-relay/internal/seal"
 	"github.com/git-relay/git-relay/internal/wire"
 )
-
-// hermetic sets up a git that reads no user or system configuration.
-func hermetic(t *testing.T) {
-	t.Helper()
-	home := t.TempDir()
-	for k, v := range map[string]string{
-		"HOME": home, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0",
-		"GIT_AUTHOR_NAME": "A U Thor", "GIT_AUTHOR_EMAIL": "author@example.com", "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
-		"GIT_COMMITTER_NAME": "C O Mitter", "GIT_COMMITTER_EMAIL": "committer@example.com", "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
-	} {
-		t.Setenv(k, v)
-	}
-}
-
-func git(t *testing.T, dir string, args ...string) string {
-	t.Helper()
-	cmd := exec.Command("git", args...)
-	cmd.Dir = dir
-	out, err := cmd.CombinedOutput()
-	require.NoError(t, err, "git %v: %s", args, out)
-	return strings.TrimSpace(string(out))
-}
 
 type fixture struct {
 	srv      *Server
@@ -61,21 +40,21 @@ type fixture struct {
 
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	hermetic(t)
+	gittest.Setenv(t)
 	root := t.TempDir()
 	key, err := keyring.Generate()
 	require.NoError(t, err)
 	up := filepath.Join(root, "upstream", "acme", "widgets.git")
-	git(t, root, "init", "-q", "--bare", "-b", "master", up)
+	gittest.Git(t, root, "init", "-q", "--bare", "-b", "master", up)
 	work := filepath.Join(root, "work")
-	git(t, root, "init", "-q", "-b", "master", work)
+	gittest.Git(t, root, "init", "-q", "-b", "master", work)
 	require.NoError(t, os.WriteFile(filepath.Join(work, "a.txt"), []byte("a\n"), 0o644))
 	// Enough incompressible bytes for a few chunks of the smallest size.
 	blob := make([]byte, 3*minChunkSize+1000)
 	_, _ = rand.Read(blob)
 	require.NoError(t, os.WriteFile(filepath.Join(work, "blob.bin"), blob, 0o644))
-	git(t, work, "add", ".")
-	git(t, work, "commit", "-qm", "first")
+	gittest.Git(t, work, "add", ".")
+	gittest.Git(t, work, "commit", "-qm", "first")
 	s, err := New(Config{
 		DataDir: filepath.Join(root, "data"), Ring: keyring.NewRing(key),
 		Upstream: "file://" + filepath.Join(root, "upstream") + "/{repo}.git", MaxBody: 200_000,
@@ -145,7 +124,7 @@ func (f *fixture) startPush(t *testing.T) (string, wire.PushManifest, *wire.Tota
 	salt := make([]byte, 32)
 	_, _ = rand.Read(salt)
 	m := wire.PushManifest{Version: wire.PushManifestVersion, Repo: "acme/widgets", Salt: hex.EncodeToString(salt), Nonce: "n",
-		Updates:   []wire.Update{{Ref: "refs/heads/master", Old: zeroID, New: git(t, f.work, "rev-parse", "master")}},
+		Updates:   []wire.Update{{Ref: "refs/heads/master", Old: zeroID, New: gittest.Git(t, f.work, "rev-parse", "master")}},
 		ChunkSize: minChunkSize}
 	raw, _ := json.Marshal(m)
 	st, err := seal.New(f.key, keyring.LabelPushPayload, salt, wire.ManifestHash(raw))
@@ -319,8 +298,8 @@ func TestForceNeedsAllowForce(t *testing.T) {
 // the status then gives the totals the payload must match.
 func TestFetchChunksCarryTheirFinalFlag(t *testing.T) {
 	f := newFixture(t)
-	git(t, f.work, "push", "-q", f.upstream, "master")
-	tip := git(t, f.work, "rev-parse", "master")
+	gittest.Git(t, f.work, "push", "-q", f.upstream, "master")
+	tip := gittest.Git(t, f.work, "rev-parse", "master")
 	ctx := context.Background()
 	var sess wire.Session
 	_, err := f.client.Do(ctx, http.MethodPost, wire.PathFetch, nil, wire.FetchRequest{Repo: "acme/widgets", Wants: []string{tip}, MaxBody: 64 << 10}, &sess)

@@ -10,22 +10,10 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/git-relay/git-relay/internal/gittest"
 	"github.com/git-relay/git-relay/internal/gitx"
 	"github.com/git-relay/git-relay/internal/sshtest"
 )
-
-// hermeticEnv sets a clean git environment for an in-process run.
-func hermeticEnv(t *testing.T) string {
-	home := t.TempDir()
-	for k, v := range map[string]string{
-		"HOME": home, "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0", "SSH_AUTH_SOCK": "",
-		"GIT_AUTHOR_NAME": "A", "GIT_AUTHOR_EMAIL": "a@example.com", "GIT_AUTHOR_DATE": "2025-01-01T00:00:00Z",
-		"GIT_COMMITTER_NAME": "C", "GIT_COMMITTER_EMAIL": "c@example.com", "GIT_COMMITTER_DATE": "2025-01-01T00:00:00Z",
-	} {
-		t.Setenv(k, v)
-	}
-	return home
-}
 
 func runIn(t *testing.T, dir string, args ...string) (string, string, int) {
 	t.Helper()
@@ -38,7 +26,7 @@ func runIn(t *testing.T, dir string, args ...string) (string, string, int) {
 // server, whose login shell is noisy: an incremental sync is one command,
 // and the noise never reaches the protocol.
 func TestInProcessSSH(t *testing.T) {
-	home := hermeticEnv(t)
+	home := gittest.Setenv(t)
 	s := sshtest.StartInProcess(t, sshtest.Options{Noise: "tree 0000 need-bootstrap backup x"})
 	require.NoError(t, os.MkdirAll(filepath.Join(home, ".ssh"), 0o700))
 	key, err := os.ReadFile(s.ClientKeyFile)

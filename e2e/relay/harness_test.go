@@ -26,6 +26,7 @@ import (
 
 	"github.com/git-relay/git-relay/internal/edgeproxy"
 	"github.com/git-relay/git-relay/internal/githost"
+	"github.com/git-relay/git-relay/internal/gittest"
 	"github.com/git-relay/git-relay/internal/gitx"
 )
 
@@ -65,38 +66,8 @@ var commands = map[string]func(ts *testscript.TestScript, neg bool, args []strin
 // hermeticVars make every git in a script (and the relay server's) read
 // only $WORK/home/.gitconfig and produce the same ids on every run.
 func hermeticVars(work string) []string {
-	home := filepath.Join(work, "home")
-	return []string{
-		"HOME=" + home,
-		"XDG_CONFIG_HOME=" + filepath.Join(home, ".config"),
-		"GIT_CONFIG_NOSYSTEM=1",
-		"GIT_TERMINAL_PROMPT=0",
-		"GIT_AUTHOR_NAME=A U Thor",
-		"GIT_AUTHOR_EMAIL=author@example.com",
-		"GIT_AUTHOR_DATE=2005-04-07T22:13:13Z",
-		"GIT_COMMITTER_NAME=C O Mitter",
-		"GIT_COMMITTER_EMAIL=committer@example.com",
-		"GIT_COMMITTER_DATE=2005-04-07T22:13:13Z",
-		"LC_ALL=C",
-		"TZ=UTC",
-		"UPSTREAM=" + filepath.Join(work, "upstream"),
-	}
+	return append(gittest.Vars(filepath.Join(work, "home")), "UPSTREAM="+filepath.Join(work, "upstream"))
 }
-
-const gitconfig = `[init]
-	defaultBranch = master
-[protocol "file"]
-	allow = always
-[advice]
-	detachedHead = false
-	skippedCherryPicks = false
-[pull]
-	rebase = false
-[core]
-	autocrlf = false
-[gc]
-	auto = 0
-`
 
 // passVars are the variables a script may set for the relay server
 // besides the hermetic ones (testscript keeps no list we could read).
@@ -138,7 +109,7 @@ func setup(env *testscript.Env) error {
 			return err
 		}
 	}
-	if err := os.WriteFile(filepath.Join(home, ".gitconfig"), []byte(gitconfig), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(home, ".gitconfig"), []byte(gittest.Config), 0o644); err != nil {
 		return err
 	}
 	env.Values[stateKey{}] = st

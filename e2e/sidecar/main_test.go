@@ -12,6 +12,7 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 
+	"github.com/git-relay/git-relay/internal/gittest"
 	"github.com/git-relay/git-relay/internal/sshtest"
 	"github.com/git-relay/git-relay/sidecar"
 )
@@ -41,20 +42,13 @@ func oldGitBin(dir string) (string, error) {
 
 // hermetic is the environment every git and git-sidecar here runs with.
 func hermetic(home, pathPrefix string) []string {
-	return []string{
-		"HOME=" + home,
-		"XDG_CONFIG_HOME=" + filepath.Join(home, ".config"),
-		"GIT_CONFIG_NOSYSTEM=1",
-		"GIT_TERMINAL_PROMPT=0",
-		"GIT_AUTHOR_NAME=Ada Author", "GIT_AUTHOR_EMAIL=ada@example.com", "GIT_AUTHOR_DATE=2025-01-02T03:04:05Z",
-		"GIT_COMMITTER_NAME=Cy Committer", "GIT_COMMITTER_EMAIL=cy@example.com", "GIT_COMMITTER_DATE=2025-01-02T03:04:05Z",
-		"SSH_AUTH_SOCK=",
+	return append(gittest.Vars(home),
 		// Under -race, every git-sidecar (this test binary) would sleep
 		// a second at exit waiting for late race reports, and a hook
 		// would look slow for that reason alone.
 		"GORACE=atexit_sleep_ms=0",
-		"PATH=" + pathPrefix + string(os.PathListSeparator) + os.Getenv("PATH"),
-	}
+		"PATH="+pathPrefix+string(os.PathListSeparator)+os.Getenv("PATH"),
+	)
 }
 
 func TestScripts(t *testing.T) {

@@ -8,63 +8,37 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/git-relay/git-relay/internal/gittest"
 	"github.com/git-relay/git-relay/internal/gitx"
 )
-
-// hermetic returns a gitx.Repo for dir with a private HOME and fixed
-// identities and dates, so that the test sees only its own git config.
-func hermetic(t *testing.T, dir string) gitx.Repo {
-	t.Helper()
-	if _, err := exec.LookPath("git"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("git is required in CI: %v", err)
-		}
-		t.Skip("git not installed")
-	}
-	return gitx.Repo{Dir: dir, Env: []string{
-		"HOME=" + t.TempDir(),
-		"GIT_CONFIG_NOSYSTEM=1",
-		"GIT_TERMINAL_PROMPT=0",
-		"GIT_AUTHOR_NAME=A U Thor", "GIT_AUTHOR_EMAIL=author@example.com", "GIT_AUTHOR_DATE=2005-04-07T22:13:13Z",
-		"GIT_COMMITTER_NAME=C O Mitter", "GIT_COMMITTER_EMAIL=committer@example.com", "GIT_COMMITTER_DATE=2005-04-07T22:13:13Z",
-	}}
-}
-
-func git(t *testing.T, r gitx.Repo, args ...string) string {
-	t.Helper()
-	out, err := r.Run(t.Context(), args...)
-	require.NoError(t, err, "git %v", args)
-	return out
-}
 
 // newRepo makes a repository with n commits on master, each adding a file,
 // plus a branch and an annotated tag.
 func newRepo(t *testing.T, n int) gitx.Repo {
 	t.Helper()
 	dir := t.TempDir()
-	r := hermetic(t, dir)
-	git(t, r, "init", "-q", "-b", "master")
+	r := gittest.Repo(t, dir)
+	gittest.Run(t, r, "init", "-q", "-b", "master")
 	for i := 0; i < n; i++ {
 		require.NoError(t, os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%d.txt", i)), []byte(strings.Repeat(fmt.Sprintf("line %d\n", i), 50)), 0o644))
-		git(t, r, "add", ".")
-		git(t, r, "commit", "-q", "-m", fmt.Sprintf("commit number %d", i))
+		gittest.Run(t, r, "add", ".")
+		gittest.Run(t, r, "commit", "-q", "-m", fmt.Sprintf("commit number %d", i))
 	}
-	git(t, r, "branch", "side", "master~1")
-	git(t, r, "tag", "-a", "-m", "release", "v1", "master~2")
+	gittest.Run(t, r, "branch", "side", "master~1")
+	gittest.Run(t, r, "tag", "-a", "-m", "release", "v1", "master~2")
 	return r
 }
 
 func TestFullBundleV2(t *testing.T) {
 	r := newRepo(t, 5)
 	path := filepath.Join(t.TempDir(), "full.bundle")
-	git(t, r, "bundle", "create", "-q", path, "master", "side", "v1")
+	gittest.Run(t, r, "bundle", "create", "-q", path, "master", "side", "v1")
 
 	h, pack, err := OpenPack(path)
 	require.NoError(t, err)
@@ -73,9 +47,9 @@ func TestFullBundleV2(t *testing.T) {
 	require.Empty(t, h.Capabilities)
 	require.Empty(t, h.Prereqs)
 	require.Equal(t, []Ref{
-		{OID: git(t, r, "rev-parse", "master"), Name: "refs/heads/master"},
-		{OID: git(t, r, "rev-parse", "side"), Name: "refs/heads/side"},
-		{OID: git(t, r, "rev-parse", "v1"), Name: "refs/tags/v1"},
+		{OID: gittest.Run(t, r, "rev-parse", "master"), Name: "refs/heads/master"},
+		{OID: gittest.Run(t, r, "rev-parse", "side"), Name: "refs/heads/side"},
+		{OID: gittest.Run(t, r, "rev-parse", "v1"), Name: "refs/tags/v1"},
 	}, h.Refs)
 
 	// The pack is exactly the file's tail.
@@ -90,46 +64,46 @@ func TestFullBundleV2(t *testing.T) {
 func TestIndexPackOfFullBundle(t *testing.T) {
 	r := newRepo(t, 5)
 	path := filepath.Join(t.TempDir(), "full.bundle")
-	git(t, r, "bundle", "create", "-q", path, "master")
+	gittest.Run(t, r, "bundle", "create", "-q", path, "master")
 	_, pack, err := OpenPack(path)
 	require.NoError(t, err)
 	defer pack.Close()
 
-	dst := hermetic(t, t.TempDir())
-	git(t, dst, "init", "-q", "--bare")
+	dst := gittest.Repo(t, t.TempDir())
+	gittest.Run(t, dst, "init", "-q", "--bare")
 	_, err = dst.RunInput(t.Context(), pack, "index-pack", "--stdin", "--strict")
 	require.NoError(t, err)
-	git(t, dst, "update-ref", "refs/heads/master", git(t, r, "rev-parse", "master"))
-	git(t, dst, "fsck", "--strict")
-	require.Equal(t, git(t, r, "rev-list", "master"), git(t, dst, "rev-list", "master"))
+	gittest.Run(t, dst, "update-ref", "refs/heads/master", gittest.Run(t, r, "rev-parse", "master"))
+	gittest.Run(t, dst, "fsck", "--strict")
+	require.Equal(t, gittest.Run(t, r, "rev-list", "master"), gittest.Run(t, dst, "rev-list", "master"))
 }
 
 func TestThinBundleWithPrerequisites(t *testing.T) {
 	r := newRepo(t, 6)
 	path := filepath.Join(t.TempDir(), "thin.bundle")
-	git(t, r, "bundle", "create", "-q", path, "master", "^master~3")
+	gittest.Run(t, r, "bundle", "create", "-q", path, "master", "^master~3")
 
 	h, pack, err := OpenPack(path)
 	require.NoError(t, err)
 	defer pack.Close()
-	require.Equal(t, []Prereq{{OID: git(t, r, "rev-parse", "master~3"), Comment: "commit number 2"}}, h.Prereqs)
-	require.Equal(t, []Ref{{OID: git(t, r, "rev-parse", "master"), Name: "refs/heads/master"}}, h.Refs)
+	require.Equal(t, []Prereq{{OID: gittest.Run(t, r, "rev-parse", "master~3"), Comment: "commit number 2"}}, h.Prereqs)
+	require.Equal(t, []Ref{{OID: gittest.Run(t, r, "rev-parse", "master"), Name: "refs/heads/master"}}, h.Refs)
 
 	// A repository that has the prerequisite can complete the thin pack.
 	dstDir := t.TempDir()
-	dst := hermetic(t, dstDir)
-	git(t, dst, "init", "-q", "--bare")
-	git(t, r, "push", "-q", dstDir, "master~3:refs/heads/master")
+	dst := gittest.Repo(t, dstDir)
+	gittest.Run(t, dst, "init", "-q", "--bare")
+	gittest.Run(t, r, "push", "-q", dstDir, "master~3:refs/heads/master")
 	_, err = dst.RunInput(t.Context(), pack, "index-pack", "--stdin", "--fix-thin", "--strict")
 	require.NoError(t, err)
-	git(t, dst, "update-ref", "refs/heads/master", h.Refs[0].OID)
-	git(t, dst, "fsck", "--strict")
+	gittest.Run(t, dst, "update-ref", "refs/heads/master", h.Refs[0].OID)
+	gittest.Run(t, dst, "fsck", "--strict")
 }
 
 func TestV3Bundle(t *testing.T) {
 	r := newRepo(t, 3)
 	path := filepath.Join(t.TempDir(), "v3.bundle")
-	git(t, r, "bundle", "create", "-q", "--version=3", path, "master", "^master~1")
+	gittest.Run(t, r, "bundle", "create", "-q", "--version=3", path, "master", "^master~1")
 
 	h, pack, err := OpenPack(path)
 	require.NoError(t, err)
@@ -145,7 +119,7 @@ func TestV3Bundle(t *testing.T) {
 func TestReadHeaderConsumesExactlyTheHeader(t *testing.T) {
 	r := newRepo(t, 3)
 	path := filepath.Join(t.TempDir(), "b.bundle")
-	git(t, r, "bundle", "create", "-q", path, "master", "^master~1")
+	gittest.Run(t, r, "bundle", "create", "-q", path, "master", "^master~1")
 	raw, err := os.ReadFile(path)
 	require.NoError(t, err)
 
@@ -252,8 +226,8 @@ func TestEmptyPack(t *testing.T) {
 	p[0] = 'X' // callers get their own copy
 	require.Equal(t, byte('P'), EmptyPack()[0])
 
-	dst := hermetic(t, t.TempDir())
-	git(t, dst, "init", "-q", "--bare")
+	dst := gittest.Repo(t, t.TempDir())
+	gittest.Run(t, dst, "init", "-q", "--bare")
 	_, err := dst.RunInput(t.Context(), bytes.NewReader(EmptyPack()), "index-pack", "--stdin", "--strict")
 	require.NoError(t, err)
 }

@@ -12,32 +12,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/git-relay/git-relay/internal/gittest"
 	"github.com/git-relay/git-relay/internal/gitx"
 	"github.com/stretchr/testify/require"
 )
 
 const token = "ghp_TestToken+/=123"
-
-// hermetic returns a git environment that reads no user or system config
-// and never prompts; extra is appended (GIT_CONFIG_COUNT and friends).
-func hermetic(t *testing.T, extra ...string) []string {
-	home := t.TempDir()
-	env := []string{
-		"HOME=" + home,
-		"XDG_CONFIG_HOME=" + filepath.Join(home, ".config"),
-		"GIT_CONFIG_NOSYSTEM=1",
-		"GIT_TERMINAL_PROMPT=0",
-		"GIT_ASKPASS=",
-		"SSH_ASKPASS=",
-		"GIT_AUTHOR_NAME=A U Thor",
-		"GIT_AUTHOR_EMAIL=author@example.com",
-		"GIT_AUTHOR_DATE=2005-04-07T22:13:13Z",
-		"GIT_COMMITTER_NAME=C O Mitter",
-		"GIT_COMMITTER_EMAIL=committer@example.com",
-		"GIT_COMMITTER_DATE=2005-04-07T22:13:13Z",
-	}
-	return append(env, extra...)
-}
 
 // authEnv hands git an Authorization header through the environment, the
 // way the relay server must: never in argv or a URL.
@@ -53,13 +33,6 @@ func basic(tok string) string {
 	return "Basic " + base64.StdEncoding.EncodeToString([]byte("x-access-token:"+tok))
 }
 
-func run(t *testing.T, r gitx.Repo, args ...string) string {
-	t.Helper()
-	out, err := r.Run(t.Context(), args...)
-	require.NoError(t, err, "git %s", strings.Join(args, " "))
-	return out
-}
-
 type fixture struct {
 	host *Host
 	root string
@@ -70,27 +43,27 @@ type fixture struct {
 func setup(t *testing.T) fixture {
 	root := t.TempDir()
 	bare := filepath.Join(root, "owner", "repo.git")
-	run(t, gitx.Repo{Env: hermetic(t)}, "init", "--quiet", "--bare", "-b", "master", bare)
+	gittest.Run(t, gitx.Repo{Env: gittest.Env(t)}, "init", "--quiet", "--bare", "-b", "master", bare)
 	h, err := Start(root, token)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = h.Close() })
-	return fixture{host: h, root: root, bare: gitx.Repo{GitDir: bare, Env: hermetic(t)}, url: h.URL + "/owner/repo.git"}
+	return fixture{host: h, root: root, bare: gitx.Repo{GitDir: bare, Env: gittest.Env(t)}, url: h.URL + "/owner/repo.git"}
 }
 
 func commit(t *testing.T, work gitx.Repo, name string, content []byte) string {
 	require.NoError(t, os.WriteFile(filepath.Join(work.Dir, name), content, 0o644))
-	run(t, work, "add", name)
-	run(t, work, "commit", "--quiet", "-m", "add "+name)
-	return run(t, work, "rev-parse", "HEAD")
+	gittest.Run(t, work, "add", name)
+	gittest.Run(t, work, "commit", "--quiet", "-m", "add "+name)
+	return gittest.Run(t, work, "rev-parse", "HEAD")
 }
 
 func TestPushAndCloneWithToken(t *testing.T) {
 	f := setup(t)
-	work := gitx.Repo{Dir: t.TempDir(), Env: hermetic(t, authEnv(basic(token))...)}
-	run(t, work, "init", "--quiet", "-b", "master")
+	work := gitx.Repo{Dir: t.TempDir(), Env: gittest.Env(t, authEnv(basic(token))...)}
+	gittest.Run(t, work, "init", "--quiet", "-b", "master")
 	tip := commit(t, work, "a.txt", []byte("hello\n"))
-	run(t, work, "push", "--quiet", f.url, "master")
-	require.Equal(t, tip, run(t, f.bare, "rev-parse", "refs/heads/master"))
+	gittest.Run(t, work, "push", "--quiet", f.url, "master")
+	require.Equal(t, tip, gittest.Run(t, f.bare, "rev-parse", "refs/heads/master"))
 
 	// A push bigger than http.postBuffer goes out with a chunked body,
 	// which net/http/cgi alone would refuse.
@@ -100,19 +73,19 @@ func TestPushAndCloneWithToken(t *testing.T) {
 		big[i] = byte(r.Uint32())
 	}
 	tip = commit(t, work, "big.bin", big)
-	run(t, work, "push", "--quiet", f.url, "master")
-	require.Equal(t, tip, run(t, f.bare, "rev-parse", "refs/heads/master"))
+	gittest.Run(t, work, "push", "--quiet", f.url, "master")
+	require.Equal(t, tip, gittest.Run(t, f.bare, "rev-parse", "refs/heads/master"))
 
 	// A bearer token works too, and protocol v2 is negotiated through the
 	// Git-Protocol header.
 	clone := filepath.Join(t.TempDir(), "clone")
-	c := gitx.Repo{Env: hermetic(t, append(authEnv("Bearer "+token), "GIT_TRACE_PACKET=1")...)}
+	c := gitx.Repo{Env: gittest.Env(t, append(authEnv("Bearer "+token), "GIT_TRACE_PACKET=1")...)}
 	cmd := c.Command(t.Context(), "-c", "protocol.version=2", "clone", "--quiet", f.url, clone)
 	var trace strings.Builder
 	cmd.Stderr = &trace
 	require.NoError(t, cmd.Run())
 	require.Contains(t, trace.String(), "version 2")
-	require.Equal(t, tip, run(t, gitx.Repo{Dir: clone, Env: hermetic(t)}, "rev-parse", "HEAD"))
+	require.Equal(t, tip, gittest.Run(t, gitx.Repo{Dir: clone, Env: gittest.Env(t)}, "rev-parse", "HEAD"))
 
 	total, denied := f.host.Requests()
 	require.Positive(t, total)
@@ -132,8 +105,8 @@ func TestWrongTokenRefused(t *testing.T) {
 			if header != "" {
 				extra = authEnv(header)
 			}
-			work := gitx.Repo{Dir: t.TempDir(), Env: hermetic(t, extra...)}
-			run(t, work, "init", "--quiet", "-b", "master")
+			work := gitx.Repo{Dir: t.TempDir(), Env: gittest.Env(t, extra...)}
+			gittest.Run(t, work, "init", "--quiet", "-b", "master")
 			commit(t, work, "a.txt", []byte("hello\n"))
 			_, err := work.Run(t.Context(), "push", f.url, "master")
 			var gerr *gitx.Error
@@ -168,8 +141,8 @@ func TestLeakSeen(t *testing.T) {
 		p := exec.CommandContext(ctx, "sh", "-c", "sleep 30", "sh", "--header="+form)
 		require.NoError(t, p.Start())
 
-		work := gitx.Repo{Env: hermetic(t, authEnv(basic(token))...)}
-		run(t, work, "ls-remote", f.url)
+		work := gitx.Repo{Env: gittest.Env(t, authEnv(basic(token))...)}
+		gittest.Run(t, work, "ls-remote", f.url)
 		cancel()
 		_ = p.Wait()
 

@@ -22,6 +22,7 @@ import (
 
 	"github.com/git-relay/git-relay/internal/bundle"
 	"github.com/git-relay/git-relay/internal/githost"
+	"github.com/git-relay/git-relay/internal/gittest"
 	"github.com/git-relay/git-relay/internal/gitx"
 )
 
@@ -30,40 +31,7 @@ const testToken = "ghp_Upstream+Tok/en=42"
 // TestMain makes every git command of the package and of the tests
 // hermetic: a private HOME, no system config, no prompts, fixed names and
 // dates.
-func TestMain(m *testing.M) {
-	if _, err := exec.LookPath("git"); err != nil {
-		if os.Getenv("CI") == "true" {
-			fmt.Fprintln(os.Stderr, "git is required in CI:", err)
-			os.Exit(1)
-		}
-		fmt.Fprintln(os.Stderr, "skipping: git not installed")
-		os.Exit(0)
-	}
-	home, err := os.MkdirTemp("", "upstream-test-home-")
-	if err != nil {
-		panic(err)
-	}
-	for k, v := range map[string]string{
-		"HOME":                home,
-		"XDG_CONFIG_HOME":     filepath.Join(home, ".config"),
-		"GIT_CONFIG_NOSYSTEM": "1",
-		"GIT_TERMINAL_PROMPT": "0",
-		"GIT_AUTHOR_NAME":     "A U Thor", "GIT_AUTHOR_EMAIL": "author@example.com", "GIT_AUTHOR_DATE": "2005-04-07T22:13:13Z",
-		"GIT_COMMITTER_NAME": "C O Mitter", "GIT_COMMITTER_EMAIL": "committer@example.com", "GIT_COMMITTER_DATE": "2005-04-07T22:13:13Z",
-	} {
-		os.Setenv(k, v)
-	}
-	code := m.Run()
-	os.RemoveAll(home)
-	os.Exit(code)
-}
-
-func git(t *testing.T, r gitx.Repo, args ...string) string {
-	t.Helper()
-	out, err := r.Run(t.Context(), args...)
-	require.NoError(t, err, "git %s", strings.Join(args, " "))
-	return out
-}
+func TestMain(m *testing.M) { gittest.Main(m) }
 
 // world is a local work repository and a folder of bare upstream
 // repositories, reached through one transport.
@@ -86,10 +54,6 @@ func (w *world) url(name string) string {
 	return "file://" + filepath.Join(w.root, "owner", name+".git")
 }
 
-func (w *world) bare(name string) gitx.Repo {
-	return gitx.Repo{GitDir: filepath.Join(w.root, "owner", name+".git")}
-}
-
 func (w *world) remote(t *testing.T, name string) *Remote {
 	t.Helper()
 	r, err := New(w.url(name), w.token)
@@ -101,7 +65,7 @@ func (w *world) remote(t *testing.T, name string) *Remote {
 func (w *world) newBare(t *testing.T, name string) gitx.Repo {
 	t.Helper()
 	dir := filepath.Join(w.root, "owner", name+".git")
-	git(t, gitx.Repo{}, "init", "-q", "--bare", "-b", "master", dir)
+	gittest.Run(t, gitx.Repo{}, "init", "-q", "--bare", "-b", "master", dir)
 	return gitx.Repo{GitDir: dir}
 }
 
@@ -109,22 +73,22 @@ func (w *world) commit(t *testing.T, msg string) string {
 	t.Helper()
 	name := strings.ReplaceAll(msg, " ", "-") + ".txt"
 	require.NoError(t, os.WriteFile(filepath.Join(w.work.Dir, name), []byte(strings.Repeat(msg+"\n", 100)), 0o644))
-	git(t, w.work, "add", name)
-	git(t, w.work, "commit", "-q", "-m", msg)
-	return git(t, w.work, "rev-parse", "HEAD")
+	gittest.Run(t, w.work, "add", name)
+	gittest.Run(t, w.work, "commit", "-q", "-m", msg)
+	return gittest.Run(t, w.work, "rev-parse", "HEAD")
 }
 
 // seed pushes local ref src to upstream name with plain git.
 func (w *world) seed(t *testing.T, name, refspec string) {
 	t.Helper()
-	git(t, w.work, "push", "-q", filepath.Join(w.root, "owner", name+".git"), refspec)
+	gittest.Run(t, w.work, "push", "-q", filepath.Join(w.root, "owner", name+".git"), refspec)
 }
 
 // bundle writes a bundle of revs and returns its pack.
 func (w *world) bundle(t *testing.T, revs ...string) (*bundle.Header, io.ReadCloser) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "b.bundle")
-	git(t, w.work, append([]string{"bundle", "create", "-q", path}, revs...)...)
+	gittest.Run(t, w.work, append([]string{"bundle", "create", "-q", path}, revs...)...)
 	h, pack, err := bundle.OpenPack(path)
 	require.NoError(t, err)
 	t.Cleanup(func() { pack.Close() })
@@ -137,7 +101,7 @@ func newWorld(t *testing.T, transport string) *world {
 	require.NoError(t, os.MkdirAll(filepath.Join(w.root, "owner"), 0o755))
 	dir := t.TempDir()
 	w.work = gitx.Repo{Dir: dir}
-	git(t, w.work, "init", "-q", "-b", "master")
+	gittest.Run(t, w.work, "init", "-q", "-b", "master")
 	if transport == "http" {
 		h, err := githost.Start(w.root, testToken)
 		require.NoError(t, err)
@@ -163,13 +127,13 @@ func TestList(t *testing.T) {
 		up := w.newBare(t, "repo")
 		c1 := w.commit(t, "one")
 		c2 := w.commit(t, "two")
-		git(t, w.work, "tag", "-a", "-m", "release", "v1", c1)
-		git(t, w.work, "tag", "light", c2)
-		git(t, w.work, "branch", "side", c1)
+		gittest.Run(t, w.work, "tag", "-a", "-m", "release", "v1", c1)
+		gittest.Run(t, w.work, "tag", "light", c2)
+		gittest.Run(t, w.work, "branch", "side", c1)
 		w.seed(t, "repo", "refs/heads/*:refs/heads/*")
 		w.seed(t, "repo", "refs/tags/*:refs/tags/*")
-		git(t, up, "update-ref", "refs/pull/1/head", c1) // not a branch or tag: not listed
-		git(t, up, "symbolic-ref", "HEAD", "refs/heads/side")
+		gittest.Run(t, up, "update-ref", "refs/pull/1/head", c1) // not a branch or tag: not listed
+		gittest.Run(t, up, "symbolic-ref", "HEAD", "refs/heads/side")
 
 		refs, err := w.remote(t, "repo").List(t.Context())
 		require.NoError(t, err)
@@ -177,7 +141,7 @@ func TestList(t *testing.T) {
 		require.Equal(t, map[string]string{
 			"refs/heads/master": c2,
 			"refs/heads/side":   c1,
-			"refs/tags/v1":      git(t, up, "rev-parse", "refs/tags/v1"),
+			"refs/tags/v1":      gittest.Run(t, up, "rev-parse", "refs/tags/v1"),
 			"refs/tags/light":   c2,
 		}, refs.Refs)
 		require.Equal(t, map[string]string{"refs/tags/v1": c1}, refs.Peeled)
@@ -211,9 +175,9 @@ func TestPushThinBundle(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, &PushResult{Refs: map[string]string{"refs/heads/master": ""}}, res)
 		require.True(t, res.OK())
-		require.Equal(t, tip, git(t, up, "rev-parse", "refs/heads/master"))
-		git(t, up, "fsck", "--strict", "--no-dangling")
-		require.Equal(t, git(t, w.work, "rev-list", "master"), git(t, up, "rev-list", "master"))
+		require.Equal(t, tip, gittest.Run(t, up, "rev-parse", "refs/heads/master"))
+		gittest.Run(t, up, "fsck", "--strict", "--no-dangling")
+		require.Equal(t, gittest.Run(t, w.work, "rev-list", "master"), gittest.Run(t, up, "rev-list", "master"))
 	})
 }
 
@@ -232,17 +196,17 @@ func TestPushCreateAndDelete(t *testing.T) {
 		}})
 		require.NoError(t, err)
 		require.True(t, res.OK(), "%+v", res)
-		require.Equal(t, c1, git(t, up, "rev-parse", "refs/heads/feature"))
-		require.Equal(t, c1, git(t, up, "rev-parse", "refs/tags/t1"))
+		require.Equal(t, c1, gittest.Run(t, up, "rev-parse", "refs/heads/feature"))
+		require.Equal(t, c1, gittest.Run(t, up, "rev-parse", "refs/tags/t1"))
 
 		// A new branch with new objects.
-		git(t, w.work, "checkout", "-q", "-b", "topic")
+		gittest.Run(t, w.work, "checkout", "-q", "-b", "topic")
 		c2 := w.commit(t, "two")
 		_, pack := w.bundle(t, "topic", "^"+c1)
 		res, err = r.Push(t.Context(), PushRequest{Updates: []Update{{Ref: "refs/heads/topic", Old: ZeroID, New: c2}}, Pack: pack})
 		require.NoError(t, err)
 		require.True(t, res.OK(), "%+v", res)
-		require.Equal(t, c2, git(t, up, "rev-parse", "refs/heads/topic"))
+		require.Equal(t, c2, gittest.Run(t, up, "rev-parse", "refs/heads/topic"))
 
 		// Deletes send no pack.
 		res, err = r.Push(t.Context(), PushRequest{Updates: []Update{{Ref: "refs/heads/feature", Old: c1, New: ZeroID}}})
@@ -274,7 +238,7 @@ func TestStaleOldIDIsRefused(t *testing.T) {
 		require.False(t, res.OK())
 		require.Empty(t, res.UnpackError)
 		require.NotEmpty(t, res.Refs["refs/heads/master"])
-		require.Equal(t, c2, git(t, up, "rev-parse", "refs/heads/master"))
+		require.Equal(t, c2, gittest.Run(t, up, "rev-parse", "refs/heads/master"))
 
 		// A create of a ref that exists is refused the same way.
 		res, err = w.remote(t, "repo").Push(t.Context(), PushRequest{
@@ -282,7 +246,7 @@ func TestStaleOldIDIsRefused(t *testing.T) {
 		})
 		require.NoError(t, err)
 		require.NotEmpty(t, res.Refs["refs/heads/master"])
-		require.Equal(t, c2, git(t, up, "rev-parse", "refs/heads/master"))
+		require.Equal(t, c2, gittest.Run(t, up, "rev-parse", "refs/heads/master"))
 	})
 }
 
@@ -305,7 +269,7 @@ func TestAtomicPushWithOneStaleRef(t *testing.T) {
 		require.False(t, res.OK())
 		require.NotEmpty(t, res.Refs["refs/heads/master"])
 		require.Equal(t, "atomic transaction failed", res.Refs["refs/heads/next"])
-		require.Equal(t, c2, git(t, up, "rev-parse", "refs/heads/master"))
+		require.Equal(t, c2, gittest.Run(t, up, "rev-parse", "refs/heads/master"))
 		ok, err := up.Ok(t.Context(), "rev-parse", "-q", "--verify", "refs/heads/next")
 		require.NoError(t, err)
 		require.False(t, ok, "an atomic push must change nothing when one ref fails")
@@ -316,7 +280,7 @@ func TestAtomicPushWithOneStaleRef(t *testing.T) {
 		require.NoError(t, err)
 		require.NotEmpty(t, res.Refs["refs/heads/master"])
 		require.Equal(t, "", res.Refs["refs/heads/next"])
-		require.Equal(t, c3, git(t, up, "rev-parse", "refs/heads/next"))
+		require.Equal(t, c3, gittest.Run(t, up, "rev-parse", "refs/heads/next"))
 	})
 }
 
@@ -333,9 +297,9 @@ func TestPushOptionsReachHooks(t *testing.T) {
 			Updates: []Update{{Ref: "refs/heads/master", Old: c1, New: c2}}, Pack: pack, Options: []string{"ci.skip"},
 		})
 		require.ErrorContains(t, err, "upstream does not accept push options")
-		require.Equal(t, c1, git(t, up, "rev-parse", "refs/heads/master"))
+		require.Equal(t, c1, gittest.Run(t, up, "rev-parse", "refs/heads/master"))
 
-		git(t, up, "config", "receive.advertisePushOptions", "true")
+		gittest.Run(t, up, "config", "receive.advertisePushOptions", "true")
 		out := filepath.Join(t.TempDir(), "options")
 		gitDir := filepath.Join(w.root, "owner", "repo.git")
 		hook := "#!/bin/sh\n" +
@@ -372,7 +336,7 @@ func TestHookRefusalIsReported(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, "pre-receive hook declined", res.Refs["refs/heads/master"])
 		require.Contains(t, res.Messages, "GH006: Protected branch update failed")
-		require.Equal(t, c1, git(t, up, "rev-parse", "refs/heads/master"))
+		require.Equal(t, c1, gittest.Run(t, up, "rev-parse", "refs/heads/master"))
 	})
 }
 
@@ -391,7 +355,7 @@ func TestIncompletePackIsRefused(t *testing.T) {
 		})
 		require.NoError(t, err)
 		require.False(t, res.OK())
-		require.Equal(t, c1, git(t, up, "rev-parse", "refs/heads/master"))
+		require.Equal(t, c1, gittest.Run(t, up, "rev-parse", "refs/heads/master"))
 	})
 }
 
@@ -407,7 +371,7 @@ func TestPackReadErrorIsReported(t *testing.T) {
 			Updates: []Update{{Ref: "refs/heads/master", Old: c1, New: c2}}, Pack: broken,
 		})
 		require.ErrorContains(t, err, "disk on fire")
-		require.Equal(t, c1, git(t, up, "rev-parse", "refs/heads/master"))
+		require.Equal(t, c1, gittest.Run(t, up, "rev-parse", "refs/heads/master"))
 	})
 }
 
@@ -581,11 +545,11 @@ func TestPushLargePackInFlatMemory(t *testing.T) {
 		_, _ = rand.NewChaCha8([32]byte{1}).Read(data)
 		require.NoError(t, os.WriteFile(filepath.Join(w.work.Dir, "big.bin"), data, 0o644))
 		data = nil
-		git(t, w.work, "add", "big.bin")
-		git(t, w.work, "commit", "-q", "-m", "big")
-		tip := git(t, w.work, "rev-parse", "HEAD")
+		gittest.Run(t, w.work, "add", "big.bin")
+		gittest.Run(t, w.work, "commit", "-q", "-m", "big")
+		tip := gittest.Run(t, w.work, "rev-parse", "HEAD")
 		path := filepath.Join(t.TempDir(), "big.bundle")
-		git(t, w.work, "bundle", "create", "-q", path, "master")
+		gittest.Run(t, w.work, "bundle", "create", "-q", path, "master")
 		h, pack, err := bundle.OpenPack(path)
 		require.NoError(t, err)
 		defer pack.Close()
@@ -603,7 +567,7 @@ func TestPushLargePackInFlatMemory(t *testing.T) {
 		runtime.ReadMemStats(&after)
 		require.NoError(t, err)
 		require.True(t, res.OK(), "%+v", res)
-		require.Equal(t, tip, git(t, up, "rev-parse", "refs/heads/master"))
+		require.Equal(t, tip, gittest.Run(t, up, "rev-parse", "refs/heads/master"))
 
 		alloc := after.TotalAlloc - before.TotalAlloc
 		t.Logf("pack %.1f MiB; Go allocated %.2f MiB during the push", float64(packSize)/(1<<20), float64(alloc)/(1<<20))
