@@ -24,14 +24,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/git-relay/git-relay/internal/cli"
 	"github.com/git-relay/git-relay/internal/gitx"
 	"github.com/git-relay/git-relay/internal/keyring"
 	"github.com/git-relay/git-relay/internal/wire"
 )
 
-const usage = `usage: git-remote-relay <remote> <address>
-
-git runs this helper for relay:: URLs; you don't run it yourself:
+const about = `git runs this helper for relay:: URLs; you don't run it yourself:
 
   git push relay::owner/repo master
   git clone relay::owner/repo
@@ -39,36 +38,51 @@ git runs this helper for relay:: URLs; you don't run it yourself:
   git push relay::https://relay.example/api/gr/owner/repo master
 
 Configuration (environment first, then remote.<name>.*, then relay.*):
+
   GIT_RELAY_URL       remote.<name>.relayUrl      relay.url       base URL of the relay API
   GIT_RELAY_KEY_FILE  remote.<name>.relayKeyFile  relay.keyFile   shared key file
                       remote.<name>.relayMaxBody  relay.maxBody   largest HTTP body (default 4500000)
+                                                  http.sslCAInfo  CA bundle for an https:// relay
 `
 
-// Main runs the helper with os.Args and returns the exit status.
-func Main() int {
-	if len(os.Args) >= 2 && (os.Args[1] == "--help" || os.Args[1] == "-h") {
-		fmt.Fprint(os.Stdout, usage)
-		return 0
+// grammar is how git runs the helper: with the remote's name and, unless
+// the name is the address itself, the address.
+type grammar struct {
+	cli.Globals
+	Remote  string `arg:"" help:"The remote's name, or its address for an anonymous remote."`
+	Address string `arg:"" optional:"" help:"The address after relay:: (owner/repo, or a full https:// URL ending in owner/repo)."`
+}
+
+// Run speaks the remote helper protocol on stdin and stdout.
+func (g *grammar) Run() error {
+	addr := g.Address
+	if addr == "" {
+		addr = g.Remote
 	}
-	if len(os.Args) < 2 || len(os.Args) > 3 {
-		fmt.Fprint(os.Stderr, usage)
-		return 2
-	}
-	name, addr := os.Args[1], os.Args[len(os.Args)-1]
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	h, err := newHelper(ctx, name, addr, os.Stderr)
+	h, err := newHelper(ctx, g.Remote, addr, os.Stderr)
 	if err == nil {
 		err = h.serve(ctx, os.Stdin, os.Stdout)
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "fatal: relay: %s\n", oneLine(err.Error()))
-		return 128
+		// git shows a helper's stderr as it is; this is git's own form
+		// for a fatal error.
+		fmt.Fprintf(os.Stderr, "fatal: relay: %s\n", cli.OneLine(err.Error()))
+		return cli.Exit(128)
 	}
-	return 0
+	return nil
 }
 
-func oneLine(s string) string { return strings.ReplaceAll(strings.TrimSpace(s), "\n", "; ") }
+// Main runs the helper with os.Args and returns the exit status.
+func Main() int {
+	return cli.Run(&grammar{}, os.Args[1:], cli.Options{
+		Name:        "git-remote-relay",
+		Description: about,
+		Stdout:      os.Stdout,
+		Stderr:      os.Stderr,
+	})
+}
 
 // Helper is one run of the remote helper.
 type Helper struct {

@@ -8,7 +8,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -17,8 +16,7 @@ import (
 	"runtime/debug"
 	"syscall"
 
-	"github.com/alecthomas/kong"
-
+	"github.com/git-relay/git-relay/internal/cli"
 	"github.com/git-relay/git-relay/internal/keyring"
 )
 
@@ -27,7 +25,8 @@ func Main() int {
 	return run(os.Args[1:], os.Stdout, os.Stderr)
 }
 
-type cli struct {
+type grammar struct {
+	cli.Globals
 	Keygen keygenCmd `cmd:"" help:"Print a new shared key (one line) for relay.keyFile and --key-file."`
 	Serve  serveCmd  `cmd:"" help:"Run the relay server."`
 }
@@ -107,49 +106,14 @@ func trimSpace(b []byte) []byte {
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
-	var c cli
-	exit := -1
-	parser, err := kong.New(&c,
-		kong.Name("git-relay-server"),
-		kong.Description("The git relay: takes sealed bundles from git-remote-relay and pushes them upstream, and serves fetches."),
-		kong.UsageOnError(),
-		kong.Writers(stdout, stderr),
-		kong.Exit(func(code int) { exit = code; panic(exitPanic{}) }),
-	)
-	if err != nil {
-		fmt.Fprintln(stderr, "git-relay-server:", err)
-		return 2
-	}
-	code := func() (code int) {
-		defer func() {
-			if r := recover(); r != nil {
-				if _, ok := r.(exitPanic); ok {
-					code = exit
-					return
-				}
-				panic(r)
-			}
-		}()
-		kctx, err := parser.Parse(args)
-		if err != nil {
-			fmt.Fprintln(stderr, "git-relay-server:", err)
-			return 2
-		}
-		if err := kctx.Run(&streams{Stdout: stdout, Stderr: stderr}); err != nil {
-			fmt.Fprintln(stderr, "git-relay-server:", err)
-			if errors.Is(err, errUsage) {
-				return 2
-			}
-			return 1
-		}
-		return 0
-	}()
-	return code
+	return cli.Run(&grammar{}, args, cli.Options{
+		Name:        "git-relay-server",
+		Description: "The git relay: takes sealed pushes from git-remote-relay to upstream, and serves fetches.",
+		Stdout:      stdout,
+		Stderr:      stderr,
+		Bind:        []any{&streams{Stdout: stdout, Stderr: stderr}},
+	})
 }
-
-type exitPanic struct{}
-
-var errUsage = errors.New("usage")
 
 // streams are the command's standard output and error, bound into every Run.
 type streams struct{ Stdout, Stderr io.Writer }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/git-relay/git-relay/internal/cli"
 	"github.com/git-relay/git-relay/internal/gitx"
 	"github.com/git-relay/git-relay/internal/sshx"
 )
@@ -456,7 +457,7 @@ func (c *execCmd) Run(a *app) error {
 		argv = a.tail
 	}
 	if len(argv) == 0 {
-		return errors.New("exec needs a command: git sidecar exec [NAME] -- CMD...")
+		return errors.New("exec needs a command: git sidecar exec [NAME] -- CMD")
 	}
 	e, err := a.prepare(name, c.AcceptNew)
 	if err != nil {
@@ -480,7 +481,7 @@ func (c *execCmd) Run(a *app) error {
 	err = e.tr.run(a.ctx, execScript(e.dest, strings.TrimSuffix(prefix, "/"), argv), a.stdin, a.stdout, a.stderr)
 	var exit *sshx.ExitError
 	if errors.As(err, &exit) {
-		return exitCode(exit.Status)
+		return cli.Exit(exit.Status)
 	}
 	return err
 }

@@ -11,7 +11,6 @@ package sidecar
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -20,6 +19,8 @@ import (
 	"syscall"
 
 	"github.com/alecthomas/kong"
+
+	"github.com/git-relay/git-relay/internal/cli"
 )
 
 // app is what every command gets.
@@ -41,7 +42,8 @@ func (a *app) logf(format string, args ...any) {
 	}
 }
 
-type cli struct {
+type grammar struct {
+	cli.Globals
 	Verbose bool `short:"v" help:"Say what is being done, on stderr."`
 
 	Add    addCmd    `cmd:"" help:"Add a sidecar NAME whose workspace is DEST: ssh://[user@]host[:port]/path, [user@]host:path or a local path."`
@@ -56,12 +58,6 @@ type cli struct {
 	Hook   hookCmd   `cmd:"" hidden:"" help:"Entry point of the installed hooks."`
 }
 
-// exitCode is an error that only sets the exit status (exec's command
-// failed; its output already said why).
-type exitCode int
-
-func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
-
 // Main runs git-sidecar with the process's arguments and returns the exit
 // status.
 func Main() int {
@@ -75,11 +71,8 @@ func Main() int {
 	return Run(ctx, dir, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 }
 
-// kongExit carries kong's exit request (after --help) out of Parse.
-type kongExit int
-
 // Run is Main with its inputs spelled out, for tests.
-func Run(ctx context.Context, dir string, args []string, stdin io.Reader, stdout, stderr io.Writer) (code int) {
+func Run(ctx context.Context, dir string, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	a := &app{ctx: ctx, dir: dir, stdin: stdin, stdout: stdout, stderr: stderr}
 	// Everything after the first `--` is exec's command, kept away from
 	// kong so that it is passed on untouched.
@@ -90,50 +83,20 @@ func Run(ctx context.Context, dir string, args []string, stdin io.Reader, stdout
 			break
 		}
 	}
-	var c cli
-	parser, err := kong.New(&c,
-		kong.Name("git sidecar"),
-		kong.Description("Keep a workspace on another machine (or in another folder) identical to this work tree: tracked and untracked-not-ignored files, exec bits, symlinks, deletions."),
-		kong.Writers(stdout, stderr),
-		kong.Exit(func(code int) { panic(kongExit(code)) }),
-		kong.UsageOnError(),
-		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
-	)
-	if err != nil {
-		fmt.Fprintf(stderr, "git sidecar: %v\n", err)
-		return 1
-	}
-	defer func() {
-		if r := recover(); r != nil {
-			if k, ok := r.(kongExit); ok {
-				code = int(k)
-				return
+	var g grammar
+	return cli.Run(&g, args, cli.Options{
+		Name:        "git sidecar",
+		Description: "Keep a workspace on another machine (or in another folder) identical to this work tree: tracked and untracked-not-ignored files, exec bits, symlinks, deletions.",
+		Stdout:      stdout,
+		Stderr:      stderr,
+		Bind:        []any{a},
+		Kong:        []kong.Option{kong.ConfigureHelp(kong.HelpOptions{Compact: true})},
+		AfterParse: func(kctx *kong.Context) error {
+			a.verbose = g.Verbose
+			if a.hasTail && kctx.Command() != "exec" && !strings.HasPrefix(kctx.Command(), "exec ") {
+				return fmt.Errorf("unexpected arguments after --: %q", a.tail)
 			}
-			panic(r)
-		}
-	}()
-	kctx, err := parser.Parse(args)
-	if err != nil {
-		fmt.Fprintf(stderr, "git sidecar: %v\n", err)
-		return 2
-	}
-	a.verbose = c.Verbose
-	if a.hasTail && kctx.Command() != "exec" && !strings.HasPrefix(kctx.Command(), "exec ") {
-		fmt.Fprintf(stderr, "git sidecar: unexpected arguments after --: %q\n", a.tail)
-		return 2
-	}
-	err = kctx.Run(a)
-	if err == nil {
-		return 0
-	}
-	var ec exitCode
-	if errors.As(err, &ec) {
-		return int(ec)
-	}
-	if errors.Is(err, context.Canceled) {
-		fmt.Fprintln(stderr, "git sidecar: interrupted")
-		return 130
-	}
-	fmt.Fprintf(stderr, "git sidecar: %v\n", err)
-	return 1
+			return nil
+		},
+	})
 }
