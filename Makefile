@@ -5,8 +5,11 @@ PREFIX  ?= $(HOME)/.local
 
 .PHONY: build test demo bench install vet fmt
 
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+LDFLAGS := -X github.com/git-relay/git-relay/internal/cli.Version=$(VERSION)
+
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
 
 # Unit, component and end-to-end tests (real git, real HTTP, real sshd).
 test: vet
@@ -15,6 +18,7 @@ test: vet
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

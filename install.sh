@@ -5,7 +5,8 @@ prefix=${PREFIX:-$HOME/.local}
 bindir=$prefix/bin
 cd "$(dirname "$0")"
 mkdir -p "$bindir"
-go build -o "$bindir/" ./cmd/git-remote-relay ./cmd/git-relay-server ./cmd/git-sidecar
+version=$(git describe --tags --always --dirty 2>/dev/null || echo devel)
+go build -ldflags "-X github.com/git-relay/git-relay/internal/cli.Version=$version" -o "$bindir/" ./cmd/git-remote-relay ./cmd/git-relay-server ./cmd/git-sidecar
 echo "installed git-remote-relay, git-relay-server and git-sidecar into $bindir"
 case ":$PATH:" in
 *":$bindir:"*) ;;

@@ -21,19 +21,6 @@ type chunk struct {
 	buf   []byte
 }
 
-// eachChunk runs move for chunks 0..count-1, chunkWorkers at a time.
-func (h *Helper) eachChunk(ctx context.Context, verb string, count uint32, move func(ctx context.Context, worker int, c chunk) (int64, error)) error {
-	feed := func(ctx context.Context, send func(chunk) error) error {
-		for i := uint32(0); i < count; i++ {
-			if err := send(chunk{i: i, final: i == count-1}); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	return h.moveChunks(ctx, verb, count, feed, move)
-}
-
 // moveChunks runs move for every chunk that feed sends, chunkWorkers at a
 // time. Each worker has its own number (0..chunkWorkers-1), so move can
 // keep buffers per worker. move returns how many bytes it moved; the first

@@ -41,14 +41,6 @@ func (u *ui) done(format string, a ...any) {
 	u.lastLen = 0
 }
 
-// info prints a line at the default verbosity.
-func (u *ui) info(format string, a ...any) {
-	if u.verbosity >= 1 {
-		u.flushLine()
-		fmt.Fprintf(u.w, "relay: "+format+"\n", a...)
-	}
-}
-
 // detail prints a line with -v.
 func (u *ui) detail(format string, a ...any) {
 	if u.verbosity >= 2 {

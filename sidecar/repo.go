@@ -216,14 +216,3 @@ func (r *repo) saveState(name string, st *State) error {
 	}
 	return nil
 }
-
-// updateState re-reads the state, applies f and saves it. It is for
-// small changes (an error, a hook event) made outside the sync lock.
-func (r *repo) updateState(name string, f func(*State)) error {
-	st, err := r.loadState(name)
-	if err != nil {
-		return err
-	}
-	f(st)
-	return r.saveState(name, st)
-}

@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -658,8 +657,6 @@ func (p *patchCounter) Read(b []byte) (int, error) {
 	}
 	return n, err
 }
-
-var bytesRE = regexp.MustCompile(`(\d+) bytes sent`)
 
 func filesText(n int) string {
 	switch n {
