@@ -25,8 +25,8 @@ type chunk struct {
 // time. Each worker has its own number (0..chunkWorkers-1), so move can
 // keep buffers per worker. move returns how many bytes it moved; the first
 // error, of move or of feed, stops the rest. Progress is shown as verb
-// N/M chunks, or N chunks while the count (0) is not known yet.
-func (h *Helper) moveChunks(ctx context.Context, verb string, count uint32, feed func(ctx context.Context, send func(chunk) error) error, move func(ctx context.Context, worker int, c chunk) (int64, error)) error {
+// N chunks.
+func (h *Helper) moveChunks(ctx context.Context, verb string, feed func(ctx context.Context, send func(chunk) error) error, move func(ctx context.Context, worker int, c chunk) (int64, error)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	start := time.Now()
@@ -44,12 +44,7 @@ func (h *Helper) moveChunks(ctx context.Context, verb string, count uint32, feed
 		mu.Unlock()
 		cancel()
 	}
-	of := func() string {
-		if count == 0 {
-			return fmt.Sprintf("%d", done)
-		}
-		return fmt.Sprintf("%d/%d", done, count)
-	}
+	of := func() string { return fmt.Sprintf("%d", done) }
 	next := make(chan chunk)
 	var wg sync.WaitGroup
 	for w := 0; w < chunkWorkers; w++ {

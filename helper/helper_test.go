@@ -67,7 +67,7 @@ func TestProtocolCapabilitiesOptionsAndList(t *testing.T) {
 	head := gittest.Git(t, work, "rev-parse", "master")
 	out, _, err := talk(t, "acme/widgets", "capabilities\noption verbosity 1\noption progress false\noption depth 1\nlist for-push\n\n")
 	require.NoError(t, err)
-	require.Equal(t, "fetch\npush\noption\n\nok\nok\nunsupported\n"+head+" refs/heads/master\n@refs/heads/master HEAD\n\n", out)
+	require.Equal(t, "stateless-connect\npush\nfetch\noption\n\nok\nok\nunsupported\n"+head+" refs/heads/master\n@refs/heads/master HEAD\n\n", out)
 }
 
 func TestPushUpToDateSendsNothing(t *testing.T) {

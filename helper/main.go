@@ -4,8 +4,10 @@
 // the protocol, everything meant for people goes to stderr.
 //
 // Push bundles what upstream lacks, seals it in chunks and uploads it to
-// the relay server; fetch asks the server for a sealed bundle of what the
-// local repository lacks and unbundles it.
+// the relay server while git writes it; the server streams it into
+// upstream's receive-pack as it comes. Fetch, clone and ls-remote tunnel
+// git's own protocol version 2 to upload-pack on the server's mirror of
+// upstream, sealed both ways (see connect.go).
 package helper
 
 import (
@@ -14,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
@@ -99,10 +100,8 @@ type Helper struct {
 	pushOptions []string
 	cas         map[string]string
 
-	refs   *wire.Refs // upstream's refs, from the last list
+	refs   *refList // upstream's refs, from the last list
 	config map[string]string
-	// objects is the repository's object folder, once asked for.
-	objects string
 }
 
 func newHelper(ctx context.Context, name, addr string, stderr io.Writer) (*Helper, error) {
@@ -144,13 +143,25 @@ func newHelper(ctx context.Context, name, addr string, stderr io.Writer) (*Helpe
 		}
 		h.maxBdy = n
 	}
+	caFile := os.Getenv("GIT_SSL_CAINFO")
+	if caFile == "" {
+		caFile = expandHome(h.config["http.sslcainfo"])
+	}
+	hc, err := wire.NewHTTPClient(caFile)
+	if err != nil {
+		return nil, err
+	}
 	h.client = &wire.Client{
 		Base:    base,
 		Key:     ring.Primary(),
-		HTTP:    &http.Client{Timeout: 5 * time.Minute},
+		HTTP:    hc,
 		MaxBody: h.maxBdy,
 		Retries: 4,
+		Waiting: func(what string, d time.Duration) {
+			h.ui.warn("relay: still waiting for %s (nothing for %s)...", what, d.Round(time.Second))
+		},
 	}
+	h.cleanResume()
 	return h, nil
 }
 
@@ -270,7 +281,14 @@ func (h *Helper) serve(ctx context.Context, stdin io.Reader, stdout io.Writer) e
 			// A blank line ends the session.
 			return nil
 		case "capabilities":
-			fmt.Fprint(out, "fetch\npush\noption\n\n")
+			fmt.Fprint(out, "stateless-connect\npush\nfetch\noption\n\n")
+		case "stateless-connect":
+			if err := out.Flush(); err != nil {
+				return err
+			}
+			// git takes the helper's stdin and stdout over for the
+			// connection, until it closes stdin.
+			return h.connect(ctx, arg, in, out)
 		case "option":
 			name, value, _ := strings.Cut(arg, " ")
 			fmt.Fprintln(out, h.option(name, value))
@@ -294,14 +312,9 @@ func (h *Helper) serve(ctx context.Context, stdin io.Reader, stdout io.Writer) e
 			}
 			fmt.Fprintln(out)
 		case "fetch":
-			wants, err := readBatch(in, "fetch", arg)
-			if err != nil {
-				return err
-			}
-			if err := h.fetch(ctx, wants); err != nil {
-				return err
-			}
-			fmt.Fprintln(out)
+			// git asks for the old fetch only when it is told to speak
+			// protocol version 0 or 1.
+			return errors.New("fetching through the relay needs git's protocol version 2 (git config --global protocol.version 2; the default since git 2.26)")
 		default:
 			return fmt.Errorf("unknown command %q from git", cmd)
 		}
@@ -361,22 +374,7 @@ func (h *Helper) option(name, value string) string {
 	return "ok"
 }
 
-// list asks the server for upstream's refs. An empty answer would make git
-// believe upstream is empty, so any failure is fatal.
-func (h *Helper) list(ctx context.Context) (*wire.Refs, error) {
-	var refs wire.Refs
-	q := url.Values{"repo": {h.repo}}
-	if _, err := h.client.Do(ctx, http.MethodGet, wire.PathRefs, q, nil, &refs); err != nil {
-		return nil, h.explain(err)
-	}
-	if refs.Refs == nil {
-		refs.Refs = map[string]string{}
-	}
-	h.refs = &refs
-	return &refs, nil
-}
-
-func (h *Helper) writeList(out io.Writer, refs *wire.Refs, forPush bool) {
+func (h *Helper) writeList(out io.Writer, refs *refList, forPush bool) {
 	names := sortedKeys(refs.Refs)
 	for _, n := range names {
 		fmt.Fprintf(out, "%s %s\n", refs.Refs[n], n)
@@ -392,9 +390,12 @@ func (h *Helper) explain(err error) error {
 	var api *wire.APIError
 	switch {
 	case errors.As(err, &api):
-		return fmt.Errorf("%s: %s", h.repo, api.Msg)
-	case errors.Is(err, wire.ErrUnreachable):
-		return fmt.Errorf("%v (check relay.url and that git-relay-server is running)", err)
+		if strings.HasPrefix(err.Error(), h.repo+": ") {
+			return err
+		}
+		return fmt.Errorf("%s: %w", h.repo, err)
+	case errors.Is(err, wire.ErrUnreachable) && !strings.Contains(err.Error(), "check relay.url"):
+		return fmt.Errorf("%w (check relay.url and that git-relay-server is running)", err)
 	}
 	return err
 }

@@ -1,27 +1,80 @@
 package helper
 
 import (
+	"bufio"
+	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/git-relay/git-relay/internal/gitx"
-	"github.com/git-relay/git-relay/internal/keyring"
 	"github.com/git-relay/git-relay/internal/payload"
 	"github.com/git-relay/git-relay/internal/seal"
 	"github.com/git-relay/git-relay/internal/wire"
 )
 
-const zeroID = "0000000000000000000000000000000000000000"
+const zeroID = wire.ZeroID
+
+// refList is upstream's refs, as the relay lists them for a push.
+type refList struct {
+	wire.RefsHeader
+	Refs map[string]string
+}
+
+// list asks the relay for upstream's refs, any number of them: the list
+// comes as an answer's payload, in chunks when it is large.
+func (h *Helper) list(ctx context.Context) (*refList, error) {
+	x, err := h.newExchange(wire.KindRefs, 0, false)
+	if err != nil {
+		return nil, err
+	}
+	st, tail, err := x.openIt(ctx, nil, "upstream's refs")
+	if err == nil {
+		st, tail, err = x.outcome(ctx, st, tail, "upstream's refs")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if st.Phase == wire.PhaseFailed || st.Phase == wire.PhaseCancelled {
+		return nil, fmt.Errorf("%s: %s", h.repo, st.Message)
+	}
+	r, err := x.download(ctx, st, tail, 1<<36, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	br := bufio.NewReaderSize(r, 64<<10)
+	line, err := br.ReadBytes('\n')
+	if err != nil {
+		return nil, fmt.Errorf("read upstream's refs: %w", err)
+	}
+	l := &refList{Refs: map[string]string{}}
+	if err := json.Unmarshal(line, &l.RefsHeader); err != nil {
+		return nil, fmt.Errorf("read upstream's refs: %w", err)
+	}
+	for {
+		line, err := br.ReadString('\n')
+		if err == io.EOF && line == "" {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read upstream's refs: %w", err)
+		}
+		id, name, ok := strings.Cut(strings.TrimSuffix(line, "\n"), " ")
+		if !ok || !gitx.ValidOID(id) {
+			return nil, fmt.Errorf("read upstream's refs: bad line %q", line)
+		}
+		l.Refs[name] = id
+	}
+	h.refs = l
+	return l, nil
+}
 
 // refUpdate is one push line, checked.
 type refUpdate struct {
@@ -30,6 +83,8 @@ type refUpdate struct {
 	result string // the line for git, once known
 }
 
+func (u *refUpdate) refuse(why string) { u.result = "error " + u.Ref + " " + why }
+
 // push handles one batch of push lines and returns the status lines.
 func (h *Helper) push(ctx context.Context, specs []string) ([]string, error) {
 	if h.refs == nil {
@@ -37,18 +92,18 @@ func (h *Helper) push(ctx context.Context, specs []string) ([]string, error) {
 			return nil, err
 		}
 	}
-	var ups []*refUpdate
+	ups := make([]*refUpdate, 0, len(specs))
 	for _, spec := range specs {
 		force := strings.HasPrefix(spec, "+")
 		src, dst, ok := strings.Cut(strings.TrimPrefix(spec, "+"), ":")
 		if !ok {
 			return nil, fmt.Errorf("bad push line %q from git", spec)
 		}
-		u := &refUpdate{src: src, Update: wire.Update{Ref: dst, Force: force}}
-		h.check(ctx, u)
-		ups = append(ups, u)
+		ups = append(ups, &refUpdate{src: src, Update: wire.Update{Ref: dst, Force: force}})
 	}
-
+	if err := h.check(ctx, ups); err != nil {
+		return nil, err
+	}
 	var todo []*refUpdate
 	failed := false
 	for _, u := range ups {
@@ -60,9 +115,12 @@ func (h *Helper) push(ctx context.Context, specs []string) ([]string, error) {
 	}
 	if h.atomic && failed {
 		for _, u := range todo {
-			u.result = "error " + u.Ref + " atomic push failed"
+			u.refuse(string(wire.ReasonAtomic))
 		}
 		todo = nil
+	}
+	if max := h.refs.MaxRefs; max > 0 && len(todo) > max {
+		return nil, fmt.Errorf("a push of %d refs is more than the relay takes at once (%d): push them in batches of at most %d", len(todo), max, max)
 	}
 	if len(todo) > 0 {
 		if err := h.send(ctx, todo); err != nil {
@@ -76,14 +134,34 @@ func (h *Helper) push(ctx context.Context, specs []string) ([]string, error) {
 	return out, nil
 }
 
-// check validates one update against upstream's refs and the local
-// repository. git does not check for a helper that the upstream tip is in
-// the local repository, so this is where divergence is refused, before
+// check validates the updates against upstream's refs and the local
+// repository, with one git for all the names and one per branch that
+// moves. git does not check for a helper that upstream's tip is in the
+// local repository, so this is where divergence is refused, before
 // anything is uploaded.
-func (h *Helper) check(ctx context.Context, u *refUpdate) {
-	refuse := func(why string) { u.result = "error " + u.Ref + " " + why }
+func (h *Helper) check(ctx context.Context, ups []*refUpdate) error {
+	var names []string
+	for _, u := range ups {
+		if u.src != "" {
+			names = append(names, u.src)
+		}
+		if old := h.refs.Refs[u.Ref]; old != "" {
+			names = append(names, old)
+		}
+	}
+	found, err := h.git.Exists(ctx, names)
+	if err != nil {
+		return fmt.Errorf("look up the pushed objects: %w", err)
+	}
+	for _, u := range ups {
+		h.checkOne(ctx, u, found)
+	}
+	return nil
+}
+
+func (h *Helper) checkOne(ctx context.Context, u *refUpdate, found map[string]string) {
 	if !strings.HasPrefix(u.Ref, "refs/heads/") && !strings.HasPrefix(u.Ref, "refs/tags/") {
-		refuse(quote("the relay pushes only branches (refs/heads/*) and tags (refs/tags/*)"))
+		u.refuse(quote("the relay pushes only branches (refs/heads/*) and tags (refs/tags/*)"))
 		return
 	}
 	old := h.refs.Refs[u.Ref]
@@ -96,7 +174,7 @@ func (h *Helper) check(ctx context.Context, u *refUpdate) {
 			want = zeroID
 		}
 		if want != old {
-			refuse("stale info")
+			u.refuse(string(wire.ReasonStaleInfo))
 			return
 		}
 		// A lease that holds allows a forced update; git does not always
@@ -107,44 +185,40 @@ func (h *Helper) check(ctx context.Context, u *refUpdate) {
 		u.New = zeroID
 		switch {
 		case old == zeroID:
-			refuse(quote("remote ref does not exist"))
+			u.refuse(quote("remote ref does not exist"))
 		case u.Ref == h.refs.Head:
-			refuse(quote("refusing to delete the default branch " + u.Ref))
+			u.refuse(quote("refusing to delete the default branch " + u.Ref))
 		}
 		return
 	}
-	newID, err := h.git.Run(ctx, "rev-parse", "--verify", "--quiet", u.src)
-	if err != nil || newID == "" {
-		refuse(quote("src refspec " + u.src + " does not match any object"))
+	u.New = found[u.src]
+	if u.New == "" {
+		u.refuse(quote("src refspec " + u.src + " does not match any object"))
 		return
 	}
-	u.New = newID
-	if old == u.New {
+	switch {
+	case old == u.New:
 		u.result = "ok " + u.Ref + " up to date"
 		return
+	case old == zeroID:
+		// A forced creation is a creation: there is nothing to force.
+		u.Force = false
+		return
 	}
-	if old == zeroID {
+	if found[old] == "" {
+		h.outOfSync(u.Ref, fmt.Sprintf("upstream %s is at %s, which this repository does not have", short(u.Ref), old[:12]))
+		u.refuse(string(wire.ReasonFetchFirst))
 		return
 	}
 	if strings.HasPrefix(u.Ref, "refs/tags/") {
-		if ok, _ := h.git.Ok(ctx, "cat-file", "-e", old); !ok {
-			h.outOfSync(u.Ref, fmt.Sprintf("upstream tag %s is at %s, which this repository does not have", short(u.Ref), old[:12]))
-			refuse("fetch first")
-			return
-		}
 		if !u.Force {
-			refuse("already exists")
+			u.refuse(string(wire.ReasonAlreadyExists))
 			return
 		}
 	} else if ff, err := h.git.Ok(ctx, "merge-base", "--is-ancestor", old, u.New); err != nil || !ff {
-		if ok, _ := h.git.Ok(ctx, "cat-file", "-e", old); !ok {
-			h.outOfSync(u.Ref, fmt.Sprintf("upstream %s is at %s, which this repository does not have", short(u.Ref), old[:12]))
-			refuse("fetch first")
-			return
-		}
 		if !u.Force {
 			h.outOfSync(u.Ref, fmt.Sprintf("upstream %s is at %s, which %s does not contain", short(u.Ref), old[:12], u.src))
-			refuse("non-fast forward")
+			u.refuse(string(wire.ReasonNonFastForward))
 			return
 		}
 	} else {
@@ -152,13 +226,12 @@ func (h *Helper) check(ctx context.Context, u *refUpdate) {
 		u.Force = false
 	}
 	if u.Force && !h.refs.AllowForce {
-		refuse(quote("forced updates are refused by the relay (the server runs without --allow-force)"))
+		u.refuse(quote("forced updates are refused by the relay (the server runs without --allow-force)"))
 	}
 }
 
 func (h *Helper) outOfSync(ref, why string) {
-	branch := short(ref)
-	h.ui.warn("relay: ERR_OUT_OF_SYNC: %s. Your branch has diverged from the external repository or is behind it; pull from it first: git pull relay::%s %s", why, h.repo, branch)
+	h.ui.warn("relay: ERR_OUT_OF_SYNC: %s. Your branch has diverged from the external repository or is behind it; pull from it first: git pull relay::%s %s", why, h.repo, short(ref))
 }
 
 func short(ref string) string {
@@ -167,36 +240,37 @@ func short(ref string) string {
 
 func quote(s string) string { return strconv.Quote(s) }
 
-// send bundles what upstream lacks for the updates, uploads it while git
-// writes it, and reports what upstream did with each ref.
+// send bundles what upstream lacks for the updates and pushes it through
+// the relay, uploading while git writes the bundle, and reports what
+// became of each ref.
 func (h *Helper) send(ctx context.Context, ups []*refUpdate) error {
+	man := wire.PushManifest{Atomic: h.atomic, Options: h.pushOptions}
+	for _, u := range ups {
+		man.Updates = append(man.Updates, u.Update)
+	}
+	manJSON, err := json.Marshal(man)
+	if err != nil {
+		return err
+	}
 	revs, cleanup, err := h.bundleRevs(ctx, ups)
 	if err != nil {
 		return err
 	}
 	defer cleanup()
-	m := wire.PushManifest{
-		Version: wire.PushManifestVersion, Repo: h.repo, Atomic: h.atomic, Options: h.pushOptions,
-		Salt: randomHex(32), Nonce: randomHex(16),
-	}
-	for _, u := range ups {
-		m.Updates = append(m.Updates, u.Update)
-	}
-	var bundle *bundleRun
-	if revs != "" {
-		m.ChunkSize = payload.ChunkSize(h.maxBdy)
-		// git spends its first moments counting objects; the session is
-		// opened meanwhile.
-		if bundle, err = h.startBundle(ctx, revs); err != nil {
-			return err
-		}
-		defer bundle.stop()
-	} else {
+	if revs == "" {
 		h.ui.detail("upstream has every object: updating refs only")
 	}
 	if h.dryRun {
-		if bundle != nil {
-			if _, err := bundle.drain(m.ChunkSize); err != nil {
+		if revs != "" {
+			b, err := h.startBundle(ctx, revs)
+			if err != nil {
+				return err
+			}
+			if _, err := io.Copy(io.Discard, b.out); err != nil {
+				b.stop()
+				return err
+			}
+			if err := b.wait(); err != nil {
 				return err
 			}
 		}
@@ -205,48 +279,35 @@ func (h *Helper) send(ctx context.Context, ups []*refUpdate) error {
 		}
 		return nil
 	}
-	raw, err := json.Marshal(m)
-	if err != nil {
-		return err
-	}
-	refuse := func(err error) bool {
-		var api *wire.APIError
-		if errors.As(err, &api) && (api.Code == wire.CodeForbidden || api.Code == wire.CodeTooLarge) {
-			for _, u := range ups {
-				u.result = "error " + u.Ref + " " + quote(api.Msg)
-			}
-			return true
+	dir := h.resumeDir("push", manJSON)
+	var st *wire.Status
+	for attempt := 0; ; attempt++ {
+		st, err = h.sendOnce(ctx, manJSON, revs, dir)
+		if errors.Is(err, errDiverged) && attempt == 0 {
+			h.ui.detail("the bundle came out different from the interrupted push's: starting over")
+			continue
 		}
-		return false
-	}
-	var sess wire.Session
-	if _, err := h.client.Do(ctx, http.MethodPost, wire.PathPush, nil, raw, &sess); err != nil {
-		if refuse(err) {
-			return nil
-		}
-		return h.explain(err)
-	}
-	totals := wire.Totals{}
-	if bundle != nil {
-		t, err := h.upload(ctx, sess.Session, m, raw, bundle)
 		if err != nil {
-			if refuse(err) {
-				return nil
-			}
 			return err
 		}
-		totals = *t
+		break
 	}
-	st, err := h.finish(ctx, sess.Session, totals)
-	if err != nil {
-		return err
-	}
-	if st.Phase == wire.PhaseFailed {
+	h.report(ups, st)
+	return nil
+}
+
+// report turns the outcome into git's status lines.
+func (h *Helper) report(ups []*refUpdate, st *wire.Status) {
+	if st.Phase != wire.PhaseDone {
 		// Nothing landed; git prints the reason next to each ref.
-		for _, u := range ups {
-			u.result = "error " + u.Ref + " " + quote("the relay refused the push: "+st.Message)
+		why := st.Message
+		if why == "" {
+			why = st.Phase
 		}
-		return nil
+		for _, u := range ups {
+			u.refuse(quote("the relay refused the push: " + why))
+		}
+		return
 	}
 	byRef := map[string]wire.RefResult{}
 	for _, r := range st.Results {
@@ -256,27 +317,226 @@ func (h *Helper) send(ctx context.Context, ups []*refUpdate) error {
 		r, ok := byRef[u.Ref]
 		switch {
 		case !ok:
-			u.result = "error " + u.Ref + " " + quote("the relay reported nothing for this ref")
+			u.refuse(quote("the relay reported nothing for this ref"))
 		case r.OK && u.Force:
 			u.result = "ok " + u.Ref + " forced update"
 		case r.OK:
 			u.result = "ok " + u.Ref
-		case r.Reason == "fetch first":
+		case r.Reason == wire.ReasonFetchFirst:
 			h.outOfSync(u.Ref, "upstream "+short(u.Ref)+" moved while this push was on its way")
-			u.result = "error " + u.Ref + " fetch first"
-		case r.Reason == "non-fast forward" || r.Reason == "already exists" || r.Reason == "stale info":
-			u.result = "error " + u.Ref + " " + r.Reason
+			u.refuse(string(r.Reason))
+		case r.Reason == wire.ReasonNonFastForward || r.Reason == wire.ReasonAlreadyExists || r.Reason == wire.ReasonStaleInfo:
+			u.refuse(string(r.Reason))
 		default:
-			u.result = "error " + u.Ref + " " + quote(r.Reason)
+			u.refuse(quote(r.String()))
 		}
 	}
-	return nil
+}
+
+// sendOnce makes one attempt: it opens the exchange (again, when an
+// earlier run was interrupted), uploads what the server lacks, and
+// returns the outcome.
+func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string) (*wire.Status, error) {
+	var b *bundleRun
+	src := io.Reader(bytes.NewReader(manifestBlock(manJSON)))
+	if revs != "" {
+		var err error
+		if b, err = h.startBundle(ctx, revs); err != nil {
+			return nil, err
+		}
+		src = io.MultiReader(src, b.out)
+	}
+	chunkSize := payload.ChunkSize(h.maxBdy, 0)
+	type split struct {
+		c   chunk
+		end bool
+		t   *payload.Totals
+		err error
+	}
+	// One buffer per worker, one being filled and one held while the
+	// exchange opens: memory stays at a few chunks whatever the size.
+	free := make(chan []byte, chunkWorkers+2)
+	for range chunkWorkers + 2 {
+		free <- make([]byte, 0, chunkSize+seal.Overhead)
+	}
+	chunks := make(chan split, 1)
+	splitCtx, stopSplit := context.WithCancel(ctx)
+	splitDone := make(chan struct{})
+	defer func() {
+		// Stop the splitter, and git with it: a splitter waiting for a
+		// buffer gets fresh ones until it notices.
+		stopSplit()
+		for waiting := true; waiting; {
+			select {
+			case <-splitDone:
+				waiting = false
+			case free <- make([]byte, 0, chunkSize+seal.Overhead):
+			}
+		}
+		if b != nil {
+			b.stop()
+		}
+	}()
+	go func() {
+		defer close(splitDone)
+		t, err := payload.Split(src, chunkSize, free, func(i uint32, final bool, buf []byte) error {
+			select {
+			case chunks <- split{c: chunk{i: i, final: final, buf: buf}}:
+				return nil
+			case <-splitCtx.Done():
+				return splitCtx.Err()
+			}
+		})
+		if err == nil && b != nil {
+			err = b.wait()
+		}
+		select {
+		case chunks <- split{end: true, t: t, err: err}:
+		case <-splitCtx.Done():
+		}
+	}()
+	first := <-chunks
+	if first.end {
+		return nil, first.err
+	}
+
+	// A push whose whole payload fits one message goes in one request,
+	// which the server answers with the outcome.
+	resumed := findPushResume(dir)
+	if resumed == nil && first.c.final && len(first.c.buf) <= int(h.maxBdy)-64<<10 {
+		x, err := h.newExchange(wire.KindPush, 0, true)
+		if err != nil {
+			return nil, err
+		}
+		st, tail, err := x.openIt(ctx, first.c.buf, "the push's outcome")
+		if err == nil {
+			st, _, err = x.outcome(ctx, st, tail, "the push's outcome")
+		}
+		if err != nil {
+			h.giveUp(ctx, x, nil, err)
+			return nil, err
+		}
+		h.ui.done("server: %s.", timeline(st.Timeline))
+		return st, nil
+	}
+
+	var x *exchange
+	var err error
+	if resumed != nil {
+		if x, err = h.exchangeFrom(resumed.open); err != nil {
+			resumed.remove()
+			return nil, err
+		}
+		h.ui.detail("resuming the interrupted push %s", x.id)
+	} else {
+		if x, err = h.newExchange(wire.KindPush, chunkSize, false); err != nil {
+			return nil, err
+		}
+		if resumed, err = newPushResume(dir, x.raw); err != nil {
+			return nil, err
+		}
+	}
+	st, _, err := x.openIt(ctx, nil, "opening the push")
+	if err != nil {
+		h.giveUp(ctx, x, resumed, err)
+		return nil, err
+	}
+	if wire.Ended(st.Phase) {
+		// An earlier run got this far and the push ended meanwhile.
+		resumed.remove()
+		if st.Phase == wire.PhaseCancelled {
+			return nil, errDiverged // start over as a new exchange
+		}
+		return st, nil
+	}
+	held := map[uint32]bool{}
+	for _, i := range st.Held {
+		held[i] = true
+	}
+	var last *wire.Status
+	feed := func(ctx context.Context, send func(chunk) error) error {
+		next := first
+		for {
+			if next.end {
+				if next.err == nil && next.t != nil {
+					h.ui.detail("bundle: %s, payload %s, %d chunk(s)", humanBytes(next.t.Size), humanBytes(next.t.Payload), next.t.Chunks)
+				}
+				return next.err
+			}
+			same, err := resumed.seal(next.c.i, next.c.buf)
+			if err != nil {
+				free <- next.c.buf[:0]
+				return err
+			}
+			if same && held[next.c.i] && !next.c.final {
+				free <- next.c.buf[:0]
+			} else if err := send(next.c); err != nil {
+				return err
+			}
+			select {
+			case next = <-chunks:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	}
+	err = h.moveChunks(ctx, "upload", feed, func(ctx context.Context, _ int, c chunk) (int64, error) {
+		defer func() { free <- c.buf[:0] }()
+		sealed := x.up.Seal(c.buf[:0], c.i, c.final, c.buf)
+		st, err := x.upChunk(ctx, c.i, c.final, sealed)
+		if err != nil {
+			return 0, err
+		}
+		if c.final {
+			last = st
+		}
+		return int64(len(sealed)), nil
+	})
+	if err != nil {
+		if errors.Is(err, errDiverged) {
+			x.cancel()
+			resumed.remove()
+			return nil, err
+		}
+		h.giveUp(ctx, x, resumed, err)
+		return nil, err
+	}
+	if last == nil {
+		last = st
+	}
+	st, _, err = x.outcome(ctx, last, nil, "the push's outcome")
+	if err != nil {
+		h.giveUp(ctx, x, resumed, err)
+		return nil, err
+	}
+	resumed.remove()
+	h.ui.done("server: %s.", timeline(st.Timeline))
+	return st, nil
+}
+
+// giveUp handles a push that failed: one the user interrupted or the
+// relay refused is cancelled, so that it frees its place at once; one cut
+// off on the way (the relay unreachable, a stall) is kept, server side
+// and here, for the next run to resume.
+func (h *Helper) giveUp(ctx context.Context, x *exchange, r *pushResume, err error) {
+	if errors.Is(err, wire.ErrUnreachable) || errors.Is(err, wire.ErrStalled) {
+		h.ui.detail("the push can resume: run it again")
+		return
+	}
+	x.cancel()
+	r.remove()
+}
+
+// manifestBlock frames the push manifest that opens the payload.
+func manifestBlock(js []byte) []byte {
+	return append(binary.BigEndian.AppendUint32(nil, uint32(len(js))), js...)
 }
 
 // bundleRevs returns what `git bundle create --stdin` must be given to
 // bundle what upstream lacks for the updates, or "" when upstream already
-// has every object (a ref-only update). cleanup removes the temporary
-// refs it made.
+// has every object (a push that only moves refs). Upstream's tips that
+// this repository has are the bundle's prerequisites. cleanup removes the
+// temporary refs it made.
 func (h *Helper) bundleRevs(ctx context.Context, ups []*refUpdate) (string, func(), error) {
 	nothing := func() {}
 	var news []string
@@ -288,8 +548,6 @@ func (h *Helper) bundleRevs(ctx context.Context, ups []*refUpdate) (string, func
 	if len(news) == 0 {
 		return "", nothing, nil
 	}
-	// Prerequisites: every upstream tip the local repository has, so that
-	// the bundle carries only what upstream lacks.
 	upstreamIDs := map[string]bool{}
 	var ids []string
 	for _, id := range h.refs.Refs {
@@ -298,16 +556,14 @@ func (h *Helper) bundleRevs(ctx context.Context, ups []*refUpdate) (string, func
 			ids = append(ids, id)
 		}
 	}
+	have, err := h.git.Exists(ctx, ids)
+	if err != nil {
+		return "", nothing, err
+	}
 	var prereqs []string
-	if len(ids) > 0 {
-		out, err := h.git.RunInput(ctx, strings.NewReader(strings.Join(ids, "\n")+"\n"), "cat-file", "--batch-check=%(objectname)")
-		if err != nil {
-			return "", nothing, err
-		}
-		for _, line := range strings.Split(out, "\n") {
-			if f := strings.Fields(line); len(f) == 1 && upstreamIDs[f[0]] {
-				prereqs = append(prereqs, "^"+f[0])
-			}
+	for _, id := range ids {
+		if have[id] != "" {
+			prereqs = append(prereqs, "^"+id)
 		}
 	}
 	var check strings.Builder
@@ -326,33 +582,34 @@ func (h *Helper) bundleRevs(ctx context.Context, ups []*refUpdate) (string, func
 	}
 	// Bundle from refs: git records HEAD or a raw id badly in a bundle's
 	// ref list, or refuses it. A source that is a full ref name is used as
-	// it is; anything else gets a temporary ref.
-	var revs strings.Builder
-	var del strings.Builder
-	seenRef := map[string]bool{}
+	// it is; anything else gets a temporary ref, all made by one git.
+	var revs, make, del strings.Builder
+	tmp := "refs/relay-tmp/" + randomHex(8) + "/"
+	seen := map[string]bool{}
 	for i, u := range ups {
 		if u.New == zeroID || upstreamIDs[u.New] {
-			// Deleted, or upstream has it already (a new branch at one of
-			// its tips): the server checks such ids against upstream.
+			// Deleted, or upstream has it already: the server checks such
+			// ids against upstream.
 			continue
 		}
 		ref := u.src
 		if !strings.HasPrefix(ref, "refs/") || ref == "HEAD" {
-			ref = "refs/relay-tmp/" + randomHex(8) + "/" + strconv.Itoa(i)
-			if _, err := h.git.Run(ctx, "update-ref", "--no-deref", ref, u.New); err != nil {
-				return "", nothing, err
-			}
+			ref = tmp + strconv.Itoa(i)
+			make.WriteString("create " + ref + " " + u.New + "\n")
 			del.WriteString("delete " + ref + "\n")
 		}
-		if !seenRef[ref] {
-			seenRef[ref] = true
+		if !seen[ref] {
+			seen[ref] = true
 			revs.WriteString(ref + "\n")
 		}
 	}
 	cleanup := nothing
-	if del.Len() > 0 {
+	if make.Len() > 0 {
+		if _, err := h.git.RunInput(ctx, strings.NewReader(make.String()), "update-ref", "--no-deref", "--stdin"); err != nil {
+			return "", nothing, err
+		}
 		cleanup = func() {
-			_, _ = h.git.RunInput(context.Background(), strings.NewReader(del.String()), "update-ref", "--stdin")
+			_, _ = h.git.RunInput(context.Background(), strings.NewReader(del.String()), "update-ref", "--no-deref", "--stdin")
 		}
 	}
 	for _, p := range prereqs {
@@ -363,11 +620,9 @@ func (h *Helper) bundleRevs(ctx context.Context, ups []*refUpdate) (string, func
 
 // bundleRun is `git bundle create` writing to a pipe.
 type bundleRun struct {
-	h     *Helper
-	cmd   *gitx.Cmd
-	out   io.ReadCloser
-	start time.Time
-	done  bool
+	cmd  *gitx.Cmd
+	out  io.ReadCloser
+	done bool
 }
 
 func (h *Helper) startBundle(ctx context.Context, revs string) (*bundleRun, error) {
@@ -381,36 +636,7 @@ func (h *Helper) startBundle(ctx context.Context, revs string) (*bundleRun, erro
 	if err := c.Start(); err != nil {
 		return nil, fmt.Errorf("create bundle: %w", err)
 	}
-	return &bundleRun{h: h, cmd: c, out: out, start: time.Now()}, nil
-}
-
-// split cuts the bundle into chunks as git writes it (see payload.Split)
-// and waits for git.
-func (b *bundleRun) split(chunkSize int, free chan []byte, emit func(i uint32, final bool, chunk []byte) error) (*wire.Totals, error) {
-	t, err := payload.Split(b.out, chunkSize, free, nil, emit)
-	if err != nil {
-		b.stop()
-		if werr := b.wait(); werr != nil && !errors.Is(err, context.Canceled) {
-			return nil, werr
-		}
-		return nil, err
-	}
-	if err := b.wait(); err != nil {
-		return nil, err
-	}
-	b.h.ui.detail("bundle: %s, payload %s (%s), %d chunk(s), written in %s", humanBytes(t.BundleSize), humanBytes(t.PayloadSize), t.Compression, t.Chunks, time.Since(b.start).Round(time.Millisecond))
-	return t, nil
-}
-
-// drain reads the whole bundle and throws it away: a dry run makes the
-// bundle, to show that it can, and sends nothing.
-func (b *bundleRun) drain(chunkSize int) (*wire.Totals, error) {
-	free := make(chan []byte, 1)
-	free <- make([]byte, chunkSize)
-	return b.split(chunkSize, free, func(_ uint32, _ bool, buf []byte) error {
-		free <- buf
-		return nil
-	})
+	return &bundleRun{cmd: c, out: out}, nil
 }
 
 func (b *bundleRun) wait() error {
@@ -432,73 +658,6 @@ func (b *bundleRun) stop() {
 	}
 }
 
-// upload seals and sends the bundle's chunks while git writes it, a few
-// at a time; memory stays at a few chunks whatever the payload's size. A
-// chunk upload that fails on the way is sent again; the server takes the
-// same bytes at the same index as success, so a retry after a lost answer
-// resumes where the upload stopped.
-func (h *Helper) upload(ctx context.Context, session string, m wire.PushManifest, raw []byte, b *bundleRun) (*wire.Totals, error) {
-	salt, _ := hex.DecodeString(m.Salt)
-	st, err := seal.New(h.client.Key, keyring.LabelPushPayload, salt, wire.ManifestHash(raw))
-	if err != nil {
-		return nil, err
-	}
-	// One buffer per worker and one being filled: each chunk is sealed in
-	// place and given back once the server has it.
-	free := make(chan []byte, chunkWorkers+1)
-	for range chunkWorkers + 1 {
-		free <- make([]byte, 0, m.ChunkSize+seal.Overhead)
-	}
-	var totals *wire.Totals
-	feed := func(ctx context.Context, send func(chunk) error) error {
-		var err error
-		totals, err = b.split(m.ChunkSize, free, func(i uint32, final bool, buf []byte) error {
-			return send(chunk{i: i, final: final, buf: buf})
-		})
-		return err
-	}
-	err = h.moveChunks(ctx, "upload", 0, feed, func(ctx context.Context, _ int, c chunk) (int64, error) {
-		defer func() { free <- c.buf[:0] }()
-		sealed := st.Seal(c.buf[:0], c.i, c.final, c.buf)
-		q := url.Values{"session": {session}, "index": {strconv.FormatUint(uint64(c.i), 10)}}
-		if c.final {
-			q.Set("final", "1")
-		}
-		if _, err := h.client.Do(ctx, http.MethodPut, wire.PathPushChunk, q, sealed, nil); err != nil {
-			return 0, fmt.Errorf("upload chunk %d: %w", c.i+1, h.explain(err))
-		}
-		return int64(len(sealed)), nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	return totals, nil
-}
-
-// finish asks the server to apply the push and follows its phases until
-// it is done or failed. The server holds each answer until the push is
-// done (or a few seconds pass), so a small push takes one round trip.
-func (h *Helper) finish(ctx context.Context, session string, totals wire.Totals) (*wire.PushStatus, error) {
-	q := url.Values{"session": {session}}
-	body, err := json.Marshal(totals)
-	if err != nil {
-		return nil, err
-	}
-	var st wire.PushStatus
-	if _, err := h.client.Do(ctx, http.MethodPost, wire.PathPushFinish, q, body, &st); err != nil {
-		return nil, h.explain(err)
-	}
-	wait := url.Values{"session": {session}, "wait": {"1"}}
-	for st.Phase != wire.PhaseDone && st.Phase != wire.PhaseFailed {
-		h.ui.status("server: %s...", st.Phase)
-		if _, err := h.client.Do(ctx, http.MethodGet, wire.PathPushStatus, wait, nil, &st); err != nil {
-			return nil, h.explain(err)
-		}
-	}
-	h.ui.done("server: %s.", timeline(st.Timeline))
-	return &st, nil
-}
-
 // timeline says how long the server spent in each phase.
 func timeline(ts []wire.PhaseTime) string {
 	var parts []string
@@ -513,12 +672,4 @@ func timeline(ts []wire.PhaseTime) string {
 		}
 	}
 	return strings.Join(parts, ", ")
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		panic(err)
-	}
-	return hex.EncodeToString(b)
 }

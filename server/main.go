@@ -1,23 +1,30 @@
 // Package server is the relay: the only machine that reaches the external
-// git host. It authenticates every request with the shared key, takes
-// pushes as sessions of sealed chunks, checks the bundle they carry, and
-// streams its pack into upstream's receive-pack as a compare-and-swap on the
-// ids the client saw. It also builds sealed bundles for fetches from a
-// mirror of upstream that it keeps fresh.
+// git host. It authenticates every request with the shared key and runs
+// exchanges its clients open: a push streams its sealed, chunked bundle,
+// checked as it comes, into upstream's receive-pack as a compare-and-swap
+// on the ids the client saw; a fetch tunnels git's protocol v2 to
+// upload-pack on the server's mirror of upstream, which it keeps fresh
+// and holding only what upstream serves. Exchanges live in a store (a
+// folder, or S3-compatible storage shared by several instances).
 package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"syscall"
+	"time"
 
 	"github.com/git-relay/git-relay/internal/cli"
 	"github.com/git-relay/git-relay/internal/keyring"
+	"github.com/git-relay/git-relay/internal/store"
 )
 
 // Main runs git-relay-server with os.Args and returns the exit status.
@@ -31,29 +38,47 @@ type grammar struct {
 	Serve  serveCmd  `cmd:"" help:"Run the relay server."`
 }
 
-type keygenCmd struct{}
+type keygenCmd struct {
+	Output string `short:"o" type:"path" placeholder:"FILE" help:"Write the key to FILE, readable by its owner only (mode 0600), instead of printing it."`
+}
 
-func (keygenCmd) Run(s *streams) error {
+func (c keygenCmd) Run(s *streams) error {
 	k, err := keyring.Generate()
 	if err != nil {
 		return err
+	}
+	if c.Output != "" {
+		if err := keyring.WriteFile(c.Output, k); err != nil {
+			return err
+		}
+		fmt.Fprintf(s.Stderr, "wrote a new key (id %s) to %s, mode 0600; give the same file to every git-remote-relay (relay.keyFile)\n", k.ID, c.Output)
+		return nil
 	}
 	_, err = fmt.Fprintln(s.Stdout, k.String())
 	return err
 }
 
 type serveCmd struct {
-	Listen      string `default:"127.0.0.1:8080" help:"Address to listen on (host:port; port 0 picks a free one)."`
-	DataDir     string `required:"" type:"path" help:"Folder for sessions and upstream mirrors."`
-	KeyFile     string `required:"" type:"existingfile" help:"Shared key file (one or more keys from 'git-relay-server keygen', one per line)."`
-	Upstream    string `default:"https://github.com/{repo}.git" help:"Upstream URL template; {repo} becomes owner/repo. file:// works too."`
-	TokenFile   string `type:"existingfile" help:"File holding the upstream token (default: $GITHUB_TOKEN)."`
-	MaxBody     int64  `default:"4500000" help:"Largest request or response body in bytes."`
-	AllowForce  bool   `help:"Allow forced (non-fast-forward) pushes."`
-	MaxPushSize int64  `default:"4294967296" help:"Largest push payload in bytes."`
-	SessionTTL  string `default:"24h" help:"How long an unfinished session is kept."`
-	MaxSessions int    `default:"64" help:"Most unfinished push sessions at once, per key."`
-	Verbose     bool   `short:"v" help:"Log the timings of each push's phases."`
+	Listen        string        `default:"127.0.0.1:8080" help:"Address to listen on (host:port; port 0 picks a free one)."`
+	DataDir       string        `required:"" type:"path" help:"Folder for upstream mirrors (and sessions, unless --store says otherwise)."`
+	Store         string        `placeholder:"URL" help:"Where sessions live: a folder (default: DATA-DIR/sessions) or s3://BUCKET/PREFIX (with AWS_ENDPOINT_URL, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), shared by several instances behind a load balancer."`
+	KeyFile       string        `required:"" type:"existingfile" help:"Shared key file (one or more keys from 'git-relay-server keygen -o', one per line; mode 0600)."`
+	Upstream      string        `default:"https://github.com/{repo}.git" help:"Upstream URL template; {repo} becomes owner/repo. file:// works too."`
+	TokenFile     string        `type:"existingfile" help:"File holding the upstream token (default: $GITHUB_TOKEN)."`
+	MaxBody       int64         `default:"4500000" help:"Largest request or response body in bytes."`
+	AllowForce    bool          `help:"Allow forced pushes (non-fast-forward branch updates, tag moves)."`
+	MaxPushSize   int64         `default:"4294967296" help:"Largest push bundle in bytes."`
+	MaxRefs       int           `default:"1000000" help:"Most ref updates in one push."`
+	MaxSessions   int           `default:"64" help:"Most unfinished exchanges per key."`
+	MaxKeyBytes   int64         `default:"17179869184" help:"Most bytes the sessions of one key may hold."`
+	MaxBytes      int64         `default:"68719476736" help:"Most bytes all sessions may hold."`
+	Idle          time.Duration `default:"10m" help:"How long an unfinished exchange may sit untouched before it expires."`
+	Keep          time.Duration `default:"1h" help:"How long a finished exchange is kept, for status queries and resumed downloads."`
+	TLSCert       string        `type:"existingfile" help:"Serve HTTPS with this certificate (PEM)."`
+	TLSKey        string        `type:"existingfile" help:"The private key of --tls-cert (PEM)."`
+	MetricsListen string        `placeholder:"ADDR" help:"Serve Prometheus metrics at http://ADDR/metrics."`
+	Instance      string        `help:"This instance's name among several sharing a store (default: host name and a random suffix; \"local\" with the folder store)."`
+	Verbose       bool          `short:"v" help:"Log the timings of each exchange's phases."`
 }
 
 // softMemoryLimit is the heap size at which the server's garbage
@@ -79,23 +104,57 @@ func (c *serveCmd) Run(s *streams) error {
 	if err != nil {
 		return err
 	}
-	cfg := Config{
-		Listen:      c.Listen,
-		DataDir:     c.DataDir,
-		Ring:        ring,
-		Upstream:    c.Upstream,
-		Token:       token,
-		MaxBody:     c.MaxBody,
-		AllowForce:  c.AllowForce,
-		MaxPushSize: c.MaxPushSize,
-		SessionTTL:  c.SessionTTL,
-		MaxSessions: c.MaxSessions,
-		Log:         s.Stderr,
-		LogLevel:    logLevel(c.Verbose),
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("--tls-cert and --tls-key go together")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	st, instance, err := openStore(ctx, c.Store, c.DataDir)
+	if err != nil {
+		return err
+	}
+	if c.Instance != "" {
+		instance = c.Instance
+	}
+	cfg := Config{
+		Listen:        c.Listen,
+		DataDir:       c.DataDir,
+		Store:         st,
+		Ring:          ring,
+		Upstream:      c.Upstream,
+		Token:         token,
+		MaxBody:       c.MaxBody,
+		AllowForce:    c.AllowForce,
+		MaxPushSize:   c.MaxPushSize,
+		MaxRefs:       c.MaxRefs,
+		MaxSessions:   c.MaxSessions,
+		MaxKeyBytes:   c.MaxKeyBytes,
+		MaxBytes:      c.MaxBytes,
+		Idle:          c.Idle,
+		Keep:          c.Keep,
+		TLSCert:       c.TLSCert,
+		TLSKey:        c.TLSKey,
+		MetricsListen: c.MetricsListen,
+		Instance:      instance,
+		Log:           s.Stderr,
+		LogLevel:      logLevel(c.Verbose),
+	}
 	return Serve(ctx, cfg)
+}
+
+// openStore opens the session store named by --store; the default folder
+// store is for one instance, so its instance name is fixed, and a restart
+// takes up its own work at once.
+func openStore(ctx context.Context, url, dataDir string) (store.Store, string, error) {
+	if url == "" {
+		d, err := newDirStore(filepath.Join(dataDir, "sessions"))
+		return d, "local", err
+	}
+	if strings.HasPrefix(url, "s3://") {
+		return nil, "", errors.New("--store s3:// is not available in this build")
+	}
+	d, err := newDirStore(url)
+	return d, "local", err
 }
 
 func trimSpace(b []byte) []byte {

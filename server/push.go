@@ -1,542 +1,696 @@
 package server
 
 import (
+	"bufio"
 	"bytes"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
+	"context"
+	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
-	"os"
-	"path/filepath"
-	"sort"
-	"strconv"
+	"strings"
+	"sync"
 	"time"
 
-	"github.com/git-relay/git-relay/internal/keyring"
+	"github.com/git-relay/git-relay/internal/bundle"
+	"github.com/git-relay/git-relay/internal/gitx"
 	"github.com/git-relay/git-relay/internal/payload"
-	"github.com/git-relay/git-relay/internal/seal"
+	"github.com/git-relay/git-relay/internal/upstream"
 	"github.com/git-relay/git-relay/internal/wire"
 )
 
-// pushState is what the server remembers of a push session. It is written
-// with writeFileAtomic at every phase change, so a restart finds each
-// session where it was.
-type pushState struct {
-	Phase   string           `json:"phase"`
-	Message string           `json:"message,omitempty"`
-	Results []wire.RefResult `json:"results,omitempty"`
-	// Totals is the signed close of the upload (sizes, chunk count and
-	// the bundle's hash), kept from the first complete request.
-	Totals *wire.Totals `json:"totals,omitempty"`
-	// Timeline lists the phases with when each began, for the helper to
-	// show even when it learns of them only at the end.
-	Timeline []wire.PhaseTime `json:"timeline,omitempty"`
-	KeyID    string           `json:"keyId"`
-	Created  time.Time        `json:"created"`
-	Updated  time.Time        `json:"updated"`
-}
+// A push is cut through: the server streams the authenticated chunks, in
+// order, into upstream's receive-pack while later chunks are still on
+// their way, and a tee indexes the same bytes into a quarantine of the
+// mirror. Upstream cannot complete the pack without its last bytes, and
+// those are held back until
+//
+//   - every chunk, the final one included, has authenticated and the
+//     plaintext matches the size and SHA-256 its sender vouched for
+//     (payload.Reader holds them back), and
+//   - the server's own policy checks have passed: the bundle's heads are
+//     the manifest's new ids, its prerequisites are upstream's, and a
+//     branch moves by fast-forward unless this relay allows force and the
+//     client asked for it, checked in the quarantine against the objects
+//     themselves, whatever the client claims.
+//
+// On any failure the connection to upstream is cut before those bytes go:
+// upstream's index-pack fails, its quarantine is dropped, and no ref
+// moves. Every update is a compare-and-swap on the old id the client saw,
+// so a push that runs again (after a crash, on another instance) never
+// lands twice.
 
-type pushSession struct {
-	id       string
-	dir      string
-	raw      []byte // the manifest's exact bytes
-	manifest wire.PushManifest
-	state    pushState
-}
+// maxManifest bounds the push manifest (a million refs fit).
+const maxManifest = 256 << 20
 
-func (s *Server) sessionDir(id string) string { return filepath.Join(s.cfg.DataDir, "sessions", id) }
-
-func newID() string {
-	b := make([]byte, 16)
-	if _, err := rand.Read(b); err != nil {
-		panic(err)
+// runPush runs a push to its end and records the outcome.
+func (s *Server) runPush(ctx context.Context, e *exch) {
+	start := time.Now()
+	results, err := s.push(ctx, e)
+	switch {
+	case errors.Is(err, errEnded):
+		return // cancelled
+	case err != nil && s.ctx.Err() != nil:
+		return // shutting down: it resumes from the kept chunks
 	}
-	return hex.EncodeToString(b)
+	if err != nil {
+		s.log.Warn("push failed", "id", e.id, "err", s.redact(err.Error()))
+	} else {
+		s.log.Info("push done", "id", e.id, "took", time.Since(start).Round(time.Millisecond), "refs", summarize(results))
+	}
+	bg := context.WithoutCancel(ctx)
+	s.finish(bg, e, results, err)
+	s.metrics.phase.WithLabelValues("push").Observe(time.Since(start).Seconds())
+	s.dropChunks(bg, e.id)
 }
 
-// loadPush reads a session; the key that reads it must be the key that
-// made it.
-func (s *Server) loadPush(id string, key keyring.Key) (*pushSession, error) {
-	if !sessRE.MatchString(id) {
-		return nil, badRequest("invalid session id")
-	}
-	ps, err := s.readPush(id)
+// pushPlan is a push once its manifest is read and checked.
+type pushPlan struct {
+	m       *mirror
+	man     wire.PushManifest
+	refs    *upstream.Refs
+	results map[string]*wire.RefResult
+	todo    []wire.Update // what goes upstream
+	// ancestry lists the non-forced moves of existing branches whose new
+	// id the pack carries: checked in the quarantine before the pack may
+	// complete.
+	ancestry []wire.Update
+}
+
+func (s *Server) push(ctx context.Context, e *exch) ([]wire.RefResult, error) {
+	m, err := s.mirrors.get(e.open.Repo)
 	if err != nil {
 		return nil, err
 	}
-	if ps.state.KeyID != key.ID {
-		return nil, notFound("no such session %s", id)
+	// Upstream's refs and the mirror are brought up to date while the
+	// first chunks come.
+	type listing struct {
+		refs *upstream.Refs
+		err  error
 	}
-	return ps, nil
-}
-
-func (s *Server) readPush(id string) (*pushSession, error) {
-	dir := s.sessionDir(id)
-	raw, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
-	if err != nil {
-		return nil, notFound("no such session %s (it may have expired)", id)
-	}
-	ps := &pushSession{id: id, dir: dir, raw: raw}
-	if err := json.Unmarshal(raw, &ps.manifest); err != nil {
-		return nil, fmt.Errorf("session %s: %w", id, err)
-	}
-	st, err := os.ReadFile(filepath.Join(dir, "state.json"))
-	if err != nil {
-		return nil, fmt.Errorf("session %s: %w", id, err)
-	}
-	if err := json.Unmarshal(st, &ps.state); err != nil {
-		return nil, fmt.Errorf("session %s: %w", id, err)
-	}
-	return ps, nil
-}
-
-// enter moves the session to phase (the caller saves it).
-func (ps *pushSession) enter(phase string) {
-	ps.state.Phase = phase
-	ps.state.Timeline = append(ps.state.Timeline, wire.PhaseTime{Phase: phase, At: time.Now().UTC()})
-}
-
-func (ps *pushSession) save() error {
-	ps.state.Updated = time.Now().UTC()
-	b, err := json.Marshal(ps.state)
-	if err != nil {
-		return err
-	}
-	return writeFileAtomic(filepath.Join(ps.dir, "state.json"), b)
-}
-
-func (ps *pushSession) chunkPath(i uint32) string {
-	return filepath.Join(ps.dir, "chunks", fmt.Sprintf("%08d", i))
-}
-
-// writePlain puts chunk i's plaintext at its offset in the partial
-// payload. A failure only costs the fast path at assembly.
-func (ps *pushSession) writePlain(i uint32, plain []byte) bool {
-	f, err := os.OpenFile(ps.partPath(), os.O_WRONLY|os.O_CREATE, 0o600)
-	if err != nil {
-		return false
-	}
-	_, err = f.WriteAt(plain, int64(i)*int64(ps.manifest.ChunkSize))
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err == nil
-}
-
-func (ps *pushSession) partPath() string { return filepath.Join(ps.dir, "payload.part") }
-
-// partHash is the running hash of a session's partial payload, kept in
-// memory while its chunks arrive: the bundle's hash is then ready when
-// the last chunk is. A restart loses it, and assembly reads the payload
-// again.
-type partHash struct {
-	*payload.Prefix
-	file *os.File
-}
-
-// partHashOf returns the session's running hash, starting it if need be.
-func (s *Server) partHashOf(ps *pushSession) *partHash {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if p, ok := s.partHashes[ps.id]; ok {
-		return p
-	}
-	f, err := os.Open(ps.partPath())
-	if err != nil {
-		return nil
-	}
-	p := &partHash{Prefix: payload.NewPrefix(f, ps.manifest.ChunkSize), file: f}
-	s.partHashes[ps.id] = p
-	return p
-}
-
-// takePartHash forgets a session's running hash and returns it, if any.
-func (s *Server) takePartHash(id string) *partHash {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	p := s.partHashes[id]
-	delete(s.partHashes, id)
-	if p != nil {
-		p.file.Close()
-	}
-	return p
-}
-
-// finalPath holds the index of the chunk that opened as the final one.
-func (ps *pushSession) finalPath() string { return filepath.Join(ps.dir, "final") }
-
-// final returns the index of the final chunk, if it has arrived.
-func (ps *pushSession) final() (uint32, bool) {
-	b, err := os.ReadFile(ps.finalPath())
-	if err != nil {
-		return 0, false
-	}
-	n, err := strconv.ParseUint(string(b), 10, 32)
-	return uint32(n), err == nil
-}
-
-func (ps *pushSession) stream(key keyring.Key) (*seal.Stream, error) {
-	salt, err := hex.DecodeString(ps.manifest.Salt)
+	listed := make(chan listing, 1)
+	go func() {
+		refs, err := s.refresh(ctx, m, 0)
+		listed <- listing{refs, err}
+	}()
+	next, release := s.upChunks(ctx, e)
+	defer release()
+	r := payload.NewReader(next, s.cfg.MaxPushSize+maxManifest)
+	defer r.Close()
+	br := bufio.NewReaderSize(r, 64<<10)
+	man, err := readManifest(br, s.cfg.MaxRefs)
 	if err != nil {
 		return nil, err
 	}
-	return seal.New(key, keyring.LabelPushPayload, salt, wire.ManifestHash(ps.raw))
-}
+	if err := s.checkManifest(&man); err != nil {
+		return nil, err
+	}
+	l := <-listed
+	if l.err != nil {
+		return nil, l.err
+	}
+	if err := s.enter(ctx, e, wire.PhaseProcessing); err != nil {
+		return nil, err
+	}
+	p := &pushPlan{m: m, man: man, refs: l.refs, results: map[string]*wire.RefResult{}}
+	s.plan(p)
+	m.rw.RLock()
+	defer m.rw.RUnlock()
 
-func (ps *pushSession) held() []uint32 {
-	entries, _ := os.ReadDir(filepath.Join(ps.dir, "chunks"))
-	held := []uint32{}
-	for _, e := range entries {
-		n, err := strconv.ParseUint(e.Name(), 10, 32)
-		if err == nil && len(e.Name()) == 8 {
-			held = append(held, uint32(n))
+	_, peekErr := br.Peek(1)
+	hasBundle := peekErr == nil
+	var hdr *bundle.Header
+	var pack io.Reader
+	if hasBundle {
+		if hdr, pack, err = bundle.Split(br); err != nil {
+			return nil, badRequest("read the bundle: %v", err)
+		}
+		if err := s.checkBundle(ctx, p, hdr); err != nil {
+			return nil, err
+		}
+	} else if peekErr != io.EOF {
+		return nil, peekErr
+	} else if err := s.checkRefOnly(ctx, p); err != nil {
+		return nil, err
+	}
+	if failAtomic(man.Atomic, p.results) {
+		return ordered(man.Updates, p.results), nil
+	}
+	p.todo = stillPending(man.Updates, p.results)
+	if len(p.todo) == 0 {
+		return ordered(man.Updates, p.results), nil
+	}
+	if err := s.enter(ctx, e, wire.PhasePushing); err != nil {
+		return nil, err
+	}
+	e.mu.Lock()
+	e.applying = true
+	e.mu.Unlock()
+	defer func() {
+		e.mu.Lock()
+		e.applying = false
+		e.mu.Unlock()
+	}()
+	res, g, err := s.sendUpstream(ctx, p, pack)
+	if g != nil {
+		defer g.close()
+	}
+	if err != nil {
+		return nil, err
+	}
+	s.record(ctx, p, res)
+	if g != nil && allOK(p.results) {
+		if err := s.admitPush(ctx, p, g); err != nil {
+			s.log.Warn("update the mirror", "repo", m.name, "err", err)
 		}
 	}
-	sort.Slice(held, func(a, b int) bool { return held[a] < held[b] })
-	return held
+	m.refreshing.Lock()
+	m.refs = nil // upstream moved: the next use lists it again
+	m.refreshing.Unlock()
+	return ordered(man.Updates, p.results), nil
 }
 
-func (ps *pushSession) status() wire.PushStatus {
-	var chunks uint32
-	if ps.state.Totals != nil {
-		chunks = ps.state.Totals.Chunks
+// readManifest reads the push manifest that opens the payload.
+func readManifest(br *bufio.Reader, maxRefs int) (wire.PushManifest, error) {
+	var m wire.PushManifest
+	var n [4]byte
+	if _, err := io.ReadFull(br, n[:]); err != nil {
+		return m, fmt.Errorf("read the push manifest: %w", err)
 	}
-	return wire.PushStatus{
-		Session: ps.id, Phase: ps.state.Phase, Held: ps.held(), Chunks: chunks,
-		Message: ps.state.Message, Results: ps.state.Results, Timeline: ps.state.Timeline,
+	size := binary.BigEndian.Uint32(n[:])
+	if size > maxManifest {
+		return m, tooLarge("the push manifest is %d bytes, more than this relay reads (%d)", size, maxManifest)
 	}
+	js := make([]byte, size)
+	if _, err := io.ReadFull(br, js); err != nil {
+		return m, fmt.Errorf("read the push manifest: %w", err)
+	}
+	if err := json.Unmarshal(js, &m); err != nil {
+		return m, badRequest("decode the push manifest: %v", err)
+	}
+	if len(m.Updates) == 0 {
+		return m, badRequest("the push updates no ref")
+	}
+	if len(m.Updates) > maxRefs {
+		return m, tooLarge("a push of %d refs is more than this relay takes at once (--max-refs %d): push them in batches of at most %d", len(m.Updates), maxRefs, maxRefs)
+	}
+	return m, nil
 }
 
-// checkManifest validates a manifest before any work is done.
-func (s *Server) checkManifest(c *call, m *wire.PushManifest) error {
-	if m.Version != wire.PushManifestVersion {
-		return badRequest("unsupported manifest version %d (this relay speaks %d: use the same git-relay release on both sides)", m.Version, wire.PushManifestVersion)
-	}
-	if err := validRepo(m.Repo); err != nil {
-		return err
-	}
-	if len(m.Updates) == 0 || len(m.Updates) > 1000 {
-		return badRequest("a push updates 1 to 1000 refs, not %d", len(m.Updates))
-	}
-	seen := map[string]bool{}
+// checkManifest checks what needs neither upstream nor objects.
+func (s *Server) checkManifest(m *wire.PushManifest) error {
+	seen := make(map[string]bool, len(m.Updates))
 	for _, u := range m.Updates {
-		if err := validRef(c.r.Context(), u.Ref); err != nil {
-			return err
+		if !gitx.ValidRefName(u.Ref) {
+			return badRequest("invalid ref name %q", u.Ref)
 		}
 		if seen[u.Ref] {
 			return badRequest("ref %s appears twice", u.Ref)
 		}
 		seen[u.Ref] = true
-		if !validOID(u.Old) || !validOID(u.New) {
+		if !gitx.ValidOID(u.Old) || !gitx.ValidOID(u.New) {
 			return badRequest("ref %s: old and new must be 40-hex object ids", u.Ref)
 		}
 		if u.Old == u.New {
 			return badRequest("ref %s: nothing to update", u.Ref)
 		}
-		if u.Force && !s.cfg.AllowForce {
-			return &userError{http.StatusForbidden, wire.CodeForbidden, fmt.Sprintf("ref %s: forced pushes are refused by this relay (the server runs without --allow-force)", u.Ref)}
-		}
 	}
 	if len(m.Options) > 100 {
-		return badRequest("too many push options")
+		return badRequest("too many push options (%d, at most 100)", len(m.Options))
 	}
-	if salt, err := hex.DecodeString(m.Salt); err != nil || len(salt) != 32 {
-		return badRequest("manifest salt must be 32 bytes in hex")
-	}
-	if m.ChunkSize == 0 {
-		return nil // a ref-only update
-	}
-	if m.ChunkSize < minChunkSize || int64(m.ChunkSize)+seal.Overhead > s.cfg.MaxBody {
-		return &userError{http.StatusRequestEntityTooLarge, wire.CodeTooLarge, fmt.Sprintf("chunk size %d does not fit the server's --max-body %d (at least %d): set relay.maxBody to at most %d", m.ChunkSize, s.cfg.MaxBody, minChunkSize, s.cfg.MaxBody)}
+	for _, o := range m.Options {
+		if strings.ContainsAny(o, "\x00\n") || len(o) > 4096 {
+			return badRequest("a push option holds a NUL, a newline or more than 4096 bytes")
+		}
 	}
 	return nil
 }
 
-// minChunkSize keeps the number of chunk files of a push reasonable: it
-// is what the smallest relay.maxBody the helper takes (64 KiB) leaves.
-const minChunkSize = 64<<10 - seal.Overhead
-
-// checkTotals validates the close of an upload against the manifest and
-// the chunks the session holds: every chunk up to the final one, and
-// nothing after it.
-func (s *Server) checkTotals(ps *pushSession, t *wire.Totals) error {
-	m := ps.manifest
-	if m.ChunkSize == 0 {
-		if *t != (wire.Totals{}) {
-			return badRequest("a ref-only update carries no payload")
+// plan decides, from upstream's refs and the server's policies, what each
+// update may do before any object is looked at.
+func (s *Server) plan(p *pushPlan) {
+	for _, u := range p.man.Updates {
+		r := &wire.RefResult{Ref: u.Ref}
+		p.results[u.Ref] = r
+		cur := p.refs.Refs[u.Ref]
+		if cur == "" {
+			cur = wire.ZeroID
 		}
-		return nil
-	}
-	if t.Compression != wire.CompressNone && t.Compression != wire.CompressZstd {
-		return badRequest("unknown compression %q", t.Compression)
-	}
-	if t.PayloadSize < 0 || t.PayloadSize > s.cfg.MaxPushSize || t.BundleSize <= 0 || t.BundleSize > s.cfg.MaxPushSize {
-		return &userError{http.StatusRequestEntityTooLarge, wire.CodeTooLarge, fmt.Sprintf("push of %d bytes is larger than this relay accepts (%d)", t.BundleSize, s.cfg.MaxPushSize)}
-	}
-	if t.Chunks == 0 || seal.Chunks(t.PayloadSize, m.ChunkSize) != t.Chunks {
-		return badRequest("chunk count %d does not match %d bytes in chunks of %d", t.Chunks, t.PayloadSize, m.ChunkSize)
-	}
-	if h, err := hex.DecodeString(t.BundleHash); err != nil || len(h) != sha256.Size {
-		return badRequest("bundle hash must be a hex SHA-256")
-	}
-	final, ok := ps.final()
-	if !ok {
-		return conflict("session %s has not received its final chunk", ps.id)
-	}
-	if final != t.Chunks-1 {
-		return badRequest("the final chunk is chunk %d, not %d", final+1, t.Chunks)
-	}
-	held := ps.held()
-	if uint32(len(held)) != t.Chunks || held[len(held)-1] != final {
-		return conflict("session %s holds %d of %d chunks", ps.id, len(held), t.Chunks)
-	}
-	return nil
-}
-
-func (s *Server) handlePushCreate(c *call) {
-	var m wire.PushManifest
-	if err := json.Unmarshal(c.body, &m); err != nil {
-		c.failErr(badRequest("decode manifest: %v", err))
-		return
-	}
-	if err := s.checkManifest(c, &m); err != nil {
-		c.failErr(err)
-		return
-	}
-	if n := s.activeSessions(c.key.ID); n >= s.cfg.MaxSessions {
-		c.failErr(&userError{http.StatusTooManyRequests, wire.CodeTooLarge, fmt.Sprintf("too many unfinished pushes for this key (%d); wait or let them expire", n)})
-		return
-	}
-	id := newID()
-	dir := s.sessionDir(id)
-	if err := os.MkdirAll(filepath.Join(dir, "chunks"), 0o700); err != nil {
-		c.failErr(err)
-		return
-	}
-	ps := &pushSession{id: id, dir: dir, raw: c.body, manifest: m,
-		state: pushState{KeyID: c.key.ID, Created: time.Now().UTC()}}
-	ps.enter(wire.PhaseReceiving)
-	if err := writeFileAtomic(filepath.Join(dir, "manifest.json"), c.body); err != nil {
-		c.failErr(err)
-		return
-	}
-	if err := ps.save(); err != nil {
-		c.failErr(err)
-		return
-	}
-	s.log.Info("push session", "session", id, "repo", m.Repo, "refs", len(m.Updates), "payload", m.ChunkSize > 0)
-	c.reply(http.StatusOK, wire.Session{Session: id})
-}
-
-func (s *Server) activeSessions(keyID string) int {
-	entries, _ := os.ReadDir(filepath.Join(s.cfg.DataDir, "sessions"))
-	n := 0
-	for _, e := range entries {
-		ps, err := s.readPush(e.Name())
-		if err == nil && ps.state.KeyID == keyID && ps.state.Phase == wire.PhaseReceiving {
-			n++
+		isTag := strings.HasPrefix(u.Ref, "refs/tags/")
+		switch {
+		case !strings.HasPrefix(u.Ref, "refs/heads/") && !isTag:
+			r.Reason, r.Detail = wire.ReasonForbidden, "the relay pushes only branches (refs/heads/*) and tags (refs/tags/*)"
+		case cur == u.New:
+			// Already there: from us before a crash, or from someone else.
+			r.OK = true
+		case cur != u.Old:
+			r.Reason = wire.ReasonFetchFirst
+		case u.New == wire.ZeroID && u.Ref == p.refs.Head:
+			r.Reason = wire.ReasonDefaultBranch
+		case isTag && u.Old != wire.ZeroID && u.New != wire.ZeroID && !u.Force:
+			r.Reason = wire.ReasonAlreadyExists
+		case isTag && u.Old != wire.ZeroID && u.New != wire.ZeroID && !s.cfg.AllowForce:
+			r.Reason, r.Detail = wire.ReasonForbidden, "moving a tag is refused by this relay (the server runs without --allow-force)"
 		}
 	}
-	return n
 }
 
-// handlePushChunk stores one sealed chunk. It is idempotent: the same bytes
-// at the same index succeed again, different bytes are a conflict. Each
-// chunk is authenticated on arrival, so a chunk altered on the way is
-// refused at once, naming its index; its plaintext is not kept.
-func (s *Server) handlePushChunk(c *call) {
-	q := c.r.URL.Query()
-	ps, err := s.loadPush(q.Get("session"), c.key)
-	if err != nil {
-		c.failErr(err)
-		return
-	}
-	m := ps.manifest
-	if m.ChunkSize == 0 {
-		c.failErr(badRequest("session %s is a ref-only update and takes no chunks", ps.id))
-		return
-	}
-	idx, err := strconv.ParseUint(q.Get("index"), 10, 32)
-	if err != nil {
-		c.failErr(badRequest("chunk index %q is not a number", q.Get("index")))
-		return
-	}
-	if int64(idx)*int64(m.ChunkSize) >= s.cfg.MaxPushSize {
-		c.failErr(&userError{http.StatusRequestEntityTooLarge, wire.CodeTooLarge, fmt.Sprintf("push is larger than this relay accepts (%d bytes)", s.cfg.MaxPushSize)})
-		return
-	}
-	i, final := uint32(idx), q.Get("final") == "1"
-	path := ps.chunkPath(i)
-	if old, err := os.ReadFile(path); err == nil {
-		if bytes.Equal(old, c.body) {
-			c.reply(http.StatusOK, ps.status())
-			return
+// checkBundle checks the bundle's header against the manifest and the
+// mirror: its heads are new ids of the manifest, its prerequisites are
+// objects upstream has, and every new id it does not carry is one
+// upstream has. Branch moves whose new id is upstream's already are
+// checked for fast-forward now; the others once the pack is indexed.
+func (s *Server) checkBundle(ctx context.Context, p *pushPlan, hdr *bundle.Header) error {
+	news := map[string]bool{}
+	for _, u := range p.man.Updates {
+		if u.New != wire.ZeroID {
+			news[u.New] = true
 		}
-		c.failErr(conflict("chunk %d already holds different bytes", i))
-		return
 	}
-	if ps.state.Phase != wire.PhaseReceiving {
-		c.failErr(conflict("session %s is %s and takes no more chunks", ps.id, ps.state.Phase))
-		return
+	heads := map[string]bool{}
+	for _, r := range hdr.Refs {
+		if !news[r.OID] {
+			return badRequest("the bundle's heads do not match the push manifest")
+		}
+		heads[r.OID] = true
 	}
-	// Every chunk but the final one is full.
-	full := int64(m.ChunkSize) + seal.Overhead
-	if n := int64(len(c.body)); n < seal.Overhead || n > full || (!final && n != full) {
-		c.failErr(badRequest("chunk %d: %d bytes, expected %d", i, n, full))
-		return
+	var ask []string
+	for _, pr := range hdr.Prereqs {
+		ask = append(ask, pr.OID)
 	}
-	if f, ok := ps.final(); ok && (i > f || (final && i != f)) {
-		c.failErr(conflict("chunk %d: the final chunk of session %s is chunk %d", i, ps.id, f))
-		return
+	for id := range news {
+		if !heads[id] {
+			ask = append(ask, id)
+		}
 	}
-	st, err := ps.stream(c.key)
+	have, err := p.m.git.Exists(ctx, ask)
 	if err != nil {
-		c.failErr(err)
-		return
+		return err
 	}
-	bp, _ := s.bodies.Get().(*[]byte)
-	if bp == nil {
-		bp = new([]byte)
+	for _, pr := range hdr.Prereqs {
+		if have[pr.OID] == "" {
+			return conflict("the bundle builds on %s, which upstream does not have (upstream moved: fetch and push again)", pr.OID)
+		}
 	}
-	defer s.bodies.Put(bp)
-	plain, err := st.Open((*bp)[:0], i, final, c.body)
-	*bp = plain[:0]
-	if err != nil {
-		c.failErr(badRequest("%v: it was altered on the way or belongs to another push", err))
-		return
-	}
-	if final {
-		// Only a chunk that opened as the last one marks the end; the
-		// marker is created once, so a second final chunk is a conflict.
-		if err := createFileAtomic(ps.finalPath(), []byte(strconv.FormatUint(idx, 10))); err != nil {
-			if f, ok := ps.final(); !ok || f != i {
-				c.failErr(conflict("chunk %d: session %s already has its final chunk", i, ps.id))
-				return
+	for _, u := range p.man.Updates {
+		if u.New != wire.ZeroID && !heads[u.New] && have[u.New] == "" {
+			if r := p.results[u.Ref]; !r.OK && r.Reason == "" {
+				r.Reason, r.Detail = wire.ReasonMissing, "the push does not carry "+u.New+" and upstream does not have it"
 			}
 		}
 	}
-	if err := writeFileAtomic(path, c.body); err != nil {
-		c.failErr(err)
+	var now []wire.Update
+	for _, u := range p.man.Updates {
+		if needsAncestry(u, p.results[u.Ref]) {
+			if heads[u.New] {
+				p.ancestry = append(p.ancestry, u)
+			} else {
+				now = append(now, u)
+			}
+		}
+	}
+	return s.checkAncestry(ctx, p.m.git, now, p)
+}
+
+// checkRefOnly checks a push that carries no bundle: every new id must be
+// upstream's already.
+func (s *Server) checkRefOnly(ctx context.Context, p *pushPlan) error {
+	var ask []string
+	for _, u := range p.man.Updates {
+		if u.New != wire.ZeroID {
+			ask = append(ask, u.New)
+		}
+	}
+	have, err := p.m.git.Exists(ctx, ask)
+	if err != nil {
+		return err
+	}
+	var now []wire.Update
+	for _, u := range p.man.Updates {
+		r := p.results[u.Ref]
+		if u.New != wire.ZeroID && have[u.New] == "" && !r.OK && r.Reason == "" {
+			r.Reason, r.Detail = wire.ReasonMissing, "the push does not carry "+u.New+" and upstream does not have it"
+		}
+		if needsAncestry(u, r) && r.Reason == "" {
+			now = append(now, u)
+		}
+	}
+	return s.checkAncestry(ctx, p.m.git, now, p)
+}
+
+// needsAncestry says whether an update still to do moves an existing
+// branch, which is a fast-forward or else a forced update.
+func needsAncestry(u wire.Update, r *wire.RefResult) bool {
+	return !r.OK && r.Reason == "" && u.Old != wire.ZeroID && u.New != wire.ZeroID && strings.HasPrefix(u.Ref, "refs/heads/")
+}
+
+// checkAncestry decides each branch move: a fast-forward goes; anything
+// else needs both the client's force and this relay's --allow-force.
+func (s *Server) checkAncestry(ctx context.Context, git gitx.Repo, ups []wire.Update, p *pushPlan) error {
+	for _, u := range ups {
+		ff, err := git.Ok(ctx, "merge-base", "--is-ancestor", u.Old, u.New)
+		if err != nil {
+			return fmt.Errorf("check that %s moves forward: %w", u.Ref, err)
+		}
+		if ff {
+			continue
+		}
+		r := p.results[u.Ref]
+		switch {
+		case !u.Force:
+			r.Reason = wire.ReasonNonFastForward
+		case !s.cfg.AllowForce:
+			r.Reason, r.Detail = wire.ReasonForbidden, "forced updates are refused by this relay (the server runs without --allow-force)"
+		}
+	}
+	return nil
+}
+
+// sendUpstream streams the pack to upstream's receive-pack and, through a
+// tee, into a quarantine of the mirror, holding the pack's last bytes back
+// until everything checks out.
+func (s *Server) sendUpstream(ctx context.Context, p *pushPlan, pack io.Reader) (*upstream.PushResult, *gate, error) {
+	req := upstream.PushRequest{Atomic: p.man.Atomic, Options: p.man.Options}
+	needPack := false
+	for _, u := range p.todo {
+		req.Updates = append(req.Updates, upstream.Update{Ref: u.Ref, Old: u.Old, New: u.New})
+		if u.New != wire.ZeroID {
+			needPack = true
+		}
+	}
+	if !needPack {
+		res, err := p.m.remote.Push(ctx, req)
+		if err != nil && res == nil {
+			return nil, nil, s.upstreamErr(p.m, err)
+		}
+		return res, nil, nil
+	}
+	if pack == nil {
+		req.Pack = bytes.NewReader(bundle.EmptyPack())
+		res, err := p.m.remote.Push(ctx, req)
+		if err != nil && res == nil {
+			return nil, nil, s.upstreamErr(p.m, err)
+		}
+		return res, nil, nil
+	}
+	q, err := p.m.newQuarantine()
+	if err != nil {
+		return nil, nil, err
+	}
+	g, err := s.newGate(ctx, p, q, pack)
+	if err != nil {
+		q.drop()
+		return nil, nil, err
+	}
+	req.Pack = g
+	res, err := p.m.remote.Push(ctx, req)
+	if gerr := g.finish(); gerr != nil {
+		// The pack never completed upstream: no ref moved there.
+		return nil, g, gerr
+	}
+	if err != nil && res == nil {
+		return nil, g, s.upstreamErr(p.m, err)
+	}
+	return res, g, nil
+}
+
+// gate is the pack on its way upstream. It tees every byte into a local
+// index-pack, and keeps the last holdBack bytes until the payload has
+// ended (so it checked out) and the ancestry checks have passed in the
+// quarantine; a failure ends the stream with an error instead, which cuts
+// upstream off before its pack can complete.
+type gate struct {
+	s        *Server
+	p        *pushPlan
+	q        *quarantine
+	src      io.Reader
+	idx      *gitx.Cmd
+	idxIn    io.WriteCloser
+	idxDone  chan error
+	idxErr   error
+	buf      []byte // read ahead, not yet passed on
+	eof      bool
+	released bool
+	err      error
+	ctx      context.Context
+	waitOnce sync.Once
+}
+
+const holdBack = 4096
+
+func (s *Server) newGate(ctx context.Context, p *pushPlan, q *quarantine, src io.Reader) (*gate, error) {
+	c := q.git.Command(ctx, "index-pack", "--stdin", "--fix-thin")
+	c.Stdout = io.Discard // set before the pipe: the command is built then
+	in, err := c.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Start(); err != nil {
+		return nil, fmt.Errorf("index the pack: %w", err)
+	}
+	g := &gate{s: s, p: p, q: q, src: src, idx: c, idxIn: in, idxDone: make(chan error, 1), ctx: ctx}
+	go func() { g.idxDone <- c.Wait() }()
+	return g, nil
+}
+
+func (g *gate) Read(b []byte) (int, error) {
+	for {
+		if g.err != nil {
+			return 0, g.err
+		}
+		avail := len(g.buf)
+		if !g.released {
+			avail -= holdBack
+		}
+		if avail > 0 {
+			n := copy(b, g.buf[:avail])
+			g.buf = g.buf[n:]
+			return n, nil
+		}
+		if g.released {
+			return 0, io.EOF
+		}
+		if g.eof {
+			if err := g.check(); err != nil {
+				g.err = err
+				return 0, err
+			}
+			g.released = true
+			continue
+		}
+		chunk := make([]byte, 64<<10)
+		n, err := g.src.Read(chunk)
+		if n > 0 {
+			if g.idxIn != nil {
+				if _, werr := g.idxIn.Write(chunk[:n]); werr != nil {
+					// The local index is only needed for checks and the
+					// mirror; its failure is reported when it matters.
+					g.idxIn.Close()
+					g.idxIn = nil
+				}
+			}
+			g.buf = append(g.buf, chunk[:n]...)
+		}
+		if err == io.EOF {
+			g.eof = true
+		} else if err != nil {
+			g.err = err
+			return 0, err
+		}
+	}
+}
+
+// waitIndex waits for the local index-pack.
+func (g *gate) waitIndex() error {
+	g.waitOnce.Do(func() {
+		if g.idxIn != nil {
+			g.idxIn.Close()
+			g.idxIn = nil
+		}
+		g.idxErr = <-g.idxDone
+	})
+	return g.idxErr
+}
+
+// check runs once the whole payload has authenticated and matched: the
+// ancestry of branch moves whose new ids the pack carries, in the
+// quarantine.
+func (g *gate) check() error {
+	if len(g.p.ancestry) == 0 {
+		return nil
+	}
+	if err := g.waitIndex(); err != nil {
+		return fmt.Errorf("index the pushed pack: %w", err)
+	}
+	if err := g.s.checkAncestry(g.ctx, g.q.git, g.p.ancestry, g.p); err != nil {
+		return err
+	}
+	for _, u := range g.p.ancestry {
+		if r := g.p.results[u.Ref]; r.Reason != "" {
+			return &userError{http.StatusForbidden, wire.CodeForbidden, fmt.Sprintf("%s: %s", u.Ref, r.String())}
+		}
+	}
+	return nil
+}
+
+// close waits for the local index-pack and drops the quarantine (after
+// admitPush, it is empty).
+func (g *gate) close() {
+	_ = g.waitIndex()
+	g.q.drop()
+}
+
+// finish reports a failure of the payload or of the checks, which ended
+// the push before upstream could complete it.
+func (g *gate) finish() error {
+	if g.err != nil {
+		_ = g.waitIndex()
+		if errors.Is(g.err, payload.ErrMismatch) {
+			return badRequest("the pushed payload does not check out: %v", g.err)
+		}
+		return g.err
+	}
+	return nil
+}
+
+// record turns upstream's report into the results.
+func (s *Server) record(ctx context.Context, p *pushPlan, res *upstream.PushResult) {
+	var moved []string
+	for _, u := range p.todo {
+		r := p.results[u.Ref]
+		reason, found := res.Refs[u.Ref]
+		if found && reason == "" {
+			r.OK = true
+			continue
+		}
+		switch {
+		case res.UnpackError != "":
+			r.Reason, r.Detail = wire.ReasonUnpack, "upstream could not unpack: "+res.UnpackError
+		case !found:
+			r.Reason = wire.ReasonNoStatus
+		default:
+			r.Reason, r.Detail = wire.ReasonUpstream, s.redact(reason)
+		}
+		moved = append(moved, u.Ref)
+	}
+	if len(moved) == 0 {
 		return
 	}
-	// Keep the authenticated plaintext at its place too, hashed in order
-	// as it arrives, so that assembling the bundle is a comparison rather
-	// than a second decryption pass. The sealed chunk stays the durable
-	// copy.
-	kept := ps.writePlain(i, plain)
-	if p := s.partHashOf(ps); p != nil {
-		if kept {
-			p.Add(i, plain)
+	// A compare-and-swap that lost a race reads as a lock failure
+	// upstream; tell the user in git's words that upstream moved, or that
+	// the ref is as asked after all.
+	now, err := p.m.remote.List(ctx)
+	if err != nil {
+		return
+	}
+	for _, ref := range moved {
+		u := updateFor(p.man.Updates, ref)
+		cur := now.Refs[ref]
+		if cur == "" {
+			cur = wire.ZeroID
+		}
+		r := p.results[ref]
+		switch {
+		case cur == u.New:
+			r.OK, r.Reason, r.Detail = true, "", ""
+		case cur != u.Old:
+			r.Reason, r.Detail = wire.ReasonFetchFirst, ""
+		}
+	}
+}
+
+// admitPush lets the pushed objects into the mirror once upstream has
+// them, and moves the mirror's refs with upstream's.
+func (s *Server) admitPush(ctx context.Context, p *pushPlan, g *gate) error {
+	if err := g.waitIndex(); err != nil {
+		return fmt.Errorf("index the pushed pack: %w", err)
+	}
+	if err := g.q.admit(p.m); err != nil {
+		return err
+	}
+	var cmds strings.Builder
+	for _, u := range p.todo {
+		if u.New == wire.ZeroID {
+			cmds.WriteString("delete " + u.Ref + "\n")
 		} else {
-			p.Spoil()
+			cmds.WriteString("update " + u.Ref + " " + u.New + "\n")
 		}
 	}
-	c.reply(http.StatusOK, ps.status())
+	_, err := p.m.git.RunInput(ctx, strings.NewReader(cmds.String()), "update-ref", "--stdin")
+	return err
 }
 
-// longPoll is how long complete and status wait for a push to finish
-// before answering with its current phase: long enough for most pushes to
-// finish in one round trip, well below a serverless proxy's time limit.
-const longPoll = 5 * time.Second
-
-func (s *Server) handlePushStatus(c *call) {
-	ps, err := s.loadPush(c.r.URL.Query().Get("session"), c.key)
-	if err != nil {
-		c.failErr(err)
-		return
-	}
-	if c.r.URL.Query().Get("wait") != "" {
-		s.waitApply(c.r.Context(), ps.id, longPoll)
-		if ps, err = s.readPush(ps.id); err != nil {
-			c.failErr(err)
-			return
+func updateFor(us []wire.Update, ref string) wire.Update {
+	for _, u := range us {
+		if u.Ref == ref {
+			return u
 		}
 	}
-	c.reply(http.StatusOK, ps.status())
+	return wire.Update{}
 }
 
-// handlePushComplete starts applying a push whose chunks are all in. It is
-// idempotent: asking again reports the current state.
-func (s *Server) handlePushComplete(c *call) {
-	ps, err := s.loadPush(c.r.URL.Query().Get("session"), c.key)
-	if err != nil {
-		c.failErr(err)
-		return
-	}
-	var t wire.Totals
-	if err := json.Unmarshal(c.body, &t); err != nil {
-		c.failErr(badRequest("decode the push totals: %v", err))
-		return
-	}
-	if ps.state.Totals != nil && *ps.state.Totals != t {
-		c.failErr(conflict("session %s was completed with other totals", ps.id))
-		return
-	}
-	if ps.state.Phase == wire.PhaseReceiving {
-		if err := s.checkTotals(ps, &t); err != nil {
-			c.failErr(err)
-			return
-		}
-		ps.state.Totals = &t
-		ps.enter(wire.PhaseProcessing)
-		if err := ps.save(); err != nil {
-			c.failErr(err)
-			return
+func allOK(results map[string]*wire.RefResult) bool {
+	for _, r := range results {
+		if !r.OK {
+			return false
 		}
 	}
-	if ps.state.Phase == wire.PhaseProcessing || ps.state.Phase == wire.PhasePushing {
-		s.startApply(ps.id)
-		s.waitApply(c.r.Context(), ps.id, longPoll)
-		if ps, err = s.readPush(ps.id); err != nil {
-			c.failErr(err)
-			return
-		}
-	}
-	c.reply(http.StatusOK, ps.status())
+	return true
 }
 
-// createFileAtomic writes data to path through a temporary file and
-// links it into place, so that path appears whole and only once: it fails
-// if path exists.
-func createFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-")
-	if err != nil {
-		return err
+// failAtomic turns every ref into a failure when one failed in an atomic
+// push, and says whether it did.
+func failAtomic(atomic bool, results map[string]*wire.RefResult) bool {
+	if !atomic {
+		return false
 	}
-	defer os.Remove(tmp.Name())
-	_, err = tmp.Write(data)
-	if err == nil {
-		err = tmp.Sync()
+	failed := false
+	for _, r := range results {
+		if !r.OK && r.Reason != "" {
+			failed = true
+		}
 	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
+	if failed {
+		for _, r := range results {
+			if r.Reason == "" {
+				r.OK = false
+				r.Reason = wire.ReasonAtomic
+			}
+		}
 	}
-	if err != nil {
-		return err
-	}
-	return os.Link(tmp.Name(), path)
+	return failed
 }
 
-// writeFileAtomic writes through a temporary file, fsyncs, and renames, so
-// a crash leaves the old content or the new, never a torn file.
-func writeFileAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-")
-	if err != nil {
-		return err
+func ordered(us []wire.Update, results map[string]*wire.RefResult) []wire.RefResult {
+	out := make([]wire.RefResult, 0, len(us))
+	for _, u := range us {
+		out = append(out, *results[u.Ref])
 	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
+	return out
+}
+
+func stillPending(ups []wire.Update, results map[string]*wire.RefResult) []wire.Update {
+	var out []wire.Update
+	for _, u := range ups {
+		if r := results[u.Ref]; !r.OK && r.Reason == "" {
+			out = append(out, u)
+		}
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
+	return out
+}
+
+// summarize says in a few words what happened to the refs, for the log:
+// never their names, which the log must not hold.
+func summarize(results []wire.RefResult) string {
+	ok, refused := 0, 0
+	for _, r := range results {
+		if r.OK {
+			ok++
+		} else {
+			refused++
+		}
 	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
+	return fmt.Sprintf("%d ok, %d refused", ok, refused)
 }

@@ -2,7 +2,8 @@ package server
 
 import (
 	"context"
-	"encoding/json"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -16,102 +17,164 @@ import (
 	"time"
 
 	"github.com/git-relay/git-relay/internal/keyring"
+	"github.com/git-relay/git-relay/internal/store"
 	"github.com/git-relay/git-relay/internal/upstream"
 	"github.com/git-relay/git-relay/internal/wire"
 )
 
 // Config is everything Serve needs.
 type Config struct {
-	Listen      string
-	DataDir     string
-	Ring        *keyring.Ring
-	Upstream    string // URL template with {repo}
-	Token       string
-	MaxBody     int64
-	AllowForce  bool
+	Listen  string
+	DataDir string // the mirrors, and the sessions when Store is nil
+	// Store holds the sessions; nil means a folder under DataDir.
+	Store    store.Store
+	Ring     *keyring.Ring
+	Upstream string // URL template with {repo}
+	Token    string
+	MaxBody  int64
+	// AllowForce lets pushes replace history (non-fast-forward branch
+	// updates, tag moves).
+	AllowForce bool
+	// MaxPushSize bounds one push's bundle; MaxRefs the updates of one push.
 	MaxPushSize int64
-	SessionTTL  string
+	MaxRefs     int
+	// MaxSessions bounds the unfinished exchanges of one key; MaxKeyBytes
+	// the bytes its sessions hold; MaxBytes the bytes of all sessions.
 	MaxSessions int
-	Log         io.Writer
-	LogLevel    slog.Level
+	MaxKeyBytes int64
+	MaxBytes    int64
+	// Idle is how long an unfinished exchange may go untouched before it
+	// expires; Keep how long a finished one is kept for status queries and
+	// resumed downloads.
+	Idle time.Duration
+	Keep time.Duration
+	// MaxBodies bounds the request bodies being read at once.
+	MaxBodies int
+	// TLSCert and TLSKey serve HTTPS.
+	TLSCert, TLSKey string
+	// MetricsListen serves Prometheus /metrics on its own address.
+	MetricsListen string
+	Log           io.Writer
+	LogLevel      slog.Level
+	// Instance names this process among several sharing a store.
+	Instance string
 }
 
-// Server is the relay's state: sessions on disk and mirrors of upstream.
+// Defaults.
+const (
+	defaultMaxPushSize = 4 << 30
+	defaultMaxRefs     = 1_000_000
+	defaultMaxSessions = 64
+	defaultMaxKeyBytes = 16 << 30
+	defaultMaxBytes    = 64 << 30
+	defaultIdle        = 10 * time.Minute
+	defaultKeep        = time.Hour
+	defaultMaxBodies   = 8
+	// longPoll is how long a request waits for an exchange to move before
+	// it answers with where it stands: long enough for most exchanges to
+	// finish in one round trip, well below a serverless proxy's limit on
+	// a function's duration (the helper waits 60 s before it calls the
+	// relay stalled).
+	longPoll = 20 * time.Second
+)
+
+// Server is the relay.
 type Server struct {
 	cfg      Config
-	ttl      time.Duration
+	store    store.Store
 	verifier *wire.Verifier
 	log      *slog.Logger
-	redactor func(string) string
+	redact   func(string) string
+	mirrors  mirrors
+	metrics  *metrics
+	usage    usage
+	instance string
 
-	repoLocks keyedMutex // serialises the work on one repository
-	work      sync.WaitGroup
-	closing   chan struct{}
+	bodies chan struct{} // a token per request body being read
+	bufs   sync.Pool     // *[]byte of chunk size: bodies and chunks
 
-	mu      sync.Mutex
-	running map[string]chan struct{}  // sessions being processed; closed when done
-	fetches map[string]*fetchProgress // fetches being written
-	// partHashes are the running hashes of pushes being received.
-	partHashes map[string]*partHash
+	ctx    context.Context // ends when the server shuts down
+	cancel context.CancelFunc
+	work   sync.WaitGroup
 
-	bodies sync.Pool // *[]byte: request body buffers (readBody)
+	mu   sync.Mutex
+	live map[string]*exch // the exchanges this instance has in hand
 }
 
-// New prepares a server over cfg.DataDir.
+// New prepares a server.
 func New(cfg Config) (*Server, error) {
 	if cfg.MaxBody <= 0 {
 		cfg.MaxBody = wire.DefaultMaxBody
 	}
-	if cfg.MaxPushSize <= 0 {
-		cfg.MaxPushSize = 4 << 30
+	if cfg.MaxBody < wire.MinMaxBody {
+		return nil, fmt.Errorf("--max-body %d is too small (at least %d)", cfg.MaxBody, wire.MinMaxBody)
 	}
-	if cfg.MaxSessions <= 0 {
-		cfg.MaxSessions = 64
-	}
-	if _, err := upstream.New(strings.ReplaceAll(cfg.Upstream, "{repo}", "owner/repo"), cfg.Token); err != nil && strings.Contains(cfg.Upstream, "{repo}") {
-		return nil, fmt.Errorf("--upstream: %w", err)
-	}
-	if cfg.MaxBody < 64<<10 {
-		return nil, fmt.Errorf("--max-body %d is too small (at least 65536)", cfg.MaxBody)
-	}
+	setDefault(&cfg.MaxPushSize, defaultMaxPushSize)
+	setDefault(&cfg.MaxRefs, defaultMaxRefs)
+	setDefault(&cfg.MaxSessions, defaultMaxSessions)
+	setDefault(&cfg.MaxKeyBytes, defaultMaxKeyBytes)
+	setDefault(&cfg.MaxBytes, defaultMaxBytes)
+	setDefault(&cfg.Idle, defaultIdle)
+	setDefault(&cfg.Keep, defaultKeep)
+	setDefault(&cfg.MaxBodies, defaultMaxBodies)
 	if !strings.Contains(cfg.Upstream, "{repo}") {
 		return nil, fmt.Errorf("--upstream %q has no {repo} placeholder (e.g. 'https://github.com/{repo}.git')", cfg.Upstream)
 	}
-	ttl := 24 * time.Hour
-	if cfg.SessionTTL != "" {
-		d, err := time.ParseDuration(cfg.SessionTTL)
-		if err != nil || d <= 0 {
-			return nil, fmt.Errorf("--session-ttl %q: not a duration (e.g. 24h)", cfg.SessionTTL)
-		}
-		ttl = d
+	if _, err := upstream.New(strings.ReplaceAll(cfg.Upstream, "{repo}", "owner/repo"), cfg.Token); err != nil {
+		return nil, fmt.Errorf("--upstream: %w", err)
 	}
-	for _, d := range []string{"sessions", "fetches", "mirrors"} {
-		if err := os.MkdirAll(filepath.Join(cfg.DataDir, d), 0o700); err != nil {
+	if cfg.Ring == nil {
+		return nil, errors.New("no key ring")
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "mirrors"), 0o700); err != nil {
+		return nil, fmt.Errorf("prepare data dir: %w", err)
+	}
+	st := cfg.Store
+	if st == nil {
+		d, err := newDirStore(filepath.Join(cfg.DataDir, "sessions"))
+		if err != nil {
 			return nil, fmt.Errorf("prepare data dir: %w", err)
 		}
+		st = d
 	}
 	logw := cfg.Log
 	if logw == nil {
 		logw = io.Discard
 	}
+	instance := cfg.Instance
+	if instance == "" {
+		b := make([]byte, 4)
+		_, _ = rand.Read(b)
+		host, _ := os.Hostname()
+		instance = host + "-" + hex.EncodeToString(b)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		cfg:      cfg,
-		ttl:      ttl,
-		verifier: &wire.Verifier{Ring: cfg.Ring},
-		closing:  make(chan struct{}),
-		running:  map[string]chan struct{}{},
-		fetches:  map[string]*fetchProgress{},
-
-		partHashes: map[string]*partHash{},
+		store:    st,
+		verifier: &wire.Verifier{Ring: cfg.Ring, Start: time.Now()},
+		instance: instance,
+		bodies:   make(chan struct{}, cfg.MaxBodies),
+		ctx:      ctx,
+		cancel:   cancel,
+		live:     map[string]*exch{},
+		metrics:  newMetrics(),
 	}
-	s.redactor = redactor(cfg.Upstream, cfg.Token)
-	s.log = slog.New(slog.NewTextHandler(redactingWriter{logw, s.redactor}, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	s.mirrors.s = s
+	s.redact = redactor(cfg.Upstream, cfg.Token)
+	s.log = slog.New(slog.NewTextHandler(redactingWriter{logw, s.redact}, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	return s, nil
 }
 
-// Serve runs the server until ctx is done, then shuts down gracefully:
-// it stops taking requests, lets pushes being applied finish, and parks
-// the sessions still receiving chunks on disk for a later run.
+func setDefault[T int | int64 | time.Duration](v *T, d T) {
+	if *v <= 0 {
+		*v = d
+	}
+}
+
+// Serve runs the server until ctx is done, then shuts down gracefully: it
+// stops taking requests, lets pushes being applied upstream finish, and
+// leaves the sessions still receiving chunks in the store for a later run.
 func Serve(ctx context.Context, cfg Config) error {
 	s, err := New(cfg)
 	if err != nil {
@@ -121,29 +184,72 @@ func Serve(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	fmt.Fprintf(cfg.Log, "git-relay-server: listening on http://%s\n", ln.Addr())
+	scheme := "http"
+	if cfg.TLSCert != "" {
+		scheme = "https"
+	}
+	fmt.Fprintf(cfg.Log, "git-relay-server: listening on %s://%s\n", scheme, ln.Addr())
 	srv := &http.Server{
-		Handler:           s.Handler(),
-		ReadHeaderTimeout: 30 * time.Second,
+		Handler: s.Handler(),
+		// Headers must come quickly; a body's own deadline is set once its
+		// request has authenticated (see api), so that nothing without the
+		// key can hold a connection open by trickling bytes.
+		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    16 << 10,
 		IdleTimeout:       2 * time.Minute,
+	}
+	var metricsSrv *http.Server
+	if cfg.MetricsListen != "" {
+		mln, err := net.Listen("tcp", cfg.MetricsListen)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("listen for metrics: %w", err)
+		}
+		fmt.Fprintf(cfg.Log, "git-relay-server: metrics on http://%s/metrics\n", mln.Addr())
+		metricsSrv = &http.Server{Handler: s.metrics.handler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = metricsSrv.Serve(mln) }()
 	}
 	s.resume()
 	go s.janitor(ctx)
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	go func() {
+		if cfg.TLSCert != "" {
+			errc <- srv.ServeTLS(ln, cfg.TLSCert, cfg.TLSKey)
+		} else {
+			errc <- srv.Serve(ln)
+		}
+	}()
 	select {
 	case err := <-errc:
 		return err
 	case <-ctx.Done():
 	}
 	s.log.Info("shutting down")
-	close(s.closing)
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_ = srv.Shutdown(shutdownCtx)
-	s.work.Wait()
+	if metricsSrv != nil {
+		_ = metricsSrv.Shutdown(shutdownCtx)
+	}
+	s.Close()
 	s.log.Info("stopped")
 	return nil
+}
+
+// Close stops the work in hand: pushes that are being applied upstream
+// finish, and everything else stops where it is (the store keeps it).
+func (s *Server) Close() {
+	s.mu.Lock()
+	for _, e := range s.live {
+		e.mu.Lock()
+		if e.cancel != nil && !e.applying {
+			e.cancel()
+		}
+		e.mu.Unlock()
+	}
+	s.mu.Unlock()
+	s.work.Wait()
+	s.cancel()
 }
 
 // Handler serves /healthz and the API under /api/gr/. Routes are relative
@@ -162,122 +268,151 @@ func (s *Server) Handler() http.Handler {
 type call struct {
 	w     http.ResponseWriter
 	r     *http.Request
+	path  string
 	key   keyring.Key
-	nonce string
+	auth  wire.Auth
 	body  []byte
 	s     *Server
+	code  int    // the status answered
+	cause string // why a request was refused, for the log
 }
 
 func (s *Server) api(w http.ResponseWriter, r *http.Request) {
-	path := strings.TrimPrefix(r.URL.Path, "/api/gr/")
-	if r.ContentLength > s.cfg.MaxBody {
-		http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
-		return
-	}
-	body, err := s.readBody(w, r)
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			http.Error(w, "request body too large", http.StatusRequestEntityTooLarge)
-			return
+	start := time.Now()
+	c := &call{w: w, r: r, s: s, path: strings.TrimPrefix(r.URL.Path, "/api/gr/")}
+	defer func() {
+		route := c.path
+		if !knownRoute(route) {
+			route = "other"
 		}
-		http.Error(w, "read request", http.StatusBadRequest)
+		s.metrics.requests.WithLabelValues(r.Method, route, fmt.Sprint(c.code)).Inc()
+		attrs := []any{"method", r.Method, "route", route, "status", c.code, "took", time.Since(start).Round(time.Microsecond), "key", c.key.ID}
+		if c.cause != "" {
+			attrs = append(attrs, "refused", c.cause)
+			s.metrics.refusals.WithLabelValues(c.cause).Inc()
+		}
+		s.log.Info("request", attrs...)
+	}()
+	if r.ContentLength < 0 {
+		c.plain(http.StatusLengthRequired, "length", `{"code":"bad_request","error":"a body needs a Content-Length"}`)
 		return
 	}
-	key, auth, err := s.verifier.Verify(r.Header.Get(wire.HeaderAuth), r.Method, path, r.URL.Query(), body)
+	if r.ContentLength > s.cfg.MaxBody {
+		c.plain(http.StatusRequestEntityTooLarge, "too_large", `{"code":"too_large","error":"request body too large"}`)
+		return
+	}
+	// Authenticate from the headers alone: without the key, nobody gets a
+	// byte of body read or a buffer allocated.
+	key, auth, err := s.verifier.Verify(r.Header.Get(wire.HeaderAuth), r.Method, c.path, r.URL.Query(), r.ContentLength)
 	if err != nil {
 		// The same answer for every reason, unsigned: a caller without the
-		// key learns nothing, not even whether a repository exists.
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusUnauthorized)
-		io.WriteString(w, `{"code":"unauthorized","error":"unauthorized"}`)
+		// key learns nothing, not even whether a repository exists. A
+		// request signed before this process started is told so, so that
+		// its honest client signs it again.
+		w.Header().Set("Connection", "close")
+		if errors.Is(err, wire.ErrStale) {
+			c.plain(http.StatusUnauthorized, "stale", `{"code":"stale","error":"unauthorized"}`)
+			return
+		}
+		c.plain(http.StatusUnauthorized, "auth", `{"code":"unauthorized","error":"unauthorized"}`)
 		return
 	}
-	defer s.bodies.Put(&body)
-	c := &call{w: w, r: r, key: key, nonce: auth.Nonce, body: body, s: s}
-	switch r.Method + " " + path {
-	case "GET " + wire.PathRefs:
-		s.handleRefs(c)
+	c.key, c.auth = key, auth
+	rc := http.NewResponseController(w)
+	// The answer may wait for a long-poll and then carry megabytes.
+	_ = rc.SetWriteDeadline(time.Now().Add(longPoll + 2*time.Minute))
+	if r.ContentLength > 0 {
+		select {
+		case s.bodies <- struct{}{}:
+		case <-time.After(10 * time.Second):
+			c.cause = "busy"
+			c.failErr(&userError{http.StatusServiceUnavailable, wire.CodeLimit, "the relay is reading too many bodies at once: try again"})
+			return
+		case <-r.Context().Done():
+			return
+		}
+		buf := s.getBuf(int(r.ContentLength))
+		defer func() {
+			s.putBuf(buf)
+			<-s.bodies
+		}()
+		// A body must keep moving: 60 s, plus a second per 8 KiB, so
+		// that a slow link gets its 4.5 MB through and a trickle does not.
+		_ = rc.SetReadDeadline(time.Now().Add(60*time.Second + time.Duration(r.ContentLength/8192)*time.Second))
+		body := (*buf)[:r.ContentLength]
+		if _, err := io.ReadFull(r.Body, body); err != nil {
+			c.cause = "body"
+			c.plain(http.StatusBadRequest, "", `{"code":"bad_request","error":"read request body"}`)
+			return
+		}
+		_ = rc.SetReadDeadline(time.Time{})
+		c.body = body
+		s.metrics.bytesIn.Add(float64(len(body)))
+	}
+	switch r.Method + " " + c.path {
+	case "POST " + wire.PathOpen:
+		s.handleOpen(c)
+	case "PUT " + wire.PathUp:
+		s.handleUp(c)
+	case "GET " + wire.PathDown:
+		s.handleDown(c)
+	case "GET " + wire.PathStatus:
+		s.handleStatus(c)
+	case "POST " + wire.PathCancel:
+		s.handleCancel(c)
 	case "GET " + wire.PathRemoteInfo:
 		s.handleRemoteInfo(c)
-	case "POST " + wire.PathPush:
-		s.handlePushCreate(c)
-	case "PUT " + wire.PathPushChunk:
-		s.handlePushChunk(c)
-	case "GET " + wire.PathPushStatus:
-		s.handlePushStatus(c)
-	case "POST " + wire.PathPushFinish:
-		s.handlePushComplete(c)
-	case "POST " + wire.PathFetch:
-		s.handleFetchCreate(c)
-	case "GET " + wire.PathFetchStatus:
-		s.handleFetchStatus(c)
-	case "GET " + wire.PathFetchChunk:
-		s.handleFetchChunk(c)
 	default:
-		c.fail(http.StatusNotFound, wire.CodeNotFound, fmt.Sprintf("no such API call: %s %s", r.Method, path))
+		c.fail(http.StatusNotFound, wire.CodeNotFound, fmt.Sprintf("no such API call: %s %s", r.Method, c.path))
 	}
 }
 
-// readBody reads a request body of at most --max-body bytes into a
-// buffer from the pool: chunk bodies are megabytes each, and reading them
-// into fresh, growing buffers would cost more than the rest of their
-// handling. The handler must not keep the body past its return.
-func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	bp, _ := s.bodies.Get().(*[]byte)
-	if bp == nil {
-		b := make([]byte, 0, 64<<10)
-		bp = &b
+func knownRoute(p string) bool {
+	switch p {
+	case wire.PathOpen, wire.PathUp, wire.PathDown, wire.PathStatus, wire.PathCancel, wire.PathRemoteInfo:
+		return true
 	}
-	buf := (*bp)[:0]
-	if r.ContentLength > 0 && int64(cap(buf)) < r.ContentLength {
-		buf = make([]byte, 0, r.ContentLength)
-	}
-	in := http.MaxBytesReader(w, r.Body, s.cfg.MaxBody)
-	for {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := in.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if err == io.EOF {
-			return buf, nil
-		}
-		if err != nil {
-			*bp = buf[:0]
-			s.bodies.Put(bp)
-			return nil, err
-		}
-	}
+	return false
 }
 
-// reply sends a signed JSON (or raw bytes) answer.
-func (c *call) reply(status int, v any) {
-	var body []byte
-	switch b := v.(type) {
-	case []byte:
-		body = b
-		c.w.Header().Set("Content-Type", "application/octet-stream")
-	default:
-		var err error
-		body, err = json.Marshal(v)
-		if err != nil {
-			status = http.StatusInternalServerError
-			body = []byte(`{"code":"internal","error":"encode answer"}`)
-		}
-		c.w.Header().Set("Content-Type", "application/json")
+// plain answers without authentication (the caller has not shown the
+// key).
+func (c *call) plain(status int, cause, body string) {
+	c.code, c.cause = status, cause
+	c.w.Header().Set("Content-Type", "application/json")
+	c.w.WriteHeader(status)
+	io.WriteString(c.w, body)
+}
+
+// reply seals msg (and tail) for the caller and signs the answer.
+func (c *call) reply(status int, msg any, tail []byte) {
+	body, err := wire.SealAnswer(c.key, c.auth.Nonce, status, msg, tail)
+	if err != nil {
+		status = http.StatusInternalServerError
+		body, _ = wire.SealAnswer(c.key, c.auth.Nonce, status, wire.Error{Code: wire.CodeInternal, Message: "encode answer"}, nil)
 	}
 	if int64(len(body)) > c.s.cfg.MaxBody {
 		status = http.StatusInternalServerError
-		body = []byte(`{"code":"internal","error":"answer too large"}`)
+		body, _ = wire.SealAnswer(c.key, c.auth.Nonce, status, wire.Error{Code: wire.CodeInternal, Message: "answer too large"}, nil)
 	}
-	c.w.Header().Set(wire.HeaderSignature, wire.SignResponse(c.key, c.nonce, status, body))
+	c.raw(status, body)
+}
+
+// raw sends a body that is sealed already (a download chunk), signed.
+func (c *call) raw(status int, body []byte) {
+	c.code = status
+	c.w.Header().Set("Content-Type", "application/octet-stream")
+	c.w.Header().Set(wire.HeaderSignature, wire.SignResponse(c.key, c.auth.Nonce, status, int64(len(body))))
 	c.w.WriteHeader(status)
 	c.w.Write(body)
+	c.s.metrics.bytesOut.Add(float64(len(body)))
 }
 
 func (c *call) fail(status int, code, msg string) {
-	c.reply(status, wire.Error{Code: code, Message: c.s.redactor(msg)})
+	if c.cause == "" && (status == http.StatusTooManyRequests || status == http.StatusForbidden || status == http.StatusRequestEntityTooLarge || status == http.StatusInsufficientStorage) {
+		c.cause = code
+	}
+	c.reply(status, wire.Error{Code: code, Message: c.s.redact(msg)}, nil)
 }
 
 // failErr maps an error to a status and a message.
@@ -287,7 +422,11 @@ func (c *call) failErr(err error) {
 		c.fail(ue.status, ue.code, ue.msg)
 		return
 	}
-	c.s.log.Error("request failed", "path", c.r.URL.Path, "err", err)
+	if errors.Is(err, context.Canceled) && c.r.Context().Err() != nil {
+		c.code = 499 // the client went away
+		return
+	}
+	c.s.log.Error("request failed", "route", c.path, "err", c.s.redact(err.Error()))
 	c.fail(http.StatusBadGateway, wire.CodeUpstream, err.Error())
 }
 
@@ -312,25 +451,28 @@ func conflict(format string, a ...any) error {
 	return &userError{http.StatusConflict, wire.CodeConflict, fmt.Sprintf(format, a...)}
 }
 
-// keyedMutex hands out one mutex per key.
-type keyedMutex struct {
-	mu sync.Mutex
-	m  map[string]*sync.Mutex
+func tooLarge(format string, a ...any) error {
+	return &userError{http.StatusRequestEntityTooLarge, wire.CodeTooLarge, fmt.Sprintf(format, a...)}
 }
 
-func (k *keyedMutex) lock(key string) func() {
-	k.mu.Lock()
-	if k.m == nil {
-		k.m = map[string]*sync.Mutex{}
+func limited(format string, a ...any) error {
+	return &userError{http.StatusTooManyRequests, wire.CodeLimit, fmt.Sprintf(format, a...)}
+}
+
+// getBuf returns a pooled buffer of at least n bytes.
+func (s *Server) getBuf(n int) *[]byte {
+	if bp, ok := s.bufs.Get().(*[]byte); ok && cap(*bp) >= n {
+		*bp = (*bp)[:n]
+		return bp
 	}
-	m, ok := k.m[key]
-	if !ok {
-		m = &sync.Mutex{}
-		k.m[key] = m
+	b := make([]byte, n, max(n, int(s.cfg.MaxBody)))
+	return &b
+}
+
+func (s *Server) putBuf(bp *[]byte) {
+	if cap(*bp) >= int(s.cfg.MaxBody) {
+		s.bufs.Put(bp)
 	}
-	k.mu.Unlock()
-	m.Lock()
-	return m.Unlock
 }
 
 type redactingWriter struct {
@@ -343,4 +485,15 @@ func (r redactingWriter) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	return len(p), nil
+}
+
+// redactor removes every form of the upstream token from a message (see
+// upstream.Remote.Redact); it is built once from the URL template, as the
+// token is the same for every repository.
+func redactor(template, token string) func(string) string {
+	r, err := upstream.New(strings.ReplaceAll(template, "{repo}", "owner/repo"), token)
+	if err != nil {
+		return func(s string) string { return s }
+	}
+	return r.Redact
 }

@@ -51,6 +51,7 @@ var commands = map[string]func(ts *testscript.TestScript, neg bool, args []strin
 	"proxy-bytes-max":  cmdProxyBytesMax,
 	"proxy-bytes-min":  cmdProxyBytesMin,
 	"proxy-requests":   cmdProxyRequests,
+	"exchanges":        cmdExchanges,
 	"proxy-clean":      cmdProxyClean,
 	"proxy-violations": cmdProxyViolations,
 	"no-token-leak":    cmdNoTokenLeak,
@@ -93,6 +94,9 @@ type state struct {
 	proxyLog   *lockedFile
 	host       *githost.Host
 	tokens     []string
+	// logMark is the server log's size at the last proxy-reset: the
+	// exchanges command counts what the server logged after it.
+	logMark int64
 }
 
 func setup(env *testscript.Env) error {
@@ -547,6 +551,39 @@ func cmdProxyReset(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Fatalf("usage: proxy-reset")
 	}
 	proxyOf(ts).Reset()
+	st := getState(ts)
+	if fi, err := os.Stat(filepath.Join(st.work, "server.log")); err == nil {
+		st.mu.Lock()
+		st.logMark = fi.Size()
+		st.mu.Unlock()
+	}
+}
+
+var exchangeLine = regexp.MustCompile(`msg=exchange id=[0-9a-f]+ kind=([a-z]+)`)
+
+// cmdExchanges prints how many exchanges of KIND (push, fetch, refs,
+// caps) the relay server opened since the last proxy-reset: what the proxy
+// cannot tell, as every exchange travels the same routes, sealed.
+func cmdExchanges(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: exchanges KIND")
+	}
+	st := getState(ts)
+	st.mu.Lock()
+	mark := st.logMark
+	st.mu.Unlock()
+	b, err := os.ReadFile(filepath.Join(st.work, "server.log"))
+	ts.Check(err)
+	if int64(len(b)) < mark {
+		mark = 0
+	}
+	n := 0
+	for _, m := range exchangeLine.FindAllSubmatch(b[mark:], -1) {
+		if string(m[1]) == args[0] {
+			n++
+		}
+	}
+	fmt.Fprintln(ts.Stdout(), n)
 }
 
 func direction(ts *testscript.TestScript, s edgeproxy.Stats, dir string) int64 {

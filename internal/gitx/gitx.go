@@ -189,8 +189,21 @@ func (c *Cmd) Start() error {
 // call it before Start, read to EOF, then Wait.
 func (c *Cmd) StdoutPipe() (io.ReadCloser, error) {
 	c.Stdout = nil
-	c.build()
+	if c.cmd == nil {
+		c.build()
+	}
+	c.cmd.Stdout = nil
 	return c.cmd.StdoutPipe()
+}
+
+// StdinPipe returns a pipe to the command's stdin, as exec.Cmd's does:
+// call it before Start, and close it when done writing.
+func (c *Cmd) StdinPipe() (io.WriteCloser, error) {
+	c.Stdin = nil
+	if c.cmd == nil {
+		c.build()
+	}
+	return c.cmd.StdinPipe()
 }
 
 // Wait waits for a started command and returns an *Error if it failed.
@@ -272,4 +285,82 @@ func (b *limitedBuffer) Write(p []byte) (int, error) {
 		}
 	}
 	return len(p), nil
+}
+
+// ZeroID stands for "no object" in ref updates.
+const ZeroID = "0000000000000000000000000000000000000000"
+
+// ValidOID says whether s is a full SHA-1 object id in lowercase hex.
+func ValidOID(s string) bool {
+	if len(s) != 40 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidRefName applies git-check-ref-format's rules without
+// --allow-onelevel, in process: a push of a hundred thousand refs must not
+// start a hundred thousand gits.
+func ValidRefName(name string) bool {
+	if name == "" || name == "@" || len(name) > 4096 ||
+		strings.HasSuffix(name, ".") || strings.HasSuffix(name, "/") || strings.HasPrefix(name, "/") ||
+		strings.Contains(name, "..") || strings.Contains(name, "@{") || strings.Contains(name, "//") ||
+		!strings.Contains(name, "/") {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if c < 0x20 || c == 0x7f || strings.IndexByte(" ~^:?*[\\", c) >= 0 {
+			return false
+		}
+	}
+	for _, part := range strings.Split(name, "/") {
+		if strings.HasPrefix(part, ".") || strings.HasSuffix(part, ".lock") {
+			return false
+		}
+	}
+	return true
+}
+
+// Exists says which of ids the repository has, with one git for all of
+// them. Names that are not object ids (a ref, HEAD~1) are resolved as
+// cat-file resolves them, and the answer maps each name to the id it
+// names, or "" when it names nothing.
+func (r Repo) Exists(ctx context.Context, names []string) (map[string]string, error) {
+	out := make(map[string]string, len(names))
+	if len(names) == 0 {
+		return out, nil
+	}
+	var in strings.Builder
+	for _, n := range names {
+		if strings.ContainsAny(n, "\n") {
+			return nil, fmt.Errorf("object name %q contains a newline", n)
+		}
+		in.WriteString(n + "\n")
+	}
+	var stdout bytes.Buffer
+	c := r.Command(ctx, "cat-file", "--batch-check=%(objectname)")
+	c.Stdin = strings.NewReader(in.String())
+	c.Stdout = &stdout
+	if err := c.Run(); err != nil {
+		return nil, err
+	}
+	lines := strings.Split(strings.TrimRight(stdout.String(), "\n"), "\n")
+	if len(lines) != len(names) {
+		return nil, fmt.Errorf("git cat-file answered %d lines for %d names", len(lines), len(names))
+	}
+	for i, n := range names {
+		if l := lines[i]; ValidOID(l) {
+			out[n] = l
+		} else {
+			out[n] = ""
+		}
+	}
+	return out, nil
 }

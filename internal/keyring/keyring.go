@@ -24,10 +24,12 @@ const prefix = "grk1"
 // Labels for HKDF: one per use, so that a key derived for one purpose can
 // never be confused with another.
 const (
-	LabelRequestMAC   = "git-relay v1 request mac"
-	LabelResponseMAC  = "git-relay v1 response mac"
-	LabelPushPayload  = "git-relay v1 push payload"
-	LabelFetchPayload = "git-relay v1 fetch payload"
+	LabelRequestMAC   = "git-relay v3 request mac"
+	LabelResponseMAC  = "git-relay v3 response mac"
+	LabelRequestBody  = "git-relay v3 request body"
+	LabelResponseBody = "git-relay v3 response body"
+	LabelUpload       = "git-relay v3 upload payload"
+	LabelDownload     = "git-relay v3 download payload"
 )
 
 // Key is one shared secret with its public id.
@@ -105,14 +107,21 @@ func (r *Ring) Primary() Key { return r.first }
 // Len is the number of keys.
 func (r *Ring) Len() int { return len(r.keys) }
 
+// ErrKeyFileMode is a key file that others than its owner can read.
+var ErrKeyFileMode = errors.New("key file readable by others")
+
 // ReadFile loads a key file: one key per line, blank lines and lines
-// starting with '#' ignored.
+// starting with '#' ignored. As ssh does with a private key, it refuses a
+// file that its group or others may read or write.
 func ReadFile(path string) (*Ring, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("read key file: %w", err)
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("%w: %s has mode %04o, and a shared key must be private to its owner: run chmod 600 %s", ErrKeyFileMode, path, fi.Mode().Perm(), shellQuote(path))
+	}
 	r := &Ring{keys: map[string]Key{}}
 	sc := bufio.NewScanner(f)
 	line := 0
@@ -150,4 +159,41 @@ func NewRing(keys ...Key) *Ring {
 		r.keys[k.ID] = k
 	}
 	return r
+}
+
+// WriteFile writes a new key file holding k, readable by its owner only.
+// It refuses to replace an existing file.
+func WriteFile(path string, k Key) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("write key file: %s already exists (remove it first, or choose another name)", path)
+	}
+	if err != nil {
+		return fmt.Errorf("write key file: %w", err)
+	}
+	// The umask may have taken bits away, never added them; be explicit
+	// anyway, as the file may sit on a file system with other defaults.
+	if err := f.Chmod(0o600); err != nil {
+		f.Close()
+		os.Remove(path)
+		return fmt.Errorf("write key file: %w", err)
+	}
+	if _, err := fmt.Fprintln(f, k.String()); err != nil {
+		f.Close()
+		os.Remove(path)
+		return fmt.Errorf("write key file: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(path)
+		return fmt.Errorf("write key file: %w", err)
+	}
+	return nil
+}
+
+// shellQuote quotes a path for a command the user may paste.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._-~+") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

@@ -20,7 +20,7 @@ func TestGenerateParseRoundTrip(t *testing.T) {
 	require.Equal(t, k.Derive(LabelRequestMAC, nil, nil), back.Derive(LabelRequestMAC, nil, nil))
 	// Labels separate the derived keys.
 	require.NotEqual(t, k.Derive(LabelRequestMAC, nil, nil), k.Derive(LabelResponseMAC, nil, nil))
-	require.NotEqual(t, k.Derive(LabelPushPayload, []byte("s"), []byte("m1")), k.Derive(LabelPushPayload, []byte("s"), []byte("m2")))
+	require.NotEqual(t, k.Derive(LabelUpload, []byte("s"), []byte("m1")), k.Derive(LabelUpload, []byte("s"), []byte("m2")))
 }
 
 func TestParseRefusesGarbage(t *testing.T) {

@@ -43,3 +43,8 @@ func TestOrderedAbortEndsTheReader(t *testing.T) {
 	o.Abort(boom)
 	require.ErrorIs(t, <-done, boom)
 }
+
+// sparseFile is a file being written at offsets.
+type sparseFile struct{ b []byte }
+
+func (f *sparseFile) ReadAt(p []byte, off int64) (int, error) { return copy(p, f.b[off:]), nil }

@@ -1,175 +1,131 @@
-// Package payload turns a bundle that git is writing into the chunks that
-// get sealed, and back: it decides whether compression pays, cuts the
-// payload into chunks as it comes, and reassembles chunks into a bundle
-// whose size and hash match the signed totals. Both directions stream, so
-// memory stays flat whatever the bundle's size.
+// Package payload is the one pipeline between a stream of bytes (a bundle
+// that git writes, upload-pack's answer, a ref list) and the chunks that
+// get sealed and sent, in both directions and on both sides: Split cuts
+// a stream into chunks while it is being written, and Reader puts chunks
+// back together into the stream, in order, as they arrive. Both stream,
+// so memory stays at a few chunks whatever the size.
+//
+// A payload is the bytes that get sealed, chunk by chunk:
+//
+//	payload = header data trailer
+//	header  = 1 byte: the compression of data (None or Zstd)
+//	data    = the plaintext, compressed or not
+//	trailer = 8 bytes big-endian plaintext size, 32 bytes SHA-256 of the
+//	          plaintext; always at the end of the final chunk
+//
+// The trailer lets the receiver check the whole plaintext against what
+// the sender hashed, and it travels inside the last sealed chunk, so it
+// is as confidential and as authenticated as the data, and no separate
+// message has to carry it.
 package payload
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
-	"errors"
+	"bytes"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/git-relay/git-relay/internal/seal"
-	"github.com/git-relay/git-relay/internal/wire"
 )
 
-// minSaving is the fraction compression must save to be used. A bundle's
-// pack is already zlib-compressed object by object, so zstd usually saves
-// well under 1% and costs CPU on both ends; it pays for ref-heavy or
-// loosely packed bundles only.
+// Compression ids, the payload's first byte.
+const (
+	None byte = 0
+	Zstd byte = 1
+)
+
+// TrailerSize is the size of the trailer at the end of the final chunk.
+const TrailerSize = 8 + 32
+
+// HoldBack is how many bytes of plaintext a Reader keeps back until the
+// whole payload has checked out. A pack ends with a 20-byte checksum, and
+// a pack in git's side band ends with a few more bytes of framing, so a
+// consumer never sees the end of a pack the payload did not vouch for.
+const HoldBack = 4096
+
+// Totals describe a payload once it is complete.
+type Totals struct {
+	Compression byte
+	Size        int64    // plaintext bytes
+	Hash        [32]byte // SHA-256 of the plaintext
+	Payload     int64    // payload bytes (header, data and trailer)
+	Chunks      uint32
+}
+
+// ChunkSize is how many payload bytes go in one chunk whose sealed form,
+// plus extra bytes of framing, must fit a body of maxBody bytes.
+func ChunkSize(maxBody int64, extra int) int {
+	return int(maxBody) - seal.Overhead - extra
+}
+
+// minSaving is the fraction compression must save to be used. A pack is
+// already zlib-compressed object by object, so zstd usually saves well
+// under 1% of a bundle and costs CPU on both ends; it pays for ref lists
+// and loosely packed data only.
 const minSaving = 0.05
 
-func compress(w io.Writer, r io.Reader) error {
-	enc, err := zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(enc, r); err != nil {
-		enc.Close()
-		return fmt.Errorf("compress bundle: %w", err)
-	}
-	return enc.Close()
+func newEncoder(w io.Writer) (*zstd.Encoder, error) {
+	return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
 }
 
-type countingWriter struct {
-	w io.Writer
-	n int64
+// pays says whether compressing sample saves at least minSaving.
+func pays(sample []byte) bool {
+	var cw countingWriter
+	enc, err := newEncoder(&cw)
+	if err != nil {
+		return false
+	}
+	if _, err := enc.Write(sample); err != nil {
+		return false
+	}
+	if err := enc.Close(); err != nil {
+		return false
+	}
+	return float64(cw.n) <= float64(len(sample))*(1-minSaving)
 }
+
+type countingWriter struct{ n int64 }
 
 func (c *countingWriter) Write(p []byte) (int, error) {
 	c.n += int64(len(p))
-	if c.w == nil {
-		return len(p), nil
-	}
-	return c.w.Write(p)
+	return len(p), nil
 }
 
-// ChunkSize is the payload bytes per chunk for a body limit: the sealed
-// chunk is the whole body, so only the AEAD tag is added.
-func ChunkSize(maxBody int64) int {
-	return int(maxBody) - seal.Overhead
+// Counter counts the bytes read through it.
+type Counter struct {
+	R io.Reader
+	N int64
 }
 
-// Assemble opens chunks 0..count-1 in order (get returns each sealed
-// chunk; the last must open as the final one), decompresses them, and
-// writes the bundle to out, checking its size and SHA-256. A chunk that
-// fails authentication stops it with an error naming the chunk. The caller
-// must not use what was written to out unless Assemble returns nil.
-func Assemble(st *seal.Stream, get func(i uint32) ([]byte, error), count uint32, compression string, size int64, hash string, out io.Writer) error {
-	h := sha256.New()
-	sink := io.MultiWriter(out, h)
-	pr, pw := io.Pipe()
-	done := make(chan error, 1)
-	go func() {
-		var r io.Reader = pr
-		if compression == wire.CompressZstd {
-			dec, err := zstd.NewReader(pr, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(64<<20))
-			if err != nil {
-				pr.CloseWithError(err)
-				done <- err
-				return
-			}
-			defer dec.Close()
-			r = dec
-		} else if compression != wire.CompressNone {
-			err := fmt.Errorf("unknown compression %q", compression)
-			pr.CloseWithError(err)
-			done <- err
-			return
-		}
-		// One byte past the declared size catches a payload that grows
-		// beyond what the manifest says (a decompression bomb included).
-		n, err := io.Copy(sink, io.LimitReader(r, size+1))
-		if err == nil && n != size {
-			err = fmt.Errorf("bundle is %d bytes, the manifest says %d", n, size)
-		}
-		if err == nil {
-			// Drain: trailing bytes after the declared size are an error too.
-			if m, _ := io.Copy(io.Discard, r); m > 0 {
-				err = errors.New("payload has trailing bytes")
-			}
-		}
-		pr.CloseWithError(err)
-		done <- err
-	}()
-	var buf []byte
-	for i := uint32(0); i < count; i++ {
-		ct, err := get(i)
-		if err != nil {
-			pw.CloseWithError(err)
-			<-done
-			return fmt.Errorf("chunk %d: %w", i, err)
-		}
-		buf, err = st.Open(buf[:0], i, i == count-1, ct)
-		if err != nil {
-			pw.CloseWithError(err)
-			<-done
-			return err
-		}
-		if _, err := pw.Write(buf); err != nil {
-			<-done
-			return fmt.Errorf("assemble bundle: %w", err)
-		}
-	}
-	pw.Close()
-	if err := <-done; err != nil {
-		return fmt.Errorf("assemble bundle: %w", err)
-	}
-	if hex.EncodeToString(h.Sum(nil)) != hash {
-		return errors.New("assembled bundle does not match the manifest's hash")
-	}
-	return nil
+func (c *Counter) Read(p []byte) (int, error) {
+	n, err := c.R.Read(p)
+	c.N += int64(n)
+	return n, err
 }
 
-// Finish checks a payload whose chunks were opened one by one into the file
-// at payloadPath (each authenticated, in any order) and returns the path of
-// the bundle: the payload itself, or its decompressed copy at bundlePath.
-// The bundle's size and SHA-256 must match the manifest.
-func Finish(payloadPath, compression string, payloadSize, size int64, hash, bundlePath string) (string, error) {
-	in, err := os.Open(payloadPath)
-	if err != nil {
-		return "", err
-	}
-	defer in.Close()
-	if fi, err := in.Stat(); err != nil || fi.Size() != payloadSize {
-		return "", errors.New("payload has the wrong size")
-	}
-	h := sha256.New()
-	out := payloadPath
-	var n int64
-	switch compression {
-	case wire.CompressNone:
-		n, err = io.Copy(h, in)
-	case wire.CompressZstd:
-		dec, derr := zstd.NewReader(in, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(64<<20))
-		if derr != nil {
-			return "", derr
-		}
-		defer dec.Close()
-		f, ferr := os.Create(bundlePath)
-		if ferr != nil {
-			return "", ferr
-		}
-		defer f.Close()
-		n, err = io.Copy(io.MultiWriter(f, h), io.LimitReader(dec, size+1))
-		out = bundlePath
-	default:
-		return "", fmt.Errorf("unknown compression %q", compression)
-	}
-	if err != nil {
-		return "", fmt.Errorf("read payload: %w", err)
-	}
-	if n != size {
-		return "", fmt.Errorf("bundle is %d bytes, the manifest says %d", n, size)
-	}
-	if hex.EncodeToString(h.Sum(nil)) != hash {
-		return "", errors.New("assembled bundle does not match the manifest's hash")
-	}
-	return out, nil
+// Bytes is a whole payload, for a plaintext small enough to send in one
+// message: the header, the plaintext as it is and the trailer.
+func Bytes(plain []byte) []byte {
+	var b bytes.Buffer
+	b.Grow(1 + len(plain) + TrailerSize)
+	b.WriteByte(None)
+	b.Write(plain)
+	b.Write(trailer(int64(len(plain)), sha256Sum(plain)))
+	return b.Bytes()
 }
+
+// Unbytes checks a whole payload made by Bytes or Split (one chunk) and
+// returns its plaintext. limit bounds the plaintext's size.
+func Unbytes(p []byte, limit int64) ([]byte, error) {
+	r := NewReader(func() ([]byte, bool, error) { return p, true, nil }, limit)
+	var out bytes.Buffer
+	if _, err := out.ReadFrom(r); err != nil {
+		return nil, err
+	}
+	return out.Bytes(), nil
+}
+
+// ErrMismatch is a payload whose plaintext does not match its trailer, or
+// whose framing is broken.
+var ErrMismatch = fmt.Errorf("payload does not check out")

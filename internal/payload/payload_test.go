@@ -4,133 +4,148 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/hex"
-	"os"
-	"strings"
+	"errors"
+	"io"
 	"testing"
 
 	"github.com/stretchr/testify/require"
-
-	"github.com/git-relay/git-relay/internal/keyring"
-	"github.com/git-relay/git-relay/internal/seal"
-	"github.com/git-relay/git-relay/internal/seal/sealtest"
-	"github.com/git-relay/git-relay/internal/wire"
 )
 
-// splitAndSeal cuts content into sealed chunks as the helper does while
-// git writes a bundle.
-func splitAndSeal(t *testing.T, content []byte, st *seal.Stream, chunkSize int) ([][]byte, *wire.Totals) {
+// split cuts content into chunks as a sender does while it is written.
+func split(t *testing.T, content []byte, chunkSize int) ([][]byte, *Totals) {
+	t.Helper()
 	free := make(chan []byte, 1)
-	free <- make([]byte, 0, chunkSize+seal.Overhead)
+	free <- make([]byte, 0, chunkSize)
 	var chunks [][]byte
-	var finals []bool
-	tot, err := Split(bytes.NewReader(content), chunkSize, free, nil, func(i uint32, final bool, c []byte) error {
+	tot, err := Split(bytes.NewReader(content), chunkSize, free, func(i uint32, final bool, c []byte) error {
 		require.EqualValues(t, len(chunks), i)
-		chunks = append(chunks, st.Seal(nil, i, final, c))
-		finals = append(finals, final)
+		require.LessOrEqual(t, len(c), chunkSize)
+		chunks = append(chunks, append([]byte(nil), c...))
 		free <- c
 		return nil
 	})
 	require.NoError(t, err)
 	require.EqualValues(t, len(chunks), tot.Chunks)
-	for i, f := range finals {
-		require.Equal(t, i == len(finals)-1, f, "only the last chunk is final")
-	}
 	return chunks, tot
 }
 
-func TestSplitCompressesOnlyWhenItPays(t *testing.T) {
-	key := keyring.FromSecret("01020304", bytes.Repeat([]byte{1}, 32))
+// feed returns a next function over chunks, the last one final.
+func feed(chunks [][]byte) func() ([]byte, bool, error) {
+	i := 0
+	return func() ([]byte, bool, error) {
+		if i >= len(chunks) {
+			return nil, false, io.ErrUnexpectedEOF
+		}
+		i++
+		return chunks[i-1], i == len(chunks), nil
+	}
+}
+
+func TestSplitAndReadBack(t *testing.T) {
 	random := make([]byte, 300_000)
 	_, _ = rand.Read(random)
-	exact := make([]byte, 3*(64<<10))
-	_, _ = rand.Read(exact)
 	for _, tc := range []struct {
 		name    string
 		content []byte
-		want    string
+		want    byte
 	}{
-		{"text compresses", bytes.Repeat([]byte("a line of source code\n"), 200_000), wire.CompressZstd},
-		{"random does not", random, wire.CompressNone},
-		{"a whole number of chunks", exact, wire.CompressNone},
-		{"empty", nil, wire.CompressNone},
+		{"text compresses", bytes.Repeat([]byte("a line of source code\n"), 200_000), Zstd},
+		{"random does not", random, None},
+		{"empty", nil, None},
+		{"one byte", []byte{7}, None},
+		{"trailer spills into its own chunk", random[:1000-1-TrailerSize+5], None},
+		{"exactly one chunk", random[:1000-1-TrailerSize], None},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			chunkSize := 64 << 10
-			st, err := seal.New(key, keyring.LabelPushPayload, []byte("salt"), [32]byte{9})
-			require.NoError(t, err)
-			chunks, tot := splitAndSeal(t, tc.content, st, chunkSize)
+			chunks, tot := split(t, tc.content, 1000)
 			require.Equal(t, tc.want, tot.Compression)
-			require.EqualValues(t, len(tc.content), tot.BundleSize)
-			require.Equal(t, seal.Chunks(tot.PayloadSize, chunkSize), tot.Chunks)
-			var out bytes.Buffer
-			get := func(i uint32) ([]byte, error) { return chunks[i], nil }
-			require.NoError(t, Assemble(st, get, tot.Chunks, tot.Compression, tot.BundleSize, tot.BundleHash, &out))
-			require.Equal(t, len(tc.content), out.Len())
-			require.True(t, bytes.Equal(tc.content, out.Bytes()))
-
-			// Finish gives the same bundle from the opened chunks written
-			// to a file, as the server and the helper keep them.
-			dir := t.TempDir()
-			var opened []byte
-			for i, c := range chunks {
-				opened, err = st.Open(opened, uint32(i), uint32(i) == tot.Chunks-1, c)
-				require.NoError(t, err)
-			}
-			require.NoError(t, os.WriteFile(dir+"/payload", opened, 0o600))
-			got, err := Finish(dir+"/payload", tot.Compression, tot.PayloadSize, tot.BundleSize, tot.BundleHash, dir+"/bundle")
+			require.EqualValues(t, len(tc.content), tot.Size)
+			require.Equal(t, sha256.Sum256(tc.content), tot.Hash)
+			r := NewReader(feed(chunks), int64(len(tc.content))+1)
+			got, err := io.ReadAll(r)
 			require.NoError(t, err)
-			b, err := os.ReadFile(got)
-			require.NoError(t, err)
-			require.True(t, bytes.Equal(tc.content, b))
-			_, err = Finish(dir+"/payload", tot.Compression, tot.PayloadSize, tot.BundleSize, strings.Repeat("0", 64), dir+"/bundle")
-			require.ErrorContains(t, err, "hash")
-
-			// A wrong size or hash is caught.
-			out.Reset()
-			require.Error(t, Assemble(st, get, tot.Chunks, tot.Compression, tot.BundleSize-1, tot.BundleHash, &out))
-			out.Reset()
-			require.ErrorContains(t, Assemble(st, get, tot.Chunks, tot.Compression, tot.BundleSize, "00", &out), "hash")
-			if tot.Chunks > 1 {
-				// Cut short, the payload's last chunk is not a final one.
-				out.Reset()
-				require.ErrorIs(t, Assemble(st, get, tot.Chunks-1, tot.Compression, tot.BundleSize, tot.BundleHash, &out), seal.ErrAuth)
-			}
+			require.True(t, bytes.Equal(tc.content, got))
+			require.Equal(t, *tot, r.Totals())
 		})
 	}
 }
 
-// TestVectors runs the shared known-answer vectors through Assemble, the
-// code both the server (push) and the helper (fetch) open payloads with.
-func TestVectors(t *testing.T) {
-	for _, v := range sealtest.Load(t) {
-		t.Run(v.Name, func(t *testing.T) {
-			st, err := seal.New(v.Key(), v.Label, v.SaltBytes(), v.ManifestHash())
-			require.NoError(t, err)
-			chunks := v.ChunkBytes()
-			get := func(i uint32) ([]byte, error) {
-				if int(i) >= len(chunks) {
-					return nil, os.ErrNotExist
-				}
-				return chunks[i], nil
+func TestReaderHoldsBackUntilTheFinalChunk(t *testing.T) {
+	content := make([]byte, 50_000)
+	_, _ = rand.Read(content)
+	chunks, _ := split(t, content, 4096)
+	// The final chunk never comes: the reader gives everything but the
+	// held-back tail, then the error.
+	boom := errors.New("connection lost")
+	i := 0
+	r := NewReader(func() ([]byte, bool, error) {
+		if i == len(chunks)-1 {
+			return nil, false, boom
+		}
+		i++
+		return chunks[i-1], false, nil
+	}, 1<<20)
+	got, err := io.ReadAll(r)
+	require.ErrorIs(t, err, boom)
+	require.Less(t, len(got), len(content)-HoldBack+4096, "no more than the chunks before the last, minus the held-back bytes")
+	require.Equal(t, content[:len(got)], got)
+}
+
+func TestReaderRefusesWhatDoesNotCheckOut(t *testing.T) {
+	random := make([]byte, 30_000)
+	_, _ = rand.Read(random)
+	text := bytes.Repeat([]byte("0123456789"), 3000)
+	for name, mangle := range map[string]func([][]byte) [][]byte{
+		"wrong trailer hash": func(c [][]byte) [][]byte {
+			last := c[len(c)-1]
+			last[len(last)-1] ^= 1
+			return c
+		},
+		"wrong trailer size": func(c [][]byte) [][]byte {
+			last := c[len(c)-1]
+			last[len(last)-TrailerSize+7]++
+			return c
+		},
+		"a chunk dropped": func(c [][]byte) [][]byte { return append(c[:1:1], c[2:]...) },
+		"bytes after the compressed data": func(c [][]byte) [][]byte {
+			last := c[len(c)-1]
+			return append(c[:len(c)-1], append(append(append([]byte(nil), last[:len(last)-TrailerSize]...), 1, 2, 3), last[len(last)-TrailerSize:]...))
+		},
+		"unknown compression": func(c [][]byte) [][]byte { c[0][0] = 9; return c },
+		"no trailer": func(c [][]byte) [][]byte { return [][]byte{{None, 1, 2}} },
+	} {
+		t.Run(name, func(t *testing.T) {
+			content := random
+			if name == "bytes after the compressed data" {
+				content = text
 			}
-			var out bytes.Buffer
-			size := int64(len(v.Plaintext) / 2)
-			if v.Error != "" {
-				size = 57 // the good payload's size; irrelevant when a chunk fails
+			chunks, tot := split(t, content, 4096)
+			if name == "bytes after the compressed data" {
+				require.Equal(t, Zstd, tot.Compression)
 			}
-			err = Assemble(st, get, v.Count, wire.CompressNone, size, hashOfHex(v.Plaintext), &out)
-			if v.Error == "" {
-				require.NoError(t, err)
-				return
+			cs := make([][]byte, len(chunks))
+			for i := range chunks {
+				cs[i] = append([]byte(nil), chunks[i]...)
 			}
+			r := NewReader(feed(mangle(cs)), 1<<20)
+			got, err := io.ReadAll(r)
 			require.Error(t, err)
+			require.Less(t, len(got), len(content)-HoldBack+1)
 		})
 	}
+	// A plaintext over the limit stops there (a decompression bomb).
+	chunks, _ := split(t, text, 4096)
+	r := NewReader(feed(chunks), int64(len(text))-1)
+	_, err := io.ReadAll(r)
+	require.ErrorIs(t, err, ErrMismatch)
 }
 
-func hashOfHex(h string) string {
-	b, _ := hex.DecodeString(h)
-	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
+func TestBytesRoundTrip(t *testing.T) {
+	for _, p := range [][]byte{nil, []byte("ls-refs answer")} {
+		got, err := Unbytes(Bytes(p), 100)
+		require.NoError(t, err)
+		require.Equal(t, string(p), string(got))
+	}
+	_, err := Unbytes(Bytes([]byte("too long")), 3)
+	require.Error(t, err)
 }

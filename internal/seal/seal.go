@@ -42,7 +42,7 @@ type Stream struct {
 
 // New derives the payload key from the shared key and returns the stream
 // for one payload. label says which direction the payload travels
-// (keyring.LabelPushPayload or keyring.LabelFetchPayload).
+// (keyring.LabelUpload or keyring.LabelDownload).
 func New(key keyring.Key, label string, salt []byte, manifestHash [32]byte) (*Stream, error) {
 	return NewWithKey(key.Derive(label, salt, manifestHash[:]), manifestHash)
 }
@@ -75,7 +75,7 @@ func Nonce(index uint32, final bool) []byte {
 // the index, and the chunk count on the final chunk (0 on the others).
 func AAD(manifestHash [32]byte, index uint32, final bool) []byte {
 	a := make([]byte, 0, 9+32+8)
-	a = append(a, "GR2-CHUNK"...)
+	a = append(a, "GR3-CHUNK"...)
 	a = append(a, manifestHash[:]...)
 	a = binary.BigEndian.AppendUint32(a, index)
 	count := uint32(0)

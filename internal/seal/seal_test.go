@@ -25,7 +25,7 @@ func TestRoundTrip(t *testing.T) {
 	key := keyring.FromSecret("01020304", bytes.Repeat([]byte{7}, 32))
 	mh := [32]byte{1, 2, 3}
 	payload := bytes.Repeat([]byte("git-relay "), 1000) // 10,000 bytes
-	st, err := seal.New(key, keyring.LabelPushPayload, []byte("salt"), mh)
+	st, err := seal.New(key, keyring.LabelUpload, []byte("salt"), mh)
 	require.NoError(t, err)
 	count := seal.Chunks(int64(len(payload)), 4096)
 	require.EqualValues(t, 3, count)
@@ -47,7 +47,7 @@ func TestRoundTrip(t *testing.T) {
 
 	// The fetch direction derives another key: a push chunk does not open
 	// as a fetch chunk.
-	other, err := seal.New(key, keyring.LabelFetchPayload, []byte("salt"), mh)
+	other, err := seal.New(key, keyring.LabelDownload, []byte("salt"), mh)
 	require.NoError(t, err)
 	_, err = other.Open(nil, 0, false, chunks[0])
 	require.ErrorIs(t, err, seal.ErrAuth)
@@ -56,7 +56,7 @@ func TestRoundTrip(t *testing.T) {
 func TestEmptyPayloadHasOneFinalChunk(t *testing.T) {
 	require.EqualValues(t, 1, seal.Chunks(0, 100))
 	key := keyring.FromSecret("01020304", bytes.Repeat([]byte{9}, 32))
-	st, err := seal.New(key, keyring.LabelPushPayload, nil, [32]byte{})
+	st, err := seal.New(key, keyring.LabelUpload, nil, [32]byte{})
 	require.NoError(t, err)
 	c := st.Seal(nil, 0, true, nil)
 	require.Len(t, c, seal.Overhead)
@@ -120,7 +120,7 @@ func rawSeal(t *testing.T, payloadKey []byte, mh [32]byte, index uint32, final b
 		nonce[11] = 1
 		count = index + 1
 	}
-	aad := append([]byte("GR2-CHUNK"), mh[:]...)
+	aad := append([]byte("GR3-CHUNK"), mh[:]...)
 	aad = binary.BigEndian.AppendUint32(aad, index)
 	aad = binary.BigEndian.AppendUint32(aad, count)
 	return aead.Seal(nil, nonce, pt, aad)
@@ -130,10 +130,10 @@ func writeVectors(t *testing.T) {
 	secret := bytes.Repeat([]byte{0x42}, 32)
 	key := keyring.FromSecret("a1b2c3d4", secret)
 	salt := bytes.Repeat([]byte{0x5a}, 32)
-	manifest := `{"v":2,"repo":"acme/widgets","chunkSize":4096}`
-	other := `{"v":2,"repo":"acme/widgets","chunkSize":4096,"nonce":"another push"}`
+	manifest := `{"v":3,"id":"0123456789abcdef0123456789abcdef","kind":"push","repo":"acme/widgets"}`
+	other := `{"v":3,"id":"fedcba9876543210fedcba9876543210","kind":"push","repo":"acme/widgets"}`
 	mh := sha(manifest)
-	pk := key.Derive(keyring.LabelPushPayload, salt, mh[:])
+	pk := key.Derive(keyring.LabelUpload, salt, mh[:])
 	pt := [][]byte{[]byte("first chunk of the bundle "), []byte("second chunk of the bundle "), []byte("last")}
 	good := [][]byte{
 		rawSeal(t, pk, mh, 0, false, pt[0]),
@@ -143,9 +143,9 @@ func writeVectors(t *testing.T) {
 	flipped := append([]byte(nil), good[1]...)
 	flipped[3] ^= 1
 	omh := sha(other)
-	opk := key.Derive(keyring.LabelPushPayload, salt, omh[:])
+	opk := key.Derive(keyring.LabelUpload, salt, omh[:])
 	mk := func(name string, chunks [][]byte, errMsg string, bad int) sealtest.Vector {
-		v := sealtest.Vector{Name: name, KeyID: key.ID, Secret: hex.EncodeToString(secret), Label: keyring.LabelPushPayload,
+		v := sealtest.Vector{Name: name, KeyID: key.ID, Secret: hex.EncodeToString(secret), Label: keyring.LabelUpload,
 			Salt: hex.EncodeToString(salt), Manifest: manifest, Count: 3, Error: errMsg, BadChunk: bad}
 		for _, c := range chunks {
 			v.Chunks = append(v.Chunks, hex.EncodeToString(c))

@@ -2,43 +2,128 @@ package wire
 
 import (
 	"crypto/sha256"
-	"encoding/json"
+	"fmt"
+	"regexp"
 	"time"
 )
 
-// API paths, relative to the API base (/api/gr on the server; whatever the
+// Version is the protocol version; both sides must speak the same one.
+const Version = 3
+
+// Routes, relative to the API base (/api/gr on the server; whatever the
 // proxy exposes on the client).
+//
+// Everything the relay does is an exchange: the client opens it under an
+// id of its choosing (so that opening again after a lost answer is the
+// same exchange, never a second one), may upload a payload in sealed
+// chunks, and gets an answer that may carry a downloaded payload, inline
+// when it is small or in sealed chunks when it is not. A push uploads a
+// bundle; a fetch uploads a git protocol v2 request and downloads
+// upload-pack's response; a ref listing downloads the list.
 const (
-	PathRefs        = "refs"
-	PathRemoteInfo  = "remote-info"
-	PathPush        = "push"
-	PathPushChunk   = "push/chunk"
-	PathPushStatus  = "push/status"
-	PathPushFinish  = "push/complete"
-	PathFetch       = "fetch"
-	PathFetchChunk  = "fetch/chunk"
-	PathFetchStatus = "fetch/status"
+	PathOpen       = "x"           // POST, sealed Open (+ an inline upload): Status
+	PathUp         = "x/up"        // PUT ?id=&i=[&final=1], a sealed upload chunk: Status
+	PathDown       = "x/down"      // GET ?id=&i=: a flag byte and a sealed download chunk
+	PathStatus     = "x/status"    // GET ?id=[&wait=1]: Status
+	PathCancel     = "x/cancel"    // POST ?id=: Status
+	PathRemoteInfo = "remote-info" // GET ?repo=&branch=: RemoteInfo (the seed's call)
 )
 
 // DefaultMaxBody is the proxy's cap on every request and response body.
 const DefaultMaxBody = 4_500_000
 
-// Refs is what upstream holds, as `git ls-remote` there sees it.
-type Refs struct {
-	Repo       string            `json:"repo"`
-	Head       string            `json:"head,omitempty"` // symref target of HEAD
-	Refs       map[string]string `json:"refs"`           // refs/heads/*, refs/tags/* -> id
-	Peeled     map[string]string `json:"peeled,omitempty"`
-	AllowForce bool              `json:"allowForce"`
-	MaxBody    int64             `json:"maxBody"`
+// MinMaxBody is the smallest body cap either side accepts.
+const MinMaxBody = 64 << 10
+
+// Exchange kinds.
+const (
+	KindPush  = "push"  // upload: PushManifest and a bundle; answer: ref results
+	KindRefs  = "refs"  // answer: upstream's refs (RefsHeader and lines), for a push
+	KindCaps  = "caps"  // answer: git upload-pack's protocol v2 capabilities
+	KindFetch = "fetch" // upload: one protocol v2 request; answer: upload-pack's response
+)
+
+// Open opens an exchange. Its exact bytes are signed with the request and
+// their SHA-256 is bound into both payload keys and into every chunk.
+type Open struct {
+	V    int    `json:"v"`
+	ID   string `json:"id"` // 32 hex digits, chosen by the client
+	Kind string `json:"kind"`
+	Repo string `json:"repo"`
+	// Salt (32 random bytes in hex) goes into the upload payload's key.
+	Salt string `json:"salt"`
+	// ChunkSize is the upload's payload bytes per chunk; 0 when there is
+	// no upload or it is inline.
+	ChunkSize int `json:"chunkSize,omitempty"`
+	// MaxBody is the client's cap on bodies; download chunks fit it.
+	MaxBody int64 `json:"maxBody"`
+	// Inline says that the whole upload payload follows the message, as
+	// one final chunk.
+	Inline bool `json:"inline,omitempty"`
 }
 
-// RemoteInfo is the seed's `remote-info` answer for one branch.
-type RemoteInfo struct {
-	Repo   string `json:"repo"`
-	Branch string `json:"branch"`
-	SHA    string `json:"sha"` // "" when the branch does not exist
+var idRE = regexp.MustCompile(`^[0-9a-f]{32}$`)
+
+// ValidID says whether id is an exchange id.
+func ValidID(id string) bool { return idRE.MatchString(id) }
+
+// Hash is the hash that binds an exchange's payloads to its Open bytes.
+func Hash(openBytes []byte) [32]byte { return sha256.Sum256(openBytes) }
+
+// Phases of an exchange, in order.
+const (
+	PhaseReceiving  = "receiving"         // upload chunks are coming
+	PhaseProcessing = "processing bundle" // checking what came
+	PhasePushing    = "pushing"           // upstream's receive-pack has the pack
+	PhaseSending    = "sending"           // the answer's payload is being written
+	PhaseDone       = "done"
+	PhaseFailed     = "failed"
+	PhaseCancelled  = "cancelled"
+)
+
+// Ended says whether a phase is final.
+func Ended(phase string) bool {
+	return phase == PhaseDone || phase == PhaseFailed || phase == PhaseCancelled
 }
+
+// Status is where an exchange stands.
+type Status struct {
+	ID      string `json:"id"`
+	Phase   string `json:"phase"`
+	Message string `json:"message,omitempty"` // why it failed
+	Code    string `json:"code,omitempty"`    // the failure's kind
+	// Held lists the upload chunks the server holds, for a resumed upload.
+	Held []uint32 `json:"held,omitempty"`
+	// Results says what became of each ref of a push.
+	Results  []RefResult `json:"results,omitempty"`
+	Timeline []PhaseTime `json:"timeline,omitempty"`
+	// Down describes the answer's payload, once it is being written.
+	Down *Down `json:"down,omitempty"`
+}
+
+// Down is an answer's payload.
+type Down struct {
+	// Inline says the whole payload follows the status message.
+	Inline bool `json:"inline,omitempty"`
+	// Salt (hex) goes into the download payload's key.
+	Salt      string `json:"salt,omitempty"`
+	ChunkSize int    `json:"chunkSize,omitempty"`
+	// Chunks is how many chunks are written; with Final, all of them.
+	Chunks uint32 `json:"chunks"`
+	Final  bool   `json:"final,omitempty"`
+}
+
+// PhaseTime is when an exchange entered a phase.
+type PhaseTime struct {
+	Phase string    `json:"phase"`
+	At    time.Time `json:"at"`
+}
+
+// A download chunk answer is a flag byte, DownFinal on the payload's last
+// chunk and 0 on the others, followed by the sealed chunk. The flag is
+// covered by the chunk's own authentication (its nonce and associated
+// data say whether it is final).
+const DownFinal = 1
 
 // Update is one ref change in a push.
 type Update struct {
@@ -48,133 +133,74 @@ type Update struct {
 	Force bool   `json:"force,omitempty"`
 }
 
-// Compression names.
-const (
-	CompressNone = "none"
-	CompressZstd = "zstd"
-)
+// ZeroID stands for "no object": Old of a create, New of a delete.
+const ZeroID = "0000000000000000000000000000000000000000"
 
-// PushManifest opens one push. Its exact bytes are signed with the request
-// that creates the session, and their SHA-256 is bound into the payload
-// key and into every chunk. It says what the push does, not how large it
-// is: the helper uploads the bundle while git writes it, so the sizes, the
-// chunk count and the bundle's hash come at the end, in Totals.
+// PushManifest is what a push does. It opens the push's upload payload,
+// framed as a u32 big-endian length and the JSON, and the bundle follows
+// it (nothing, for a push that only moves refs to objects upstream has).
+// It travels in the payload, not in the Open message, so that a push of
+// any number of refs fits.
 type PushManifest struct {
-	Version   int      `json:"v"`
-	Repo      string   `json:"repo"`
-	Updates   []Update `json:"updates"`
-	Atomic    bool     `json:"atomic,omitempty"`
-	Options   []string `json:"options,omitempty"`
-	Salt      string   `json:"salt"`      // hex, 32 random bytes
-	ChunkSize int      `json:"chunkSize"` // payload bytes per chunk; 0 for a ref-only update
-	Nonce     string   `json:"nonce"`     // random, so that no two manifests are equal
+	Updates []Update `json:"updates"`
+	Atomic  bool     `json:"atomic,omitempty"`
+	Options []string `json:"options,omitempty"`
 }
 
-// PushManifestVersion is the version of PushManifest and of the chunk
-// format that goes with it.
-const PushManifestVersion = 2
+// Reason is why a ref was refused: git's own words where git has some.
+type Reason string
 
-// Totals closes a push's upload: it is the signed body of the request
-// that completes the session. The server checks the chunks it holds
-// against it (the last one must have been sealed as final) and the
-// assembled bundle against its size and hash.
-type Totals struct {
-	Compression string `json:"compression"` // none | zstd
-	BundleSize  int64  `json:"bundleSize"`  // plaintext bundle bytes (0: ref-only update)
-	BundleHash  string `json:"bundleHash"`  // hex SHA-256 of the bundle
-	PayloadSize int64  `json:"payloadSize"` // bytes sealed (after compression)
-	Chunks      uint32 `json:"chunks"`      // 0 for a ref-only update
-}
-
-// ManifestHash is the hash bound into keys and chunks.
-func ManifestHash(raw []byte) [32]byte { return sha256.Sum256(raw) }
-
-// Session names a server-side session.
-type Session struct {
-	Session string `json:"session"`
-}
-
-// Push phases, in order.
+// Reasons.
 const (
-	PhaseReceiving  = "receiving"
-	PhaseProcessing = "processing bundle"
-	PhasePushing    = "pushing"
-	PhaseDone       = "done"
-	PhaseFailed     = "failed"
+	ReasonFetchFirst     Reason = "fetch first"
+	ReasonNonFastForward Reason = "non-fast forward"
+	ReasonAlreadyExists  Reason = "already exists"
+	ReasonStaleInfo      Reason = "stale info"
+	ReasonAtomic         Reason = "atomic push failed"
+	ReasonDefaultBranch  Reason = "refusing to delete the default branch"
+	ReasonForbidden      Reason = "forbidden"   // a server policy; Detail says which
+	ReasonUpstream       Reason = "upstream"    // upstream refused; Detail has its words
+	ReasonNoStatus       Reason = "no status"   // upstream said nothing of the ref
+	ReasonUnpack         Reason = "unpack"      // upstream could not unpack the pack
+	ReasonMissing        Reason = "missing"     // the push lacks objects upstream lacks too
+	ReasonNotExist       Reason = "not exist"   // a delete of a ref upstream does not have
+	ReasonRefused        Reason = "refused"     // the whole push was refused; Detail says why
 )
 
-// RefResult is what upstream did with one ref.
+// RefResult is what became of one ref.
 type RefResult struct {
 	Ref    string `json:"ref"`
 	OK     bool   `json:"ok"`
-	Reason string `json:"reason,omitempty"` // git's words where they apply: "fetch first", "non-fast forward", "stale info"
+	Reason Reason `json:"reason,omitempty"`
+	Detail string `json:"detail,omitempty"`
 }
 
-// PushStatus is a push session's state.
-type PushStatus struct {
-	Session  string      `json:"session"`
-	Phase    string      `json:"phase"`
-	Held     []uint32    `json:"held"` // chunk indexes the server holds
-	Chunks   uint32      `json:"chunks"`
-	Message  string      `json:"message,omitempty"`
-	Results  []RefResult `json:"results,omitempty"`
-	Timeline []PhaseTime `json:"timeline,omitempty"`
+// String is the reason as git shows it next to the ref.
+func (r RefResult) String() string {
+	if r.Detail == "" {
+		return string(r.Reason)
+	}
+	switch r.Reason {
+	case ReasonForbidden, ReasonUpstream, ReasonRefused:
+		return r.Detail
+	}
+	return fmt.Sprintf("%s (%s)", r.Reason, r.Detail)
 }
 
-// PhaseTime is when a push entered a phase.
-type PhaseTime struct {
-	Phase string    `json:"phase"`
-	At    time.Time `json:"at"`
+// RefsHeader opens a ref listing (KindRefs): its JSON on the first line,
+// then one "<id> <name>" line per ref.
+type RefsHeader struct {
+	Head       string `json:"head,omitempty"` // the branch HEAD points at
+	AllowForce bool   `json:"allowForce,omitempty"`
+	MaxRefs    int    `json:"maxRefs,omitempty"` // most updates one push may carry
 }
 
-// FetchRequest asks for a bundle of Wants, excluding what the client has.
-type FetchRequest struct {
-	Repo    string   `json:"repo"`
-	Wants   []string `json:"wants"`
-	Haves   []string `json:"haves"`
-	MaxBody int64    `json:"maxBody"`
+// RemoteInfo is the seed's `remote-info` answer for one branch.
+type RemoteInfo struct {
+	Repo   string `json:"repo"`
+	Branch string `json:"branch"`
+	SHA    string `json:"sha"` // "" when the branch does not exist
 }
-
-// FetchManifest opens a fetch payload prepared by the server. As with a
-// push, the server sends the bundle while git writes it, so the sizes and
-// the hash come at the end, in FetchStatus.Totals.
-type FetchManifest struct {
-	Version   int    `json:"v"`
-	Session   string `json:"session"`
-	Repo      string `json:"repo"`
-	Salt      string `json:"salt"`
-	ChunkSize int    `json:"chunkSize"` // 0: the client already has everything
-	// Compression is decided on the bundle's first bytes, before the
-	// first chunk, so that the client can unpack while it downloads.
-	Compression string `json:"compression,omitempty"`
-}
-
-// FetchManifestVersion is the version of FetchManifest and of the chunk
-// answers that go with it.
-const FetchManifestVersion = 2
-
-// Fetch phases, in order.
-const (
-	FetchPreparing = "preparing" // checking the request, refreshing the mirror
-	FetchSending   = "sending"   // chunks can be asked for while git writes the rest
-	FetchReady     = "ready"     // every chunk is written; Totals is set
-	FetchFailed    = "failed"
-)
-
-// FetchStatus wraps the manifest with its exact bytes, which the payload
-// key and chunks are bound to.
-type FetchStatus struct {
-	Phase    string          `json:"phase"`
-	Message  string          `json:"message,omitempty"`
-	Manifest json.RawMessage `json:"manifest,omitempty"`
-	Totals   *Totals         `json:"totals,omitempty"`
-}
-
-// A fetch chunk answer is a flag byte, FetchChunkFinal on the payload's
-// last chunk and 0 on the others, followed by the sealed chunk. The flag
-// is covered by the response's signature and, through the nonce and the
-// associated data, by the chunk's own authentication.
-const FetchChunkFinal = 1
 
 // Error is the body of every non-2xx answer.
 type Error struct {
@@ -184,15 +210,20 @@ type Error struct {
 
 // Error codes.
 const (
-	CodeBadRequest = "bad_request"
-	CodeNotFound   = "not_found"
-	CodeConflict   = "conflict"
-	CodeTooLarge   = "too_large"
-	CodeUpstream   = "upstream"
-	CodeForbidden  = "forbidden"
-	CodeInternal   = "internal"
-	// CodeNotReady: a fetch chunk that git has not written yet; ask again.
+	CodeBadRequest   = "bad_request"
+	CodeNotFound     = "not_found"
+	CodeConflict     = "conflict"
+	CodeTooLarge     = "too_large"
+	CodeUpstream     = "upstream"
+	CodeForbidden    = "forbidden"
+	CodeLimit        = "limit"
+	CodeInternal     = "internal"
+	CodeUnauthorized = "unauthorized"
+	CodeStale        = "stale"
+	// CodeNotReady: a download chunk not written yet; ask again.
 	CodeNotReady = "not_ready"
-	// CodeRange: a fetch chunk past the payload's final chunk.
+	// CodeRange: a download chunk past the final one.
 	CodeRange = "out_of_range"
+	// CodeGone: the exchange ended (cancelled, failed or expired).
+	CodeGone = "gone"
 )

@@ -1,0 +1,193 @@
+package helper
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// The helper keeps what it needs to resume an interrupted exchange under
+// <git dir>/relay/: for a push, its Open message and the hash of every
+// chunk it sealed; for a fetch whose answer comes in chunks, the Open and
+// the chunks as they came. Each goes when its exchange ends, whatever the
+// outcome; what an interrupted run left is reused by the next run that
+// does the same, or removed by any run a day later.
+
+const (
+	resumeRoot = "relay"
+	resumeAge  = 24 * time.Hour
+)
+
+// resumeDir is the folder for one resumable exchange: kind and a hash of
+// what it does.
+func (h *Helper) resumeDir(kind string, what ...[]byte) string {
+	sum := sha256.New()
+	sum.Write([]byte(h.client.Key.ID + "\x00" + h.repo))
+	for _, w := range what {
+		sum.Write([]byte{0})
+		sum.Write(w)
+	}
+	return filepath.Join(h.git.GitDir, resumeRoot, kind+"-"+hex.EncodeToString(sum.Sum(nil))[:32])
+}
+
+// cleanResume removes what interrupted runs left more than a day ago.
+func (h *Helper) cleanResume() {
+	root := filepath.Join(h.git.GitDir, resumeRoot)
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > resumeAge {
+			os.RemoveAll(filepath.Join(root, e.Name()))
+		}
+	}
+	_ = os.Remove(root) // when empty
+}
+
+// pushResume is a push's resume record.
+type pushResume struct {
+	dir    string
+	open   []byte     // the exchange's Open bytes
+	sealed [][32]byte // hashes of the chunks sealed in earlier runs
+	f      *os.File   // appends this run's hashes
+	n      int        // chunks sealed in this run
+}
+
+// findPushResume returns the record of an interrupted push that did the
+// same, or nil.
+func findPushResume(dir string) *pushResume {
+	open, err := os.ReadFile(filepath.Join(dir, "open"))
+	if err != nil {
+		return nil
+	}
+	hashes, _ := os.ReadFile(filepath.Join(dir, "sealed"))
+	p := &pushResume{dir: dir, open: open}
+	for len(hashes) >= 32 {
+		p.sealed = append(p.sealed, [32]byte(hashes[:32]))
+		hashes = hashes[32:]
+	}
+	return p
+}
+
+// newPushResume starts a record for a push.
+func newPushResume(dir string, open []byte) (*pushResume, error) {
+	os.RemoveAll(dir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "open"), open, 0o600); err != nil {
+		return nil, err
+	}
+	return &pushResume{dir: dir, open: open}, nil
+}
+
+// errDiverged is a resumed push whose bundle came out different this time:
+// what was sealed must never be sealed with other bytes under the same
+// key, so the push starts over as a new exchange.
+var errDiverged = errors.New("the bundle differs from the interrupted push's")
+
+// seal records that chunk i, whose plaintext is plain, is about to be
+// sealed, and says whether an earlier run sealed the very same bytes
+// there. A chunk an earlier run sealed with other bytes is errDiverged.
+func (p *pushResume) seal(i uint32, plain []byte) (bool, error) {
+	sum := sha256.Sum256(plain)
+	if int(i) < len(p.sealed) {
+		if p.sealed[i] != sum {
+			return false, errDiverged
+		}
+		return true, nil
+	}
+	if int(i) != len(p.sealed)+p.n {
+		return false, errDiverged // chunks come in order; anything else is a bug
+	}
+	if p.f == nil {
+		f, err := os.OpenFile(filepath.Join(p.dir, "sealed"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		if err != nil {
+			return false, err
+		}
+		p.f = f
+	}
+	if _, err := p.f.Write(sum[:]); err != nil {
+		return false, err
+	}
+	p.n++
+	return false, nil
+}
+
+// remove ends the record.
+func (p *pushResume) remove() {
+	if p == nil {
+		return
+	}
+	if p.f != nil {
+		p.f.Close()
+	}
+	os.RemoveAll(p.dir)
+	_ = os.Remove(filepath.Dir(p.dir))
+}
+
+// fetchCache keeps a chunked answer's chunks as they come.
+type fetchCache struct {
+	dir string
+	mu  sync.Mutex
+}
+
+// findFetchCache returns the Open bytes and cache of an interrupted fetch
+// that sent the same request, or nil.
+func findFetchCache(dir string) ([]byte, *fetchCache) {
+	open, err := os.ReadFile(filepath.Join(dir, "open"))
+	if err != nil {
+		return nil, nil
+	}
+	return open, &fetchCache{dir: dir}
+}
+
+func newFetchCache(dir string, open []byte) (*fetchCache, error) {
+	os.RemoveAll(dir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "open"), open, 0o600); err != nil {
+		return nil, err
+	}
+	return &fetchCache{dir: dir}, nil
+}
+
+func (c *fetchCache) path(i uint32) string {
+	return filepath.Join(c.dir, strconv.FormatUint(uint64(i), 10))
+}
+
+// chunk returns chunk i's answer as it came, or nil.
+func (c *fetchCache) chunk(i uint32) []byte {
+	b, err := os.ReadFile(c.path(i))
+	if err != nil {
+		return nil
+	}
+	return b
+}
+
+// keep stores chunk i's answer; a failure only costs a resume.
+func (c *fetchCache) keep(i uint32, b []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	tmp := c.path(i) + ".tmp"
+	if os.WriteFile(tmp, b, 0o600) == nil {
+		_ = os.Rename(tmp, c.path(i))
+	}
+}
+
+func (c *fetchCache) forget(i uint32) { os.Remove(c.path(i)) }
+
+func (c *fetchCache) remove() {
+	if c == nil {
+		return
+	}
+	os.RemoveAll(c.dir)
+	_ = os.Remove(filepath.Dir(c.dir))
+}

@@ -1,0 +1,108 @@
+package payload
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// streamSample is how much of a stream is compressed to decide whether
+// compressing the rest pays. It is small, because the decision holds up
+// the first chunk.
+const streamSample = 1 << 20
+
+// Split reads a plaintext from r while it is being written and emits its
+// payload in chunks of at most chunkSize bytes, in order, with final set
+// on the last one (an empty plaintext still makes one chunk). Each chunk
+// is built in a buffer taken from free, whose capacity must be at least
+// chunkSize; emit owns the buffer until it sends it back on free, so the
+// number of buffers bounds the memory in use whatever the size. A chunk
+// is known to be the last only when the next read finds the end, so Split
+// reads one byte ahead.
+func Split(r io.Reader, chunkSize int, free chan []byte, emit func(i uint32, final bool, chunk []byte) error) (*Totals, error) {
+	if chunkSize <= TrailerSize+1 {
+		return nil, fmt.Errorf("chunk size %d is too small", chunkSize)
+	}
+	h := sha256.New()
+	plain := &Counter{R: io.TeeReader(r, h)}
+	sample := make([]byte, streamSample)
+	n, err := io.ReadFull(plain, sample)
+	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+		return nil, fmt.Errorf("read: %w", err)
+	}
+	sample = sample[:n]
+	t := &Totals{Compression: None}
+	src := io.MultiReader(bytes.NewReader(sample), plain)
+	if n > 0 && pays(sample) {
+		t.Compression = Zstd
+		pr, pw := io.Pipe()
+		go func(in io.Reader) {
+			enc, err := newEncoder(pw)
+			if err == nil {
+				if _, err = io.Copy(enc, in); err != nil {
+					enc.Close()
+				} else {
+					err = enc.Close()
+				}
+			}
+			pw.CloseWithError(err)
+		}(src)
+		defer pr.Close()
+		src = pr
+	}
+	in := bufio.NewReaderSize(io.MultiReader(bytes.NewReader([]byte{t.Compression}), src), 64<<10)
+	var trail []byte
+	for i := uint32(0); ; i++ {
+		buf := <-free
+		if cap(buf) < chunkSize {
+			return nil, errors.New("chunk buffer too small")
+		}
+		buf = buf[:chunkSize]
+		m := 0
+		if trail == nil {
+			var err error
+			m, err = io.ReadFull(in, buf)
+			switch {
+			case err == io.EOF || err == io.ErrUnexpectedEOF:
+				trail = trailer(plain.N, [32]byte(h.Sum(nil)))
+			case err != nil:
+				free <- buf
+				return nil, fmt.Errorf("read: %w", err)
+			default:
+				if _, perr := in.Peek(1); perr == io.EOF {
+					trail = trailer(plain.N, [32]byte(h.Sum(nil)))
+				} else if perr != nil {
+					free <- buf
+					return nil, fmt.Errorf("read: %w", perr)
+				}
+			}
+		}
+		final := false
+		if trail != nil && m+len(trail) <= chunkSize {
+			m += copy(buf[m:], trail)
+			final = true
+		}
+		t.Payload += int64(m)
+		if err := emit(i, final, buf[:m]); err != nil {
+			return nil, err
+		}
+		if final {
+			t.Chunks = i + 1
+			break
+		}
+	}
+	t.Size = plain.N
+	t.Hash = [32]byte(h.Sum(nil))
+	return t, nil
+}
+
+func trailer(size int64, hash [32]byte) []byte {
+	b := binary.BigEndian.AppendUint64(make([]byte, 0, TrailerSize), uint64(size))
+	return append(b, hash[:]...)
+}
+
+func sha256Sum(b []byte) [32]byte { return sha256.Sum256(b) }

@@ -1,0 +1,251 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/git-relay/git-relay/internal/gitx"
+	"github.com/git-relay/git-relay/internal/keyring"
+	"github.com/git-relay/git-relay/internal/payload"
+	"github.com/git-relay/git-relay/internal/seal"
+	"github.com/git-relay/git-relay/internal/store"
+	"github.com/git-relay/git-relay/internal/wire"
+)
+
+// The read-only exchanges answer with a payload: a ref listing for a
+// push, upload-pack's capabilities, or upload-pack's answer to one git
+// protocol v2 request (ls-refs, or a fetch round). Fetches are git's own
+// protocol, tunnelled: negotiation, shallow and deepen, filters for
+// partial clones and include-tag all come from git itself, on both ends.
+
+// maxRequest bounds one git request (its haves, mostly).
+const maxRequest = 64 << 20
+
+// runAnswer writes the exchange's answer.
+func (s *Server) runAnswer(ctx context.Context, e *exch) {
+	err := s.answer(ctx, e)
+	if errors.Is(err, errEnded) {
+		return
+	}
+	if err != nil && s.ctx.Err() != nil {
+		return // shutting down: a client asks again
+	}
+	if err != nil {
+		s.log.Warn("exchange failed", "id", e.id, "kind", e.open.Kind, "err", s.redact(err.Error()))
+	}
+	s.finish(context.WithoutCancel(ctx), e, nil, err)
+}
+
+func (s *Server) answer(ctx context.Context, e *exch) error {
+	m, err := s.mirrors.get(e.open.Repo)
+	if err != nil {
+		return err
+	}
+	switch e.open.Kind {
+	case wire.KindRefs:
+		refs, err := s.refresh(ctx, m, 0)
+		if err != nil {
+			return err
+		}
+		var b bytes.Buffer
+		hdr, _ := json.Marshal(wire.RefsHeader{Head: refs.Head, AllowForce: s.cfg.AllowForce, MaxRefs: s.cfg.MaxRefs})
+		b.Write(hdr)
+		b.WriteByte('\n')
+		names := make([]string, 0, len(refs.Refs))
+		for n := range refs.Refs {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			b.WriteString(refs.Refs[n] + " " + n + "\n")
+		}
+		return s.writeAnswer(ctx, e, &b)
+	case wire.KindCaps:
+		if _, err := s.refresh(ctx, m, 5*time.Second); err != nil {
+			return err
+		}
+		m.rw.RLock()
+		defer m.rw.RUnlock()
+		var out bytes.Buffer
+		c := m.git.Command(ctx, "upload-pack", "--stateless-rpc", "--advertise-refs", m.dir)
+		c.Env = []string{"GIT_PROTOCOL=version=2"}
+		c.Stdout = &out
+		if err := c.Run(); err != nil {
+			return fmt.Errorf("ask upload-pack for its capabilities: %w", err)
+		}
+		return s.writeAnswer(ctx, e, &out)
+	case wire.KindFetch:
+		return s.fetch(ctx, e, m)
+	}
+	return fmt.Errorf("unknown exchange kind %q", e.open.Kind)
+}
+
+// fetch runs upload-pack on the mirror with the client's request.
+func (s *Server) fetch(ctx context.Context, e *exch, m *mirror) error {
+	next, release := s.upChunks(ctx, e)
+	r := payload.NewReader(next, maxRequest)
+	req, err := io.ReadAll(r)
+	r.Close()
+	release()
+	if err != nil {
+		return fmt.Errorf("read the request: %w", err)
+	}
+	cmd, err := requestCommand(req)
+	if err != nil {
+		return badRequest("%v", err)
+	}
+	// A listing sees upstream as it is now; the fetch that follows it a
+	// moment later uses the same refresh. A lazy fetch of a partial clone
+	// comes alone and refreshes if the last refresh is older.
+	maxAge := 2 * time.Second
+	if cmd == "ls-refs" {
+		maxAge = 0
+	}
+	if _, err := s.refresh(ctx, m, maxAge); err != nil {
+		return err
+	}
+	m.rw.RLock()
+	defer m.rw.RUnlock()
+	c := m.git.Command(ctx, "upload-pack", "--stateless-rpc", m.dir)
+	c.Env = []string{"GIT_PROTOCOL=version=2"}
+	c.Stdin = bytes.NewReader(req)
+	out, err := c.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := c.Start(); err != nil {
+		return err
+	}
+	// upload-pack's answer goes out as it writes it; only an upload-pack
+	// that exits cleanly lets the answer end, so a dead one is never
+	// passed on as a complete answer.
+	werr := s.writeAnswer(ctx, e, &exitReader{r: out, wait: c.Wait})
+	if werr != nil {
+		out.Close()
+		_ = c.Wait()
+	}
+	return werr
+}
+
+// exitReader ends with the command's failure instead of io.EOF when it
+// exits non-zero.
+type exitReader struct {
+	r    io.Reader
+	wait func() error
+	done bool
+}
+
+func (x *exitReader) Read(p []byte) (int, error) {
+	if x.done {
+		return 0, io.EOF
+	}
+	n, err := x.r.Read(p)
+	if err == io.EOF && !x.done {
+		x.done = true
+		if werr := x.wait(); werr != nil {
+			var gerr *gitx.Error
+			if errors.As(werr, &gerr) {
+				return n, fmt.Errorf("upload-pack: %s", gitx.Sanitize(gerr.Stderr))
+			}
+			return n, werr
+		}
+	}
+	return n, err
+}
+
+// requestCommand reads the command of a protocol v2 request: its first
+// pkt-line, "command=<name>".
+func requestCommand(req []byte) (string, error) {
+	if len(req) < 4 {
+		return "", errors.New("empty git request")
+	}
+	n, err := strconv.ParseUint(string(req[:4]), 16, 16)
+	if err != nil || n < 4 || int(n) > len(req) {
+		return "", errors.New("the git request does not start with a pkt-line")
+	}
+	line := string(bytes.TrimSuffix(req[4:n], []byte("\n")))
+	cmd, ok := bytes.CutPrefix([]byte(line), []byte("command="))
+	if !ok {
+		return "", fmt.Errorf("the git request starts with %q, not a command", line)
+	}
+	switch c := string(cmd); c {
+	case "ls-refs", "fetch", "object-info":
+		return c, nil
+	default:
+		return "", fmt.Errorf("git request %q is not served by the relay", c)
+	}
+}
+
+// inlineMax is the largest answer that goes in the reply to its Open.
+const inlineMax = 1 << 20
+
+// writeAnswer sends r as the exchange's answer: inline when it is small
+// enough to fit the reply, or else in chunks kept in the store, which the
+// client downloads while the rest is still being written.
+func (s *Server) writeAnswer(ctx context.Context, e *exch, r io.Reader) error {
+	size := s.downChunkSize(e.open.MaxBody)
+	free := make(chan []byte, 2)
+	for range 2 {
+		free <- make([]byte, 0, size+1)
+	}
+	var stream *seal.Stream
+	_, err := payload.Split(r, size, free, func(i uint32, final bool, chunk []byte) error {
+		defer func() { free <- chunk[:0] }()
+		if i == 0 && final && len(chunk) <= min(inlineMax, int(e.open.MaxBody)-64<<10) {
+			e.mu.Lock()
+			e.down.inline = append([]byte(nil), chunk...)
+			e.mu.Unlock()
+			return s.update(ctx, e, func(st *state) error {
+				st.Down = &wire.Down{Inline: true, Chunks: 1, Final: true}
+				return nil
+			})
+		}
+		if i == 0 {
+			salt := randomSalt()
+			var err error
+			if stream, err = seal.New(e.key, keyring.LabelDownload, salt, wire.Hash(e.openRaw)); err != nil {
+				return err
+			}
+			if err := s.persist(ctx, e); err != nil {
+				return err
+			}
+			e.mu.Lock()
+			e.down.stream = stream
+			e.mu.Unlock()
+			if err := s.update(ctx, e, func(st *state) error {
+				if wire.Ended(st.Phase) {
+					return errEnded
+				}
+				st.Down = &wire.Down{Salt: hex.EncodeToString(salt), ChunkSize: size}
+				return nil
+			}); err != nil {
+				return err
+			}
+		}
+		obj := append(chunk, flagOf(final))
+		if _, err := s.store.Put(ctx, downKey(e.id, i), obj, store.PutOptions{}); err != nil {
+			return fmt.Errorf("keep answer chunk %d: %w", i, err)
+		}
+		s.metrics.chunksOut.Inc()
+		e.mu.Lock()
+		e.down.chunks, e.down.final = i+1, final
+		e.notify()
+		e.mu.Unlock()
+		if final {
+			return s.update(ctx, e, func(st *state) error {
+				st.Down.Chunks, st.Down.Final = i+1, true
+				return nil
+			})
+		}
+		return nil
+	})
+	return err
+}

@@ -1,0 +1,1018 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/git-relay/git-relay/internal/keyring"
+	"github.com/git-relay/git-relay/internal/payload"
+	"github.com/git-relay/git-relay/internal/seal"
+	"github.com/git-relay/git-relay/internal/store"
+	"github.com/git-relay/git-relay/internal/wire"
+)
+
+// Exchanges live in the store, so that any instance can take any of their
+// requests and a restart loses nothing. Per exchange id:
+//
+//	st/<id>        its state (JSON), changed only by compare-and-swap
+//	up/<id>/<n>    upload chunk n as it opened on arrival: the plaintext,
+//	               then a flag byte (1 on the final chunk)
+//	up/<id>/final  the index of the final upload chunk, created once
+//	dn/<id>/<n>    download chunk n: the plaintext, then the flag byte
+//
+// Chunks keep their plaintext (the relay's own storage holds plaintext
+// anyway, in its mirrors): a chunk is authenticated once, when it
+// arrives, and a download chunk is sealed when it is asked for, always
+// to the same bytes.
+//
+// An exchange whose whole answer fits in the reply to its Open (a ref
+// listing, a negotiation round, a small push's outcome) is not written to
+// the store at all unless it must be: its client opens it again under the
+// same id if the answer is lost, and it runs again.
+
+// state is what the store keeps of an exchange.
+type state struct {
+	V        int              `json:"v"`
+	Kind     string           `json:"kind"`
+	KeyID    string           `json:"keyId"`
+	Repo     string           `json:"repo"`
+	Open     []byte           `json:"open"` // the Open message's exact bytes
+	Phase    string           `json:"phase"`
+	Message  string           `json:"message,omitempty"`
+	Code     string           `json:"code,omitempty"`
+	Results  []wire.RefResult `json:"results,omitempty"`
+	Timeline []wire.PhaseTime `json:"timeline,omitempty"`
+	Down     *wire.Down       `json:"down,omitempty"`
+	Created  time.Time        `json:"created"`
+	Updated  time.Time        `json:"updated"`
+	// Owner is the instance doing the exchange's work, until Lease.
+	Owner string    `json:"owner,omitempty"`
+	Lease time.Time `json:"lease,omitzero"`
+}
+
+const stateVersion = 1
+
+// leaseTTL is how long an instance's claim on an exchange's work lasts
+// without renewal; another instance takes the work over after that.
+const leaseTTL = 20 * time.Second
+
+func stateKey(id string) string          { return "st/" + id }
+func upKey(id string, i uint32) string   { return fmt.Sprintf("up/%s/%010d", id, i) }
+func upFinalKey(id string) string        { return "up/" + id + "/final" }
+func downKey(id string, i uint32) string { return fmt.Sprintf("dn/%s/%010d", id, i) }
+func chunkPrefixes(id string) []string   { return []string{"up/" + id + "/", "dn/" + id + "/"} }
+
+func parseIndex(s string) (uint32, error) {
+	n, err := strconv.ParseUint(s, 10, 32)
+	return uint32(n), err
+}
+
+// flagOf is the byte kept after a chunk's plaintext: 1 on the final chunk.
+func flagOf(final bool) byte {
+	if final {
+		return 1
+	}
+	return 0
+}
+
+// splitFlag takes a kept chunk apart.
+func splitFlag(obj []byte) ([]byte, bool) { return obj[:len(obj)-1], obj[len(obj)-1] == 1 }
+
+func randomSalt() []byte {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return b
+}
+
+func hexSalt(s string) ([]byte, error) { return hex.DecodeString(s) }
+
+// exch is an exchange this instance has in hand.
+type exch struct {
+	id      string
+	key     keyring.Key
+	open    wire.Open
+	openRaw []byte
+	up      *seal.Stream
+
+	mu        sync.Mutex
+	st        state
+	etag      store.ETag
+	persisted bool
+	changed   chan struct{} // closed, and replaced, at every change
+	working   bool          // this instance runs the exchange's work
+	applying  bool          // a push is being applied upstream: shutdown waits
+	cancel    context.CancelFunc
+	inline    []byte // an inline upload's payload
+	down      downProgress
+	seen      time.Time
+}
+
+// downProgress is the answer as this instance writes it.
+type downProgress struct {
+	inline []byte // the whole payload, when it goes in the reply
+	stream *seal.Stream
+	chunks uint32
+	final  bool
+}
+
+func (e *exch) notify() {
+	close(e.changed)
+	e.changed = make(chan struct{})
+}
+
+// snapshot returns the state and the channel that closes at its next
+// change.
+func (e *exch) snapshot() (state, chan struct{}) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.st, e.changed
+}
+
+// newExch builds an exchange from its Open bytes.
+func newExch(key keyring.Key, raw []byte, o wire.Open) (*exch, error) {
+	salt, err := hexSalt(o.Salt)
+	if err != nil || len(salt) != 32 {
+		return nil, badRequest("the exchange's salt must be 32 bytes in hex")
+	}
+	up, err := seal.New(key, keyring.LabelUpload, salt, wire.Hash(raw))
+	if err != nil {
+		return nil, err
+	}
+	return &exch{id: o.ID, key: key, open: o, openRaw: raw, up: up, changed: make(chan struct{}), seen: time.Now()}, nil
+}
+
+// exchange finds an exchange by id for the key that made it.
+func (s *Server) exchange(ctx context.Context, id string, key keyring.Key) (*exch, error) {
+	if !wire.ValidID(id) {
+		return nil, badRequest("invalid exchange id")
+	}
+	s.mu.Lock()
+	e, ok := s.live[id]
+	s.mu.Unlock()
+	if ok {
+		if e.key.ID != key.ID {
+			return nil, notFound("no such exchange %s", id)
+		}
+		e.mu.Lock()
+		e.seen = time.Now()
+		e.mu.Unlock()
+		return e, nil
+	}
+	st, etag, err := s.loadState(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if st.KeyID != key.ID {
+		return nil, notFound("no such exchange %s", id)
+	}
+	var o wire.Open
+	if err := json.Unmarshal(st.Open, &o); err != nil {
+		return nil, fmt.Errorf("exchange %s: %w", id, err)
+	}
+	e, err = newExch(key, st.Open, o)
+	if err != nil {
+		return nil, err
+	}
+	e.st, e.etag, e.persisted = *st, etag, true
+	s.mu.Lock()
+	if other, ok := s.live[id]; ok {
+		e = other
+	} else {
+		s.live[id] = e
+	}
+	s.mu.Unlock()
+	return e, nil
+}
+
+func (s *Server) loadState(ctx context.Context, id string) (*state, store.ETag, error) {
+	b, etag, err := s.store.Get(ctx, stateKey(id), nil)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, "", notFound("no such exchange %s (it may have expired)", id)
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	var st state
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, "", fmt.Errorf("exchange %s: %w", id, err)
+	}
+	return &st, etag, nil
+}
+
+// persist writes a new exchange's state to the store, once.
+func (s *Server) persist(ctx context.Context, e *exch) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.persisted {
+		return nil
+	}
+	e.st.Updated = time.Now().UTC()
+	b, err := json.Marshal(e.st)
+	if err != nil {
+		return err
+	}
+	etag, err := s.store.Put(ctx, stateKey(e.id), b, store.PutOptions{IfNoneMatch: true})
+	if err != nil {
+		return fmt.Errorf("keep exchange %s: %w", e.id, err)
+	}
+	e.etag, e.persisted = etag, true
+	return nil
+}
+
+// update changes an exchange's state: in memory, and in the store by
+// compare-and-swap when it is kept there (reloading and applying f again
+// when another instance changed it meanwhile). f may refuse the change.
+func (s *Server) update(ctx context.Context, e *exch, f func(*state) error) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for attempt := 0; ; attempt++ {
+		// A deep enough copy: readers hold snapshots of the state.
+		next := e.st
+		next.Timeline = append([]wire.PhaseTime(nil), e.st.Timeline...)
+		if e.st.Down != nil {
+			d := *e.st.Down
+			next.Down = &d
+		}
+		if err := f(&next); err != nil {
+			return err
+		}
+		next.Updated = time.Now().UTC()
+		if !e.persisted {
+			e.st = next
+			e.notify()
+			return nil
+		}
+		b, err := json.Marshal(next)
+		if err != nil {
+			return err
+		}
+		etag, err := s.store.Put(ctx, stateKey(e.id), b, store.PutOptions{IfMatch: e.etag})
+		if err == nil {
+			e.st, e.etag = next, etag
+			e.notify()
+			return nil
+		}
+		if !errors.Is(err, store.ErrPrecondition) || attempt > 20 {
+			return fmt.Errorf("update exchange %s: %w", e.id, err)
+		}
+		st, etag, err := s.loadState(ctx, e.id)
+		if err != nil {
+			return err
+		}
+		e.st, e.etag = *st, etag
+	}
+}
+
+// reload reads the state again, for an exchange another instance works on.
+func (s *Server) reload(ctx context.Context, e *exch) error {
+	e.mu.Lock()
+	persisted := e.persisted
+	e.mu.Unlock()
+	if !persisted {
+		return nil
+	}
+	st, etag, err := s.loadState(ctx, e.id)
+	if err != nil {
+		return err
+	}
+	e.mu.Lock()
+	if etag != e.etag {
+		e.st, e.etag = *st, etag
+		e.notify()
+	}
+	e.mu.Unlock()
+	return nil
+}
+
+// enter moves the exchange to phase.
+func (s *Server) enter(ctx context.Context, e *exch, phase string) error {
+	return s.update(ctx, e, func(st *state) error {
+		if wire.Ended(st.Phase) {
+			return errEnded
+		}
+		st.Phase = phase
+		st.Timeline = append(st.Timeline, wire.PhaseTime{Phase: phase, At: time.Now().UTC()})
+		return nil
+	})
+}
+
+var errEnded = errors.New("the exchange has ended")
+
+// wait waits until ok holds, d passes or ctx ends. Changes made here wake
+// it at once; changes another instance makes are seen by reading the
+// store again every so often.
+func (s *Server) wait(ctx context.Context, e *exch, d time.Duration, ok func(st state) bool) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	poll := time.NewTicker(200 * time.Millisecond)
+	defer poll.Stop()
+	for {
+		st, changed := e.snapshot()
+		if ok(st) {
+			return
+		}
+		select {
+		case <-changed:
+		case <-poll.C:
+			e.mu.Lock()
+			local := e.working
+			e.mu.Unlock()
+			if !local {
+				if err := s.reload(ctx, e); err != nil {
+					return
+				}
+				s.maybeTakeOver(e)
+			}
+		case <-t.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// status is the exchange's status for its client.
+func (s *Server) status(ctx context.Context, e *exch, held bool) wire.Status {
+	st, _ := e.snapshot()
+	out := wire.Status{ID: e.id, Phase: st.Phase, Message: st.Message, Code: st.Code, Results: st.Results, Timeline: st.Timeline, Down: st.Down}
+	if held && e.open.ChunkSize > 0 {
+		_ = s.store.List(ctx, "up/"+e.id+"/", func(i store.Info) error {
+			if n, err := parseIndex(i.Key[strings.LastIndexByte(i.Key, '/')+1:]); err == nil {
+				out.Held = append(out.Held, n)
+			}
+			return nil
+		})
+	}
+	return out
+}
+
+// checkOpen validates an Open before anything is done for it.
+func (s *Server) checkOpen(o *wire.Open, inline bool) error {
+	if o.V != wire.Version {
+		return badRequest("this relay speaks protocol version %d, the client %d: use the same git-relay release on both sides", wire.Version, o.V)
+	}
+	if !wire.ValidID(o.ID) {
+		return badRequest("invalid exchange id")
+	}
+	switch o.Kind {
+	case wire.KindPush, wire.KindRefs, wire.KindCaps, wire.KindFetch:
+	default:
+		return badRequest("unknown exchange kind %q", o.Kind)
+	}
+	if err := validRepo(o.Repo); err != nil {
+		return err
+	}
+	if o.MaxBody < wire.MinMaxBody {
+		return badRequest("maxBody %d is below the smallest body cap (%d)", o.MaxBody, wire.MinMaxBody)
+	}
+	if o.Inline != inline {
+		return badRequest("the Open message and its body disagree about an inline upload")
+	}
+	hasUpload := o.Kind == wire.KindPush || o.Kind == wire.KindFetch
+	switch {
+	case !hasUpload && (o.Inline || o.ChunkSize != 0):
+		return badRequest("a %s exchange uploads nothing", o.Kind)
+	case hasUpload && !o.Inline && o.ChunkSize == 0:
+		return badRequest("a %s exchange needs an upload", o.Kind)
+	case o.Inline && o.ChunkSize != 0:
+		return badRequest("an inline upload has no chunk size")
+	}
+	if o.ChunkSize != 0 {
+		// Compared as int64: the sum must not wrap.
+		if int64(o.ChunkSize) < int64(wire.MinMaxBody)-seal.Overhead || int64(o.ChunkSize)+seal.Overhead > s.cfg.MaxBody {
+			return tooLarge("chunk size %d does not fit the server's --max-body %d: set relay.maxBody to at most %d", o.ChunkSize, s.cfg.MaxBody, s.cfg.MaxBody)
+		}
+	}
+	return nil
+}
+
+// handleOpen opens an exchange, or finds the one already open under the
+// same id: a client whose answer was lost opens it again and gets the
+// same exchange, never a second one.
+func (s *Server) handleOpen(c *call) {
+	ctx := c.r.Context()
+	js, tail, err := wire.OpenRequest(c.key, c.auth, c.r.Method, c.path, c.r.URL.Query(), c.body)
+	if err != nil {
+		c.failErr(badRequest("open: %v", err))
+		return
+	}
+	var o wire.Open
+	if err := json.Unmarshal(js, &o); err != nil {
+		c.failErr(badRequest("open: %v", err))
+		return
+	}
+	if err := s.checkOpen(&o, len(tail) > 0); err != nil {
+		c.failErr(err)
+		return
+	}
+	raw := append([]byte(nil), js...)
+	e, existed, err := s.openExchange(ctx, c.key, raw, o)
+	if err != nil {
+		c.failErr(err)
+		return
+	}
+	if len(tail) > 0 {
+		// The inline upload is the payload's only chunk, sealed as chunk 0
+		// and final.
+		plain, err := e.up.Open(nil, 0, true, tail)
+		if err != nil {
+			c.failErr(badRequest("inline upload: %v", err))
+			return
+		}
+		e.mu.Lock()
+		if e.inline == nil {
+			e.inline = plain
+		}
+		e.mu.Unlock()
+	}
+	s.start(e)
+	if o.Inline || o.ChunkSize == 0 {
+		s.waitAnswer(ctx, e)
+	}
+	s.replyStatus(c, e, existed)
+}
+
+// openExchange creates the exchange, or returns the one open under its id.
+func (s *Server) openExchange(ctx context.Context, key keyring.Key, raw []byte, o wire.Open) (*exch, bool, error) {
+	if e, err := s.exchange(ctx, o.ID, key); err == nil {
+		if string(e.openRaw) != string(raw) {
+			return nil, false, conflict("exchange %s is open with another message", o.ID)
+		}
+		return e, true, nil
+	} else if ue := (*userError)(nil); !errors.As(err, &ue) || ue.status != http.StatusNotFound {
+		return nil, false, err
+	}
+	if err := s.admit(ctx, key, o); err != nil {
+		return nil, false, err
+	}
+	e, err := newExch(key, raw, o)
+	if err != nil {
+		return nil, false, err
+	}
+	now := time.Now().UTC()
+	first := wire.PhaseReceiving
+	if o.Kind != wire.KindPush {
+		first = wire.PhaseSending
+	}
+	e.st = state{V: stateVersion, Kind: o.Kind, KeyID: key.ID, Repo: o.Repo, Open: raw, Phase: first,
+		Timeline: []wire.PhaseTime{{Phase: first, At: now}}, Created: now, Owner: s.instance, Lease: now.Add(leaseTTL)}
+	s.mu.Lock()
+	if other, ok := s.live[o.ID]; ok {
+		s.mu.Unlock()
+		if string(other.openRaw) != string(raw) || other.key.ID != key.ID {
+			return nil, false, conflict("exchange %s is open with another message", o.ID)
+		}
+		return other, true, nil
+	}
+	s.live[o.ID] = e
+	s.mu.Unlock()
+	// A push, and anything with a chunked upload, is kept in the store
+	// from the start: its chunks may arrive at any instance, and a push
+	// must be known to have happened.
+	if o.Kind == wire.KindPush || o.ChunkSize > 0 {
+		if err := s.persist(ctx, e); err != nil {
+			s.forget(e.id)
+			if errors.Is(err, store.ErrPrecondition) {
+				// Another instance opened it a moment ago.
+				e2, err := s.exchange(ctx, o.ID, key)
+				if err != nil {
+					return nil, false, err
+				}
+				return e2, true, nil
+			}
+			return nil, false, err
+		}
+	}
+	s.metrics.opened.WithLabelValues(o.Kind).Inc()
+	s.log.Info("exchange", "id", o.ID, "kind", o.Kind, "key", key.ID)
+	return e, false, nil
+}
+
+func (s *Server) forget(id string) {
+	s.mu.Lock()
+	delete(s.live, id)
+	s.mu.Unlock()
+}
+
+// waitAnswer waits until the exchange has ended or its answer is on its
+// way (a download to fetch), or the long-poll is over.
+func (s *Server) waitAnswer(ctx context.Context, e *exch) {
+	s.wait(ctx, e, longPoll, func(st state) bool {
+		return wire.Ended(st.Phase) || (st.Down != nil && st.Kind != wire.KindPush)
+	})
+}
+
+// replyStatus answers with the exchange's status, and with its answer's
+// payload when that goes inline.
+func (s *Server) replyStatus(c *call, e *exch, held bool) {
+	st := s.status(c.r.Context(), e, held)
+	var tail []byte
+	e.mu.Lock()
+	if st.Down != nil && st.Down.Inline {
+		tail = e.down.inline
+	}
+	e.mu.Unlock()
+	if st.Down != nil && st.Down.Inline && tail == nil {
+		// The inline answer lived in another instance's memory: the
+		// exchange must run again.
+		st.Phase, st.Code, st.Message = wire.PhaseFailed, wire.CodeGone, "the answer was lost: ask again"
+	}
+	c.reply(http.StatusOK, st, tail)
+}
+
+// handleUp stores one upload chunk. It is idempotent: the same chunk at
+// the same index succeeds again; a chunk that is not what the client
+// sealed there is refused, naming its index. Each chunk is authenticated
+// on arrival, so a chunk altered on the way is refused at once.
+func (s *Server) handleUp(c *call) {
+	ctx := c.r.Context()
+	q := c.r.URL.Query()
+	e, err := s.exchange(ctx, q.Get("id"), c.key)
+	if err != nil {
+		c.failErr(err)
+		return
+	}
+	size := e.open.ChunkSize
+	if size == 0 {
+		c.failErr(badRequest("exchange %s takes no upload chunks", e.id))
+		return
+	}
+	i, err := parseIndex(q.Get("i"))
+	if err != nil {
+		c.failErr(badRequest("chunk index %q is not a number", q.Get("i")))
+		return
+	}
+	// In int64, with both factors below 2^32: no overflow.
+	if int64(i)*int64(size) >= s.cfg.MaxPushSize {
+		c.failErr(tooLarge("the upload is larger than this relay accepts (%d bytes)", s.cfg.MaxPushSize))
+		return
+	}
+	final := q.Get("final") == "1"
+	full := size + seal.Overhead
+	if n := len(c.body); n < seal.Overhead || n > full || (!final && n != full) {
+		c.failErr(badRequest("chunk %d: %d bytes, expected %d", i, n, full))
+		return
+	}
+	if st, _ := e.snapshot(); wire.Ended(st.Phase) {
+		c.failErr(&userError{http.StatusConflict, wire.CodeGone, fmt.Sprintf("exchange %s is %s and takes no more chunks", e.id, st.Phase)})
+		return
+	}
+	if err := s.chargeBytes(e, int64(len(c.body))); err != nil {
+		c.failErr(err)
+		return
+	}
+	// Opened in place: the plaintext takes the ciphertext's place, and
+	// the flag byte the first byte of the tag's.
+	plain, err := e.up.Open(c.body[:0], i, final, c.body)
+	if err != nil {
+		c.failErr(badRequest("%v: it was altered on the way or belongs to another exchange", err))
+		return
+	}
+	if final {
+		// Only a chunk that opened as the last one marks the end, once.
+		_, err := s.store.Put(ctx, upFinalKey(e.id), []byte(strconv.FormatUint(uint64(i), 10)), store.PutOptions{IfNoneMatch: true})
+		if errors.Is(err, store.ErrPrecondition) {
+			b, _, gerr := s.store.Get(ctx, upFinalKey(e.id), nil)
+			if gerr != nil || string(b) != strconv.FormatUint(uint64(i), 10) {
+				c.failErr(conflict("chunk %d: exchange %s already has its final chunk", i, e.id))
+				return
+			}
+		} else if err != nil {
+			c.failErr(err)
+			return
+		}
+	}
+	obj := append(plain, flagOf(final))
+	if _, err := s.store.Put(ctx, upKey(e.id, i), obj, store.PutOptions{IfNoneMatch: true}); errors.Is(err, store.ErrPrecondition) {
+		old, _, err := s.store.Get(ctx, upKey(e.id, i), nil)
+		if err != nil || string(old) != string(obj) {
+			c.failErr(conflict("chunk %d already holds different bytes", i))
+			return
+		}
+	} else if err != nil {
+		c.failErr(err)
+		return
+	}
+	e.mu.Lock()
+	e.seen = time.Now()
+	e.notify()
+	e.mu.Unlock()
+	s.metrics.chunksIn.Inc()
+	s.start(e)
+	if final {
+		// The last chunk's answer waits for the outcome, so that a push
+		// that lands while it uploads costs no extra round trip.
+		s.waitAnswer(ctx, e)
+	}
+	st := s.status(ctx, e, false)
+	c.reply(http.StatusOK, st, nil)
+}
+
+// handleDown answers one download chunk: the final flag, then the chunk
+// sealed now from its plaintext. The same bytes every time (the key,
+// nonce and associated data are fixed by the exchange and the index), so
+// a download can be resumed or repeated. A chunk not written yet is
+// waited for.
+func (s *Server) handleDown(c *call) {
+	ctx := c.r.Context()
+	q := c.r.URL.Query()
+	e, err := s.exchange(ctx, q.Get("id"), c.key)
+	if err != nil {
+		c.failErr(err)
+		return
+	}
+	i, err := parseIndex(q.Get("i"))
+	if err != nil {
+		c.failErr(badRequest("chunk index %q is not a number", q.Get("i")))
+		return
+	}
+	bp := s.getBuf(int(s.cfg.MaxBody) + 1)
+	defer s.putBuf(bp)
+	obj := (*bp)[:0]
+	found := false
+	s.wait(ctx, e, longPoll, func(st state) bool {
+		if st.Phase == wire.PhaseFailed || st.Phase == wire.PhaseCancelled {
+			return true
+		}
+		if st.Down != nil && st.Down.Final && i >= st.Down.Chunks {
+			return true
+		}
+		e.mu.Lock()
+		local := e.working && e.down.stream != nil && i >= e.down.chunks
+		e.mu.Unlock()
+		if local || st.Down == nil {
+			return false // this instance writes it, and its notice wakes us
+		}
+		// Read after the first byte, which the answer's flag takes.
+		b, _, err := s.store.Get(ctx, downKey(e.id, i), (*bp)[1:1])
+		if err == nil && len(b) > 0 {
+			obj, found = (*bp)[:1+len(b)], true
+			return true
+		}
+		return false
+	})
+	st, _ := e.snapshot()
+	switch {
+	case st.Phase == wire.PhaseFailed || st.Phase == wire.PhaseCancelled:
+		c.failErr(&userError{http.StatusConflict, wire.CodeGone, fmt.Sprintf("the exchange %s: %s", st.Phase, st.Message)})
+		return
+	case st.Down != nil && st.Down.Inline:
+		c.failErr(badRequest("the answer of exchange %s came inline", e.id))
+		return
+	case st.Down != nil && st.Down.Final && i >= st.Down.Chunks:
+		c.failErr(&userError{http.StatusRequestedRangeNotSatisfiable, wire.CodeRange, fmt.Sprintf("chunk %d is past the final chunk %d", i, st.Down.Chunks-1)})
+		return
+	case !found:
+		c.failErr(&userError{http.StatusConflict, wire.CodeNotReady, fmt.Sprintf("chunk %d is not written yet: ask again", i)})
+		return
+	}
+	stream, err := s.downStream(e, st.Down)
+	if err != nil {
+		c.failErr(err)
+		return
+	}
+	plain, final := splitFlag(obj[1:])
+	obj[0] = flagOf(final)
+	sealed := stream.Seal(obj[1:1], i, final, plain)
+	c.raw(http.StatusOK, obj[:1+len(sealed)])
+}
+
+// downStream is the exchange's download sealer.
+func (s *Server) downStream(e *exch, d *wire.Down) (*seal.Stream, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.down.stream != nil {
+		return e.down.stream, nil
+	}
+	salt, err := hexSalt(d.Salt)
+	if err != nil {
+		return nil, err
+	}
+	st, err := seal.New(e.key, keyring.LabelDownload, salt, wire.Hash(e.openRaw))
+	if err != nil {
+		return nil, err
+	}
+	e.down.stream = st
+	return st, nil
+}
+
+// handleStatus says where an exchange stands; with wait=1 it holds the
+// answer until the exchange has ended or its answer is on its way.
+func (s *Server) handleStatus(c *call) {
+	ctx := c.r.Context()
+	q := c.r.URL.Query()
+	e, err := s.exchange(ctx, q.Get("id"), c.key)
+	if err != nil {
+		c.failErr(err)
+		return
+	}
+	s.maybeTakeOver(e)
+	if q.Get("wait") != "" {
+		s.waitAnswer(ctx, e)
+	}
+	s.replyStatus(c, e, q.Get("held") != "")
+}
+
+// handleCancel ends an exchange its client gave up on: its work stops,
+// its chunks go, and it no longer counts against the key's limits.
+func (s *Server) handleCancel(c *call) {
+	ctx := c.r.Context()
+	e, err := s.exchange(ctx, c.r.URL.Query().Get("id"), c.key)
+	if err != nil {
+		c.failErr(err)
+		return
+	}
+	s.cancelExchange(ctx, e, "cancelled by its client")
+	c.reply(http.StatusOK, s.status(ctx, e, false), nil)
+}
+
+// cancelExchange ends an exchange that has not ended yet.
+func (s *Server) cancelExchange(ctx context.Context, e *exch, why string) {
+	e.mu.Lock()
+	applying := e.applying
+	cancel := e.cancel
+	e.mu.Unlock()
+	if applying {
+		return // upstream has the pack: the outcome decides
+	}
+	err := s.update(ctx, e, func(st *state) error {
+		if wire.Ended(st.Phase) {
+			return errEnded
+		}
+		st.Phase, st.Message, st.Code = wire.PhaseCancelled, why, wire.CodeGone
+		st.Timeline = append(st.Timeline, wire.PhaseTime{Phase: wire.PhaseCancelled, At: time.Now().UTC()})
+		return nil
+	})
+	if cancel != nil {
+		cancel()
+	}
+	if err == nil {
+		s.log.Info("exchange cancelled", "id", e.id, "why", why)
+		s.dropChunks(ctx, e.id)
+	}
+}
+
+func (s *Server) dropChunks(ctx context.Context, id string) {
+	for _, p := range chunkPrefixes(id) {
+		_ = store.DeletePrefix(ctx, s.store, p)
+	}
+	s.usage.drop(id)
+}
+
+// finish ends an exchange with its outcome.
+func (s *Server) finish(ctx context.Context, e *exch, results []wire.RefResult, failure error) {
+	err := s.update(ctx, e, func(st *state) error {
+		if wire.Ended(st.Phase) {
+			return errEnded
+		}
+		phase := wire.PhaseDone
+		if failure != nil {
+			phase = wire.PhaseFailed
+			var ue *userError
+			if errors.As(failure, &ue) {
+				st.Code = ue.code
+			}
+			st.Message = s.redact(failure.Error())
+		}
+		st.Phase, st.Results = phase, results
+		st.Timeline = append(st.Timeline, wire.PhaseTime{Phase: phase, At: time.Now().UTC()})
+		st.Owner, st.Lease = "", time.Time{}
+		return nil
+	})
+	if err != nil && !errors.Is(err, errEnded) {
+		s.log.Error("record the outcome", "id", e.id, "err", err)
+	}
+	outcome := "done"
+	if failure != nil {
+		outcome = "failed"
+	}
+	s.metrics.finished.WithLabelValues(e.open.Kind, outcome).Inc()
+}
+
+// start runs the exchange's work on this instance, unless it runs
+// already (here, or under another instance's live lease) or has ended.
+func (s *Server) start(e *exch) {
+	e.mu.Lock()
+	if e.working || wire.Ended(e.st.Phase) {
+		e.mu.Unlock()
+		return
+	}
+	if e.persisted && e.st.Owner != "" && e.st.Owner != s.instance && time.Now().Before(e.st.Lease) {
+		e.mu.Unlock()
+		return
+	}
+	select {
+	case <-s.ctx.Done():
+		e.mu.Unlock()
+		return
+	default:
+	}
+	ctx, cancel := context.WithCancel(s.ctx)
+	e.working, e.cancel = true, cancel
+	e.mu.Unlock()
+	if e.persisted {
+		err := s.update(ctx, e, func(st *state) error {
+			if wire.Ended(st.Phase) {
+				return errEnded
+			}
+			if st.Owner != "" && st.Owner != s.instance && time.Now().Before(st.Lease) {
+				return errLeased
+			}
+			st.Owner, st.Lease = s.instance, time.Now().Add(leaseTTL).UTC()
+			return nil
+		})
+		if err != nil {
+			cancel()
+			e.mu.Lock()
+			e.working = false
+			e.mu.Unlock()
+			return
+		}
+	}
+	s.work.Add(1)
+	go func() {
+		defer s.work.Done()
+		defer cancel()
+		stopLease := s.keepLease(ctx, e)
+		switch e.open.Kind {
+		case wire.KindPush:
+			s.runPush(ctx, e)
+		default:
+			s.runAnswer(ctx, e)
+		}
+		stopLease()
+		e.mu.Lock()
+		e.working, e.cancel = false, nil
+		e.notify()
+		e.mu.Unlock()
+	}()
+}
+
+var errLeased = errors.New("another instance works on it")
+
+// keepLease renews the instance's claim on a kept exchange while its work
+// runs.
+func (s *Server) keepLease(ctx context.Context, e *exch) func() {
+	e.mu.Lock()
+	persisted := e.persisted
+	e.mu.Unlock()
+	if !persisted {
+		return func() {}
+	}
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(leaseTTL / 4)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				_ = s.update(ctx, e, func(st *state) error {
+					if wire.Ended(st.Phase) {
+						return errEnded
+					}
+					st.Owner, st.Lease = s.instance, time.Now().Add(leaseTTL).UTC()
+					return nil
+				})
+			}
+		}
+	}()
+	return func() { close(done); <-stopped }
+}
+
+// maybeTakeOver starts the work of an exchange whose owner's lease ran
+// out (an instance that died), falling back to the chunks in the store.
+func (s *Server) maybeTakeOver(e *exch) {
+	e.mu.Lock()
+	expired := e.persisted && !e.working && !wire.Ended(e.st.Phase) && (e.st.Owner == "" || e.st.Owner == s.instance || time.Now().After(e.st.Lease))
+	e.mu.Unlock()
+	if expired {
+		s.start(e)
+	}
+}
+
+// resume takes up, after a restart, the kept exchanges this instance (or
+// nobody) was working on.
+func (s *Server) resume() {
+	ctx := s.ctx
+	_ = s.store.List(ctx, "st/", func(i store.Info) error {
+		id := strings.TrimPrefix(i.Key, "st/")
+		st, _, err := s.loadState(ctx, id)
+		if err != nil || wire.Ended(st.Phase) {
+			return nil
+		}
+		if st.Owner != s.instance && time.Now().Before(st.Lease) {
+			return nil
+		}
+		key, ok := s.cfg.Ring.Lookup(st.KeyID)
+		if !ok {
+			return nil
+		}
+		e, err := s.exchange(ctx, id, key)
+		if err != nil {
+			return nil
+		}
+		s.log.Info("resuming exchange", "id", id, "kind", st.Kind, "phase", st.Phase)
+		s.start(e)
+		return nil
+	})
+}
+
+// upChunks returns the upload's chunks in order, waiting for each to
+// arrive (from this instance's handlers, or any other's through the
+// store). The slice it returns is valid until the next call.
+func (s *Server) upChunks(ctx context.Context, e *exch) (next func() ([]byte, bool, error), release func()) {
+	e.mu.Lock()
+	inline := e.inline
+	e.mu.Unlock()
+	if inline != nil || e.open.Inline {
+		done := false
+		return func() ([]byte, bool, error) {
+			if done {
+				return nil, false, errors.New("read past the final chunk")
+			}
+			done = true
+			if inline == nil {
+				return nil, false, errors.New("the inline upload was lost: send it again")
+			}
+			return inline, true, nil
+		}, func() {}
+	}
+	bufs := [2]*[]byte{s.getBuf(int(s.cfg.MaxBody)), s.getBuf(int(s.cfg.MaxBody))}
+	var i uint32
+	return func() ([]byte, bool, error) {
+			buf := bufs[i%2]
+			idle := time.NewTimer(s.cfg.Idle)
+			defer idle.Stop()
+			for {
+				_, changed := e.snapshot()
+				b, _, err := s.store.Get(ctx, upKey(e.id, i), (*buf)[:0])
+				if err == nil {
+					if len(b) == 0 {
+						return nil, false, fmt.Errorf("chunk %d is empty in the store", i)
+					}
+					i++
+					plain, final := splitFlag(b)
+					return plain, final, nil
+				}
+				if !errors.Is(err, store.ErrNotFound) {
+					return nil, false, err
+				}
+				if st, _ := e.snapshot(); wire.Ended(st.Phase) {
+					return nil, false, errEnded
+				}
+				poll := time.NewTimer(250 * time.Millisecond)
+				select {
+				case <-changed:
+				case <-poll.C:
+				case <-idle.C:
+					poll.Stop()
+					return nil, false, fmt.Errorf("no chunk %d came for %s", i, s.cfg.Idle)
+				case <-ctx.Done():
+					poll.Stop()
+					return nil, false, ctx.Err()
+				}
+				poll.Stop()
+			}
+		}, func() {
+			s.putBuf(bufs[0])
+			s.putBuf(bufs[1])
+		}
+}
+
+// chargeBytes checks that a chunk fits the key's and the relay's disk
+// budgets.
+func (s *Server) chargeBytes(e *exch, n int64) error {
+	keyBytes, total := s.usage.bytes(e.key.ID)
+	if total+n > s.cfg.MaxBytes {
+		return &userError{http.StatusInsufficientStorage, wire.CodeLimit, fmt.Sprintf("the relay holds %d bytes of unfinished exchanges, its limit: try again later", total)}
+	}
+	if keyBytes+n > s.cfg.MaxKeyBytes {
+		return &userError{http.StatusInsufficientStorage, wire.CodeLimit, fmt.Sprintf("this key's unfinished exchanges hold %d bytes, its limit: finish or cancel them, or wait for them to expire (%s idle)", keyBytes, s.cfg.Idle)}
+	}
+	s.usage.add(e.key.ID, e.id, n)
+	return nil
+}
+
+// downChunkSize is the payload bytes per download chunk for a client
+// whose body cap is maxBody: the answer is a flag byte and the sealed
+// chunk.
+func (s *Server) downChunkSize(clientMax int64) int {
+	return payload.ChunkSize(min(clientMax, s.cfg.MaxBody), 1)
+}

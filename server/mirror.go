@@ -1,0 +1,276 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/git-relay/git-relay/internal/gitx"
+	"github.com/git-relay/git-relay/internal/upstream"
+	"github.com/git-relay/git-relay/internal/wire"
+)
+
+// A mirror is this instance's cache of one upstream repository: its
+// branches and tags, HEAD, and exactly the objects upstream serves. Fetches
+// are answered from it by git upload-pack, and pushes are checked against
+// it. It is refreshed from upstream when a fetch lists refs or a push
+// opens, and pruned when upstream drops history, so that nothing upstream
+// no longer serves can be fetched through the relay by its id.
+type mirror struct {
+	name   string
+	remote *upstream.Remote
+	dir    string
+	git    gitx.Repo
+
+	// rw is held for reading by everything that uses the object store
+	// (upload-pack, push checks, quarantines with the mirror as alternate)
+	// and for writing by a prune, which deletes objects.
+	rw sync.RWMutex
+	// refreshing serialises refreshes; refreshed and refs are the last.
+	refreshing sync.Mutex
+	refreshed  time.Time
+	refs       *upstream.Refs
+}
+
+// mirrors hands out one mirror per repository.
+type mirrors struct {
+	s  *Server
+	mu sync.Mutex
+	m  map[string]*mirror
+}
+
+func (ms *mirrors) get(repo string) (*mirror, error) {
+	if err := validRepo(repo); err != nil {
+		return nil, err
+	}
+	ms.mu.Lock()
+	defer ms.mu.Unlock()
+	if m, ok := ms.m[repo]; ok {
+		return m, nil
+	}
+	u := strings.ReplaceAll(ms.s.cfg.Upstream, "{repo}", repo)
+	remote, err := upstream.New(u, ms.s.cfg.Token)
+	if err != nil {
+		return nil, fmt.Errorf("upstream for %s: %w", repo, err)
+	}
+	dir := filepath.Join(ms.s.cfg.DataDir, "mirrors", filepath.FromSlash(repo)+".git")
+	m := &mirror{name: repo, remote: remote, dir: dir, git: gitx.Repo{GitDir: dir, Env: remote.GitEnv()}}
+	if ms.m == nil {
+		ms.m = map[string]*mirror{}
+	}
+	ms.m[repo] = m
+	return m, nil
+}
+
+// upstreamErr turns a failure to reach upstream into what the client sees.
+func (s *Server) upstreamErr(m *mirror, err error) error {
+	s.metrics.upstreamErrors.Inc()
+	switch {
+	case errors.Is(err, upstream.ErrNotFound):
+		return notFound("upstream repository %s not found (the relay never creates repositories: create it upstream first)", m.name)
+	case errors.Is(err, upstream.ErrAuth):
+		return &userError{http.StatusBadGateway, wire.CodeUpstream, fmt.Sprintf("upstream refused the relay's credentials for %s (check the server's token)", m.name)}
+	}
+	return &userError{http.StatusBadGateway, wire.CodeUpstream, fmt.Sprintf("upstream %s: %s", m.name, s.redact(err.Error()))}
+}
+
+// refresh brings the mirror up to date with upstream and returns
+// upstream's refs. A refresh younger than maxAge is reused: a clone lists
+// refs and fetches a moment later, and the second need not ask upstream
+// again.
+func (s *Server) refresh(ctx context.Context, m *mirror, maxAge time.Duration) (*upstream.Refs, error) {
+	m.refreshing.Lock()
+	defer m.refreshing.Unlock()
+	if m.refs != nil && time.Since(m.refreshed) < maxAge {
+		return m.refs, nil
+	}
+	start := time.Now()
+	refs, err := m.remote.List(ctx)
+	if err != nil {
+		return nil, s.upstreamErr(m, err)
+	}
+	if err := s.ensureMirror(ctx, m); err != nil {
+		return nil, err
+	}
+	m.rw.RLock()
+	have, err := m.localRefs(ctx)
+	m.rw.RUnlock()
+	if err != nil {
+		return nil, err
+	}
+	same := len(have) == len(refs.Refs)
+	for name, id := range refs.Refs {
+		if have[name] != id {
+			same = false
+			break
+		}
+	}
+	if !same {
+		m.rw.RLock()
+		_, err = m.git.Run(ctx, "fetch", "--prune", "--quiet", "--no-write-fetch-head", "--no-tags",
+			m.remote.String(), "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
+		m.rw.RUnlock()
+		if err != nil {
+			return nil, s.upstreamErr(m, fmt.Errorf("refresh the mirror: %w", err))
+		}
+		if dropped, err := m.dropped(ctx, have, refs.Refs); err != nil {
+			return nil, err
+		} else if dropped {
+			if err := s.prune(ctx, m); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if refs.Head != "" {
+		if _, err := m.git.Run(ctx, "symbolic-ref", "HEAD", refs.Head); err != nil {
+			return nil, fmt.Errorf("set the mirror's HEAD: %w", err)
+		}
+	}
+	m.refs, m.refreshed = refs, time.Now()
+	s.log.Debug("mirror refreshed", "repo", m.name, "fetched", !same, "took", time.Since(start).Round(time.Millisecond))
+	return refs, nil
+}
+
+// ensureMirror creates the mirror the first time.
+func (s *Server) ensureMirror(ctx context.Context, m *mirror) error {
+	if _, err := os.Stat(filepath.Join(m.dir, "HEAD")); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(m.dir), 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(m.dir), ".init-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	if _, err := (gitx.Repo{}).Run(ctx, "init", "--bare", "-q", tmp); err != nil {
+		return fmt.Errorf("create mirror: %w", err)
+	}
+	t := gitx.Repo{GitDir: tmp}
+	for _, kv := range [][2]string{
+		{"gc.auto", "0"},
+		{"core.logAllRefUpdates", "false"},
+		{"fetch.fsckObjects", "true"},
+		{"transfer.fsckObjects", "true"},
+		// Partial clones ask for filters; any object's id may be wanted,
+		// which is safe because the mirror holds only what upstream
+		// serves (see prune).
+		{"uploadpack.allowFilter", "true"},
+		{"uploadpack.allowAnySHA1InWant", "true"},
+		{"repack.writeBitmaps", "true"},
+	} {
+		if _, err := t.Run(ctx, "config", kv[0], kv[1]); err != nil {
+			return err
+		}
+	}
+	if err := os.Rename(tmp, m.dir); err != nil && !os.IsExist(err) {
+		return fmt.Errorf("create mirror: %w", err)
+	}
+	return nil
+}
+
+func (m *mirror) localRefs(ctx context.Context) (map[string]string, error) {
+	out, err := m.git.Run(ctx, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/", "refs/tags/")
+	if err != nil {
+		return nil, fmt.Errorf("list the mirror's refs: %w", err)
+	}
+	refs := map[string]string{}
+	for _, line := range strings.Split(out, "\n") {
+		if id, ref, ok := strings.Cut(line, " "); ok {
+			refs[ref] = id
+		}
+	}
+	return refs, nil
+}
+
+// dropped says whether upstream dropped history the mirror had: a ref
+// deleted, or moved to something its old id is not an ancestor of.
+func (m *mirror) dropped(ctx context.Context, had, now map[string]string) (bool, error) {
+	for ref, old := range had {
+		cur, ok := now[ref]
+		if !ok {
+			return true, nil
+		}
+		if cur == old {
+			continue
+		}
+		if ok, err := m.git.Ok(ctx, "merge-base", "--is-ancestor", old, cur); err != nil || !ok {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// prune drops every object no ref reaches, so that what upstream
+// deleted can no longer be fetched by id. It waits for every reader.
+func (s *Server) prune(ctx context.Context, m *mirror) error {
+	m.rw.Lock()
+	defer m.rw.Unlock()
+	start := time.Now()
+	if _, err := m.git.Run(ctx, "repack", "-a", "-d", "-q", "--write-bitmap-index"); err != nil {
+		return fmt.Errorf("prune the mirror: %w", err)
+	}
+	if _, err := m.git.Run(ctx, "prune", "--expire=now"); err != nil {
+		return fmt.Errorf("prune the mirror: %w", err)
+	}
+	s.log.Info("mirror pruned: upstream dropped history", "repo", m.name, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// objectDir is the mirror's object folder.
+func (m *mirror) objectDir() string { return filepath.Join(m.dir, "objects") }
+
+// quarantine is an object folder beside the mirror's, for a pack that
+// must not join the mirror before upstream has accepted it.
+type quarantine struct {
+	dir string
+	git gitx.Repo // the mirror, seeing the quarantine's objects and its own
+}
+
+func (m *mirror) newQuarantine() (*quarantine, error) {
+	dir, err := os.MkdirTemp(m.objectDir(), "incoming-")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "pack"), 0o700); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	env := append(append([]string{}, m.git.Env...),
+		"GIT_OBJECT_DIRECTORY="+dir, "GIT_ALTERNATE_OBJECT_DIRECTORIES="+m.objectDir(), "GIT_QUARANTINE_PATH="+dir)
+	return &quarantine{dir: dir, git: gitx.Repo{GitDir: m.dir, Env: env}}, nil
+}
+
+// admit moves the quarantine's packs into the mirror (.pack first, .idx
+// last: the index is what makes a pack visible) and removes it.
+func (q *quarantine) admit(m *mirror) error {
+	files, err := filepath.Glob(filepath.Join(q.dir, "pack", "pack-*"))
+	if err != nil {
+		return err
+	}
+	rank := map[string]int{".pack": 0, ".rev": 1, ".idx": 2}
+	for _, pass := range []int{0, 1, 2} {
+		for _, f := range files {
+			if rank[filepath.Ext(f)] != pass {
+				continue
+			}
+			dst := filepath.Join(m.objectDir(), "pack", filepath.Base(f))
+			if _, err := os.Stat(dst); err == nil {
+				continue
+			}
+			if err := os.Rename(f, dst); err != nil {
+				return fmt.Errorf("move the pushed pack into the mirror: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+func (q *quarantine) drop() { os.RemoveAll(q.dir) }
