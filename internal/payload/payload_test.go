@@ -112,7 +112,7 @@ func TestReaderRefusesWhatDoesNotCheckOut(t *testing.T) {
 			return append(c[:len(c)-1], append(append(append([]byte(nil), last[:len(last)-TrailerSize]...), 1, 2, 3), last[len(last)-TrailerSize:]...))
 		},
 		"unknown compression": func(c [][]byte) [][]byte { c[0][0] = 9; return c },
-		"no trailer": func(c [][]byte) [][]byte { return [][]byte{{None, 1, 2}} },
+		"no trailer":          func(c [][]byte) [][]byte { return [][]byte{{None, 1, 2}} },
 	} {
 		t.Run(name, func(t *testing.T) {
 			content := random

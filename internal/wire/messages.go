@@ -158,13 +158,13 @@ const (
 	ReasonStaleInfo      Reason = "stale info"
 	ReasonAtomic         Reason = "atomic push failed"
 	ReasonDefaultBranch  Reason = "refusing to delete the default branch"
-	ReasonForbidden      Reason = "forbidden"   // a server policy; Detail says which
-	ReasonUpstream       Reason = "upstream"    // upstream refused; Detail has its words
-	ReasonNoStatus       Reason = "no status"   // upstream said nothing of the ref
-	ReasonUnpack         Reason = "unpack"      // upstream could not unpack the pack
-	ReasonMissing        Reason = "missing"     // the push lacks objects upstream lacks too
-	ReasonNotExist       Reason = "not exist"   // a delete of a ref upstream does not have
-	ReasonRefused        Reason = "refused"     // the whole push was refused; Detail says why
+	ReasonForbidden      Reason = "forbidden" // a server policy; Detail says which
+	ReasonUpstream       Reason = "upstream"  // upstream refused; Detail has its words
+	ReasonNoStatus       Reason = "no status" // upstream said nothing of the ref
+	ReasonUnpack         Reason = "unpack"    // upstream could not unpack the pack
+	ReasonMissing        Reason = "missing"   // the push lacks objects upstream lacks too
+	ReasonNotExist       Reason = "not exist" // a delete of a ref upstream does not have
+	ReasonRefused        Reason = "refused"   // the whole push was refused; Detail says why
 )
 
 // RefResult is what became of one ref.
