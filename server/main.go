@@ -15,7 +15,9 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+	"time"
 
+	"github.com/git-relay/git-relay/edge"
 	"github.com/git-relay/git-relay/internal/cli"
 	"github.com/git-relay/git-relay/internal/keyring"
 )
@@ -29,6 +31,7 @@ type grammar struct {
 	cli.Globals
 	Keygen keygenCmd `cmd:"" help:"Print a new shared key (one line) for relay.keyFile and --key-file."`
 	Serve  serveCmd  `cmd:"" help:"Run the relay server."`
+	Edge   edgeCmd   `cmd:"" help:"Run the edge forwarder (what deploy/vercel ships) as a plain process in front of a relay server."`
 }
 
 type keygenCmd struct{}
@@ -96,6 +99,27 @@ func (c *serveCmd) Run(s *streams) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	return Serve(ctx, cfg)
+}
+
+type edgeCmd struct {
+	Listen       string        `default:"127.0.0.1:8081" help:"Address to listen on (host:port; port 0 picks a free one)."`
+	Upstream     string        `required:"" help:"The relay server's base URL (where it serves /api/gr/ and /healthz), such as http://127.0.0.1:8080."`
+	MaxBody      int64         `default:"4500000" help:"Largest request or response body in bytes, as the serverless platform allows."`
+	Timeout      time.Duration `default:"60s" help:"Longest exchange, as the platform's maximum function duration (long-polls must fit)."`
+	ClientPrefix string        `default:"/api/game/" help:"Path prefix clients use."`
+	ServerPrefix string        `default:"/api/gr/" help:"Path prefix of the relay server's API."`
+}
+
+func (c *edgeCmd) Run(s *streams) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	return edge.ListenAndServe(ctx, c.Listen, edge.Options{
+		Upstream:     c.Upstream,
+		ClientPrefix: c.ClientPrefix,
+		ServerPrefix: c.ServerPrefix,
+		MaxBody:      c.MaxBody,
+		Timeout:      c.Timeout,
+	}, s.Stderr)
 }
 
 func trimSpace(b []byte) []byte {
