@@ -61,6 +61,7 @@ var commands = map[string]func(ts *testscript.TestScript, neg bool, args []strin
 	"http":             cmdHTTP,
 	"upstream-rev":     cmdUpstreamRev,
 	"exec-may-fail":    cmdExecMayFail,
+	"edge-up":          cmdEdgeUp,
 }
 
 // hermeticVars make every git in a script (and the relay server's) read
@@ -93,6 +94,7 @@ type state struct {
 	proxyLog   *lockedFile
 	host       *githost.Host
 	tokens     []string
+	edges      []*serverProc // edge processes (edge-up), stopped first
 }
 
 func setup(env *testscript.Env) error {
@@ -411,6 +413,11 @@ func (st *state) teardown(t testscript.T) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	var problems []string
+	for _, e := range st.edges {
+		if err := e.terminate(); err != nil {
+			problems = append(problems, "edge: "+err.Error())
+		}
+	}
 	if p := st.server; p != nil {
 		if err := p.terminate(); err != nil {
 			problems = append(problems, err.Error())
