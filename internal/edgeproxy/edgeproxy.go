@@ -353,16 +353,16 @@ func (wt watch) RoundTrip(out *http.Request) (*http.Response, error) {
 		return p.tamperedTrip(ex, out)
 	}
 	if out.Body != nil && out.Body != http.NoBody {
-		out.Body = p.newTee(ex, Up, out.Header.Clone(), out.Body)
+		out.Body = p.newTee(ex, Up, out.Header.Clone(), out.Body, out.ContentLength)
 	} else {
 		// Headers cross too, body or not.
-		p.newTee(ex, Up, out.Header.Clone(), http.NoBody).finish()
+		p.newTee(ex, Up, out.Header.Clone(), http.NoBody, 0).finish()
 	}
 	resp, err := p.base.RoundTrip(out)
 	if err != nil {
 		return nil, err
 	}
-	resp.Body = p.newTee(ex, Down, resp.Header.Clone(), resp.Body)
+	resp.Body = p.newTee(ex, Down, resp.Header.Clone(), resp.Body, resp.ContentLength)
 	return resp, nil
 }
 
@@ -380,11 +380,16 @@ type tee struct {
 
 // newTee registers the scan at once, so that Violations waits for a body
 // that is still on its way.
-func (p *Proxy) newTee(ex *exchange, dir Direction, h http.Header, rc io.ReadCloser) *tee {
+func (p *Proxy) newTee(ex *exchange, dir Direction, h http.Header, rc io.ReadCloser, declared int64) *tee {
 	p.mu.Lock()
 	p.scans++
 	p.mu.Unlock()
-	return &tee{p: p, ex: ex, dir: dir, header: h, rc: rc}
+	t := &tee{p: p, ex: ex, dir: dir, header: h, rc: rc}
+	if declared > 0 && declared <= p.opts.MaxBody {
+		// A copy of a chunk is megabytes: one allocation, not a doubling series.
+		t.buf.Grow(int(declared))
+	}
+	return t
 }
 
 func (t *tee) Read(b []byte) (int, error) {
