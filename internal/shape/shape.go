@@ -38,10 +38,11 @@ type Link struct {
 func (l Link) IsZero() bool { return l.Rate <= 0 && l.Latency <= 0 }
 
 // slack is how far behind its schedule a pacer may fall (the scheduler
-// woke it late, or the stream paused) and still catch up with a burst.
-// Beyond it the stream counts as idle and restarts at the rate, so that a
-// pause never buys a burst larger than slack's worth of bytes.
-const slack = 20 * time.Millisecond
+// woke it late on a busy machine, or the stream paused) and still catch up
+// with a burst. Beyond it the stream counts as idle and restarts at the
+// rate, so that a pause never buys a burst larger than slack's worth of
+// bytes.
+const slack = 50 * time.Millisecond
 
 // tick is the pacing granularity: each read or write moves at most this
 // long's worth of bytes, so that the rate holds over short spans too.
