@@ -166,13 +166,17 @@ func (h *Helper) answer(ctx context.Context, kind string, request []byte, out io
 	}
 }
 
+// inlineMax is the largest payload that goes in its exchange's Open: a
+// body's worth, less room for the message and the sealing.
+func inlineMax(maxBody int64) int { return int(maxBody) - 8<<10 }
+
 // newRequestExchange prepares a read exchange whose request goes inline,
 // or in chunks when it is larger than a body.
 func (h *Helper) newRequestExchange(kind string, request []byte) (*exchange, error) {
 	if request == nil {
 		return h.newExchange(kind, 0, false)
 	}
-	if len(request) <= int(h.maxBdy)-64<<10 {
+	if len(payload.Bytes(nil))+len(request) <= inlineMax(h.maxBdy) {
 		return h.newExchange(kind, 0, true)
 	}
 	return h.newExchange(kind, payload.ChunkSize(h.maxBdy, 0), false)
@@ -201,11 +205,12 @@ func (h *Helper) ask(ctx context.Context, x *exchange, request []byte) (*wire.St
 	free := make(chan []byte, 1)
 	free <- make([]byte, 0, size+seal.Overhead)
 	var last *wire.Status
+	var tail []byte
 	_, err = payload.Split(bytes.NewReader(request), size, free, func(i uint32, final bool, buf []byte) error {
 		defer func() { free <- buf[:0] }()
-		s, err := x.upChunk(ctx, i, final, x.up.Seal(buf[:0], i, final, buf))
+		s, t, err := x.upChunk(ctx, i, final, x.up.Seal(buf[:0], i, final, buf))
 		if final {
-			last = s
+			last, tail = s, t
 		}
 		return err
 	})
@@ -215,5 +220,5 @@ func (h *Helper) ask(ctx context.Context, x *exchange, request []byte) (*wire.St
 	if last == nil {
 		last = st
 	}
-	return x.outcome(ctx, last, nil, what)
+	return x.outcome(ctx, last, tail, what)
 }

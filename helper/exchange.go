@@ -122,17 +122,18 @@ func (x *exchange) cancel() {
 
 // upChunk uploads one sealed chunk; the final chunk's answer waits for
 // the outcome, which it returns.
-func (x *exchange) upChunk(ctx context.Context, i uint32, final bool, sealed []byte) (*wire.Status, error) {
+func (x *exchange) upChunk(ctx context.Context, i uint32, final bool, sealed []byte) (*wire.Status, []byte, error) {
 	q := url.Values{"id": {x.id}, "i": {strconv.FormatUint(uint64(i), 10)}}
 	if final {
 		q.Set("final", "1")
 	}
 	var st wire.Status
-	if _, err := x.h.client.Call(ctx, wire.Request{Method: http.MethodPut, Path: wire.PathUp, Query: q, Raw: sealed,
-		What: fmt.Sprintf("upload chunk %d", i+1)}, &st); err != nil {
-		return nil, fmt.Errorf("upload chunk %d: %w", i+1, x.h.explain(err))
+	tail, err := x.h.client.Call(ctx, wire.Request{Method: http.MethodPut, Path: wire.PathUp, Query: q, Raw: sealed,
+		What: fmt.Sprintf("upload chunk %d", i+1)}, &st)
+	if err != nil {
+		return nil, nil, fmt.Errorf("upload chunk %d: %w", i+1, x.h.explain(err))
 	}
-	return &st, nil
+	return &st, tail, nil
 }
 
 // downloader fetches an answer's chunks a few at a time, in any order,

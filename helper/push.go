@@ -403,7 +403,7 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 	// A push whose whole payload fits one message goes in one request,
 	// which the server answers with the outcome.
 	resumed := findPushResume(dir)
-	if resumed == nil && first.c.final && len(first.c.buf) <= int(h.maxBdy)-64<<10 {
+	if resumed == nil && first.c.final && len(first.c.buf) <= inlineMax(h.maxBdy) {
 		x, err := h.newExchange(wire.KindPush, 0, true)
 		if err != nil {
 			return nil, err
@@ -483,7 +483,7 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 	err = h.moveChunks(ctx, "upload", feed, func(ctx context.Context, _ int, c chunk) (int64, error) {
 		defer func() { free <- c.buf[:0] }()
 		sealed := x.up.Seal(c.buf[:0], c.i, c.final, c.buf)
-		st, err := x.upChunk(ctx, c.i, c.final, sealed)
+		st, _, err := x.upChunk(ctx, c.i, c.final, sealed)
 		if err != nil {
 			return 0, err
 		}

@@ -35,7 +35,7 @@ func (s *Server) runAnswer(ctx context.Context, e *exch) {
 	if errors.Is(err, errEnded) {
 		return
 	}
-	if err != nil && s.ctx.Err() != nil {
+	if err != nil && s.stopping.Load() {
 		return // shutting down: a client asks again
 	}
 	if err != nil {
@@ -199,7 +199,7 @@ func (s *Server) writeAnswer(ctx context.Context, e *exch, r io.Reader) error {
 	var stream *seal.Stream
 	_, err := payload.Split(r, size, free, func(i uint32, final bool, chunk []byte) error {
 		defer func() { free <- chunk[:0] }()
-		if i == 0 && final && len(chunk) <= min(inlineMax, int(e.open.MaxBody)-64<<10) {
+		if i == 0 && final && len(chunk) <= min(inlineMax, int(min(e.open.MaxBody, s.cfg.MaxBody))-8<<10) {
 			e.mu.Lock()
 			e.down.inline = append([]byte(nil), chunk...)
 			e.mu.Unlock()

@@ -115,7 +115,24 @@ type exch struct {
 	cancel    context.CancelFunc
 	inline    []byte // an inline upload's payload
 	down      downProgress
-	seen      time.Time
+	seen      time.Time // the last request for it here began or ended
+	busy      int       // its requests in progress here
+}
+
+// use marks a request for the exchange as in progress, until the
+// returned function is called: an exchange with a request in progress is
+// never pushed out as idle.
+func (e *exch) use() func() {
+	e.mu.Lock()
+	e.busy++
+	e.seen = time.Now()
+	e.mu.Unlock()
+	return func() {
+		e.mu.Lock()
+		e.busy--
+		e.seen = time.Now()
+		e.mu.Unlock()
+	}
 }
 
 // downProgress is the answer as this instance writes it.
@@ -422,6 +439,7 @@ func (s *Server) handleOpen(c *call) {
 		c.failErr(err)
 		return
 	}
+	defer e.use()()
 	if len(tail) > 0 {
 		// The inline upload is the payload's only chunk, sealed as chunk 0
 		// and final.
@@ -543,6 +561,7 @@ func (s *Server) handleUp(c *call) {
 		c.failErr(err)
 		return
 	}
+	defer e.use()()
 	size := e.open.ChunkSize
 	if size == 0 {
 		c.failErr(badRequest("exchange %s takes no upload chunks", e.id))
@@ -615,8 +634,7 @@ func (s *Server) handleUp(c *call) {
 		// that lands while it uploads costs no extra round trip.
 		s.waitAnswer(ctx, e)
 	}
-	st := s.status(ctx, e, false)
-	c.reply(http.StatusOK, st, nil)
+	s.replyStatus(c, e, false)
 }
 
 // handleDown answers one download chunk: the final flag, then the chunk
@@ -632,6 +650,7 @@ func (s *Server) handleDown(c *call) {
 		c.failErr(err)
 		return
 	}
+	defer e.use()()
 	i, err := parseIndex(q.Get("i"))
 	if err != nil {
 		c.failErr(badRequest("chunk index %q is not a number", q.Get("i")))
@@ -717,6 +736,7 @@ func (s *Server) handleStatus(c *call) {
 		c.failErr(err)
 		return
 	}
+	defer e.use()()
 	s.maybeTakeOver(e)
 	if q.Get("wait") != "" {
 		s.waitAnswer(ctx, e)
@@ -812,11 +832,17 @@ func (s *Server) start(e *exch) {
 		e.mu.Unlock()
 		return
 	}
-	select {
-	case <-s.ctx.Done():
+	if s.stopping.Load() {
 		e.mu.Unlock()
 		return
-	default:
+	}
+	if e.open.Kind != wire.KindPush && e.st.Down != nil && !e.st.Down.Final {
+		// The instance that wrote this answer stopped half-way: another
+		// run of upload-pack would write other bytes, so the client asks
+		// again instead.
+		e.mu.Unlock()
+		s.finish(s.ctx, e, nil, &userError{http.StatusConflict, wire.CodeGone, "the relay instance writing this answer stopped: ask again"})
+		return
 	}
 	ctx, cancel := context.WithCancel(s.ctx)
 	e.working, e.cancel = true, cancel

@@ -15,13 +15,11 @@ import (
 
 // What a key can make the server do is bounded: unfinished exchanges,
 // bytes kept for them, and the bytes kept for everyone. An exchange its
-// client went quiet on expires after --idle and stops counting; at the
-// limit, the key's longest-idle exchange makes room for a new one, so no
-// sequence of dropped or spoiled answers can lock a key out.
-
-// evictAfter is how long an exchange must have been idle before a new one
-// of its key may push it out.
-const evictAfter = time.Minute
+// client went quiet on expires after --idle and stops counting; and at
+// the limit, the key's longest-idle exchange that has no request in
+// progress makes room for the new one. So no sequence of dropped or
+// spoiled answers can lock a key out: whatever a proxy made a client give
+// up on gives way to the next thing it does.
 
 // usage is the bytes the kept exchanges hold, by key and in all.
 type usage struct {
@@ -84,6 +82,7 @@ func (s *Server) admit(ctx context.Context, key keyring.Key, o wire.Open) error 
 		idle time.Duration
 	}
 	var open []cand
+	busy := 0
 	s.mu.Lock()
 	for _, e := range s.live {
 		if e.key.ID != key.ID {
@@ -92,20 +91,25 @@ func (s *Server) admit(ctx context.Context, key keyring.Key, o wire.Open) error 
 		e.mu.Lock()
 		ended := wire.Ended(e.st.Phase)
 		idle := time.Since(e.seen)
+		inUse := e.busy > 0 || e.applying
 		e.mu.Unlock()
-		if !ended {
+		switch {
+		case ended:
+		case inUse:
+			busy++
+		default:
 			open = append(open, cand{e, idle})
 		}
 	}
 	s.mu.Unlock()
-	if len(open) < s.cfg.MaxSessions {
+	if busy+len(open) < s.cfg.MaxSessions {
 		return nil
 	}
-	sort.Slice(open, func(i, j int) bool { return open[i].idle > open[j].idle })
-	if open[0].idle < evictAfter {
-		return limited("this key has %d unfinished exchanges, its limit (--max-sessions): wait for one to end (an idle one expires after %s)", len(open), s.cfg.Idle)
+	if len(open) == 0 {
+		return limited("this key has %d exchanges in progress, its limit (--max-sessions): wait for one to end", busy)
 	}
-	s.cancelExchange(ctx, open[0].e, fmt.Sprintf("pushed out by a newer exchange of the same key after %s idle", open[0].idle.Round(time.Second)))
+	sort.Slice(open, func(i, j int) bool { return open[i].idle > open[j].idle })
+	s.cancelExchange(ctx, open[0].e, fmt.Sprintf("pushed out after %s idle by a newer exchange of the same key (it had %d unfinished, its limit)", open[0].idle.Round(time.Millisecond), s.cfg.MaxSessions))
 	return nil
 }
 

@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/git-relay/git-relay/edge"
 	"github.com/git-relay/git-relay/internal/cli"
 	"github.com/git-relay/git-relay/internal/keyring"
 	"github.com/git-relay/git-relay/internal/store"
@@ -36,6 +37,7 @@ type grammar struct {
 	cli.Globals
 	Keygen keygenCmd `cmd:"" help:"Print a new shared key (one line) for relay.keyFile and --key-file."`
 	Serve  serveCmd  `cmd:"" help:"Run the relay server."`
+	Edge   edgeCmd   `cmd:"" help:"Run the edge forwarder (what deploy/vercel ships) as a plain process in front of a relay server."`
 }
 
 type keygenCmd struct {
@@ -72,7 +74,7 @@ type serveCmd struct {
 	MaxSessions   int           `default:"64" help:"Most unfinished exchanges per key."`
 	MaxKeyBytes   int64         `default:"17179869184" help:"Most bytes the sessions of one key may hold."`
 	MaxBytes      int64         `default:"68719476736" help:"Most bytes all sessions may hold."`
-	Idle          time.Duration `default:"10m" help:"How long an unfinished exchange may sit untouched before it expires."`
+	Idle          time.Duration `default:"5m" help:"How long an unfinished exchange may sit untouched before it expires."`
 	Keep          time.Duration `default:"1h" help:"How long a finished exchange is kept, for status queries and resumed downloads."`
 	TLSCert       string        `type:"existingfile" help:"Serve HTTPS with this certificate (PEM)."`
 	TLSKey        string        `type:"existingfile" help:"The private key of --tls-cert (PEM)."`
@@ -155,6 +157,27 @@ func openStore(ctx context.Context, url, dataDir string) (store.Store, string, e
 	}
 	d, err := newDirStore(url)
 	return d, "local", err
+}
+
+type edgeCmd struct {
+	Listen       string        `default:"127.0.0.1:8081" help:"Address to listen on (host:port; port 0 picks a free one)."`
+	Upstream     string        `required:"" help:"The relay server's base URL (where it serves /api/gr/ and /healthz), such as http://127.0.0.1:8080."`
+	MaxBody      int64         `default:"4500000" help:"Largest request or response body in bytes, as the serverless platform allows."`
+	Timeout      time.Duration `default:"60s" help:"Longest exchange, as the platform's maximum function duration (long-polls must fit)."`
+	ClientPrefix string        `default:"/api/game/" help:"Path prefix clients use."`
+	ServerPrefix string        `default:"/api/gr/" help:"Path prefix of the relay server's API."`
+}
+
+func (c *edgeCmd) Run(s *streams) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	return edge.ListenAndServe(ctx, c.Listen, edge.Options{
+		Upstream:     c.Upstream,
+		ClientPrefix: c.ClientPrefix,
+		ServerPrefix: c.ServerPrefix,
+		MaxBody:      c.MaxBody,
+		Timeout:      c.Timeout,
+	}, s.Stderr)
 }
 
 func trimSpace(b []byte) []byte {

@@ -52,7 +52,7 @@ func (s *Server) runPush(ctx context.Context, e *exch) {
 	switch {
 	case errors.Is(err, errEnded):
 		return // cancelled
-	case err != nil && s.ctx.Err() != nil:
+	case err != nil && s.stopping.Load():
 		return // shutting down: it resumes from the kept chunks
 	}
 	if err != nil {
@@ -145,15 +145,12 @@ func (s *Server) push(ctx context.Context, e *exch) ([]wire.RefResult, error) {
 	if err := s.enter(ctx, e, wire.PhasePushing); err != nil {
 		return nil, err
 	}
-	e.mu.Lock()
-	e.applying = true
-	e.mu.Unlock()
 	defer func() {
 		e.mu.Lock()
 		e.applying = false
 		e.mu.Unlock()
 	}()
-	res, g, err := s.sendUpstream(ctx, p, pack)
+	res, g, err := s.sendUpstream(ctx, e, p, pack)
 	if g != nil {
 		defer g.close()
 	}
@@ -371,7 +368,7 @@ func (s *Server) checkAncestry(ctx context.Context, git gitx.Repo, ups []wire.Up
 // sendUpstream streams the pack to upstream's receive-pack and, through a
 // tee, into a quarantine of the mirror, holding the pack's last bytes back
 // until everything checks out.
-func (s *Server) sendUpstream(ctx context.Context, p *pushPlan, pack io.Reader) (*upstream.PushResult, *gate, error) {
+func (s *Server) sendUpstream(ctx context.Context, e *exch, p *pushPlan, pack io.Reader) (*upstream.PushResult, *gate, error) {
 	req := upstream.PushRequest{Atomic: p.man.Atomic, Options: p.man.Options}
 	needPack := false
 	for _, u := range p.todo {
@@ -381,6 +378,7 @@ func (s *Server) sendUpstream(ctx context.Context, p *pushPlan, pack io.Reader) 
 		}
 	}
 	if !needPack {
+		applying(e)
 		res, err := p.m.remote.Push(ctx, req)
 		if err != nil && res == nil {
 			return nil, nil, s.upstreamErr(p.m, err)
@@ -388,6 +386,7 @@ func (s *Server) sendUpstream(ctx context.Context, p *pushPlan, pack io.Reader) 
 		return res, nil, nil
 	}
 	if pack == nil {
+		applying(e)
 		req.Pack = bytes.NewReader(bundle.EmptyPack())
 		res, err := p.m.remote.Push(ctx, req)
 		if err != nil && res == nil {
@@ -399,7 +398,7 @@ func (s *Server) sendUpstream(ctx context.Context, p *pushPlan, pack io.Reader) 
 	if err != nil {
 		return nil, nil, err
 	}
-	g, err := s.newGate(ctx, p, q, pack)
+	g, err := s.newGate(ctx, e, p, q, pack)
 	if err != nil {
 		q.drop()
 		return nil, nil, err
@@ -423,6 +422,7 @@ func (s *Server) sendUpstream(ctx context.Context, p *pushPlan, pack io.Reader) 
 // upstream off before its pack can complete.
 type gate struct {
 	s        *Server
+	e        *exch
 	p        *pushPlan
 	q        *quarantine
 	src      io.Reader
@@ -440,7 +440,7 @@ type gate struct {
 
 const holdBack = 4096
 
-func (s *Server) newGate(ctx context.Context, p *pushPlan, q *quarantine, src io.Reader) (*gate, error) {
+func (s *Server) newGate(ctx context.Context, e *exch, p *pushPlan, q *quarantine, src io.Reader) (*gate, error) {
 	c := q.git.Command(ctx, "index-pack", "--stdin", "--fix-thin")
 	c.Stdout = io.Discard // set before the pipe: the command is built then
 	in, err := c.StdinPipe()
@@ -450,7 +450,7 @@ func (s *Server) newGate(ctx context.Context, p *pushPlan, q *quarantine, src io
 	if err := c.Start(); err != nil {
 		return nil, fmt.Errorf("index the pack: %w", err)
 	}
-	g := &gate{s: s, p: p, q: q, src: src, idx: c, idxIn: in, idxDone: make(chan error, 1), ctx: ctx}
+	g := &gate{s: s, e: e, p: p, q: q, src: src, idx: c, idxIn: in, idxDone: make(chan error, 1), ctx: ctx}
 	go func() { g.idxDone <- c.Wait() }()
 	return g, nil
 }
@@ -477,6 +477,9 @@ func (g *gate) Read(b []byte) (int, error) {
 				g.err = err
 				return 0, err
 			}
+			// From here on the outcome is upstream's: the push is no
+			// longer cancelled, and a shutdown waits for it.
+			applying(g.e)
 			g.released = true
 			continue
 		}
@@ -553,6 +556,13 @@ func (g *gate) finish() error {
 		return g.err
 	}
 	return nil
+}
+
+// applying marks a push whose outcome is now upstream's.
+func applying(e *exch) {
+	e.mu.Lock()
+	e.applying = true
+	e.mu.Unlock()
 }
 
 // record turns upstream's report into the results.

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/git-relay/git-relay/internal/keyring"
@@ -67,7 +68,7 @@ const (
 	defaultMaxSessions = 64
 	defaultMaxKeyBytes = 16 << 30
 	defaultMaxBytes    = 64 << 30
-	defaultIdle        = 10 * time.Minute
+	defaultIdle        = 5 * time.Minute
 	defaultKeep        = time.Hour
 	defaultMaxBodies   = 8
 	// longPoll is how long a request waits for an exchange to move before
@@ -93,9 +94,10 @@ type Server struct {
 	bodies chan struct{} // a token per request body being read
 	bufs   sync.Pool     // *[]byte of chunk size: bodies and chunks
 
-	ctx    context.Context // ends when the server shuts down
-	cancel context.CancelFunc
-	work   sync.WaitGroup
+	ctx      context.Context // ends when the server shuts down
+	cancel   context.CancelFunc
+	stopping atomic.Bool // set when the shutdown begins
+	work     sync.WaitGroup
 
 	mu   sync.Mutex
 	live map[string]*exch // the exchanges this instance has in hand
@@ -239,6 +241,7 @@ func Serve(ctx context.Context, cfg Config) error {
 // Close stops the work in hand: pushes that are being applied upstream
 // finish, and everything else stops where it is (the store keeps it).
 func (s *Server) Close() {
+	s.stopping.Store(true)
 	s.mu.Lock()
 	for _, e := range s.live {
 		e.mu.Lock()

@@ -62,6 +62,7 @@ var commands = map[string]func(ts *testscript.TestScript, neg bool, args []strin
 	"http":             cmdHTTP,
 	"upstream-rev":     cmdUpstreamRev,
 	"exec-may-fail":    cmdExecMayFail,
+	"edge-up":          cmdEdgeUp,
 }
 
 // hermeticVars make every git in a script (and the relay server's) read
@@ -97,6 +98,7 @@ type state struct {
 	// logMark is the server log's size at the last proxy-reset: the
 	// exchanges command counts what the server logged after it.
 	logMark int64
+	edges   []*serverProc // edge processes (edge-up), stopped first
 }
 
 func setup(env *testscript.Env) error {
@@ -181,8 +183,9 @@ func cmdRelayUp(ts *testscript.TestScript, neg bool, args []string) {
 	maxBody := fset.Int64("max-body", 0, "server --max-body and client relay.maxBody")
 	proxyLimit := fset.Int64("proxy-limit", 0, "the proxy's body cap (default 4,500,000)")
 	badToken := fset.Bool("bad-token", false, "give the server a token the git host refuses")
+	maxSessions := fset.Int("max-sessions", 0, "server --max-sessions")
 	if err := fset.Parse(args); err != nil || fset.NArg() > 0 {
-		ts.Fatalf("usage: relay-up [--http-upstream] [--allow-force] [--max-body N] [--proxy-limit N] [--bad-token] (%v)", err)
+		ts.Fatalf("usage: relay-up [--http-upstream] [--allow-force] [--max-body N] [--proxy-limit N] [--bad-token] [--max-sessions N] (%v)", err)
 	}
 	if *badToken && !*httpUpstream {
 		ts.Fatalf("relay-up: --bad-token needs --http-upstream")
@@ -240,6 +243,9 @@ func cmdRelayUp(ts *testscript.TestScript, neg bool, args []string) {
 	}
 	if *allowForce {
 		serverArgs = append(serverArgs, "--allow-force")
+	}
+	if *maxSessions > 0 {
+		serverArgs = append(serverArgs, "--max-sessions", strconv.Itoa(*maxSessions))
 	}
 
 	p, err := startServer(bin, serverArgs, env, filepath.Join(work, "server.log"))
@@ -415,6 +421,11 @@ func (st *state) teardown(t testscript.T) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	var problems []string
+	for _, e := range st.edges {
+		if err := e.terminate(); err != nil {
+			problems = append(problems, "edge: "+err.Error())
+		}
+	}
 	if p := st.server; p != nil {
 		if err := p.terminate(); err != nil {
 			problems = append(problems, err.Error())

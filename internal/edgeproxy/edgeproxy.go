@@ -2,14 +2,17 @@
 // stateless serverless proxy that sits between git-remote-relay and
 // git-relay-server in production.
 //
-// Like the real edge it rewrites /api/game/<rest> to the relay's
-// /api/gr/<rest>, keeps nothing between requests and refuses any request or
-// response body over 4,500,000 bytes. Unlike the real edge it also watches:
-// it records a violation whenever git bundle or pack plaintext (raw, base64
-// or hex) or a declared secret crosses it, and it counts the bytes that go
-// up and down. A Tamper hook lets a test play the hostile edge of the threat
-// model: flip, truncate, drop, replay or swap bodies, or cut a response
-// halfway.
+// Its forwarding is the shipped edge forwarder (package edge, which
+// deploy/vercel deploys and `git-relay-server edge` runs): /api/game/<rest>
+// to the relay's /api/gr/<rest>, streamed bodies, nothing kept between
+// requests, any request or response body over 4,500,000 bytes refused.
+// Around it the proxy watches: it records a violation whenever git bundle
+// or pack plaintext (raw, base64 or hex) or a declared secret crosses it,
+// or a body breaks the limit, and it counts the bytes that go up and down.
+// A Tamper hook lets a test play the hostile edge of the threat model:
+// flip, truncate, drop, replay or swap bodies, spoil answers, or cut a
+// response halfway. Options.ShapeUp and ShapeDown make the client's side
+// of the proxy a slow, distant link (internal/shape) for WAN benchmarks.
 package edgeproxy
 
 import (
@@ -23,20 +26,22 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
+
+	"github.com/git-relay/git-relay/edge"
+	"github.com/git-relay/git-relay/internal/shape"
 )
 
 // DefaultMaxBody is the body cap of the serverless platform the relay is
 // built for, in bytes.
-const DefaultMaxBody = 4_500_000
+const DefaultMaxBody = edge.DefaultMaxBody
 
 // ClientPrefix is the path prefix clients use; ServerPrefix is where the
 // relay server serves the same routes.
 const (
-	ClientPrefix = "/api/game/"
-	ServerPrefix = "/api/gr/"
+	ClientPrefix = edge.DefaultClientPrefix
+	ServerPrefix = edge.DefaultServerPrefix
 )
 
 // Options tune a Proxy. The zero value is the production edge.
@@ -57,6 +62,11 @@ type Options struct {
 	// time the proxy's watch, which a real edge does not keep. Bodies are
 	// held in memory until then.
 	DeferScan bool
+	// ShapeUp and ShapeDown, when set, make the link between the clients
+	// and a proxy made by Start a wide-area one: what clients send (up)
+	// and what they receive (down) waits the link's latency at the start
+	// of each request or answer and flows at its rate.
+	ShapeUp, ShapeDown shape.Link
 }
 
 // Direction says which way a body was travelling.
@@ -106,9 +116,9 @@ type Proxy struct {
 	// made by Start, and "" when it was made by New.
 	URL string
 
-	target  string
 	opts    Options
-	client  *http.Client
+	fwd     *edge.Forwarder
+	base    *http.Transport // what carries the forwarder's requests to the relay
 	secrets [][]byte
 	srv     *http.Server
 	done    chan struct{}
@@ -136,21 +146,26 @@ func New(target string, opts Options) (*Proxy, error) {
 		opts.Timeout = 2 * time.Minute
 	}
 	p := &Proxy{
-		target: strings.TrimRight(target, "/"),
-		opts:   opts,
-		client: &http.Client{
-			Transport: &http.Transport{
-				Proxy: nil,
-				// The proxy must see bodies exactly as they were sent, so
-				// it never asks for or undoes a transfer compression itself.
-				DisableCompression:  true,
-				MaxIdleConnsPerHost: 16,
-				IdleConnTimeout:     30 * time.Second,
-			},
-			// A serverless edge passes redirects on; it does not follow them.
-			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		opts: opts,
+		base: &http.Transport{
+			Proxy: nil,
+			// The proxy must see bodies exactly as they were sent, so
+			// it never asks for or undoes a transfer compression itself.
+			DisableCompression:  true,
+			MaxIdleConnsPerHost: 16,
+			IdleConnTimeout:     30 * time.Second,
 		},
 		stats: Stats{PerPath: map[string]int{}},
+	}
+	p.fwd, err = edge.New(edge.Options{
+		Upstream:  target,
+		MaxBody:   opts.MaxBody,
+		Timeout:   opts.Timeout,
+		Transport: watch{p},
+		Observe:   p.observe,
+	})
+	if err != nil {
+		return nil, err
 	}
 	p.scanned = sync.NewCond(&p.mu)
 	for _, s := range opts.Secrets {
@@ -176,14 +191,14 @@ func Start(target string, opts Options) (*Proxy, error) {
 	p.done = make(chan struct{})
 	go func() {
 		defer close(p.done)
-		_ = p.srv.Serve(ln)
+		_ = p.srv.Serve(shape.Listener(ln, opts.ShapeUp, opts.ShapeDown))
 	}()
 	return p, nil
 }
 
 // Close stops a proxy made by Start, dropping exchanges still in flight.
 func (p *Proxy) Close() error {
-	p.client.CloseIdleConnections()
+	p.base.CloseIdleConnections()
 	if p.srv == nil {
 		return nil
 	}
@@ -243,210 +258,312 @@ func (p *Proxy) record(v Violation) {
 	p.violations = append(p.violations, v)
 }
 
+func (p *Proxy) count(dir Direction, n int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if dir == Up {
+		p.stats.Up += n
+	} else {
+		p.stats.Down += n
+	}
+}
+
 func (p *Proxy) logf(format string, args ...any) {
 	if p.opts.Logf != nil {
 		p.opts.Logf(format, args...)
 	}
 }
 
-// hopHeaders are the hop-by-hop headers (RFC 9110 section 7.6.1) that a
-// proxy must not pass on.
-var hopHeaders = []string{
-	"Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-	"Proxy-Connection", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+// exchange is the watch's state for one request, carried in its context
+// from ServeHTTP through the forwarder to the watch transport.
+type exchange struct {
+	method, path string
+	tamper       *Tamper
+
+	mu sync.Mutex
+	up int64 // request body bytes counted so far
 }
 
-func copyHeader(h http.Header) http.Header {
-	out := h.Clone()
-	if out == nil {
-		out = http.Header{}
-	}
-	for _, c := range h.Values("Connection") {
-		for _, name := range strings.Split(c, ",") {
-			out.Del(strings.TrimSpace(name))
-		}
-	}
-	for _, name := range hopHeaders {
-		out.Del(name)
-	}
-	out.Del("Content-Length")
-	return out
+type exchangeKey struct{}
+
+func exchangeOf(ctx context.Context) *exchange {
+	ex, _ := ctx.Value(exchangeKey{}).(*exchange)
+	return ex
 }
 
+// ServeHTTP counts the request, then lets the forwarder handle it; the
+// watch sees the bodies from the forwarder's transport.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	path := r.URL.Path
-	var upstreamPath string
+	ex := &exchange{method: r.Method, path: r.URL.Path}
+	routed := true
+	if _, err := p.fwd.Route(r); err != nil {
+		routed = false
+	}
+	p.mu.Lock()
+	if routed {
+		p.stats.Requests++
+		p.stats.PerPath[ex.path]++
+	}
+	ex.tamper = p.tamper
+	p.mu.Unlock()
+	p.fwd.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))
+}
+
+// observe records what the forwarder refused, before the client learns of
+// it, and logs every exchange.
+func (p *Proxy) observe(e edge.Exchange) {
+	ex := exchangeOf(e.Request.Context())
 	switch {
-	case path == "/healthz":
-		upstreamPath = "/healthz"
-	case strings.HasPrefix(path, ClientPrefix):
-		upstreamPath = ServerPrefix + strings.TrimPrefix(r.URL.EscapedPath(), ClientPrefix)
-	default:
-		http.Error(w, "edgeproxy: no route for "+path, http.StatusNotFound)
-		return
-	}
-
-	body, tooBig, err := readLimited(r.Body, r.ContentLength, p.opts.MaxBody)
-	p.mu.Lock()
-	p.stats.Requests++
-	p.stats.PerPath[path]++
-	p.stats.Up += int64(len(body))
-	if tooBig {
-		p.stats.Up += max(r.ContentLength, p.opts.MaxBody+1)
-	}
-	tamper := p.tamper
-	p.mu.Unlock()
-	if tooBig {
-		p.record(Violation{Kind: KindSize, Direction: Up, Method: r.Method, Path: path,
-			Detail: fmt.Sprintf("request body over %d bytes (Content-Length %d)", p.opts.MaxBody, r.ContentLength)})
-		p.logf("edgeproxy: %s %s: 413, request body over %d bytes", r.Method, path, p.opts.MaxBody)
-		http.Error(w, "edgeproxy: request body too large", http.StatusRequestEntityTooLarge)
-		return
-	}
-	if err != nil {
-		http.Error(w, "edgeproxy: read request body: "+err.Error(), http.StatusBadRequest)
-		return
-	}
-	p.inspectBody(tamper, Up, r.Method, path, r.Header, body)
-
-	req := &Request{Method: r.Method, Path: path, Query: r.URL.RawQuery, Header: copyHeader(r.Header), Body: body}
-	if tamper != nil && tamper.OnRequest != nil {
-		tamper.OnRequest(req)
-		if req.Reject != 0 {
-			p.logf("edgeproxy: %s %s: tamper %q answered %d", r.Method, path, tamper.Name, req.Reject)
-			http.Error(w, "edgeproxy: dropped", req.Reject)
-			return
+	case errors.Is(e.Err, edge.ErrRequestTooLarge):
+		p.record(Violation{Kind: KindSize, Direction: Up, Method: e.Method, Path: e.Path,
+			Detail: fmt.Sprintf("request body over %d bytes (Content-Length %d)", p.opts.MaxBody, e.DeclaredUp)})
+		// The body counts in full, as the client sent it, however much
+		// of it the edge read before refusing it.
+		if ex != nil {
+			ex.mu.Lock()
+			counted := ex.up
+			ex.mu.Unlock()
+			p.count(Up, max(e.DeclaredUp, p.opts.MaxBody+1)-counted)
 		}
+		p.logf("edgeproxy: %s %s: 413, request body over %d bytes", e.Method, e.Path, p.opts.MaxBody)
+		return
+	case errors.Is(e.Err, edge.ErrResponseTooLarge):
+		p.record(Violation{Kind: KindSize, Direction: Down, Method: e.Method, Path: e.Path,
+			Detail: fmt.Sprintf("response body over %d bytes (Content-Length %d)", p.opts.MaxBody, e.DeclaredDown)})
 	}
-
-	ctx, cancel := context.WithTimeout(r.Context(), p.opts.Timeout)
-	defer cancel()
-	target := p.target + upstreamPath
-	if req.Query != "" {
-		target += "?" + req.Query
-	}
-	out, err := http.NewRequestWithContext(ctx, req.Method, target, bytes.NewReader(req.Body))
-	if err != nil {
-		http.Error(w, "edgeproxy: "+err.Error(), http.StatusBadGateway)
+	if e.Err != nil {
+		p.logf("edgeproxy: %s %s -> %s: %d (%v), %d bytes up, %d bytes down", e.Method, e.Path, e.Upstream, e.Status, e.Err, e.Up, e.Down)
 		return
 	}
-	out.Header = req.Header
-	out.ContentLength = int64(len(req.Body))
-	if len(req.Body) == 0 {
-		out.Body = http.NoBody
-	}
-	resp, err := p.client.Do(out)
-	if err != nil {
-		p.logf("edgeproxy: %s %s: upstream: %v", r.Method, path, err)
-		http.Error(w, "edgeproxy: relay unreachable", http.StatusBadGateway)
-		return
-	}
-	defer resp.Body.Close()
-	rbody, tooBig, err := readLimited(resp.Body, resp.ContentLength, p.opts.MaxBody)
-	p.mu.Lock()
-	p.stats.Down += int64(len(rbody))
-	p.mu.Unlock()
-	if tooBig {
-		p.record(Violation{Kind: KindSize, Direction: Down, Method: r.Method, Path: path,
-			Detail: fmt.Sprintf("response body over %d bytes (Content-Length %d)", p.opts.MaxBody, resp.ContentLength)})
-		http.Error(w, "edgeproxy: response body too large", http.StatusBadGateway)
-		return
-	}
-	if err != nil {
-		http.Error(w, "edgeproxy: read response body: "+err.Error(), http.StatusBadGateway)
-		return
-	}
-	p.inspectBody(tamper, Down, r.Method, path, resp.Header, rbody)
-
-	res := &Response{Status: resp.StatusCode, Header: copyHeader(resp.Header), Body: rbody, CutAfter: -1}
-	if tamper != nil && tamper.OnResponse != nil {
-		tamper.OnResponse(req, res)
-	}
-	p.logf("edgeproxy: %s %s -> %s: %d, %d bytes up, %d bytes down", r.Method, path, upstreamPath, res.Status, len(body), len(rbody))
-
-	for k, vs := range res.Header {
-		w.Header()[k] = vs
-	}
-	w.Header().Set("Content-Length", strconv.Itoa(len(res.Body)))
-	w.WriteHeader(res.Status)
-	if res.CutAfter >= 0 && res.CutAfter < len(res.Body) {
-		_, _ = w.Write(res.Body[:res.CutAfter])
-		if f, ok := w.(http.Flusher); ok {
-			f.Flush()
-		}
-		p.logf("edgeproxy: %s %s: tamper %q cut the response after %d bytes", r.Method, path, tamper.Name, res.CutAfter)
-		// ErrAbortHandler makes net/http drop the connection without
-		// finishing the response: the client sees an unexpected EOF.
-		panic(http.ErrAbortHandler)
-	}
-	_, _ = w.Write(res.Body)
+	p.logf("edgeproxy: %s %s -> %s: %d, %d bytes up, %d bytes down", e.Method, e.Path, e.Upstream, e.Status, e.Up, e.Down)
 }
 
-// readLimited reads a whole body of at most max bytes. tooBig reports a
-// body over the limit, by its declared length or by reading one byte more.
-func readLimited(r io.Reader, declared, max int64) (body []byte, tooBig bool, err error) {
-	if r == nil || r == http.NoBody {
-		return nil, false, nil
+// watch is the forwarder's transport: it carries each request to the
+// relay through the proxy's own transport, counting and scanning both
+// bodies on the way, and applies the tamper when one is installed.
+type watch struct{ p *Proxy }
+
+func (wt watch) RoundTrip(out *http.Request) (*http.Response, error) {
+	p := wt.p
+	ex := exchangeOf(out.Context())
+	if ex == nil {
+		return nil, errors.New("edgeproxy: request without an exchange")
 	}
-	if declared > max {
-		return nil, true, nil
+	if ex.tamper != nil {
+		return p.tamperedTrip(ex, out)
 	}
-	var buf bytes.Buffer
-	if declared > 0 {
-		buf.Grow(int(declared))
+	if out.Body != nil && out.Body != http.NoBody {
+		out.Body = p.newTee(ex, Up, out.Header.Clone(), out.Body, out.ContentLength)
+	} else {
+		// Headers cross too, body or not.
+		p.newTee(ex, Up, out.Header.Clone(), http.NoBody, 0).finish()
 	}
-	n, err := io.Copy(&buf, io.LimitReader(r, max+1))
-	if n > max {
-		return nil, true, nil
+	resp, err := p.base.RoundTrip(out)
+	if err != nil {
+		return nil, err
 	}
-	if err != nil && !errors.Is(err, io.EOF) {
-		return buf.Bytes(), false, err
-	}
-	return buf.Bytes(), false, nil
+	resp.Body = p.newTee(ex, Down, resp.Header.Clone(), resp.Body, resp.ContentLength)
+	return resp, nil
 }
 
-// inspectBody scans a body for what must not cross the edge. The scan is
-// the test's watch, not part of forwarding, so it runs beside the
-// exchange rather than in its way; Violations waits for it. Under a
-// tamper, which may change the body in place, it runs first, on the body
-// as it was sent.
-func (p *Proxy) inspectBody(tamper *Tamper, dir Direction, method, path string, h http.Header, body []byte) {
-	if tamper != nil {
-		p.inspect(dir, method, path, h, body)
-		return
-	}
-	if p.opts.DeferScan {
-		p.mu.Lock()
-		p.deferred = append(p.deferred, func() { p.inspect(dir, method, path, h, body) })
-		p.mu.Unlock()
-		return
-	}
+// tee passes a body through while counting it and keeping a copy, which
+// is scanned once the body ends or is closed.
+type tee struct {
+	p      *Proxy
+	ex     *exchange
+	dir    Direction
+	header http.Header
+	rc     io.ReadCloser
+	buf    bytes.Buffer
+	once   sync.Once
+}
+
+// newTee registers the scan at once, so that Violations waits for a body
+// that is still on its way.
+func (p *Proxy) newTee(ex *exchange, dir Direction, h http.Header, rc io.ReadCloser, declared int64) *tee {
 	p.mu.Lock()
 	p.scans++
 	p.mu.Unlock()
-	go func() {
-		p.inspect(dir, method, path, h, body)
+	t := &tee{p: p, ex: ex, dir: dir, header: h, rc: rc}
+	if declared > 0 && declared <= p.opts.MaxBody {
+		// A copy of a chunk is megabytes: one allocation, not a doubling series.
+		t.buf.Grow(int(declared))
+	}
+	return t
+}
+
+func (t *tee) Read(b []byte) (int, error) {
+	n, err := t.rc.Read(b)
+	if n > 0 {
+		t.buf.Write(b[:n])
+		// Counted as it passes, so that the counters are up to date by
+		// the time the client has the last byte.
+		t.p.count(t.dir, int64(n))
+		if t.dir == Up {
+			t.ex.mu.Lock()
+			t.ex.up += int64(n)
+			t.ex.mu.Unlock()
+		}
+	}
+	if err == io.EOF {
+		t.finish()
+	}
+	return n, err
+}
+
+func (t *tee) Close() error {
+	err := t.rc.Close()
+	t.finish()
+	return err
+}
+
+func (t *tee) finish() {
+	t.once.Do(func() {
+		body := t.buf.Bytes()
+		t.p.scanLater(t.dir, t.ex.method, t.ex.path, t.header, body)
+	})
+}
+
+// scanLater scans one body beside the exchange (or keeps it for later
+// under DeferScan) and marks its registered scan done.
+func (p *Proxy) scanLater(dir Direction, method, path string, h http.Header, body []byte) {
+	done := func() {
 		p.mu.Lock()
 		if p.scans--; p.scans == 0 {
 			p.scanned.Broadcast()
 		}
 		p.mu.Unlock()
+	}
+	if p.opts.DeferScan {
+		p.mu.Lock()
+		p.deferred = append(p.deferred, func() { p.inspect(dir, method, path, h, body) })
+		p.mu.Unlock()
+		done()
+		return
+	}
+	go func() {
+		p.inspect(dir, method, path, h, body)
+		done()
 	}()
 }
+
+// tamperedTrip is the exchange under a tamper, which works on whole
+// bodies: the request body is read in full, scanned as it was sent, given
+// to the hook and forwarded (or not); then the same for the answer.
+func (p *Proxy) tamperedTrip(ex *exchange, out *http.Request) (*http.Response, error) {
+	t := ex.tamper
+	var body []byte
+	if out.Body != nil && out.Body != http.NoBody {
+		b, err := io.ReadAll(out.Body)
+		out.Body.Close()
+		p.count(Up, int64(len(b)))
+		ex.mu.Lock()
+		ex.up += int64(len(b))
+		ex.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		body = b
+	}
+	p.inspect(Up, ex.method, ex.path, out.Header, body)
+
+	req := &Request{Method: out.Method, Path: ex.path, Query: out.URL.RawQuery, Header: out.Header, Body: body}
+	if t.OnRequest != nil {
+		t.OnRequest(req)
+	}
+	switch {
+	case req.Hangup:
+		p.logf("edgeproxy: %s %s: tamper %q hung up", ex.method, ex.path, t.Name)
+		return nil, fmt.Errorf("edgeproxy: tamper %q hung up: %w", t.Name, http.ErrAbortHandler)
+	case req.Reject != 0:
+		p.logf("edgeproxy: %s %s: tamper %q answered %d", ex.method, ex.path, t.Name, req.Reject)
+		return answer(out, req.Reject, http.Header{"Content-Type": {"text/plain; charset=utf-8"}}, []byte("edgeproxy: dropped\n"), -1), nil
+	}
+
+	fwd := out.Clone(out.Context())
+	fwd.URL.RawQuery = req.Query
+	fwd.Header = req.Header
+	fwd.Body, fwd.ContentLength = http.NoBody, 0
+	if len(req.Body) > 0 {
+		fwd.Body, fwd.ContentLength = io.NopCloser(bytes.NewReader(req.Body)), int64(len(req.Body))
+	}
+	resp, err := p.base.RoundTrip(fwd)
+	if err != nil {
+		return nil, err
+	}
+	if resp.ContentLength > p.opts.MaxBody {
+		// The forwarder refuses it by its declared length.
+		return resp, nil
+	}
+	rbody, err := io.ReadAll(io.LimitReader(resp.Body, p.opts.MaxBody+1))
+	p.count(Down, int64(len(rbody)))
+	if int64(len(rbody)) > p.opts.MaxBody {
+		// The forwarder counts it and cuts it off.
+		resp.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(rbody), resp.Body), resp.Body}
+		return resp, nil
+	}
+	resp.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	p.inspect(Down, ex.method, ex.path, resp.Header, rbody)
+
+	res := &Response{Status: resp.StatusCode, Header: resp.Header.Clone(), Body: rbody, CutAfter: -1}
+	if t.OnResponse != nil {
+		t.OnResponse(req, res)
+	}
+	if res.CutAfter >= 0 && res.CutAfter < len(res.Body) {
+		p.logf("edgeproxy: %s %s: tamper %q cut the response after %d bytes", ex.method, ex.path, t.Name, res.CutAfter)
+	}
+	return answer(out, res.Status, res.Header, res.Body, res.CutAfter), nil
+}
+
+// answer is a response made up by the proxy. With cutAfter >= 0 its body
+// breaks off after that many bytes: the forwarder then drops the client's
+// connection, and the client sees a truncated body.
+func answer(req *http.Request, status int, h http.Header, body []byte, cutAfter int) *http.Response {
+	var r io.Reader = bytes.NewReader(body)
+	if cutAfter >= 0 && cutAfter < len(body) {
+		r = io.MultiReader(bytes.NewReader(body[:cutAfter]), errReader{io.ErrUnexpectedEOF})
+	}
+	h = h.Clone()
+	h.Del("Content-Length")
+	return &http.Response{
+		Status:        strconv.Itoa(status) + " " + http.StatusText(status),
+		StatusCode:    status,
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        h,
+		Body:          io.NopCloser(r),
+		ContentLength: int64(len(body)),
+		Request:       req,
+	}
+}
+
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 
 // waitScans waits, with p.mu held, until every body seen so far has been
 // scanned, running the deferred scans first.
 func (p *Proxy) waitScans() {
-	for len(p.deferred) > 0 {
-		scans := p.deferred
-		p.deferred = nil
-		p.mu.Unlock()
-		for _, scan := range scans {
-			scan()
+	for {
+		for len(p.deferred) > 0 {
+			scans := p.deferred
+			p.deferred = nil
+			p.mu.Unlock()
+			for _, scan := range scans {
+				scan()
+			}
+			p.mu.Lock()
 		}
-		p.mu.Lock()
-	}
-	for p.scans > 0 {
+		if p.scans == 0 {
+			return
+		}
 		p.scanned.Wait()
 	}
 }

@@ -13,8 +13,11 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/git-relay/git-relay/internal/shape"
 )
 
 // seen is one request as the relay behind the proxy received it.
@@ -25,7 +28,10 @@ type seen struct {
 }
 
 // backend is a relay stand-in that records what reached it and answers
-// with whatever the test puts in reply (by path), or echoes the body.
+// with whatever the test puts in reply (by path), or echoes the body. A
+// request whose body broke off is not recorded: the edge streams bodies,
+// so one it cuts off for its size has started to arrive, but the relay
+// never has it whole and cannot act on it.
 type backend struct {
 	*httptest.Server
 	mu    sync.Mutex
@@ -37,7 +43,9 @@ func newBackend(t *testing.T) *backend {
 	b := &backend{reply: map[string][]byte{}}
 	b.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(r.Body)
-		require.NoError(t, err)
+		if err != nil {
+			return
+		}
 		b.mu.Lock()
 		b.got = append(b.got, seen{r.Method, r.URL.Path, r.URL.RawQuery, r.Header.Clone(), body})
 		out, ok := b.reply[r.URL.Path]
@@ -46,6 +54,7 @@ func newBackend(t *testing.T) *backend {
 			out = body
 		}
 		w.Header().Set("X-Relay", "yes")
+		w.Header().Set("X-Relay-Signature", "ab12")
 		w.WriteHeader(http.StatusCreated)
 		_, _ = w.Write(out)
 	}))
@@ -137,7 +146,7 @@ func TestRequestBodyLimit(t *testing.T) {
 	resp, _ = do(t, req)
 	require.Equal(t, http.StatusRequestEntityTooLarge, resp.StatusCode)
 
-	require.Len(t, b.requests(), 1, "oversized bodies are not forwarded")
+	require.Len(t, b.requests(), 1, "no oversized body reaches the relay whole")
 	v := p.TakeViolations()
 	require.Len(t, v, 2)
 	require.Equal(t, KindSize, v[0].Kind)
@@ -418,6 +427,8 @@ func TestParseTamperErrors(t *testing.T) {
 	for _, args := range [][]string{
 		nil, {"bogus"}, {"flip", "-dir", "sideways"}, {"flip", "extra"}, {"drop-once-after"},
 		{"drop-once-after", "x"}, {"off", "now"}, {"replay", "-path", "("},
+		{"spoil", "-how", "quietly"}, {"drop-request", "-reply", "later"}, {"drop-request", "-reply", "42"},
+		{"drop", "-count", "-1"},
 	} {
 		_, err := ParseTamper(args)
 		require.Error(t, err, args)
@@ -451,4 +462,102 @@ func TestDeferredScanStillSeesEveryBody(t *testing.T) {
 	require.Contains(t, v[0].Detail, `"PACK v2" raw`)
 	require.Equal(t, Down, v[1].Direction)
 	require.Empty(t, p.Violations())
+}
+
+// TestTamperSpoil: the relay gets and handles every matching request, and
+// only its answer is spoiled, the chosen number of times.
+func TestTamperSpoil(t *testing.T) {
+	b := newBackend(t)
+	p := startProxy(t, b, Options{})
+	p.SetTamper(mustTamper(t, "spoil", "-method", "post", "-path", "push$", "-count", "2"))
+
+	var sigs []string
+	for range 3 {
+		resp, body := post(t, p.URL+"/api/game/push", []byte("create"))
+		require.Equal(t, http.StatusCreated, resp.StatusCode)
+		require.Equal(t, "create", string(body), "-how sig leaves the body alone")
+		sigs = append(sigs, resp.Header.Get("X-Relay-Signature"))
+	}
+	require.Equal(t, []string{"ab10", "ab10", "ab12"}, sigs, "spoiled twice, then the count is spent")
+	require.Len(t, b.requests(), 3, "the relay handled every request")
+
+	p.SetTamper(mustTamper(t, "spoil", "-method", "POST", "-path", "push$"))
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, p.URL+"/api/game/push", nil)
+	require.NoError(t, err)
+	resp, _ := do(t, req)
+	require.Equal(t, "ab12", resp.Header.Get("X-Relay-Signature"), "another method is left alone")
+	resp, _ = post(t, p.URL+"/api/game/push/chunk", []byte("x"))
+	require.Equal(t, "ab12", resp.Header.Get("X-Relay-Signature"), "another path is left alone")
+
+	p.SetTamper(mustTamper(t, "spoil", "-how", "byte"))
+	resp, body := post(t, p.URL+"/api/game/push", []byte("abcde"))
+	require.Equal(t, "ab12", resp.Header.Get("X-Relay-Signature"))
+	require.Equal(t, "ab\x9cde", string(body))
+	resp, body = post(t, p.URL+"/api/game/push", nil)
+	require.Empty(t, body)
+	require.Equal(t, "ab10", resp.Header.Get("X-Relay-Signature"), "with no body to spoil, the signature is")
+
+	p.SetTamper(mustTamper(t, "spoil", "-how", "502", "-path", "status"))
+	before := len(b.requests())
+	resp, body = post(t, p.URL+"/api/game/push/s/status", []byte("q"))
+	require.Equal(t, http.StatusBadGateway, resp.StatusCode)
+	require.Equal(t, "edgeproxy: spoiled\n", string(body))
+	require.Empty(t, resp.Header.Get("X-Relay-Signature"))
+	require.Len(t, b.requests(), before+1, "the relay did the work the 502 hides")
+}
+
+// TestTamperDropRequest: a dropped request never reaches the relay,
+// whether or not it has a body.
+func TestTamperDropRequest(t *testing.T) {
+	b := newBackend(t)
+	p := startProxy(t, b, Options{})
+	p.SetTamper(mustTamper(t, "drop-request", "-method", "GET", "-path", "status$"))
+
+	get, err := http.NewRequestWithContext(t.Context(), http.MethodGet, p.URL+"/api/game/push/s/status", nil)
+	require.NoError(t, err)
+	resp, _ := do(t, get)
+	require.Equal(t, http.StatusBadGateway, resp.StatusCode)
+	resp, _ = post(t, p.URL+"/api/game/push/s/status", []byte("x"))
+	require.Equal(t, http.StatusCreated, resp.StatusCode, "another method passes")
+	require.Len(t, b.requests(), 1)
+	require.Equal(t, http.MethodPost, b.requests()[0].Method)
+
+	p.SetTamper(mustTamper(t, "drop-request", "-reply", "503", "-count", "1"))
+	resp, _ = post(t, p.URL+"/api/game/push", nil)
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	resp, _ = post(t, p.URL+"/api/game/push", nil)
+	require.Equal(t, http.StatusCreated, resp.StatusCode, "the count is spent")
+	require.Len(t, b.requests(), 2)
+
+	p.SetTamper(mustTamper(t, "drop-request", "-reply", "hangup", "-path", "chunk"))
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPut, p.URL+"/api/game/push/s/chunk", bytes.NewReader([]byte("data")))
+	require.NoError(t, err)
+	_, err = (&http.Transport{}).RoundTrip(req)
+	require.Error(t, err, "a hang-up gives the client no answer at all")
+	require.Len(t, b.requests(), 2, "and the relay never sees the request")
+	require.Equal(t, 5, p.Stats().Requests)
+}
+
+// TestShapedProxy: a shaped proxy adds a round trip of latency to every
+// exchange and carries bodies at its rate.
+func TestShapedProxy(t *testing.T) {
+	b := newBackend(t)
+	const latency = 50 * time.Millisecond
+	const rate = 4 << 20
+	p := startProxy(t, b, Options{
+		ShapeUp:   shape.Link{Rate: rate, Latency: latency},
+		ShapeDown: shape.Link{Rate: rate, Latency: latency},
+	})
+	start := time.Now()
+	resp, body := post(t, p.URL+"/api/game/x", []byte("ping"))
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	require.Equal(t, "ping", string(body))
+	require.GreaterOrEqual(t, time.Since(start), 2*latency, "a request and its answer each wait the latency")
+
+	// 1 MiB up and echoed down at 4 MiB/s each way: at least half a second.
+	big := random(1<<20, 9)
+	start = time.Now()
+	_, body = post(t, p.URL+"/api/game/x", big)
+	require.Equal(t, big, body)
+	require.GreaterOrEqual(t, time.Since(start), 450*time.Millisecond)
 }

@@ -14,8 +14,9 @@ import (
 )
 
 // Request is a request on its way through the proxy, as a Tamper hook sees
-// it. A hook may replace Body, or set Reject to answer the client with
-// that status without forwarding anything.
+// it. A hook may replace Body, set Reject to answer the client with that
+// status without forwarding anything, or set Hangup to drop the client's
+// connection without forwarding anything or answering.
 type Request struct {
 	Method string
 	Path   string // as the client sent it: /api/game/...
@@ -23,6 +24,7 @@ type Request struct {
 	Header http.Header
 	Body   []byte
 	Reject int
+	Hangup bool
 }
 
 // Response is a response on its way back. A hook may replace Body, or set
@@ -53,6 +55,8 @@ type Match struct {
 	// matched text is also the key that pairs requests, so "chunk" pairs
 	// every chunk upload with the one before it.
 	Path *regexp.Regexp
+	// Method, when set, must be the request's method.
+	Method string
 	// Skip lets the first Skip matching bodies pass untouched.
 	Skip int
 	// Count caps how many times the mode acts (0: no limit).
@@ -70,6 +74,9 @@ func (m *Match) key(req *Request, dir Direction, body []byte) (string, bool) {
 	if len(body) <= m.Min {
 		return "", false
 	}
+	if m.Method != "" && !strings.EqualFold(m.Method, req.Method) {
+		return "", false
+	}
 	key := req.Method + " " + req.Path
 	if m.Path != nil {
 		s := m.Path.FindString(req.Path)
@@ -79,6 +86,19 @@ func (m *Match) key(req *Request, dir Direction, body []byte) (string, bool) {
 		key = req.Method + " " + s
 	}
 	return key, true
+}
+
+// exchange reports whether a mode that acts on whole exchanges (spoil,
+// drop-request) applies: the method and path match, whatever the bodies
+// are, unless Min asks for a request body longer than Min bytes.
+func (m *Match) exchange(req *Request) bool {
+	if m.Method != "" && !strings.EqualFold(m.Method, req.Method) {
+		return false
+	}
+	if m.Path != nil && !m.Path.MatchString(req.Path) {
+		return false
+	}
+	return m.Min == 0 || len(req.Body) > m.Min
 }
 
 // take reports whether the mode may act once more, and counts it.
@@ -146,6 +166,83 @@ func Drop(m *Match) *Tamper {
 			}
 		},
 	}
+}
+
+// DropRequest never forwards matching requests, whatever their bodies, so
+// the relay never sees them: the client gets status (502 when 0), or, with
+// hangup, a connection dropped without an answer, as when the edge's
+// function crashes or the network breaks.
+func DropRequest(m *Match, status int, hangup bool) *Tamper {
+	if status == 0 {
+		status = http.StatusBadGateway
+	}
+	return &Tamper{
+		Name: "drop-request",
+		OnRequest: func(req *Request) {
+			if m.exchange(req) && m.take() {
+				if hangup {
+					req.Hangup = true
+				} else {
+					req.Reject = status
+				}
+			}
+		},
+	}
+}
+
+// Ways Spoil can spoil an answer.
+const (
+	// SpoilSignature changes one character of the X-Relay-Signature header
+	// (or adds a bogus one): the answer no longer authenticates.
+	SpoilSignature = "sig"
+	// SpoilByte flips one byte in the middle of the body (the signature,
+	// when the body is empty).
+	SpoilByte = "byte"
+	// SpoilStatus replaces the whole answer with a 502, as a platform does
+	// when the function fails after the relay has done the work.
+	SpoilStatus = "502"
+)
+
+// Spoil forwards matching requests, so the relay does the work, and then
+// spoils their answers the way how says: the keyless proxy of the threat
+// model that turns every success into a failure the client must retry.
+func Spoil(m *Match, how string) *Tamper {
+	return &Tamper{
+		Name: "spoil " + how,
+		OnResponse: func(req *Request, resp *Response) {
+			if !m.exchange(req) || !m.take() {
+				return
+			}
+			switch {
+			case how == SpoilStatus:
+				resp.Status = http.StatusBadGateway
+				resp.Header = http.Header{"Content-Type": {"text/plain; charset=utf-8"}}
+				resp.Body = []byte("edgeproxy: spoiled\n")
+			case how == SpoilByte && len(resp.Body) > 0:
+				resp.Body = slices.Clone(resp.Body)
+				resp.Body[len(resp.Body)/2] ^= 0xff
+			default:
+				resp.Header.Set(signatureHeader, spoilSignature(resp.Header.Get(signatureHeader)))
+			}
+		},
+	}
+}
+
+// signatureHeader is where the relay signs its answers (wire.HeaderSignature).
+const signatureHeader = "X-Relay-Signature"
+
+// spoilSignature changes the last character of a hex signature into
+// another hex digit, so that it still looks like one.
+func spoilSignature(sig string) string {
+	if sig == "" {
+		return strings.Repeat("0", 64)
+	}
+	last := sig[len(sig)-1]
+	repl := byte('0')
+	if last == '0' {
+		repl = '1'
+	}
+	return sig[:len(sig)-1] + string(repl)
 }
 
 // Replay forwards, in place of each matching request body, the body of the
@@ -256,13 +353,76 @@ func CutAfter(n int, m *Match) *Tamper {
 }
 
 // TamperUsage describes the canned modes ParseTamper accepts.
-const TamperUsage = `MODE [-dir up|down] [-min BYTES] [-path REGEXP] [-skip N] [-count N] [-wait DURATION]
-modes: off | flip | truncate | drop | replay | swap | drop-once-after BYTES`
+const TamperUsage = `MODE [FLAGS] [+ MODE [FLAGS]...] (several modes act in turn); FLAGS: [-dir up|down] [-method METHOD] [-path REGEXP] [-min BYTES] [-skip N] [-count N] [-wait DURATION] [-how sig|byte|502] [-reply STATUS|hangup]
+modes:
+  off                    remove the tamper
+  flip                   flip every bit of the middle byte of each matching body
+  truncate               cut each matching body to half its length
+  drop                   answer 502 to matching requests that carry a body, without forwarding them
+  drop-request           never forward matching requests (with or without a body), so the relay never
+                         sees them; answer -reply STATUS (default 502) or, with -reply hangup, drop the
+                         connection without an answer
+  spoil                  forward matching requests, then spoil their answers: -how sig (the default)
+                         changes the X-Relay-Signature header, -how byte flips one body byte, -how 502
+                         replaces the answer with a 502
+  replay                 forward the previous matching request's body in place of each one
+  swap                   exchange the bodies of two consecutive matching requests (-wait for the partner)
+  drop-once-after BYTES  cut a matching response off after BYTES bytes (once unless -count)
+matching: -path REGEXP on the client path (/api/game/...), -method METHOD, -dir up|down (body modes),
+-min BYTES (bodies longer than that), -skip N lets the first N matches pass, -count N acts at most N
+times (0: every time)`
 
 // ParseTamper builds a canned mode from words such as
-// "flip -dir up -min 4096" or "drop-once-after 1000000 -path chunk".
-// "off" returns nil, which removes any tamper.
+// "flip -dir up -min 4096", "spoil -method POST -path push$ -count 5" or
+// "drop-once-after 1000000 -path chunk". "off" returns nil, which removes
+// any tamper.
 func ParseTamper(args []string) (*Tamper, error) {
+	// MODE ... + MODE ...: several modes at once, in order.
+	for i, a := range args {
+		if a == "+" {
+			first, err := ParseTamper(args[:i])
+			if err != nil {
+				return nil, err
+			}
+			rest, err := ParseTamper(args[i+1:])
+			if err != nil {
+				return nil, err
+			}
+			if first == nil || rest == nil {
+				return nil, fmt.Errorf("tamper mode off cannot be combined")
+			}
+			return Chain(first, rest), nil
+		}
+	}
+	return parseOne(args)
+}
+
+// Chain runs the tampers one after the other on every exchange.
+func Chain(ts ...*Tamper) *Tamper {
+	var names []string
+	for _, t := range ts {
+		names = append(names, t.Name)
+	}
+	return &Tamper{
+		Name: strings.Join(names, " + "),
+		OnRequest: func(req *Request) {
+			for _, t := range ts {
+				if t.OnRequest != nil {
+					t.OnRequest(req)
+				}
+			}
+		},
+		OnResponse: func(req *Request, resp *Response) {
+			for _, t := range ts {
+				if t.OnResponse != nil {
+					t.OnResponse(req, resp)
+				}
+			}
+		},
+	}
+}
+
+func parseOne(args []string) (*Tamper, error) {
 	if len(args) == 0 {
 		return nil, fmt.Errorf("tamper mode missing; usage: %s", TamperUsage)
 	}
@@ -287,18 +447,24 @@ func ParseTamper(args []string) (*Tamper, error) {
 	fs := flag.NewFlagSet(mode, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	dir := fs.String("dir", "", "up, down or both (default both)")
+	method := fs.String("method", "", "touch only requests with this method")
 	minSize := fs.Int("min", 0, "touch only bodies longer than this many bytes")
 	path := fs.String("path", "", "touch only paths matching this regular expression")
 	skip := fs.Int("skip", 0, "let the first N matching bodies pass")
 	count := fs.Int("count", 0, "act at most this many times (0: no limit)")
 	wait := fs.Duration("wait", 500*time.Millisecond, "swap: how long a request waits for its partner")
+	how := fs.String("how", SpoilSignature, "spoil: sig, byte or 502")
+	reply := fs.String("reply", "502", "drop-request: the status to answer, or hangup")
 	if err := fs.Parse(rest); err != nil {
 		return nil, fmt.Errorf("tamper %s: %w; usage: %s", mode, err, TamperUsage)
 	}
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("tamper %s: unexpected %q; usage: %s", mode, strings.Join(fs.Args(), " "), TamperUsage)
 	}
-	m := &Match{Min: *minSize, Skip: *skip, Count: *count}
+	if *skip < 0 || *count < 0 || *minSize < 0 {
+		return nil, fmt.Errorf("tamper %s: -skip, -count and -min take numbers of 0 or more", mode)
+	}
+	m := &Match{Min: *minSize, Skip: *skip, Count: *count, Method: strings.ToUpper(*method)}
 	switch *dir {
 	case "", "both":
 	case "up":
@@ -322,6 +488,22 @@ func ParseTamper(args []string) (*Tamper, error) {
 		return Truncate(m), nil
 	case "drop":
 		return Drop(m), nil
+	case "drop-request":
+		if *reply == "hangup" {
+			return DropRequest(m, 0, true), nil
+		}
+		status, err := strconv.Atoi(*reply)
+		if err != nil || status < 100 || status > 599 {
+			return nil, fmt.Errorf("tamper drop-request: -reply %q: want an HTTP status or hangup", *reply)
+		}
+		return DropRequest(m, status, false), nil
+	case "spoil":
+		switch *how {
+		case SpoilSignature, SpoilByte, SpoilStatus:
+		default:
+			return nil, fmt.Errorf("tamper spoil: -how %q: want sig, byte or 502", *how)
+		}
+		return Spoil(m, *how), nil
 	case "replay":
 		return Replay(m), nil
 	case "swap":

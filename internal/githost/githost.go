@@ -26,6 +26,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/git-relay/git-relay/internal/shape"
 )
 
 // Realm is the Basic realm named in 401 answers.
@@ -109,10 +111,23 @@ func forms(token string) []tokenForm {
 	return out
 }
 
+// Options tune a Host. The zero value is a loopback-fast host.
+type Options struct {
+	// Shape makes the host far away: what it receives (In) and what it
+	// sends (Out) waits the link's latency at the start of each request
+	// or answer and flows at its rate, as GitHub does across a WAN.
+	ShapeIn, ShapeOut shape.Link
+}
+
 // Start serves the bare repositories under root on a loopback port. Every
 // request must carry token: as the password of HTTP Basic (any user name,
 // usually x-access-token) or as `Authorization: Bearer TOKEN`.
 func Start(root, token string) (*Host, error) {
+	return StartWith(root, token, Options{})
+}
+
+// StartWith is Start with options.
+func StartWith(root, token string, o Options) (*Host, error) {
 	if token == "" {
 		return nil, fmt.Errorf("githost: an empty token would let anyone in; pass a token")
 	}
@@ -149,7 +164,7 @@ func Start(root, token string) (*Host, error) {
 	h.srv = &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second}
 	go func() {
 		defer close(h.done)
-		_ = h.srv.Serve(ln)
+		_ = h.srv.Serve(shape.Listener(ln, o.ShapeIn, o.ShapeOut))
 	}()
 	return h, nil
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/git-relay/git-relay/internal/gittest"
 	"github.com/git-relay/git-relay/internal/gitx"
+	"github.com/git-relay/git-relay/internal/shape"
 	"github.com/stretchr/testify/require"
 )
 
@@ -167,4 +168,41 @@ func TestStartChecks(t *testing.T) {
 	require.Error(t, err)
 	require.Contains(t, TokenForms("a b"), "a+b")
 	require.Contains(t, TokenForms("a b"), "a%20b")
+}
+
+// TestShapedHost: a host behind a shaped link serves git unchanged, and
+// every exchange costs at least the link's round trip; a push takes at
+// least its size over the rate.
+func TestShapedHost(t *testing.T) {
+	root := t.TempDir()
+	bare := filepath.Join(root, "owner", "repo.git")
+	gittest.Run(t, gitx.Repo{Env: gittest.Env(t)}, "init", "--quiet", "--bare", "-b", "master", bare)
+	const latency = 80 * time.Millisecond
+	const rate = 2 << 20
+	h, err := StartWith(root, token, Options{
+		ShapeIn:  shape.Link{Rate: rate, Latency: latency},
+		ShapeOut: shape.Link{Rate: rate, Latency: latency},
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = h.Close() })
+	url := h.URL + "/owner/repo.git"
+
+	work := gitx.Repo{Dir: t.TempDir(), Env: gittest.Env(t, authEnv(basic(token))...)}
+	gittest.Run(t, work, "init", "--quiet", "-b", "master")
+	big := make([]byte, 1<<20)
+	r := rand.New(rand.NewPCG(3, 4))
+	for i := range big {
+		big[i] = byte(r.Uint32())
+	}
+	tip := commit(t, work, "big.bin", big)
+	start := time.Now()
+	gittest.Run(t, work, "push", "--quiet", url, "master")
+	// 1 MiB of incompressible content at 2 MiB/s, plus round trips.
+	require.GreaterOrEqual(t, time.Since(start), 500*time.Millisecond)
+	require.Equal(t, tip, gittest.Run(t, gitx.Repo{GitDir: bare, Env: gittest.Env(t)}, "rev-parse", "refs/heads/master"))
+
+	start = time.Now()
+	out := gittest.Run(t, work, "ls-remote", url)
+	require.GreaterOrEqual(t, time.Since(start), 2*latency, "one request and its answer each wait the latency")
+	require.Contains(t, out, tip)
 }
