@@ -406,8 +406,9 @@ func (s *Server) checkOpen(o *wire.Open, inline bool) error {
 		return badRequest("an inline upload has no chunk size")
 	}
 	if o.ChunkSize != 0 {
-		// Compared as int64: the sum must not wrap.
-		if int64(o.ChunkSize) < int64(wire.MinMaxBody)-seal.Overhead || int64(o.ChunkSize)+seal.Overhead > s.cfg.MaxBody {
+		// No sum of client numbers: a chunk size near the top of the int
+		// range would wrap it.
+		if int64(o.ChunkSize) < int64(wire.MinMaxBody)-seal.Overhead || int64(o.ChunkSize) > s.cfg.MaxBody-seal.Overhead {
 			return tooLarge("chunk size %d does not fit the server's --max-body %d: set relay.maxBody to at most %d", o.ChunkSize, s.cfg.MaxBody, s.cfg.MaxBody)
 		}
 	}

@@ -339,11 +339,8 @@ func (s *Server) api(w http.ResponseWriter, r *http.Request) {
 			s.putBuf(buf)
 			<-s.bodies
 		}()
-		// A body must keep moving: 60 s, plus a second per 8 KiB, so
-		// that a slow link gets its 4.5 MB through and a trickle does not.
-		_ = rc.SetReadDeadline(time.Now().Add(60*time.Second + time.Duration(r.ContentLength/8192)*time.Second))
 		body := (*buf)[:r.ContentLength]
-		if _, err := io.ReadFull(r.Body, body); err != nil {
+		if _, err := io.ReadFull(&steadyReader{r: r.Body, rc: rc, start: time.Now()}, body); err != nil {
 			c.cause = "body"
 			c.plain(http.StatusBadRequest, "", `{"code":"bad_request","error":"read request body"}`)
 			return
@@ -376,6 +373,35 @@ func knownRoute(p string) bool {
 		return true
 	}
 	return false
+}
+
+// A request body must keep moving: after a grace period its average rate
+// must stay above minBodyRate, and it may never stall for longer than the
+// grace period. A slow link (a 4.5 MB body at 128 kbit/s takes five
+// minutes) gets through; a body trickled a byte at a time is cut off
+// within seconds of the grace period's end.
+const (
+	bodyGrace   = 15 * time.Second
+	minBodyRate = 16 << 10 // bytes per second
+)
+
+type steadyReader struct {
+	r     io.Reader
+	rc    *http.ResponseController
+	start time.Time
+	n     int64
+}
+
+var errTooSlow = errors.New("request body too slow")
+
+func (s *steadyReader) Read(p []byte) (int, error) {
+	if el := time.Since(s.start); el > bodyGrace && float64(s.n) < (el-bodyGrace).Seconds()*minBodyRate {
+		return 0, errTooSlow
+	}
+	_ = s.rc.SetReadDeadline(time.Now().Add(bodyGrace))
+	n, err := s.r.Read(p)
+	s.n += int64(n)
+	return n, err
 }
 
 // plain answers without authentication (the caller has not shown the

@@ -52,6 +52,9 @@ var commands = map[string]func(ts *testscript.TestScript, neg bool, args []strin
 	"proxy-bytes-min":  cmdProxyBytesMin,
 	"proxy-requests":   cmdProxyRequests,
 	"exchanges":        cmdExchanges,
+	"server-mem":       cmdServerMem,
+	"flood":            cmdFlood,
+	"trickle":          cmdTrickle,
 	"proxy-clean":      cmdProxyClean,
 	"proxy-violations": cmdProxyViolations,
 	"no-token-leak":    cmdNoTokenLeak,
@@ -98,6 +101,8 @@ type state struct {
 	// logMark is the server log's size at the last proxy-reset: the
 	// exchanges command counts what the server logged after it.
 	logMark int64
+	// memMark is the server's peak memory at the last server-mem.
+	memMark int64
 	edges   []*serverProc // edge processes (edge-up), stopped first
 }
 

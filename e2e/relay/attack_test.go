@@ -1,0 +1,172 @@
+package relay
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/git-relay/git-relay/internal/keyring"
+	"github.com/git-relay/git-relay/internal/wire"
+)
+
+// Script commands that play an attacker against the relay server itself.
+
+// serverMem reads the server's resident memory now and at its peak, in
+// bytes, from /proc.
+func serverMem(ts *testscript.TestScript) (rss, peak int64) {
+	st := getState(ts)
+	st.mu.Lock()
+	p := st.server
+	st.mu.Unlock()
+	if p == nil {
+		ts.Fatalf("no relay server: run relay-up first")
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	ts.Check(err)
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		kb, _ := strconv.ParseInt(f[1], 10, 64)
+		switch f[0] {
+		case "VmRSS:":
+			rss = kb << 10
+		case "VmHWM:":
+			peak = kb << 10
+		}
+	}
+	return rss, peak
+}
+
+// cmdServerMem prints the server's peak resident memory in MiB, or with
+// -max N fails if it grew by more than N MiB since the last reading.
+//
+//	server-mem            print "peak N MiB"
+//	server-mem -grew N    fail if the peak grew by more than N MiB
+func cmdServerMem(ts *testscript.TestScript, neg bool, args []string) {
+	_, peak := serverMem(ts)
+	st := getState(ts)
+	switch {
+	case len(args) == 0:
+		st.mu.Lock()
+		st.memMark = peak
+		st.mu.Unlock()
+		fmt.Fprintf(ts.Stdout(), "peak %d MiB\n", peak>>20)
+	case len(args) == 2 && args[0] == "-grew":
+		n, err := strconv.ParseInt(args[1], 10, 64)
+		ts.Check(err)
+		st.mu.Lock()
+		grew := peak - st.memMark
+		st.mu.Unlock()
+		ts.Logf("server peak %d MiB, grew by %d MiB", peak>>20, grew>>20)
+		if (grew > n<<20) != neg {
+			ts.Fatalf("the server's peak memory grew by %d MiB (to %d MiB), limit %d MiB", grew>>20, peak>>20, n)
+		}
+	default:
+		ts.Fatalf("usage: server-mem [-grew MiB]")
+	}
+}
+
+// cmdFlood sends N requests at once straight to the server, each
+// declaring a SIZE-byte body and sending all of it, with no valid
+// signature, and prints how they were answered: flood N SIZE.
+func cmdFlood(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: flood N SIZE")
+	}
+	n, err := strconv.Atoi(args[0])
+	ts.Check(err)
+	size, err := parseSize(args[1])
+	ts.Check(err)
+	st := getState(ts)
+	body := make([]byte, size)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	codes := map[int]int{}
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := net.DialTimeout("tcp", st.listen, 10*time.Second)
+			if err != nil {
+				mu.Lock()
+				codes[-1]++
+				mu.Unlock()
+				return
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(2 * time.Minute))
+			fmt.Fprintf(c, "POST /api/gr/x HTTP/1.1\r\nHost: relay\r\nAuthorization: GR3-HMAC-SHA256 kid=01020304,ts=%d,nonce=%s,len=%d,sig=00\r\nContent-Length: %d\r\n\r\n",
+				time.Now().Unix(), wire.NewNonce(), size, size)
+			// The body goes while the answer is read: the server answers
+			// from the headers, and may close before taking it all.
+			go func() { _, _ = c.Write(body) }()
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			code := -1
+			if err == nil {
+				code = resp.StatusCode
+				resp.Body.Close()
+			}
+			mu.Lock()
+			codes[code]++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	fmt.Fprintln(ts.Stdout(), codes)
+}
+
+// cmdTrickle sends one request with a valid signature that declares a
+// 4,500,000-byte body, then sends it one byte every two seconds, and
+// prints how many seconds passed before the server cut it off (it fails
+// after MAX seconds): trickle MAX.
+func cmdTrickle(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: trickle MAX-SECONDS")
+	}
+	maxSecs, err := strconv.Atoi(args[0])
+	ts.Check(err)
+	st := getState(ts)
+	ring, err := keyring.ReadFile(filepath.Join(st.work, "relay.key"))
+	ts.Check(err)
+	key := ring.Primary()
+	const size = 4_500_000
+	a := wire.Auth{TS: time.Now().Unix(), Nonce: wire.NewNonce(), Len: size}
+	auth := wire.SignRequest(key, "POST", wire.PathOpen, url.Values(nil), &a)
+	c, err := net.Dial("tcp", st.listen)
+	ts.Check(err)
+	defer c.Close()
+	start := time.Now()
+	fmt.Fprintf(c, "POST /api/gr/x HTTP/1.1\r\nHost: relay\r\nAuthorization: %s\r\nContent-Length: %d\r\n\r\n", auth, size)
+	closed := make(chan struct{})
+	go func() {
+		_, _ = io.Copy(io.Discard, c)
+		close(closed)
+	}()
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-closed:
+			fmt.Fprintf(ts.Stdout(), "cut after %d s\n", int(time.Since(start).Seconds()))
+			return
+		case <-t.C:
+			if time.Since(start) > time.Duration(maxSecs)*time.Second {
+				ts.Fatalf("the server still reads a trickled body after %d s", maxSecs)
+			}
+			_, _ = c.Write([]byte{'x'})
+		}
+	}
+}

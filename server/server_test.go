@@ -1,0 +1,346 @@
+package server
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/git-relay/git-relay/internal/gittest"
+	"github.com/git-relay/git-relay/internal/keyring"
+	"github.com/git-relay/git-relay/internal/payload"
+	"github.com/git-relay/git-relay/internal/seal"
+	"github.com/git-relay/git-relay/internal/wire"
+)
+
+func TestMain(m *testing.M) { gittest.Main(m) }
+
+// fixture is a relay over one upstream repository, acme/widgets, with a
+// work repository that has two commits, the first pushed upstream.
+type fixture struct {
+	srv      *Server
+	http     *httptest.Server
+	client   *wire.Client
+	key      keyring.Key
+	upstream string // the bare repository
+	work     string
+	first    string // upstream's master
+	second   string // the work repository's master, one commit on
+}
+
+func newFixture(t *testing.T, cfg Config) *fixture {
+	t.Helper()
+	root := t.TempDir()
+	up := filepath.Join(root, "up", "acme", "widgets.git")
+	gittest.Git(t, root, "init", "-q", "--bare", "-b", "master", up)
+	work := filepath.Join(root, "work")
+	gittest.Git(t, root, "init", "-q", "-b", "master", work)
+	require.NoError(t, os.WriteFile(filepath.Join(work, "a.txt"), []byte("a\n"), 0o644))
+	gittest.Git(t, work, "add", ".")
+	gittest.Git(t, work, "commit", "-qm", "first")
+	gittest.Git(t, work, "push", "-q", up, "master")
+	first := gittest.Git(t, work, "rev-parse", "master")
+	require.NoError(t, os.WriteFile(filepath.Join(work, "b.txt"), []byte("b\n"), 0o644))
+	gittest.Git(t, work, "add", ".")
+	gittest.Git(t, work, "commit", "-qm", "second")
+
+	key, err := keyring.Generate()
+	require.NoError(t, err)
+	cfg.DataDir = filepath.Join(root, "data")
+	cfg.Ring = keyring.NewRing(key)
+	cfg.Upstream = "file://" + filepath.Join(root, "up") + "/{repo}.git"
+	s, err := New(cfg)
+	require.NoError(t, err)
+	hs := httptest.NewServer(s.Handler())
+	t.Cleanup(func() {
+		hs.Close()
+		s.Close()
+	})
+	return &fixture{
+		srv: s, http: hs, key: key, upstream: up, work: work, first: first,
+		second: gittest.Git(t, work, "rev-parse", "master"),
+		client: &wire.Client{Base: hs.URL + "/api/gr", Key: key, MaxBody: s.cfg.MaxBody, Retries: 2},
+	}
+}
+
+func randomID(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// pushRaw pushes man and bundle as a client with the key may, whatever
+// the helper would check first: the server must enforce its own rules.
+// chunkSize 0 sends the payload inline.
+func (f *fixture) pushRaw(t *testing.T, man wire.PushManifest, bundle []byte, chunkSize int) (*wire.Status, error) {
+	t.Helper()
+	js, err := json.Marshal(man)
+	require.NoError(t, err)
+	plain := append(binary.BigEndian.AppendUint32(nil, uint32(len(js))), js...)
+	plain = append(plain, bundle...)
+	o := wire.Open{V: wire.Version, ID: randomID(16), Kind: wire.KindPush, Repo: "acme/widgets", Salt: randomID(32),
+		ChunkSize: chunkSize, MaxBody: f.client.MaxBody, Inline: chunkSize == 0}
+	raw, err := json.Marshal(o)
+	require.NoError(t, err)
+	salt, _ := hex.DecodeString(o.Salt)
+	st, err := seal.New(f.key, keyring.LabelUpload, salt, wire.Hash(raw))
+	require.NoError(t, err)
+	ctx := t.Context()
+	if chunkSize == 0 {
+		var status wire.Status
+		_, err := f.client.Call(ctx, wire.Request{Method: "POST", Path: wire.PathOpen, Msg: json.RawMessage(raw),
+			Tail: st.Seal(nil, 0, true, payload.Bytes(plain))}, &status)
+		if err != nil {
+			return nil, err
+		}
+		return f.outcome(t, o.ID, &status)
+	}
+	var status wire.Status
+	if _, err := f.client.Call(ctx, wire.Request{Method: "POST", Path: wire.PathOpen, Msg: json.RawMessage(raw)}, &status); err != nil {
+		return nil, err
+	}
+	free := make(chan []byte, 1)
+	free <- make([]byte, 0, chunkSize+seal.Overhead)
+	_, err = payload.Split(bytes.NewReader(plain), chunkSize, free, func(i uint32, final bool, c []byte) error {
+		defer func() { free <- c[:0] }()
+		q := url.Values{"id": {o.ID}, "i": {strconv.Itoa(int(i))}}
+		if final {
+			q.Set("final", "1")
+		}
+		_, err := f.client.Call(ctx, wire.Request{Method: "PUT", Path: wire.PathUp, Query: q, Raw: st.Seal(c[:0], i, final, c)}, &status)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return f.outcome(t, o.ID, &status)
+}
+
+func (f *fixture) outcome(t *testing.T, id string, st *wire.Status) (*wire.Status, error) {
+	for !wire.Ended(st.Phase) {
+		if _, err := f.client.Call(t.Context(), wire.Request{Method: "GET", Path: wire.PathStatus, Query: url.Values{"id": {id}, "wait": {"1"}}}, st); err != nil {
+			return nil, err
+		}
+	}
+	return st, nil
+}
+
+func (f *fixture) bundle(t *testing.T, revs ...string) []byte {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "b.bundle")
+	gittest.Git(t, f.work, append([]string{"bundle", "create", "-q", path}, revs...)...)
+	b, err := os.ReadFile(path)
+	require.NoError(t, err)
+	return b
+}
+
+func (f *fixture) upstreamMaster(t *testing.T) string {
+	return gittest.Git(t, f.work, "--git-dir", f.upstream, "rev-parse", "master")
+}
+
+func TestPushLands(t *testing.T) {
+	f := newFixture(t, Config{})
+	// Inline, in the request that opens the push.
+	man := wire.PushManifest{Updates: []wire.Update{{Ref: "refs/heads/master", Old: f.first, New: f.second}}}
+	st, err := f.pushRaw(t, man, f.bundle(t, "master", "^"+f.first), 0)
+	require.NoError(t, err)
+	require.Equal(t, wire.PhaseDone, st.Phase, st.Message)
+	require.True(t, st.Results[0].OK)
+	require.Equal(t, f.second, f.upstreamMaster(t))
+
+	// In chunks.
+	big := make([]byte, 200<<10)
+	_, _ = rand.Read(big)
+	require.NoError(t, os.WriteFile(filepath.Join(f.work, "big.bin"), big, 0o644))
+	gittest.Git(t, f.work, "add", ".")
+	gittest.Git(t, f.work, "commit", "-qm", "third")
+	third := gittest.Git(t, f.work, "rev-parse", "HEAD")
+	man = wire.PushManifest{Updates: []wire.Update{{Ref: "refs/heads/master", Old: f.second, New: third}}}
+	st, err = f.pushRaw(t, man, f.bundle(t, "master", "^"+f.second), 64<<10-seal.Overhead)
+	require.NoError(t, err)
+	require.Equal(t, wire.PhaseDone, st.Phase, st.Message)
+	require.Equal(t, third, f.upstreamMaster(t))
+}
+
+// A key holder's own client sends a bundle that replaces master with an
+// unrelated root, without force: the server checks ancestry against the
+// objects themselves and refuses it before upstream can complete the
+// pack; upstream is untouched, with no new object in its store.
+func TestNonFastForwardBundleIsRefusedWithoutForce(t *testing.T) {
+	for _, allow := range []bool{false, true} {
+		t.Run(fmt.Sprintf("allow-force=%v", allow), func(t *testing.T) {
+			f := newFixture(t, Config{AllowForce: allow})
+			gittest.Git(t, f.work, "checkout", "-q", "--orphan", "other")
+			require.NoError(t, os.WriteFile(filepath.Join(f.work, "c.txt"), []byte("unrelated\n"), 0o644))
+			gittest.Git(t, f.work, "add", ".")
+			gittest.Git(t, f.work, "commit", "-qm", "unrelated root")
+			root := gittest.Git(t, f.work, "rev-parse", "HEAD")
+			before := countObjects(t, f.upstream)
+			for _, force := range []bool{false, true} {
+				man := wire.PushManifest{Updates: []wire.Update{{Ref: "refs/heads/master", Old: f.first, New: root, Force: force}}}
+				st, err := f.pushRaw(t, man, f.bundle(t, "other"), 0)
+				if !force || !allow {
+					// Refused: by the ancestry check in the quarantine,
+					// once the pack is indexed, before upstream may
+					// complete it.
+					require.NoError(t, err)
+					require.Equal(t, wire.PhaseFailed, st.Phase)
+					if force {
+						require.Contains(t, st.Message, "forced updates are refused")
+					} else {
+						require.Contains(t, st.Message, "non-fast forward")
+					}
+					require.Equal(t, f.first, f.upstreamMaster(t))
+					require.Equal(t, before, countObjects(t, f.upstream), "no object reached upstream's store")
+					continue
+				}
+				require.NoError(t, err)
+				require.Equal(t, wire.PhaseDone, st.Phase, st.Message)
+				require.True(t, st.Results[0].OK, st.Results[0].String())
+				require.Equal(t, root, f.upstreamMaster(t))
+			}
+		})
+	}
+}
+
+// countObjects counts the objects in a repository's store, packed or not.
+func countObjects(t *testing.T, gitDir string) string {
+	out := gittest.Git(t, "", "--git-dir", gitDir, "count-objects", "-v")
+	var count, inPack string
+	for _, l := range strings.Split(out, "\n") {
+		if v, ok := strings.CutPrefix(l, "count: "); ok {
+			count = v
+		}
+		if v, ok := strings.CutPrefix(l, "in-pack: "); ok {
+			inPack = v
+		}
+	}
+	return count + "+" + inPack
+}
+
+func TestOpenRefusesNumbersThatWouldOverflow(t *testing.T) {
+	f := newFixture(t, Config{})
+	for _, size := range []int{9223372036854775800, -1 << 62, 1} {
+		o := wire.Open{V: wire.Version, ID: randomID(16), Kind: wire.KindPush, Repo: "acme/widgets", Salt: randomID(32), ChunkSize: size, MaxBody: wire.DefaultMaxBody}
+		raw, _ := json.Marshal(o)
+		_, err := f.client.Call(t.Context(), wire.Request{Method: "POST", Path: wire.PathOpen, Msg: json.RawMessage(raw)}, nil)
+		var api *wire.APIError
+		require.ErrorAs(t, err, &api, "chunk size %d", size)
+		require.Contains(t, []string{wire.CodeTooLarge, wire.CodeBadRequest}, api.Code)
+	}
+	// A chunk index past the push size limit is refused before anything
+	// is computed with it.
+	o := wire.Open{V: wire.Version, ID: randomID(16), Kind: wire.KindPush, Repo: "acme/widgets", Salt: randomID(32), ChunkSize: 64 << 10, MaxBody: wire.DefaultMaxBody}
+	raw, _ := json.Marshal(o)
+	_, err := f.client.Call(t.Context(), wire.Request{Method: "POST", Path: wire.PathOpen, Msg: json.RawMessage(raw)}, nil)
+	require.NoError(t, err)
+	_, err = f.client.Call(t.Context(), wire.Request{Method: "PUT", Path: wire.PathUp, Query: url.Values{"id": {o.ID}, "i": {"4294967295"}}, Raw: make([]byte, 64<<10+seal.Overhead)}, nil)
+	var api *wire.APIError
+	require.ErrorAs(t, err, &api)
+	require.Equal(t, wire.CodeTooLarge, api.Code)
+}
+
+// Requests without the key are answered from their headers: no byte of
+// body is read, whatever length they declare.
+func TestUnauthenticatedBodiesAreNotRead(t *testing.T) {
+	f := newFixture(t, Config{})
+	conn, err := net.Dial("tcp", strings.TrimPrefix(f.http.URL, "http://"))
+	require.NoError(t, err)
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST /api/gr/x HTTP/1.1\r\nHost: relay\r\nAuthorization: GR3-HMAC-SHA256 kid=01020304,ts=%d,nonce=0123456789abcdef0123,len=4500000,sig=00\r\nContent-Length: 4500000\r\n\r\n", time.Now().Unix())
+	// Not one byte of the body is sent; the answer comes anyway.
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(10*time.Second)))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusUnauthorized, resp.StatusCode)
+	require.Empty(t, resp.Header.Get(wire.HeaderSignature))
+}
+
+func TestLimitsPerKey(t *testing.T) {
+	f := newFixture(t, Config{MaxSessions: 2, MaxKeyBytes: 200 << 10})
+	open := func() (wire.Open, error) {
+		o := wire.Open{V: wire.Version, ID: randomID(16), Kind: wire.KindPush, Repo: "acme/widgets", Salt: randomID(32), ChunkSize: 64<<10 - seal.Overhead, MaxBody: wire.DefaultMaxBody}
+		raw, _ := json.Marshal(o)
+		_, err := f.client.Call(t.Context(), wire.Request{Method: "POST", Path: wire.PathOpen, Msg: json.RawMessage(raw)}, nil)
+		return o, err
+	}
+	a, err := open()
+	require.NoError(t, err)
+	_, err = open()
+	require.NoError(t, err)
+	// At the limit, the longest-idle exchange gives way.
+	_, err = open()
+	require.NoError(t, err)
+	var st wire.Status
+	_, err = f.client.Call(t.Context(), wire.Request{Method: "GET", Path: wire.PathStatus, Query: url.Values{"id": {a.ID}}}, &st)
+	require.NoError(t, err)
+	require.Equal(t, wire.PhaseCancelled, st.Phase)
+	require.Contains(t, st.Message, "pushed out")
+
+	// Bytes: the key's budget stops an upload with a message that says so.
+	f2 := newFixture(t, Config{MaxKeyBytes: 100 << 10})
+	big := make([]byte, 300<<10)
+	_, _ = rand.Read(big)
+	require.NoError(t, os.WriteFile(filepath.Join(f2.work, "big.bin"), big, 0o644))
+	gittest.Git(t, f2.work, "add", ".")
+	gittest.Git(t, f2.work, "commit", "-qm", "big")
+	tip := gittest.Git(t, f2.work, "rev-parse", "HEAD")
+	_, err = f2.pushRaw(t, wire.PushManifest{Updates: []wire.Update{{Ref: "refs/heads/master", Old: f2.first, New: tip}}},
+		f2.bundle(t, "master", "^"+f2.first), 64<<10-seal.Overhead)
+	var api *wire.APIError
+	require.ErrorAs(t, err, &api)
+	require.Equal(t, wire.CodeLimit, api.Code)
+	require.Contains(t, api.Msg, "this key's unfinished exchanges hold")
+	require.Equal(t, f2.first, gittest.Git(t, f2.work, "--git-dir", f2.upstream, "rev-parse", "master"))
+}
+
+func TestCancelEndsAnExchange(t *testing.T) {
+	f := newFixture(t, Config{})
+	o := wire.Open{V: wire.Version, ID: randomID(16), Kind: wire.KindPush, Repo: "acme/widgets", Salt: randomID(32), ChunkSize: 64 << 10, MaxBody: wire.DefaultMaxBody}
+	raw, _ := json.Marshal(o)
+	_, err := f.client.Call(t.Context(), wire.Request{Method: "POST", Path: wire.PathOpen, Msg: json.RawMessage(raw)}, nil)
+	require.NoError(t, err)
+	var st wire.Status
+	_, err = f.client.Call(t.Context(), wire.Request{Method: "POST", Path: wire.PathCancel, Query: url.Values{"id": {o.ID}}}, &st)
+	require.NoError(t, err)
+	require.Equal(t, wire.PhaseCancelled, st.Phase)
+	// Opening it again is the same, cancelled, exchange: never a new one.
+	_, err = f.client.Call(t.Context(), wire.Request{Method: "POST", Path: wire.PathOpen, Msg: json.RawMessage(raw)}, &st)
+	require.NoError(t, err)
+	require.Equal(t, wire.PhaseCancelled, st.Phase)
+}
+
+// The answers that say anything about a repository are sealed: the bytes
+// on the wire name no repository, ref or id.
+func TestAnswersAreSealed(t *testing.T) {
+	f := newFixture(t, Config{})
+	o := wire.Open{V: wire.Version, ID: randomID(16), Kind: wire.KindRefs, Repo: "acme/widgets", Salt: randomID(32), MaxBody: wire.DefaultMaxBody}
+	raw, _ := json.Marshal(o)
+	var st wire.Status
+	tail, err := f.client.Call(t.Context(), wire.Request{Method: "POST", Path: wire.PathOpen, Msg: json.RawMessage(raw)}, &st)
+	require.NoError(t, err)
+	plain, err := payload.Unbytes(tail, 1<<20)
+	require.NoError(t, err)
+	require.Contains(t, string(plain), f.first+" refs/heads/master", "the listing itself")
+	// The same answer as it crosses the wire.
+	sealed, err := f.client.Get(t.Context(), wire.Request{Method: "POST", Path: wire.PathOpen, Msg: json.RawMessage(raw)})
+	require.NoError(t, err)
+	for _, secret := range []string{"acme", "widgets", "refs/heads", f.first} {
+		require.NotContains(t, string(sealed), secret)
+	}
+}
