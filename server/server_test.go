@@ -262,7 +262,7 @@ func TestUnauthenticatedBodiesAreNotRead(t *testing.T) {
 	conn, err := net.Dial("tcp", strings.TrimPrefix(f.http.URL, "http://"))
 	require.NoError(t, err)
 	defer conn.Close()
-	fmt.Fprintf(conn, "POST /api/gr/x HTTP/1.1\r\nHost: relay\r\nAuthorization: GR3-HMAC-SHA256 kid=01020304,ts=%d,nonce=0123456789abcdef0123,len=4500000,sig=00\r\nContent-Length: 4500000\r\n\r\n", time.Now().Unix())
+	fmt.Fprintf(conn, "POST /api/gr/x HTTP/1.1\r\nHost: relay\r\nAuthorization: GR3-HMAC-SHA256 kid=01020304,ts=%d,nonce=0123456789abcdef0123,len=4500000,sig=00\r\nContent-Length: 4500000\r\n\r\n", time.Now().UnixMilli())
 	// Not one byte of the body is sent; the answer comes anyway.
 	require.NoError(t, conn.SetReadDeadline(time.Now().Add(10*time.Second)))
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)

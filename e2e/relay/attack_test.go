@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"io"
 	"net"
@@ -9,6 +10,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +19,7 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 
+	"github.com/git-relay/git-relay/internal/edgeproxy"
 	"github.com/git-relay/git-relay/internal/keyring"
 	"github.com/git-relay/git-relay/internal/wire"
 )
@@ -109,7 +113,7 @@ func cmdFlood(ts *testscript.TestScript, neg bool, args []string) {
 			defer c.Close()
 			_ = c.SetDeadline(time.Now().Add(2 * time.Minute))
 			fmt.Fprintf(c, "POST /api/gr/x HTTP/1.1\r\nHost: relay\r\nAuthorization: GR3-HMAC-SHA256 kid=01020304,ts=%d,nonce=%s,len=%d,sig=00\r\nContent-Length: %d\r\n\r\n",
-				time.Now().Unix(), wire.NewNonce(), size, size)
+				time.Now().UnixMilli(), wire.NewNonce(), size, size)
 			// The body goes while the answer is read: the server answers
 			// from the headers, and may close before taking it all.
 			go func() { _, _ = c.Write(body) }()
@@ -143,7 +147,7 @@ func cmdTrickle(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Check(err)
 	key := ring.Primary()
 	const size = 4_500_000
-	a := wire.Auth{TS: time.Now().Unix(), Nonce: wire.NewNonce(), Len: size}
+	a := wire.Auth{TS: time.Now().UnixMilli(), Nonce: wire.NewNonce(), Len: size}
 	auth := wire.SignRequest(key, "POST", wire.PathOpen, url.Values(nil), &a)
 	c, err := net.Dial("tcp", st.listen)
 	ts.Check(err)
@@ -169,4 +173,66 @@ func cmdTrickle(ts *testscript.TestScript, neg bool, args []string) {
 			_, _ = c.Write([]byte{'x'})
 		}
 	}
+}
+
+// cmdProxyRecord makes the proxy keep a copy of every request whose path
+// matches REGEXP, for proxy-replay: proxy-record REGEXP.
+func cmdProxyRecord(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: proxy-record REGEXP")
+	}
+	re, err := regexp.Compile(args[0])
+	ts.Check(err)
+	st := getState(ts)
+	proxyOf(ts).SetTamper(&edgeproxy.Tamper{Name: "record", OnRequest: func(req *edgeproxy.Request) {
+		if re.MatchString(req.Path) {
+			c := *req
+			c.Header = req.Header.Clone()
+			c.Body = slices.Clone(req.Body)
+			st.mu.Lock()
+			st.recorded = append(st.recorded, c)
+			st.mu.Unlock()
+		}
+	}})
+}
+
+// cmdProxyReplay sends every recorded request again, as the proxy could,
+// straight to the server, and prints each answer's status.
+func cmdProxyReplay(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 0 {
+		ts.Fatalf("usage: proxy-replay")
+	}
+	st := getState(ts)
+	st.mu.Lock()
+	recorded := slices.Clone(st.recorded)
+	base := st.server.url
+	st.mu.Unlock()
+	if len(recorded) == 0 {
+		ts.Fatalf("proxy-replay: nothing recorded")
+	}
+	for _, r := range recorded {
+		u := base + edgeproxy.ServerPrefix + strings.TrimPrefix(r.Path, edgeproxy.ClientPrefix)
+		if r.Query != "" {
+			u += "?" + r.Query
+		}
+		req, err := http.NewRequest(r.Method, u, bytes.NewReader(r.Body))
+		ts.Check(err)
+		for k, v := range r.Header {
+			req.Header[k] = v
+		}
+		resp, err := http.DefaultClient.Do(req)
+		ts.Check(err)
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		fmt.Fprintf(ts.Stdout(), "%s %s: %d %s\n", r.Method, r.Path, resp.StatusCode, bytes.TrimSpace(b))
+	}
+}
+
+// cmdProxyForbid makes the proxy report any sighting of the words, in any
+// body, header, path or query: proxy-forbid WORD...
+func cmdProxyForbid(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) == 0 {
+		ts.Fatalf("usage: proxy-forbid WORD...")
+	}
+	proxyOf(ts).Forbid(args...)
 }

@@ -55,6 +55,9 @@ var commands = map[string]func(ts *testscript.TestScript, neg bool, args []strin
 	"server-mem":       cmdServerMem,
 	"flood":            cmdFlood,
 	"trickle":          cmdTrickle,
+	"proxy-record":     cmdProxyRecord,
+	"proxy-replay":     cmdProxyReplay,
+	"proxy-forbid":     cmdProxyForbid,
 	"proxy-clean":      cmdProxyClean,
 	"proxy-violations": cmdProxyViolations,
 	"no-token-leak":    cmdNoTokenLeak,
@@ -103,7 +106,9 @@ type state struct {
 	logMark int64
 	// memMark is the server's peak memory at the last server-mem.
 	memMark int64
-	edges   []*serverProc // edge processes (edge-up), stopped first
+	// recorded holds the requests proxy-record kept.
+	recorded []edgeproxy.Request
+	edges    []*serverProc // edge processes (edge-up), stopped first
 }
 
 func setup(env *testscript.Env) error {

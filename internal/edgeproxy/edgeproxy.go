@@ -120,6 +120,9 @@ type Proxy struct {
 	fwd     *edge.Forwarder
 	base    *http.Transport // what carries the forwarder's requests to the relay
 	secrets [][]byte
+	// forbidden are words that must never cross in a body, a header, the
+	// path or the query (see Forbid); guarded by mu.
+	forbidden [][]byte
 	srv     *http.Server
 	done    chan struct{}
 
@@ -295,6 +298,11 @@ func exchangeOf(ctx context.Context) *exchange {
 // watch sees the bodies from the forwarder's transport.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ex := &exchange{method: r.Method, path: r.URL.Path}
+	for _, word := range p.forbiddenWords() {
+		if bytes.Contains([]byte(r.URL.RequestURI()), word) {
+			p.record(Violation{Kind: KindSecret, Direction: Up, Method: r.Method, Path: r.URL.Path, Detail: fmt.Sprintf("forbidden word %q in the path or query", word)})
+		}
+	}
 	routed := true
 	if _, err := p.fwd.Route(r); err != nil {
 		routed = false
@@ -568,10 +576,39 @@ func (p *Proxy) waitScans() {
 	}
 }
 
+// Forbid adds words that must never cross the proxy, in any direction,
+// in a body, a header, the path or the query: what the relay's sealing
+// must hide from it (repository names, ref names, push options). Each
+// sighting is a violation.
+func (p *Proxy) Forbid(words ...string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, w := range words {
+		if w != "" {
+			p.forbidden = append(p.forbidden, []byte(w))
+		}
+	}
+}
+
+func (p *Proxy) forbiddenWords() [][]byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.forbidden)
+}
+
 // inspect records plaintext and secrets in one body and its headers.
 func (p *Proxy) inspect(dir Direction, method, path string, h http.Header, body []byte) {
 	for _, f := range ScanPlaintext(body, h.Get("Content-Encoding")) {
 		p.record(Violation{Kind: KindPlaintext, Direction: dir, Method: method, Path: path, Detail: f})
+	}
+	if words := p.forbiddenWords(); len(words) > 0 {
+		var hdr bytes.Buffer
+		_ = h.Write(&hdr)
+		for _, w := range words {
+			if bytes.Contains(body, w) || bytes.Contains(hdr.Bytes(), w) {
+				p.record(Violation{Kind: KindSecret, Direction: dir, Method: method, Path: path, Detail: fmt.Sprintf("forbidden word %q", w)})
+			}
+		}
 	}
 	if len(p.secrets) == 0 {
 		return

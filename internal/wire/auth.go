@@ -70,7 +70,7 @@ func NewNonce() string {
 // Auth is the signed part of a request.
 type Auth struct {
 	KeyID string
-	TS    int64
+	TS    int64 // Unix time in milliseconds
 	Nonce string
 	Len   int64 // body length
 	Sig   string
@@ -169,7 +169,7 @@ type Verifier struct {
 	Start time.Time
 
 	mu     sync.Mutex
-	nonces map[string]int64 // nonce -> expiry (unix seconds)
+	nonces map[string]int64 // nonce -> expiry (Unix milliseconds)
 }
 
 // maxNonces bounds the replay cache; past it, expired entries are dropped
@@ -192,15 +192,15 @@ func (v *Verifier) Verify(header, method, path string, query url.Values, content
 	if v.Now != nil {
 		now = v.Now
 	}
-	t := now().Unix()
-	if d := t - a.TS; d > int64(Window/time.Second) || d < -int64(Window/time.Second) {
+	t := now().UnixMilli()
+	if d := t - a.TS; d > Window.Milliseconds() || d < -Window.Milliseconds() {
 		return keyring.Key{}, a, ErrUnauthenticated
 	}
 	want := mac(key.Derive(keyring.LabelRequestMAC, nil, nil), a.canonical(method, path, query))
 	if !hmac.Equal([]byte(want), []byte(a.Sig)) {
 		return keyring.Key{}, a, ErrUnauthenticated
 	}
-	if !v.Start.IsZero() && a.TS < v.Start.Unix() {
+	if !v.Start.IsZero() && a.TS < v.Start.UnixMilli() {
 		return keyring.Key{}, a, ErrStale
 	}
 	v.mu.Lock()
@@ -221,6 +221,6 @@ func (v *Verifier) Verify(header, method, path string, query url.Values, content
 			return keyring.Key{}, a, fmt.Errorf("%w: too many requests in the window", ErrUnauthenticated)
 		}
 	}
-	v.nonces[a.Nonce] = t + 2*int64(Window/time.Second)
+	v.nonces[a.Nonce] = t + 2*Window.Milliseconds()
 	return key, a, nil
 }

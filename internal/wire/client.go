@@ -122,9 +122,9 @@ func (c *Client) do(ctx context.Context, req Request, ok func(status int, nonce 
 		if attempt > 0 {
 			wait := time.Duration(attempt*attempt) * 100 * time.Millisecond
 			if stale {
-				// A request signed before the server started: sign
-				// again once the second has turned.
-				wait = time.Second
+				// A request signed before the server started: sign it
+				// again now.
+				wait = 10 * time.Millisecond
 			}
 			select {
 			case <-ctx.Done():
@@ -152,7 +152,7 @@ func (c *Client) do(ctx context.Context, req Request, ok func(status int, nonce 
 }
 
 func (c *Client) once(ctx context.Context, req Request, what string, ok func(int, string, []byte) error) error {
-	a := Auth{TS: time.Now().Unix(), Nonce: NewNonce()}
+	a := Auth{TS: time.Now().UnixMilli(), Nonce: NewNonce()}
 	var body []byte
 	switch {
 	case req.Msg != nil:

@@ -29,7 +29,7 @@ func TestRequestSignature(t *testing.T) {
 	v := &Verifier{Ring: keyring.NewRing(key), Now: func() time.Time { return now }}
 	q := url.Values{"id": {"abc"}, "i": {"2"}}
 	sign := func(nonce string, ts time.Time, n int64) string {
-		return SignRequest(key, "PUT", PathUp, q, &Auth{TS: ts.Unix(), Nonce: nonce, Len: n})
+		return SignRequest(key, "PUT", PathUp, q, &Auth{TS: ts.UnixMilli(), Nonce: nonce, Len: n})
 	}
 
 	h := sign("nonce-000000000001", now, 100)
@@ -63,16 +63,19 @@ func TestRequestSignature(t *testing.T) {
 		require.ErrorIs(t, err, ErrUnauthenticated)
 	}
 
-	// Signed before the server started: stale, even inside the window.
+	// Signed before the server started, or in the second it started:
+	// stale, even inside the window.
 	v.Start = now.Add(-10 * time.Second)
 	_, _, err = v.Verify(sign("nonce-00000000000s", now.Add(-11*time.Second), 0), "PUT", PathUp, q, 0)
+	require.ErrorIs(t, err, ErrStale)
+	_, _, err = v.Verify(sign("nonce-0000000000s2", now.Add(-10*time.Second-time.Millisecond), 0), "PUT", PathUp, q, 0)
 	require.ErrorIs(t, err, ErrStale)
 
 	// Another key with the same id, or an unknown id.
 	other := testKey(2)
 	other2 := keyring.FromSecret(key.ID, bytes.Repeat([]byte{9}, 32))
 	for _, k := range []keyring.Key{other, other2} {
-		h := SignRequest(k, "GET", PathStatus, nil, &Auth{TS: now.Unix(), Nonce: "nonce-00000000000k"})
+		h := SignRequest(k, "GET", PathStatus, nil, &Auth{TS: now.UnixMilli(), Nonce: "nonce-00000000000k"})
 		_, _, err := v.Verify(h, "GET", PathStatus, nil, 0)
 		require.ErrorIs(t, err, ErrUnauthenticated)
 	}
@@ -84,7 +87,7 @@ func TestRequestSignature(t *testing.T) {
 
 func TestSealedBodiesAreBoundToTheirRequest(t *testing.T) {
 	key := testKey(1)
-	a := Auth{KeyID: key.ID, TS: 1, Nonce: "nonce-000000000001"}
+	a := Auth{KeyID: key.ID, TS: 1000, Nonce: "nonce-000000000001"}
 	plain, err := frame(Open{V: Version, Repo: "acme/widgets"}, []byte("inline"))
 	require.NoError(t, err)
 	a.Len = SealedLen(len(plain))
