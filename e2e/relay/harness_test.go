@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -194,8 +195,9 @@ func cmdRelayUp(ts *testscript.TestScript, neg bool, args []string) {
 	proxyLimit := fset.Int64("proxy-limit", 0, "the proxy's body cap (default 4,500,000)")
 	badToken := fset.Bool("bad-token", false, "give the server a token the git host refuses")
 	maxSessions := fset.Int("max-sessions", 0, "server --max-sessions")
+	tlsOn := fset.Bool("tls", false, "serve HTTPS with a new self-signed certificate ($WORK/tls.crt); relay.url points straight at the server")
 	if err := fset.Parse(args); err != nil || fset.NArg() > 0 {
-		ts.Fatalf("usage: relay-up [--http-upstream] [--allow-force] [--max-body N] [--proxy-limit N] [--bad-token] [--max-sessions N] (%v)", err)
+		ts.Fatalf("usage: relay-up [--http-upstream] [--allow-force] [--max-body N] [--proxy-limit N] [--bad-token] [--max-sessions N] [--tls] (%v)", err)
 	}
 	if *badToken && !*httpUpstream {
 		ts.Fatalf("relay-up: --bad-token needs --http-upstream")
@@ -257,6 +259,11 @@ func cmdRelayUp(ts *testscript.TestScript, neg bool, args []string) {
 	if *maxSessions > 0 {
 		serverArgs = append(serverArgs, "--max-sessions", strconv.Itoa(*maxSessions))
 	}
+	if *tlsOn {
+		crt, key := filepath.Join(work, "tls.crt"), filepath.Join(work, "tls.key")
+		ts.Check(writeSelfSigned(crt, key))
+		serverArgs = append(serverArgs, "--tls-cert", crt, "--tls-key", key)
+	}
 
 	p, err := startServer(bin, serverArgs, env, filepath.Join(work, "server.log"))
 	ts.Check(err)
@@ -284,7 +291,11 @@ func cmdRelayUp(ts *testscript.TestScript, neg bool, args []string) {
 		_, err := gitx.Repo{Env: env}.Run(context.Background(), "config", "--file", cfg, k, v)
 		ts.Check(err)
 	}
-	set("relay.url", proxy.URL+"/api/game")
+	if *tlsOn {
+		set("relay.url", p.url+"/api/gr")
+	} else {
+		set("relay.url", proxy.URL+"/api/game")
+	}
 	set("relay.keyFile", keyFile)
 	if *maxBody > 0 {
 		set("relay.maxBody", strconv.FormatInt(*maxBody, 10))
@@ -306,7 +317,11 @@ type serverProc struct {
 	killed  bool // we sent SIGKILL: a non-zero exit is expected
 }
 
-var listening = regexp.MustCompile(`listening on (http://(127\.0\.0\.1:[0-9]+))`)
+var listening = regexp.MustCompile(`listening on (https?://(127\.0\.0\.1:[0-9]+))`)
+
+// insecure is for the harness's own health checks of a server with a
+// self-signed certificate; git and the helper check it for real.
+var insecure = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 
 func startServer(bin string, args, env []string, logPath string) (*serverProc, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -354,7 +369,7 @@ func startServer(bin string, args, env []string, logPath string) (*serverProc, e
 		}
 	}
 	for {
-		resp, err := http.Get(p.url + "/healthz")
+		resp, err := insecure.Get(p.url + "/healthz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {

@@ -259,6 +259,11 @@ func (c *Client) transportErr(ctx context.Context, err error, what string) error
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
+	var cert *tls.CertificateVerificationError
+	if errors.As(err, &cert) {
+		// Not a passing fault: asking again changes nothing.
+		return fmt.Errorf("the relay at %s shows a certificate this machine does not trust (%v): if it is right, set http.sslCAInfo (or GIT_SSL_CAINFO) to its CA's certificate", c.Base, cert.Err)
+	}
 	return transient{fmt.Errorf("%w at %s (%s): %w", ErrUnreachable, c.Base, what, unwrapURLError(err))}
 }
 
