@@ -67,7 +67,11 @@ func TestProtocolCapabilitiesOptionsAndList(t *testing.T) {
 	head := gittest.Git(t, work, "rev-parse", "master")
 	out, _, err := talk(t, "acme/widgets", "capabilities\noption verbosity 1\noption progress false\noption depth 1\nlist for-push\n\n")
 	require.NoError(t, err)
-	require.Equal(t, "stateless-connect\npush\nfetch\noption\n\nok\nok\nunsupported\n"+head+" refs/heads/master\n@refs/heads/master HEAD\n\n", out)
+	// A list for a push has no HEAD, as receive-pack advertises none.
+	require.Equal(t, "stateless-connect\npush\nfetch\noption\n\nok\nok\nunsupported\n"+head+" refs/heads/master\n\n", out)
+	out, _, err = talk(t, "acme/widgets", "list\n\n")
+	require.NoError(t, err)
+	require.Equal(t, head+" refs/heads/master\n@refs/heads/master HEAD\n\n", out)
 }
 
 func TestPushUpToDateSendsNothing(t *testing.T) {

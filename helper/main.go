@@ -43,6 +43,7 @@ Configuration (environment first, then remote.<name>.*, then relay.*):
   GIT_RELAY_URL       remote.<name>.relayUrl      relay.url       base URL of the relay API
   GIT_RELAY_KEY_FILE  remote.<name>.relayKeyFile  relay.keyFile   shared key file
                       remote.<name>.relayMaxBody  relay.maxBody   largest HTTP body (default 4500000)
+                                                  relay.stallTimeout  give up after this long with nothing moving (60s)
                                                   http.sslCAInfo  CA bundle for an https:// relay
 `
 
@@ -151,7 +152,16 @@ func newHelper(ctx context.Context, name, addr string, stderr io.Writer) (*Helpe
 	if err != nil {
 		return nil, err
 	}
+	var stall time.Duration
+	if v := h.setting("", "relayStallTimeout", "relay.stallTimeout", false); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("relay.stallTimeout %q: expected a duration such as 60s", v)
+		}
+		stall = d
+	}
 	h.client = &wire.Client{
+		Stall:   stall,
 		Base:    base,
 		Key:     ring.Primary(),
 		HTTP:    hc,
@@ -379,7 +389,9 @@ func (h *Helper) writeList(out io.Writer, refs *refList, forPush bool) {
 	for _, n := range names {
 		fmt.Fprintf(out, "%s %s\n", refs.Refs[n], n)
 	}
-	if refs.Head != "" && refs.Refs[refs.Head] != "" {
+	// A push sees what receive-pack advertises, which has no HEAD: with
+	// one, `git push --mirror` would try to delete it.
+	if !forPush && refs.Head != "" && refs.Refs[refs.Head] != "" {
 		fmt.Fprintf(out, "@%s HEAD\n", refs.Head)
 	}
 	fmt.Fprintln(out)

@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
@@ -272,4 +273,85 @@ func writeSelfSigned(crtPath, keyPath string) error {
 		return err
 	}
 	return os.WriteFile(keyPath, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+}
+
+// helperPIDs lists the git-remote-relay processes of this script.
+func helperPIDs(work string) []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmd, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || filepath.Base(string(bytes.SplitN(cmd, []byte{0}, 2)[0])) != "git-remote-relay" {
+			continue
+		}
+		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err != nil || !bytes.Contains(env, []byte("\x00WORK="+work+"\x00")) {
+			continue
+		}
+		pids = append(pids, pid)
+	}
+	return pids
+}
+
+// cmdHelperKill arms the proxy to SIGKILL this script's git-remote-relay
+// when the Nth request whose path matches passes it (before it is
+// forwarded): helper-kill --on REGEXP [--nth N].
+func cmdHelperKill(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 2 || args[0] != "--on" {
+		ts.Fatalf("usage: helper-kill --on REGEXP [--nth N]")
+	}
+	re, err := regexp.Compile(args[1])
+	ts.Check(err)
+	nth := 1
+	if len(args) == 4 && args[2] == "--nth" {
+		nth, err = strconv.Atoi(args[3])
+		ts.Check(err)
+	} else if len(args) != 2 {
+		ts.Fatalf("usage: helper-kill --on REGEXP [--nth N]")
+	}
+	st := getState(ts)
+	var mu sync.Mutex
+	seen := 0
+	proxyOf(ts).SetTamper(&edgeproxy.Tamper{Name: "helper-kill", OnRequest: func(req *edgeproxy.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !re.MatchString(req.Path) {
+			return
+		}
+		seen++
+		if seen != nth {
+			return
+		}
+		for _, pid := range helperPIDs(st.work) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		req.Hangup = true
+	}})
+}
+
+// cmdCapHelpers puts a git-remote-relay in front of the real one that
+// counts its runs in $WORK/helper-runs and refuses to run more than N
+// times: a chain of helpers starting helpers fails instead of growing
+// without bound. cap-helpers N.
+func cmdCapHelpers(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: cap-helpers N")
+	}
+	n, err := strconv.Atoi(args[0])
+	ts.Check(err)
+	real := lookPath(ts, "git-remote-relay")
+	dir := ts.MkAbs("capbin")
+	ts.Check(os.MkdirAll(dir, 0o755))
+	runs := ts.MkAbs("helper-runs")
+	script := fmt.Sprintf(`#!/bin/sh
+echo run >> '%s'
+if [ "$(wc -l < '%s')" -gt %d ]; then echo "git-remote-relay: more than %d runs: a helper chain does not end" >&2; exit 1; fi
+exec '%s' "$@"
+`, runs, runs, n, n, real)
+	ts.Check(os.WriteFile(filepath.Join(dir, "git-remote-relay"), []byte(script), 0o755))
+	ts.Setenv("PATH", dir+string(os.PathListSeparator)+ts.Getenv("PATH"))
 }

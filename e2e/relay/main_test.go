@@ -34,3 +34,10 @@ func TestRelay(t *testing.T) {
 func TestRelayFetch(t *testing.T) {
 	testscript.Run(t, params("testdata/fetch"))
 }
+
+// TestRelayRemote runs the scripts that treat relay:: as a complete git
+// remote on real histories: any number of refs, --mirror, tags, shallow
+// and partial clones, resume.
+func TestRelayRemote(t *testing.T) {
+	testscript.Run(t, params("testdata/remote"))
+}

@@ -475,7 +475,7 @@ func (p *Proxy) tamperedTrip(ex *exchange, out *http.Request) (*http.Response, e
 	}
 	p.inspect(Up, ex.method, ex.path, out.Header, body)
 
-	req := &Request{Method: out.Method, Path: ex.path, Query: out.URL.RawQuery, Header: out.Header, Body: body}
+	req := &Request{Method: out.Method, Path: ex.path, Query: out.URL.RawQuery, Header: out.Header, Body: body, Done: out.Context().Done()}
 	if t.OnRequest != nil {
 		t.OnRequest(req)
 	}

@@ -25,6 +25,8 @@ type Request struct {
 	Body   []byte
 	Reject int
 	Hangup bool
+	// Done is closed when the client gives up on the request.
+	Done <-chan struct{}
 }
 
 // Response is a response on its way back. A hook may replace Body, or set
@@ -185,6 +187,26 @@ func DropRequest(m *Match, status int, hangup bool) *Tamper {
 				} else {
 					req.Reject = status
 				}
+			}
+		},
+	}
+}
+
+// Freeze holds matching requests without forwarding or answering them,
+// as a proxy that hangs does (not one that closes), for up to wait; then
+// it drops the connection.
+func Freeze(m *Match, wait time.Duration) *Tamper {
+	return &Tamper{
+		Name: "freeze",
+		OnRequest: func(req *Request) {
+			if m.exchange(req) && m.take() {
+				t := time.NewTimer(wait)
+				defer t.Stop()
+				select {
+				case <-t.C:
+				case <-req.Done:
+				}
+				req.Hangup = true
 			}
 		},
 	}
@@ -368,6 +390,8 @@ modes:
   replay                 forward the previous matching request's body in place of each one
   swap                   exchange the bodies of two consecutive matching requests (-wait for the partner)
   drop-once-after BYTES  cut a matching response off after BYTES bytes (once unless -count)
+  freeze                 hold matching requests without an answer, as a hung proxy does, for -wait
+                         (then drop the connection); give -wait 10m for a proxy that never answers
 matching: -path REGEXP on the client path (/api/game/...), -method METHOD, -dir up|down (body modes),
 -min BYTES (bodies longer than that), -skip N lets the first N matches pass, -count N acts at most N
 times (0: every time)`
@@ -510,6 +534,8 @@ func parseOne(args []string) (*Tamper, error) {
 		return Swap(m, *wait), nil
 	case "drop-once-after":
 		return CutAfter(cut, m), nil
+	case "freeze":
+		return Freeze(m, *wait), nil
 	}
 	return nil, fmt.Errorf("unknown tamper mode %q; usage: %s", mode, TamperUsage)
 }
