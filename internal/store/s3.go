@@ -36,6 +36,13 @@ type S3Config struct {
 // any number of relay instances can share one bucket without a lock of
 // their own. Every object starts with the store's header (header.go), so
 // that its S3 ETag changes on every write.
+//
+// The object "push/1f2e/state" is the S3 object "PREFIX/push/1f2e/state!".
+// Servers that keep objects as files (versitygw's posix backend, MinIO)
+// refuse "a/b/c" once "a/b" is an object, since "a/b" would have to be
+// both a file and a folder; with the mark, "a/b!" and "a/b/c!" never
+// clash. The mark sorts below every key byte and "/", so S3's listing
+// order stays the Store's key order ("a/b" < "a/b-x" < "a/b/c").
 type S3 struct {
 	client *s3.Client
 	bucket string
@@ -45,11 +52,30 @@ type S3 struct {
 
 var _ Store = (*S3)(nil)
 
-// conflictRetries bounds the retries of a conditional write that S3
-// answered with 409 ConditionalRequestConflict: another conditional write
-// of the key was in flight, and AWS says to try again, which then gives a
-// plain answer (success or 412).
+// s3LeafMark ends every object's S3 key.
+const s3LeafMark = "!"
+
+func (s *S3) objectKey(key string) *string {
+	return aws.String(s.prefix + key + s3LeafMark)
+}
+
+// conflictRetries bounds the retries of a write answered with a 409 that
+// means "try again" (see retryConflict).
 const conflictRetries = 4
+
+// retryConflict reports whether a 409 answer to PutObject asks for the
+// same request again. Neither wrote anything, so a retry is safe for a
+// conditional write too.
+//   - ConditionalRequestConflict: AWS had another conditional write of the
+//     key in flight and says to retry, which then succeeds or gets 412.
+//   - ExistingObjectIsDirectory: versitygw's posix backend answers this
+//     when a concurrent DeleteObject removed the empty parent folder it
+//     had just created (removeParents between its mkdirAll and link).
+//     None of our keys can be a folder (they end in s3LeafMark), so the
+//     answer can only mean that race.
+func retryConflict(status int, code string) bool {
+	return status == http.StatusConflict && (code == "ConditionalRequestConflict" || code == "ExistingObjectIsDirectory")
+}
 
 // NewS3 opens the store and checks that its bucket is reachable, so that
 // a wrong endpoint, bucket or key shows at start-up rather than at the
@@ -106,7 +132,7 @@ func (s *S3) Put(ctx context.Context, key string, data []byte, opt PutOptions) (
 	hdr, nonce := newHeader()
 	in := &s3.PutObjectInput{
 		Bucket:        &s.bucket,
-		Key:           aws.String(s.prefix + key),
+		Key:           s.objectKey(key),
 		ContentLength: aws.Int64(int64(headerLen + len(data))),
 	}
 	if opt.IfNoneMatch {
@@ -122,15 +148,18 @@ func (s *S3) Put(ctx context.Context, key string, data []byte, opt PutOptions) (
 			return unquote(aws.ToString(out.ETag)), nil
 		}
 		status, code := classify(err)
-		if status == http.StatusConflict && code == "ConditionalRequestConflict" && attempt < conflictRetries {
+		if retryConflict(status, code) && attempt < conflictRetries {
 			if err := sleep(ctx, time.Duration(attempt+1)*50*time.Millisecond); err != nil {
 				return "", err
 			}
 			continue
 		}
 		conditional := opt.IfNoneMatch || opt.IfMatch != ""
-		// AWS answers If-Match on a missing key with 404.
-		if conditional && (status == http.StatusPreconditionFailed || status == http.StatusConflict || status == http.StatusNotFound) {
+		lost := status == http.StatusPreconditionFailed ||
+			status == http.StatusConflict && code == "ConditionalRequestConflict" ||
+			// AWS answers If-Match on a missing key with 404.
+			status == http.StatusNotFound && opt.IfMatch != ""
+		if conditional && lost {
 			// The SDK retries a request whose answer it did not get; if
 			// our first try went through, the retry finds our own
 			// object and fails its condition. The nonce tells.
@@ -148,7 +177,7 @@ func (s *S3) Put(ctx context.Context, key string, data []byte, opt PutOptions) (
 func (s *S3) ours(ctx context.Context, key, nonce string) (ETag, bool) {
 	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{
 		Bucket: &s.bucket,
-		Key:    aws.String(s.prefix + key),
+		Key:    s.objectKey(key),
 		Range:  aws.String(fmt.Sprintf("bytes=0-%d", headerLen-1)),
 	})
 	if err != nil {
@@ -168,7 +197,7 @@ func (s *S3) Get(ctx context.Context, key string, dst []byte) ([]byte, ETag, err
 	if err := ValidKey(key); err != nil {
 		return dst[:0], "", err
 	}
-	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: aws.String(s.prefix + key)})
+	out, err := s.client.GetObject(ctx, &s3.GetObjectInput{Bucket: &s.bucket, Key: s.objectKey(key)})
 	if err != nil {
 		return dst[:0], "", s.mapErr("get", key, err)
 	}
@@ -208,7 +237,7 @@ func (s *S3) Stat(ctx context.Context, key string) (Info, error) {
 	if err := ValidKey(key); err != nil {
 		return Info{}, err
 	}
-	out, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &s.bucket, Key: aws.String(s.prefix + key)})
+	out, err := s.client.HeadObject(ctx, &s3.HeadObjectInput{Bucket: &s.bucket, Key: s.objectKey(key)})
 	if err != nil {
 		return Info{}, s.mapErr("stat", key, err)
 	}
@@ -224,7 +253,7 @@ func (s *S3) Delete(ctx context.Context, key string) error {
 	if err := ValidKey(key); err != nil {
 		return err
 	}
-	_, err := s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &s.bucket, Key: aws.String(s.prefix + key)})
+	_, err := s.client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: &s.bucket, Key: s.objectKey(key)})
 	if err != nil {
 		if err := s.mapErr("delete", key, err); !errors.Is(err, ErrNotFound) {
 			return err
@@ -249,9 +278,9 @@ func (s *S3) List(ctx context.Context, prefix string, fn func(Info) error) error
 			return s.mapErr("list", prefix, err)
 		}
 		for _, o := range page.Contents {
-			key := strings.TrimPrefix(aws.ToString(o.Key), s.prefix)
+			key, ours := strings.CutSuffix(strings.TrimPrefix(aws.ToString(o.Key), s.prefix), s3LeafMark)
 			size := aws.ToInt64(o.Size) - headerLen
-			if ValidKey(key) != nil || size < 0 {
+			if !ours || ValidKey(key) != nil || size < 0 {
 				continue // not ours: a folder marker or a file someone left
 			}
 			if err := fn(Info{Key: key, Size: size, ETag: unquote(aws.ToString(o.ETag)), Modified: aws.ToTime(o.LastModified)}); err != nil {
@@ -265,7 +294,10 @@ func (s *S3) List(ctx context.Context, prefix string, fn func(Info) error) error
 // mapErr turns S3's "no such key" into ErrNotFound and names the
 // operation.
 func (s *S3) mapErr(op, key string, err error) error {
-	if status, code := classify(err); status == http.StatusNotFound || code == "NoSuchKey" || code == "NotFound" {
+	switch status, code := classify(err); {
+	case code == "NoSuchBucket":
+		return fmt.Errorf("%s %q: bucket %q does not exist: create it, or fix the store's s3:// URL: %w", op, key, s.bucket, err)
+	case status == http.StatusNotFound || code == "NoSuchKey" || code == "NotFound":
 		return fmt.Errorf("%w: %q", ErrNotFound, key)
 	}
 	return fmt.Errorf("%s %q in %s: %w", op, key, s.where, err)
