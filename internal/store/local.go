@@ -390,8 +390,8 @@ func (l *Local) walk(ctx context.Context, dir, keyPrefix, match string, fn func(
 			return err
 		}
 		info, err := l.Stat(ctx, keyPrefix+e.seg)
-		if errors.Is(err, ErrNotFound) {
-			continue // deleted since ReadDir
+		if errors.Is(err, ErrNotFound) || errors.Is(err, errNoHeader) {
+			continue // deleted since ReadDir, or a file someone left
 		}
 		if err != nil {
 			return err
