@@ -115,7 +115,7 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 		case http.StatusNotFound:
 			return nil, fmt.Errorf("s3 store %s: bucket %q does not exist: create it first", where, cfg.Bucket)
 		case http.StatusForbidden:
-			return nil, fmt.Errorf("s3 store %s: access denied: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY: %w", where, err)
+			return nil, fmt.Errorf("s3 store %s: access denied (HTTP 403): check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and the bucket's policy", where)
 		}
 		return nil, fmt.Errorf("s3 store %s: %w", where, err)
 	}
