@@ -125,7 +125,7 @@ func TestOpenS3(t *testing.T) {
 
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "wrong")
 	_, err = store.Open(ctx, srv.URL("relay"))
-	require.ErrorContains(t, err, "access denied: check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+	require.ErrorContains(t, err, "access denied (HTTP 403): check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
 	require.NotContains(t, err.Error(), "\n")
 
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
