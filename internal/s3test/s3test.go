@@ -93,7 +93,11 @@ func Binary() (string, error) {
 	if gobin := os.Getenv("GOBIN"); gobin != "" {
 		dirs = append(dirs, gobin)
 	}
-	for _, gp := range filepath.SplitList(build.Default.GOPATH) {
+	gopath := os.Getenv("GOPATH")
+	if gopath == "" {
+		gopath = build.Default.GOPATH // $HOME/go
+	}
+	for _, gp := range filepath.SplitList(gopath) {
 		dirs = append(dirs, filepath.Join(gp, "bin"))
 	}
 	for _, d := range dirs {
