@@ -685,3 +685,75 @@ func testConcurrentKeys(t *testing.T, s store.Store) {
 	}
 	require.Equal(t, want, keys(t, s, "sessions/"))
 }
+
+// ChunkSize is the size of a sealed upload chunk: just under the 4.5 MB
+// body limit of the serverless edge in front of the relay.
+const ChunkSize = 4_500_000
+
+// Bench runs the store benchmarks as sub-benchmarks of b: whole chunks in
+// and out, and the small compare-and-swap of a session's state.
+func Bench(b *testing.B, newStore Factory) {
+	chunk := randomBytes(ChunkSize)
+	b.Run("Put4.5MB", func(b *testing.B) {
+		s := newStore(b)
+		b.SetBytes(ChunkSize)
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			// Eight keys in turn: overwrites, as a retried upload does,
+			// with the store's size bounded.
+			if _, err := s.Put(b.Context(), "push/s1/chunk-"+strconv.Itoa(i%8), chunk, store.PutOptions{}); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
+	b.Run("Put4.5MBParallel", func(b *testing.B) {
+		s := newStore(b)
+		b.SetBytes(ChunkSize)
+		var next atomic.Int64
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				key := "push/s2/chunk-" + strconv.Itoa(int(next.Add(1)%16))
+				if _, err := s.Put(b.Context(), key, chunk, store.PutOptions{}); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+	b.Run("Get4.5MB", func(b *testing.B) {
+		s := newStore(b)
+		if _, err := s.Put(b.Context(), "fetch/s1/chunk-0", chunk, store.PutOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		b.SetBytes(ChunkSize)
+		b.ReportAllocs()
+		var buf []byte
+		for b.Loop() {
+			var err error
+			if buf, _, err = s.Get(b.Context(), "fetch/s1/chunk-0", buf); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("CASState", func(b *testing.B) {
+		// One op: read the state, write it back if unchanged (IfMatch).
+		s := newStore(b)
+		state := bytes.Repeat([]byte("x"), 300)
+		etag, err := s.Put(b.Context(), "push/s1/state", state, store.PutOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportAllocs()
+		var buf []byte
+		for b.Loop() {
+			if buf, etag, err = s.Get(b.Context(), "push/s1/state", buf); err != nil {
+				b.Fatal(err)
+			}
+			if etag, err = s.Put(b.Context(), "push/s1/state", buf, store.PutOptions{IfMatch: etag}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
