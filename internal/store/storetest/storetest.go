@@ -741,17 +741,18 @@ func Bench(b *testing.B, newStore Factory) {
 		// One op: read the state, write it back if unchanged (IfMatch).
 		s := newStore(b)
 		state := bytes.Repeat([]byte("x"), 300)
-		etag, err := s.Put(b.Context(), "push/s1/state", state, store.PutOptions{})
-		if err != nil {
+		if _, err := s.Put(b.Context(), "push/s1/state", state, store.PutOptions{}); err != nil {
 			b.Fatal(err)
 		}
 		b.ReportAllocs()
 		var buf []byte
 		for b.Loop() {
-			if buf, etag, err = s.Get(b.Context(), "push/s1/state", buf); err != nil {
+			data, etag, err := s.Get(b.Context(), "push/s1/state", buf)
+			if err != nil {
 				b.Fatal(err)
 			}
-			if etag, err = s.Put(b.Context(), "push/s1/state", buf, store.PutOptions{IfMatch: etag}); err != nil {
+			buf = data
+			if _, err := s.Put(b.Context(), "push/s1/state", data, store.PutOptions{IfMatch: etag}); err != nil {
 				b.Fatal(err)
 			}
 		}
