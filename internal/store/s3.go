@@ -43,6 +43,13 @@ type S3Config struct {
 // both a file and a folder; with the mark, "a/b!" and "a/b/c!" never
 // clash. The mark sorts below every key byte and "/", so S3's listing
 // order stays the Store's key order ("a/b" < "a/b-x" < "a/b/c").
+//
+// The ETag that Get returns comes from the server. While a Put replaces
+// the object, a server may pair the new bytes with the ETag of the version
+// they replaced (versitygw's posix backend does: it reads the ETag before
+// it opens the file). A compare-and-swap with such an ETag fails, since
+// that version is gone and ETags never repeat, so a read-modify-write
+// loop only reads again.
 type S3 struct {
 	client *s3.Client
 	bucket string
