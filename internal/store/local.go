@@ -143,8 +143,10 @@ func (l *Local) Put(ctx context.Context, key string, data []byte, opt PutOptions
 		return "", err
 	}
 	// Make the rename durable. The object is already visible; a crash
-	// before this sync loses it, as if Put had not returned.
-	if err := syncDir(filepath.Dir(target)); err != nil {
+	// before this sync loses it, as if Put had not returned. A folder
+	// that is gone was emptied by a Delete of this very key meanwhile:
+	// nothing is left to make durable.
+	if err := syncDir(filepath.Dir(target)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return "", fmt.Errorf("put %q: %w", key, err)
 	}
 	return etag, nil

@@ -219,24 +219,40 @@ func (s *S3) Get(ctx context.Context, key string, dst []byte) ([]byte, ETag, err
 	if _, err := parseHeader(hdr[:]); err != nil {
 		return dst[:0], "", fmt.Errorf("get %q: %w", key, err)
 	}
-	dst = dst[:0]
-	if n := aws.ToInt64(out.ContentLength) - headerLen; n > 0 {
-		dst = slices.Grow(dst, int(n))
+	if dst, err = readBody(out.Body, aws.ToInt64(out.ContentLength)-headerLen, dst[:0]); err != nil {
+		return dst[:0], "", fmt.Errorf("get %q: %w", key, err)
+	}
+	return dst, unquote(aws.ToString(out.ETag)), nil
+}
+
+// readBody appends the rest of body, n bytes if n >= 0, to dst. With a
+// known length it reads exactly that, so that a buffer reused for an
+// object of the same size is not reallocated.
+func readBody(body io.Reader, n int64, dst []byte) ([]byte, error) {
+	if n >= 0 {
+		dst = slices.Grow(dst, int(n))[:n]
+		if _, err := io.ReadFull(body, dst); err != nil {
+			return dst, err
+		}
+		var extra [1]byte
+		if m, _ := body.Read(extra[:]); m > 0 {
+			return dst, errors.New("object longer than its Content-Length")
+		}
+		return dst, nil
 	}
 	for {
 		if len(dst) == cap(dst) {
 			dst = slices.Grow(dst, 64<<10)
 		}
-		n, err := out.Body.Read(dst[len(dst):cap(dst)])
-		dst = dst[:len(dst)+n]
+		m, err := body.Read(dst[len(dst):cap(dst)])
+		dst = dst[:len(dst)+m]
 		if errors.Is(err, io.EOF) {
-			break
+			return dst, nil
 		}
 		if err != nil {
-			return dst[:0], "", fmt.Errorf("get %q: %w", key, err)
+			return dst, err
 		}
 	}
-	return dst, unquote(aws.ToString(out.ETag)), nil
 }
 
 // Stat implements Store.

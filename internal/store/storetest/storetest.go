@@ -181,6 +181,14 @@ func testGetReusesBuffer(t *testing.T, s store.Store) {
 	require.Equal(t, data, got)
 	require.Same(t, &buf[0], &got[0], "Get did not reuse a buffer with room")
 
+	// So is one of exactly the object's size, as a reader of same-sized
+	// chunks has after the first.
+	exact := make([]byte, 0, len(data))
+	got, _, err = s.Get(t.Context(), "chunk", exact)
+	require.NoError(t, err)
+	require.Equal(t, data, got)
+	require.Same(t, &exact[:1][0], &got[0], "Get did not reuse a buffer of the object's size")
+
 	// A small buffer grows; its old content does not leak into the result.
 	small := []byte("stale")
 	got, _, err = s.Get(t.Context(), "chunk", small)
