@@ -35,9 +35,10 @@ func Main() int {
 
 type grammar struct {
 	cli.Globals
-	Keygen keygenCmd `cmd:"" help:"Print a new shared key (one line) for relay.keyFile and --key-file."`
-	Serve  serveCmd  `cmd:"" help:"Run the relay server."`
-	Edge   edgeCmd   `cmd:"" help:"Run the edge forwarder (what deploy/vercel ships) as a plain process in front of a relay server."`
+	Keygen  keygenCmd  `cmd:"" help:"Print a new shared key (one line) for relay.keyFile and --key-file."`
+	Serve   serveCmd   `cmd:"" help:"Run the relay server."`
+	Edge    edgeCmd    `cmd:"" help:"Run the edge forwarder (what deploy/vercel ships) as a plain process in front of a relay server."`
+	Version versionCmd `cmd:"" help:"Print the version."`
 }
 
 type keygenCmd struct {
@@ -144,19 +145,23 @@ func (c *serveCmd) Run(s *streams) error {
 	return Serve(ctx, cfg)
 }
 
-// openStore opens the session store named by --store; the default folder
+// openStore opens the session store named by --store. The default folder
 // store is for one instance, so its instance name is fixed, and a restart
-// takes up its own work at once.
+// takes up its own work at once; instances sharing S3 need names of their
+// own (the host name and a random suffix, unless --instance says).
 func openStore(ctx context.Context, url, dataDir string) (store.Store, string, error) {
 	if url == "" {
-		d, err := newDirStore(filepath.Join(dataDir, "sessions"))
-		return d, "local", err
+		l, err := store.NewLocal(filepath.Join(dataDir, "sessions"))
+		return l, "local", err
+	}
+	st, err := store.Open(ctx, url)
+	if err != nil {
+		return nil, "", fmt.Errorf("--store: %w", err)
 	}
 	if strings.HasPrefix(url, "s3://") {
-		return nil, "", errors.New("--store s3:// is not available in this build")
+		return st, "", nil
 	}
-	d, err := newDirStore(url)
-	return d, "local", err
+	return st, "local", nil
 }
 
 type edgeCmd struct {
@@ -178,6 +183,14 @@ func (c *edgeCmd) Run(s *streams) error {
 		MaxBody:      c.MaxBody,
 		Timeout:      c.Timeout,
 	}, s.Stderr)
+}
+
+// versionCmd prints the version, as --version does.
+type versionCmd struct{}
+
+func (versionCmd) Run(s *streams) error {
+	_, err := fmt.Fprintln(s.Stdout, cli.VersionString())
+	return err
 }
 
 func trimSpace(b []byte) []byte {

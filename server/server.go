@@ -133,11 +133,14 @@ func New(cfg Config) (*Server, error) {
 	}
 	st := cfg.Store
 	if st == nil {
-		d, err := newDirStore(filepath.Join(cfg.DataDir, "sessions"))
+		l, err := store.NewLocal(filepath.Join(cfg.DataDir, "sessions"))
 		if err != nil {
 			return nil, fmt.Errorf("prepare data dir: %w", err)
 		}
-		st = d
+		st = l
+		if cfg.Instance == "" {
+			cfg.Instance = "local"
+		}
 	}
 	logw := cfg.Log
 	if logw == nil {
