@@ -111,7 +111,7 @@ func (h *Helper) answer(ctx context.Context, kind string, request []byte, out io
 	var x *exchange
 	var cache *fetchCache
 	dir := ""
-	if kind == wire.KindFetch && bytes.HasPrefix(request, []byte("0012command=fetch\n")) {
+	if kind == wire.KindFetch && isFetchCommand(request) {
 		dir = h.resumeDir("fetch", request)
 		if raw, c := findFetchCache(dir); raw != nil {
 			if rx, err := h.exchangeFrom(raw); err == nil {
@@ -169,6 +169,12 @@ func (h *Helper) answer(ctx context.Context, kind string, request []byte, out io
 // inlineMax is the largest payload that goes in its exchange's Open: a
 // body's worth, less room for the message and the sealing.
 func inlineMax(maxBody int64) int { return int(maxBody) - 8<<10 }
+
+// isFetchCommand says whether a request of git's is a fetch (whose answer
+// may carry a pack) rather than a listing.
+func isFetchCommand(req []byte) bool {
+	return bytes.HasPrefix(req, []byte("0011command=fetch")) || bytes.HasPrefix(req, []byte("0012command=fetch\n"))
+}
 
 // newRequestExchange prepares a read exchange whose request goes inline,
 // or in chunks when it is larger than a body.

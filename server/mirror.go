@@ -119,6 +119,9 @@ func (s *Server) refresh(ctx context.Context, m *mirror, maxAge time.Duration) (
 		if err != nil {
 			return nil, s.upstreamErr(m, fmt.Errorf("refresh the mirror: %w", err))
 		}
+		if err := m.packRefs(ctx, len(refs.Refs)); err != nil {
+			return nil, err
+		}
 		if dropped, err := m.dropped(ctx, have, refs.Refs); err != nil {
 			return nil, err
 		} else if dropped {
@@ -221,6 +224,18 @@ func (s *Server) prune(ctx context.Context, m *mirror) error {
 		return fmt.Errorf("prune the mirror: %w", err)
 	}
 	s.log.Info("mirror pruned: upstream dropped history", "repo", m.name, "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// packRefs packs the mirror's refs after a change when it has many: a
+// repository with a hundred thousand loose refs is slow to list.
+func (m *mirror) packRefs(ctx context.Context, refs int) error {
+	if refs < 1000 {
+		return nil
+	}
+	if _, err := m.git.Run(ctx, "pack-refs", "--all", "--prune"); err != nil {
+		return fmt.Errorf("pack the mirror's refs: %w", err)
+	}
 	return nil
 }
 

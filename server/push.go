@@ -158,7 +158,10 @@ func (s *Server) push(ctx context.Context, e *exch) ([]wire.RefResult, error) {
 		return nil, err
 	}
 	s.record(ctx, p, res)
-	if g != nil && allOK(p.results) {
+	if allOK(p.results) {
+		// The mirror follows upstream: it has the objects (or admits the
+		// pushed pack now), and moves its refs as upstream did, so that
+		// the next listing needs no fetch.
 		if err := s.admitPush(ctx, p, g); err != nil {
 			s.log.Warn("update the mirror", "repo", m.name, "err", err)
 		}
@@ -614,11 +617,13 @@ func (s *Server) record(ctx context.Context, p *pushPlan, res *upstream.PushResu
 // admitPush lets the pushed objects into the mirror once upstream has
 // them, and moves the mirror's refs with upstream's.
 func (s *Server) admitPush(ctx context.Context, p *pushPlan, g *gate) error {
-	if err := g.waitIndex(); err != nil {
-		return fmt.Errorf("index the pushed pack: %w", err)
-	}
-	if err := g.q.admit(p.m); err != nil {
-		return err
+	if g != nil {
+		if err := g.waitIndex(); err != nil {
+			return fmt.Errorf("index the pushed pack: %w", err)
+		}
+		if err := g.q.admit(p.m); err != nil {
+			return err
+		}
 	}
 	var cmds strings.Builder
 	for _, u := range p.todo {
@@ -628,8 +633,10 @@ func (s *Server) admitPush(ctx context.Context, p *pushPlan, g *gate) error {
 			cmds.WriteString("update " + u.Ref + " " + u.New + "\n")
 		}
 	}
-	_, err := p.m.git.RunInput(ctx, strings.NewReader(cmds.String()), "update-ref", "--stdin")
-	return err
+	if _, err := p.m.git.RunInput(ctx, strings.NewReader(cmds.String()), "update-ref", "--stdin"); err != nil {
+		return err
+	}
+	return p.m.packRefs(ctx, len(p.todo))
 }
 
 func updateFor(us []wire.Update, ref string) wire.Update {

@@ -3,6 +3,7 @@ package relay
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -28,6 +29,7 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/git-relay/git-relay/internal/edgeproxy"
+	"github.com/git-relay/git-relay/internal/gitx"
 	"github.com/git-relay/git-relay/internal/keyring"
 	"github.com/git-relay/git-relay/internal/wire"
 )
@@ -354,4 +356,23 @@ exec '%s' "$@"
 `, runs, runs, n, n, real)
 	ts.Check(os.WriteFile(filepath.Join(dir, "git-remote-relay"), []byte(script), 0o755))
 	ts.Setenv("PATH", dir+string(os.PathListSeparator)+ts.Getenv("PATH"))
+}
+
+// cmdMakeTags makes N lightweight tags PREFIX0..PREFIX<N-1> on HEAD in the
+// current repository, with one git: make-tags N PREFIX.
+func cmdMakeTags(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: make-tags N PREFIX")
+	}
+	n, err := strconv.Atoi(args[0])
+	ts.Check(err)
+	repo := gitx.Repo{Dir: ts.MkAbs("."), Env: getState(ts).environ(ts)}
+	head, err := repo.Run(context.Background(), "rev-parse", "HEAD")
+	ts.Check(err)
+	var in strings.Builder
+	for i := range n {
+		fmt.Fprintf(&in, "create refs/tags/%s%d %s\n", args[1], i, head)
+	}
+	_, err = repo.RunInput(context.Background(), strings.NewReader(in.String()), "update-ref", "--stdin")
+	ts.Check(err)
 }

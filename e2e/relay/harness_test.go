@@ -62,6 +62,7 @@ var commands = map[string]func(ts *testscript.TestScript, neg bool, args []strin
 	"proxy-forbid":     cmdProxyForbid,
 	"helper-kill":      cmdHelperKill,
 	"cap-helpers":      cmdCapHelpers,
+	"make-tags":        cmdMakeTags,
 	"proxy-clean":      cmdProxyClean,
 	"proxy-violations": cmdProxyViolations,
 	"no-token-leak":    cmdNoTokenLeak,
@@ -562,8 +563,12 @@ var repoName = regexp.MustCompile(`^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$`)
 
 // cmdUpstreamInit creates a bare repository upstream: upstream-init owner/repo [branch].
 func cmdUpstreamInit(ts *testscript.TestScript, neg bool, args []string) {
+	reflog := true
+	if len(args) > 0 && args[0] == "--no-reflog" {
+		reflog, args = false, args[1:]
+	}
 	if neg || len(args) < 1 || len(args) > 2 || !repoName.MatchString(args[0]) {
-		ts.Fatalf("usage: upstream-init owner/repo [branch]")
+		ts.Fatalf("usage: upstream-init [--no-reflog] owner/repo [branch]")
 	}
 	branch := "master"
 	if len(args) == 2 {
@@ -573,6 +578,9 @@ func cmdUpstreamInit(ts *testscript.TestScript, neg bool, args []string) {
 	env := getState(ts).environ(ts)
 	_, err := gitx.Repo{Env: env}.Run(context.Background(), "init", "--quiet", "--bare", "-b", branch, dir)
 	ts.Check(err)
+	if !reflog {
+		return // a hundred thousand refs need no hundred thousand reflogs
+	}
 	// A reflog upstream lets a script count how many times a ref moved:
 	// a push must land exactly once, even across a crash.
 	_, err = gitx.Repo{GitDir: dir, Env: env}.Run(context.Background(), "config", "core.logAllRefUpdates", "always")
