@@ -1,0 +1,274 @@
+package sshx
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// Interrupted is the cause of a context cancelled by a signal (see
+// context.WithCancelCause): Exec passes that signal on to the remote
+// command, and callers exit with 128 plus its number.
+type Interrupted struct {
+	Signal syscall.Signal
+}
+
+func (e *Interrupted) Error() string { return "interrupted by " + signalName(e.Signal) }
+
+// ExitCode is 128 plus the signal's number, as a shell reports it.
+func (e *Interrupted) ExitCode() int { return 128 + int(e.Signal) }
+
+func signalName(s syscall.Signal) string {
+	switch s {
+	case syscall.SIGINT:
+		return "SIGINT"
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	case syscall.SIGHUP:
+		return "SIGHUP"
+	case syscall.SIGQUIT:
+		return "SIGQUIT"
+	}
+	return "signal " + strconv.Itoa(int(s))
+}
+
+// PTY asks for a terminal on the remote side.
+type PTY struct {
+	Term       string
+	Cols, Rows int
+}
+
+// WindowSize is a terminal's size in characters.
+type WindowSize struct{ Cols, Rows int }
+
+// ExecOptions are the standard streams of an Exec and its terminal.
+type ExecOptions struct {
+	Stdin          io.Reader
+	Stdout, Stderr io.Writer
+	// PTY, when set, runs the command on a remote terminal; its stdout
+	// and stderr then both arrive on Stdout, as with ssh -t.
+	PTY *PTY
+	// Resize passes window size changes on to the remote terminal.
+	Resize <-chan WindowSize
+	// Grace is how long Exec waits, once ctx is done, for the remote
+	// command to end before it returns anyway (default 700ms).
+	Grace time.Duration
+}
+
+// Exec runs a POSIX sh script that ends by running the user's command
+// (with exec), the way ssh runs a command, and makes sure that the command
+// ends with us.
+//
+// sshd does not end a command when its client goes away, and it refuses
+// "signal" requests in many setups (for root, say). So a second session on
+// the same connection is a watchdog: the first prints its process group
+// (sshd makes every session a process group of its own) after the marker,
+// and the watchdog waits on its standard input. When ctx ends, Exec
+// writes the signal's name there (INT for a Ctrl-C); when the connection
+// drops, the watchdog reads end-of-file. Either way it signals the whole
+// group, then TERM, then KILL, each after half a second. Exec returns
+// within Grace of ctx ending, with ctx's error.
+func (c *Client) Exec(ctx context.Context, script string, o ExecOptions) error {
+	sess, err := c.conn.NewSession()
+	if err != nil {
+		return fmt.Errorf("open ssh session on %s: %w", c.Addr, err)
+	}
+	defer sess.Close()
+	if o.Grace == 0 {
+		o.Grace = 700 * time.Millisecond
+	}
+	stdout, stderr := o.Stdout, o.Stderr
+	if stdout == nil {
+		stdout = io.Discard
+	}
+	if stderr == nil {
+		stderr = io.Discard
+	}
+	marker := NewMarker()
+	groups := make(chan string, 1)
+	outF := &MarkerFilter{W: stdout, Marker: marker, OnMarker: func(tag string) {
+		select {
+		case groups <- tag:
+		default:
+		}
+	}}
+	errF := &MarkerFilter{W: stderr, Marker: marker}
+	sess.Stdout = outF
+	if o.PTY != nil {
+		modes := ssh.TerminalModes{ssh.ECHO: 1, ssh.TTY_OP_ISPEED: 38400, ssh.TTY_OP_OSPEED: 38400}
+		term := o.PTY.Term
+		if term == "" {
+			term = "xterm"
+		}
+		if err := sess.RequestPty(term, o.PTY.Rows, o.PTY.Cols, modes); err != nil {
+			return fmt.Errorf("ask %s for a terminal: %w", c.Addr, err)
+		}
+		// On a terminal both streams are one; the marker comes only once.
+		sess.Stderr = stderr
+		errF = nil
+	} else {
+		sess.Stderr = errF
+	}
+	var in io.WriteCloser
+	if o.Stdin != nil {
+		if in, err = sess.StdinPipe(); err != nil {
+			return fmt.Errorf("open ssh stdin: %w", err)
+		}
+	}
+	if err := sess.Start(execFramed(script, marker, o.PTY == nil)); err != nil {
+		return fmt.Errorf("start remote command on %s: %w", c.Addr, err)
+	}
+	if in != nil {
+		go func() {
+			_, _ = io.Copy(in, o.Stdin)
+			in.Close()
+		}()
+	}
+	if o.Resize != nil {
+		go func() {
+			for ws := range o.Resize {
+				_ = sess.WindowChange(ws.Rows, ws.Cols)
+			}
+		}()
+	}
+	done := make(chan error, 1)
+	go func() { done <- sess.Wait() }()
+
+	var dog *watchdog
+	defer func() {
+		if dog != nil {
+			dog.close()
+		}
+	}()
+	for {
+		select {
+		case tag := <-groups:
+			if dog, err = c.startWatchdog(tag); err != nil {
+				// The command runs on; it just cannot be stopped for sure.
+				dog = nil
+			}
+		case err := <-done:
+			if dog != nil {
+				dog.send("done")
+			}
+			if errF == nil {
+				errF = &MarkerFilter{found: true}
+			}
+			return c.scriptResult(err, outF, errF)
+		case <-ctx.Done():
+			sig := "TERM"
+			var intr *Interrupted
+			if errors.As(context.Cause(ctx), &intr) {
+				sig = strings.TrimPrefix(signalName(intr.Signal), "SIG")
+			}
+			deadline := time.NewTimer(o.Grace)
+			defer deadline.Stop()
+			if dog == nil {
+				// The command may not have told its group yet.
+				select {
+				case tag := <-groups:
+					dog, _ = c.startWatchdog(tag)
+				case <-deadline.C:
+				case <-done:
+					return ctx.Err()
+				}
+			}
+			if dog != nil {
+				dog.send(sig)
+			}
+			select {
+			case <-done:
+			case <-deadline.C:
+			}
+			return ctx.Err()
+		}
+	}
+}
+
+// execFramed is Framed for Exec: before the script, the first line on
+// stdout is the marker followed by the process group to stop ("-" when
+// it cannot be told), and stderr gets the marker too unless both streams
+// are one terminal.
+func execFramed(script, marker string, stderrMarker bool) string {
+	pre := `pg=
+if [ -r /proc/$$/stat ]; then
+  read -r _ _ _ _ pg sid _ </proc/$$/stat || pg=
+  [ "$pg" = "$sid" ] || pg=
+else
+  pg=$(ps -o pgid= -p $$ 2>/dev/null | tr -d ' ')
+fi
+case $pg in ''|*[!0-9]*|0|1) pg=- ;; esac
+printf '%s %s\n' ` + Quote(marker) + ` "$pg"
+`
+	if stderrMarker {
+		pre += "printf '%s\\n' " + Quote(marker) + " >&2\n"
+	}
+	return "sh -c " + Quote(pre+script)
+}
+
+// watchdogScript stops process group pg when its input says so (a signal
+// name) or ends (the connection dropped); "done" lets it go.
+func watchdogScript(pg int) string {
+	return fmt.Sprintf(`pg=%d
+IFS= read -r s || s=HUP
+case $s in done) exit 0 ;; INT|TERM|HUP|QUIT) ;; *) s=HUP ;; esac
+gone() { ! kill -0 -- -"$pg" 2>/dev/null; }
+nap() { sleep 0.1 2>/dev/null || sleep 1; }
+kill -s "$s" -- -"$pg" 2>/dev/null || exit 0
+for next in TERM KILL; do
+  i=0
+  while [ $i -lt 5 ] && ! gone; do nap; i=$((i+1)); done
+  gone && exit 0
+  kill -s $next -- -"$pg" 2>/dev/null
+done
+exit 0
+`, pg)
+}
+
+type watchdog struct {
+	sess *ssh.Session
+	in   io.WriteCloser
+}
+
+func (c *Client) startWatchdog(tag string) (*watchdog, error) {
+	pg, err := strconv.Atoi(tag)
+	if err != nil || pg <= 1 {
+		return nil, fmt.Errorf("the remote command did not tell its process group (%q)", tag)
+	}
+	sess, err := c.conn.NewSession()
+	if err != nil {
+		return nil, err
+	}
+	in, err := sess.StdinPipe()
+	if err != nil {
+		sess.Close()
+		return nil, err
+	}
+	if err := sess.Start(Framed(watchdogScript(pg), NewMarker())); err != nil {
+		sess.Close()
+		return nil, err
+	}
+	return &watchdog{sess: sess, in: in}, nil
+}
+
+func (w *watchdog) send(line string) {
+	_, _ = io.WriteString(w.in, line+"\n")
+	_ = w.in.Close()
+}
+
+// close ends the watchdog session without waiting for it: what it was
+// told is already on its way, ahead of the channel's close.
+func (w *watchdog) close() {
+	_ = w.in.Close()
+	go func() {
+		_ = w.sess.Wait()
+		w.sess.Close()
+	}()
+}
