@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"golang.org/x/crypto/ssh"
@@ -162,6 +163,8 @@ func (s *InProcess) session(ch ssh.Channel, reqs <-chan *ssh.Request) {
 			_, _ = io.WriteString(ch.Stderr(), s.Noise+"\n")
 		}
 		cmd := exec.Command("/bin/sh", "-c", payload.Command)
+		// A session of its own, as sshd gives every command.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		cmd.Stdout = ch
 		cmd.Stderr = ch.Stderr()
 		// Stdin is copied by hand and not waited for, as sshd does: a

@@ -257,4 +257,3 @@ func compact(names []string) []string {
 	}
 	return out
 }
-

@@ -650,7 +650,13 @@ func (c *Client) scriptResult(err error, outF, errF *MarkerFilter) error {
 			status = 128 + signalNumbers[sig]
 		}
 		if !outF.Found() && !errF.Found() && exit.Signal() == "" {
-			return &LoginShellError{Addr: c.Addr, User: c.User, Status: status, Message: firstLine(errF.Before() + "\n" + outF.Before())}
+			// nologin and its kind explain themselves on stdout, sshd's
+			// own complaints (a missing home) come on stderr.
+			msg := firstLine(outF.Before())
+			if msg == "" {
+				msg = firstLine(errF.Before())
+			}
+			return &LoginShellError{Addr: c.Addr, User: c.User, Status: status, Message: msg}
 		}
 		return &ExitError{Status: status, Signal: exit.Signal()}
 	}
