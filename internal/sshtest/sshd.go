@@ -39,8 +39,8 @@ type Options struct {
 	// Noise, when set, is printed on stdout and stderr by the remote login
 	// shell (from its .bashrc) at the start of every session.
 	Noise string
-	// Config lines are added at the end of sshd_config (where "Match"
-	// blocks must go).
+	// Config lines go first in sshd_config, where they override ours
+	// (sshd keeps the first value of a keyword).
 	Config []string
 }
 
@@ -224,7 +224,7 @@ func (s *Server) start(path string) error {
 		return err
 	}
 	s.Port = port
-	cfg := strings.Join([]string{
+	cfg := strings.Join(s.extra, "\n") + "\n" + strings.Join([]string{
 		"Port " + strconv.Itoa(port),
 		"ListenAddress 127.0.0.1",
 		"HostKey " + filepath.Join(s.Dir, "host_ed25519"),
@@ -240,7 +240,7 @@ func (s *Server) start(path string) error {
 		"LogLevel VERBOSE",
 		"MaxStartups 100",
 		"SetEnv HOME=" + s.RemoteHome + " PATH=" + path,
-	}, "\n") + "\n" + strings.Join(s.extra, "\n") + "\n"
+	}, "\n") + "\n"
 	cfgFile := filepath.Join(s.Dir, "sshd_config")
 	if err := os.WriteFile(cfgFile, []byte(cfg), 0o600); err != nil {
 		return err

@@ -151,7 +151,7 @@ func sshG(ctx context.Context, bin string, t Target, home string) (settings, err
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		msg := lastLine(stderr.String())
+		msg := sshMessage(stderr.String())
 		if msg == "" {
 			msg = err.Error()
 		}
@@ -603,4 +603,16 @@ func lastLine(s string) string {
 		}
 	}
 	return ""
+}
+
+// sshMessage is ssh's complaint on one line, without its routine notices.
+func sshMessage(s string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		l = strings.TrimSpace(l)
+		if l != "" && !strings.HasPrefix(l, "Pseudo-terminal will not be allocated") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "; ")
 }

@@ -261,9 +261,12 @@ func connect(ctx context.Context, r resolved, o Options, logf func(string, ...an
 	}
 	c, err := handshake(ctx, nc, addr, r, o, logf)
 	if err != nil {
-		if pc != nil {
+		var hkErr *HostKeyError
+		if pc != nil && !errors.As(err, &hkErr) {
+			// What the command said is the reason; the broken pipe it
+			// left us with is not.
 			if why := pc.failure(); why != "" {
-				err = fmt.Errorf("%w (ProxyCommand said: %s)", err, why)
+				err = fmt.Errorf("connect to %s with ProxyCommand %q: %s", r.alias, r.proxyCommand, why)
 			}
 		}
 		return fail(err)
