@@ -345,14 +345,31 @@ func (localTransport) exec(ctx context.Context, script string, o execIO) error {
 	if errors.As(context.Cause(ctx), &intr) {
 		sig = intr.Signal
 	}
-	pg := cmd.Process.Pid
-	_ = syscall.Kill(-pg, sig)
+	stopGroup(cmd.Process.Pid, sig)
 	select {
 	case <-done:
 	case <-time.After(grace):
-		_ = syscall.Kill(-pg, syscall.SIGKILL)
 	}
 	return ctx.Err()
+}
+
+// stopGroup sends sig to process group pg, then TERM and KILL to whatever
+// of it is left, each after 300ms: children started in the background
+// ignore SIGINT, and some ignore SIGTERM too.
+func stopGroup(pg int, sig syscall.Signal) {
+	gone := func() bool { return syscall.Kill(-pg, 0) != nil }
+	if syscall.Kill(-pg, sig) != nil {
+		return
+	}
+	for _, next := range []syscall.Signal{syscall.SIGTERM, syscall.SIGKILL} {
+		for i := 0; i < 6 && !gone(); i++ {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if gone() {
+			return
+		}
+		_ = syscall.Kill(-pg, next)
+	}
 }
 
 func localExit(err error) error {

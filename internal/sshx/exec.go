@@ -168,24 +168,40 @@ func (c *Client) Exec(ctx context.Context, script string, o ExecOptions) error {
 			if errors.As(context.Cause(ctx), &intr) {
 				sig = strings.TrimPrefix(signalName(intr.Signal), "SIG")
 			}
-			deadline := time.NewTimer(o.Grace)
-			defer deadline.Stop()
+			deadline := time.Now().Add(o.Grace)
+			left := func() <-chan time.Time { return time.After(time.Until(deadline)) }
 			if dog == nil {
 				// The command may not have told its group yet.
 				select {
 				case tag := <-groups:
 					dog, _ = c.startWatchdog(tag)
-				case <-deadline.C:
+				case <-left():
 				case <-done:
 					return ctx.Err()
 				}
 			}
-			if dog != nil {
-				dog.send(sig)
+			if dog == nil {
+				// No group to stop: ask sshd, which may refuse.
+				_ = sess.Signal(ssh.Signal(sig))
+				select {
+				case <-done:
+				case <-left():
+				}
+				return ctx.Err()
+			}
+			// The connection stays up until the watchdog is through (it
+			// ends once the group is gone), so that it is not cut off
+			// halfway.
+			dog.send(sig)
+			finished := make(chan struct{})
+			go func() { _ = dog.sess.Wait(); close(finished) }()
+			select {
+			case <-finished:
+			case <-left():
 			}
 			select {
 			case <-done:
-			case <-deadline.C:
+			case <-left():
 			}
 			return ctx.Err()
 		}
@@ -216,19 +232,27 @@ printf '%s %s\n' ` + Quote(marker) + ` "$pg"
 // watchdogScript stops process group pg when its input says so (a signal
 // name) or ends (the connection dropped); "done" lets it go.
 func watchdogScript(pg int) string {
+	// The stopping runs in a subshell that ignores hangups and writes
+	// nowhere, so that the connection closing under it (the very case it
+	// is for) does not stop it halfway. "kill -s 0" rather than "kill -0":
+	// dash takes the "--" after "-0" for a process id.
 	return fmt.Sprintf(`pg=%d
+exec >/dev/null 2>&1
 IFS= read -r s || s=HUP
 case $s in done) exit 0 ;; INT|TERM|HUP|QUIT) ;; *) s=HUP ;; esac
-gone() { ! kill -0 -- -"$pg" 2>/dev/null; }
-nap() { sleep 0.1 2>/dev/null || sleep 1; }
-kill -s "$s" -- -"$pg" 2>/dev/null || exit 0
-for next in TERM KILL; do
-  i=0
-  while [ $i -lt 5 ] && ! gone; do nap; i=$((i+1)); done
-  gone && exit 0
-  kill -s $next -- -"$pg" 2>/dev/null
-done
-exit 0
+(
+  trap '' HUP INT TERM PIPE
+  gone() { ! kill -s 0 -- -"$pg" 2>/dev/null; }
+  nap() { sleep 0.1 2>/dev/null || sleep 1; }
+  kill -s "$s" -- -"$pg" 2>/dev/null || exit 0
+  for next in TERM KILL; do
+    i=0
+    while [ $i -lt 3 ] && ! gone; do nap; i=$((i+1)); done
+    gone && exit 0
+    kill -s $next -- -"$pg" 2>/dev/null
+  done
+) </dev/null &
+wait
 `, pg)
 }
 
