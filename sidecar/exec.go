@@ -61,7 +61,7 @@ func signalContext(parent context.Context) (context.Context, func()) {
 					continue
 				}
 				if secondSignalExits.Load() {
-					fmt.Fprintf(os.Stderr, "git sidecar: interrupted by %v again; exiting now\n", s)
+					fmt.Fprintf(os.Stderr, "git sidecar: interrupted again (%v); exiting at once\n", s)
 					os.Exit(128 + int(sig))
 				}
 			}

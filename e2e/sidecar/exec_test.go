@@ -166,3 +166,33 @@ func exitCode(err error) int {
 	}
 	return -1
 }
+
+// TestExecSecondSignalExitsAtOnce: a second signal does not wait for the
+// remote command to stop, and the command still stops: the watchdog on
+// the far side finishes the job after the connection is gone.
+func TestExecSecondSignalExitsAtOnce(t *testing.T) {
+	w := newWorld(t, overSSH, "")
+	w.write("a.txt", "a\n")
+	w.commitAll("a")
+	w.mustSidecar("add", "dev", w.dest)
+	w.mustSidecar("setup")
+	pids := t.TempDir()
+	script := `trap '' INT; sleep 300 & echo $! > "$1/child"; echo $$ > "$1/pid"; wait`
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	cmd, output := w.sidecarProc(ctx, "exec", "--no-sync", "--", "sh", "-c", script, "sh", pids)
+	require.NoError(t, cmd.Start())
+	var pid, child int
+	require.Eventually(t, func() bool {
+		pid, child = readPID(filepath.Join(pids, "pid")), readPID(filepath.Join(pids, "child"))
+		return pid > 0 && child > 0
+	}, time.Minute, 20*time.Millisecond, "the command did not start: %s", contents(output))
+	// Two different signals, so that the kernel cannot merge them.
+	require.NoError(t, cmd.Process.Signal(syscall.SIGINT))
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	err := cmd.Wait()
+	require.Contains(t, []int{130, 143}, exitCode(err), contents(output))
+	require.Contains(t, contents(output), "; exiting at once")
+	require.Eventually(t, func() bool { return !alive(pid) && !alive(child) }, 3*time.Second, 20*time.Millisecond,
+		"the remote command (%d) or its child (%d) survived; output: %s", pid, child, contents(output))
+}

@@ -116,20 +116,40 @@ func (c *Client) Exec(ctx context.Context, script string, o ExecOptions) error {
 	} else {
 		sess.Stderr = errF
 	}
-	var in io.WriteCloser
-	if o.Stdin != nil {
-		if in, err = sess.StdinPipe(); err != nil {
-			return fmt.Errorf("open ssh stdin: %w", err)
-		}
+	in, err := sess.StdinPipe()
+	if err != nil {
+		return fmt.Errorf("open ssh stdin: %w", err)
 	}
-	if err := sess.Start(execFramed(script, marker, o.PTY == nil)); err != nil {
+	handshake := o.PTY == nil
+	if err := sess.Start(execFramed(script, marker, handshake)); err != nil {
 		return fmt.Errorf("start remote command on %s: %w", c.Addr, err)
 	}
-	if in != nil {
+	// release lets the command start (with a "go" line when it waits for
+	// one) and then passes our stdin on.
+	released := false
+	release := func() {
+		if released {
+			return
+		}
+		released = true
+		if handshake {
+			if _, err := io.WriteString(in, "go\n"); err != nil {
+				return
+			}
+		}
+		if o.Stdin == nil {
+			in.Close()
+			return
+		}
 		go func() {
 			_, _ = io.Copy(in, o.Stdin)
 			in.Close()
 		}()
+	}
+	if !handshake {
+		// On a terminal the kernel hangs the command up when the
+		// connection goes; it need not wait for the watchdog.
+		release()
 	}
 	if o.Resize != nil {
 		go func() {
@@ -150,10 +170,10 @@ func (c *Client) Exec(ctx context.Context, script string, o ExecOptions) error {
 	for {
 		select {
 		case tag := <-groups:
-			if dog, err = c.startWatchdog(tag); err != nil {
-				// The command runs on; it just cannot be stopped for sure.
-				dog = nil
-			}
+			// Even without a watchdog the command runs; it just could not
+			// be stopped for sure.
+			dog, _ = c.startWatchdog(ctx, tag)
+			release()
 		case err := <-done:
 			if dog != nil {
 				dog.send("done")
@@ -163,6 +183,11 @@ func (c *Client) Exec(ctx context.Context, script string, o ExecOptions) error {
 			}
 			return c.scriptResult(err, outF, errF)
 		case <-ctx.Done():
+			if !released {
+				// The command has not started: without its "go" line it
+				// never will.
+				in.Close()
+			}
 			sig := "TERM"
 			var intr *Interrupted
 			if errors.As(context.Cause(ctx), &intr) {
@@ -170,16 +195,6 @@ func (c *Client) Exec(ctx context.Context, script string, o ExecOptions) error {
 			}
 			deadline := time.Now().Add(o.Grace)
 			left := func() <-chan time.Time { return time.After(time.Until(deadline)) }
-			if dog == nil {
-				// The command may not have told its group yet.
-				select {
-				case tag := <-groups:
-					dog, _ = c.startWatchdog(tag)
-				case <-left():
-				case <-done:
-					return ctx.Err()
-				}
-			}
 			if dog == nil {
 				// No group to stop: ask sshd, which may refuse.
 				_ = sess.Signal(ssh.Signal(sig))
@@ -194,7 +209,7 @@ func (c *Client) Exec(ctx context.Context, script string, o ExecOptions) error {
 			// halfway.
 			dog.send(sig)
 			finished := make(chan struct{})
-			go func() { _ = dog.sess.Wait(); close(finished) }()
+			go func() { <-dog.ended; close(finished) }()
 			select {
 			case <-finished:
 			case <-left():
@@ -210,9 +225,10 @@ func (c *Client) Exec(ctx context.Context, script string, o ExecOptions) error {
 
 // execFramed is Framed for Exec: before the script, the first line on
 // stdout is the marker followed by the process group to stop ("-" when
-// it cannot be told), and stderr gets the marker too unless both streams
-// are one terminal.
-func execFramed(script, marker string, stderrMarker bool) string {
+// it cannot be told). Without a terminal, stderr gets the marker too, and
+// the script waits for a "go" line on stdin, which comes once the
+// watchdog runs: a client that dies before then leaves nothing running.
+func execFramed(script, marker string, handshake bool) string {
 	pre := `pg=
 if [ -r /proc/$$/stat ]; then
   read -r _ _ _ _ pg sid _ </proc/$$/stat || pg=
@@ -223,8 +239,9 @@ fi
 case $pg in ''|*[!0-9]*|0|1) pg=- ;; esac
 printf '%s %s\n' ` + Quote(marker) + ` "$pg"
 `
-	if stderrMarker {
+	if handshake {
 		pre += "printf '%s\\n' " + Quote(marker) + " >&2\n"
+		pre += "IFS= read -r go || exit 130\n[ \"$go\" = go ] || exit 130\n"
 	}
 	return "sh -c " + Quote(pre+script)
 }
@@ -257,11 +274,14 @@ wait
 }
 
 type watchdog struct {
-	sess *ssh.Session
-	in   io.WriteCloser
+	sess  *ssh.Session
+	in    io.WriteCloser
+	ended chan struct{}
 }
 
-func (c *Client) startWatchdog(tag string) (*watchdog, error) {
+// startWatchdog starts the watchdog of process group tag and returns
+// once its script runs.
+func (c *Client) startWatchdog(ctx context.Context, tag string) (*watchdog, error) {
 	pg, err := strconv.Atoi(tag)
 	if err != nil || pg <= 1 {
 		return nil, fmt.Errorf("the remote command did not tell its process group (%q)", tag)
@@ -275,11 +295,24 @@ func (c *Client) startWatchdog(tag string) (*watchdog, error) {
 		sess.Close()
 		return nil, err
 	}
-	if err := sess.Start(Framed(watchdogScript(pg), NewMarker())); err != nil {
+	running := make(chan struct{})
+	marker := NewMarker()
+	sess.Stdout = &MarkerFilter{W: io.Discard, Marker: marker, OnMarker: func(string) { close(running) }}
+	if err := sess.Start(Framed(watchdogScript(pg), marker)); err != nil {
 		sess.Close()
 		return nil, err
 	}
-	return &watchdog{sess: sess, in: in}, nil
+	w := &watchdog{sess: sess, in: in, ended: make(chan struct{})}
+	go func() { _ = sess.Wait(); close(w.ended) }()
+	select {
+	case <-running:
+		return w, nil
+	case <-w.ended:
+		return nil, errors.New("the watchdog session ended at once")
+	case <-ctx.Done():
+		// Still worth having: it may be running by the time it is told.
+		return w, nil
+	}
 }
 
 func (w *watchdog) send(line string) {
@@ -287,12 +320,8 @@ func (w *watchdog) send(line string) {
 	_ = w.in.Close()
 }
 
-// close ends the watchdog session without waiting for it: what it was
-// told is already on its way, ahead of the channel's close.
+// close lets the watchdog session go without waiting for it: what it
+// was told is already on its way, ahead of the channel's close.
 func (w *watchdog) close() {
 	_ = w.in.Close()
-	go func() {
-		_ = w.sess.Wait()
-		w.sess.Close()
-	}()
 }
