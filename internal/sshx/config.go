@@ -521,7 +521,7 @@ func configWords(s string) []string {
 func evalMatch(args string, t Target) (bool, error) {
 	words := configWords(args)
 	if len(words) == 0 {
-		return false, errors.New("Match needs a criterion")
+		return false, errors.New("a Match line needs a criterion")
 	}
 	user := t.User
 	if user == "" {
@@ -538,7 +538,7 @@ func evalMatch(args string, t Target) (bool, error) {
 		case "all", "canonical", "final":
 		default:
 			if i+1 >= len(words) {
-				return false, fmt.Errorf("Match %s needs an argument", crit)
+				return false, fmt.Errorf("the Match criterion %q needs an argument", crit)
 			}
 			i++
 			arg = words[i]
