@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -195,4 +196,55 @@ func TestExecSecondSignalExitsAtOnce(t *testing.T) {
 	require.Contains(t, contents(output), "; exiting at once")
 	require.Eventually(t, func() bool { return !alive(pid) && !alive(child) }, 3*time.Second, 20*time.Millisecond,
 		"the remote command (%d) or its child (%d) survived; output: %s", pid, child, contents(output))
+}
+
+// TestExecWindowChange: with -t under a terminal, a window size change
+// here reaches the command there (SIGWINCH and the new size).
+func TestExecWindowChange(t *testing.T) {
+	for _, kind := range []transportKind{overSSH, local} {
+		t.Run(string(kind), func(t *testing.T) {
+			t.Parallel()
+			w := newWorld(t, kind, "")
+			w.write("a.txt", "a\n")
+			w.commitAll("a")
+			w.mustSidecar("add", "dev", w.dest)
+			w.mustSidecar("setup")
+			bin, err := exec.LookPath("git-sidecar")
+			require.NoError(t, err)
+			script := `trap 'echo "size $(stty size)"; exit 5' WINCH; echo ready; while :; do sleep 0.05; done`
+			cmd := exec.Command(bin, "exec", "--no-sync", "-t", "--", "sh", "-c", script)
+			cmd.Dir, cmd.Env = w.repo, w.env
+			ptmx, err := pty.StartWithSize(cmd, &pty.Winsize{Rows: 24, Cols: 80})
+			require.NoError(t, err)
+			defer ptmx.Close()
+			var got syncBuffer
+			copied := make(chan struct{})
+			go func() { _, _ = io.Copy(&got, ptmx); close(copied) }()
+			require.Eventually(t, func() bool { return strings.Contains(got.String(), "ready") }, time.Minute, 20*time.Millisecond, "%s", got.String())
+			// The kernel signals the terminal's foreground group: git-sidecar,
+			// or the local command itself.
+			require.NoError(t, pty.Setsize(ptmx, &pty.Winsize{Rows: 40, Cols: 120}))
+			err = cmd.Wait()
+			<-copied
+			require.Equal(t, 5, exitCode(err), got.String())
+			require.Contains(t, got.String(), "size 40 120")
+		})
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -354,3 +354,50 @@ func TestKeepaliveNoticesADeadConnection(t *testing.T) {
 		t.Fatal("the command on a dead connection did not end")
 	}
 }
+
+// TestCertificate logs in with a user certificate that the server trusts
+// through its CA (the key itself is not in authorized_keys), named by
+// CertificateFile or found beside the key as KEY-cert.pub.
+func TestCertificate(t *testing.T) {
+	_, caPriv, err := ed25519.GenerateKey(rand.Reader)
+	require.NoError(t, err)
+	ca, err := ssh.NewSignerFromKey(caPriv)
+	require.NoError(t, err)
+	caFile := filepath.Join(t.TempDir(), "ca.pub")
+	require.NoError(t, os.WriteFile(caFile, ssh.MarshalAuthorizedKey(ca.PublicKey()), 0o644))
+	require.NoError(t, os.Chmod(filepath.Dir(caFile), 0o755))
+	s := sshtest.Start(t, sshtest.Options{Config: []string{"TrustedUserCAKeys " + caFile}})
+	h := clientHome(t)
+	appendTo(t, filepath.Join(h, ".ssh", "known_hosts"), s.KnownHostsLine()+"\n")
+
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	require.NoError(t, err)
+	block, err := ssh.MarshalPrivateKey(priv, "")
+	require.NoError(t, err)
+	key := filepath.Join(h, ".ssh", "id_ed25519")
+	require.NoError(t, os.WriteFile(key, pem.EncodeToMemory(block), 0o600))
+	sshPub, err := ssh.NewPublicKey(pub)
+	require.NoError(t, err)
+	cert := &ssh.Certificate{Key: sshPub, CertType: ssh.UserCert, KeyId: "test", ValidPrincipals: []string{s.User},
+		ValidBefore: ssh.CertTimeInfinity, Permissions: ssh.Permissions{Extensions: map[string]string{"permit-pty": ""}}}
+	require.NoError(t, cert.SignCert(rand.Reader, ca))
+	target := sshx.Target{Host: s.Host, Port: s.Port, User: s.User}
+
+	_, err = sshx.Dial(t.Context(), target, sshx.Options{Home: h})
+	require.ErrorContains(t, err, "accepted none of our keys", "without the certificate the key is unknown")
+
+	certFile := filepath.Join(h, ".ssh", "mycert.pub")
+	require.NoError(t, os.WriteFile(certFile, ssh.MarshalAuthorizedKey(cert), 0o644))
+	appendTo(t, filepath.Join(h, ".ssh", "config"), fmt.Sprintf("Host cert\n  HostName %s\n  Port %d\n  User %s\n  IdentityFile %s\n  CertificateFile %s\n",
+		s.Host, s.Port, s.User, key, certFile))
+	c, err := sshx.Dial(t.Context(), sshx.Target{Host: "cert"}, sshx.Options{Home: h})
+	require.NoError(t, err)
+	require.Contains(t, echo(t, c), "ok ")
+	c.Close()
+
+	require.NoError(t, os.Rename(certFile, key+"-cert.pub"))
+	c, err = sshx.Dial(t.Context(), target, sshx.Options{Home: h})
+	require.NoError(t, err)
+	c.Close()
+	require.Contains(t, s.Log(), "Accepted certificate ID \"test\"")
+}
