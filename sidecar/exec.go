@@ -313,6 +313,9 @@ func (localTransport) exec(ctx context.Context, script string, o execIO) error {
 			stdinPipe.Close()
 		}()
 	}
+	if cmd.SysProcAttr != nil && cmd.SysProcAttr.Foreground {
+		go followStops(cmd.Process.Pid, o.terminal)
+	}
 	copied := make(chan struct{})
 	if ptmx != nil {
 		go func() {

@@ -248,3 +248,37 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestLocalExecCtrlZ: on a local path under a terminal, the command owns
+// the terminal (its own process group in the foreground); Ctrl-Z stops
+// it, and it is continued when we are: nothing is left stopped for good.
+func TestLocalExecCtrlZ(t *testing.T) {
+	w := newWorld(t, local, "")
+	w.write("a.txt", "a\n")
+	w.commitAll("a")
+	w.mustSidecar("add", "dev", w.dest)
+	w.mustSidecar("setup")
+	bin, err := exec.LookPath("git-sidecar")
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "exec", "--no-sync", "--", "sh", "-c", `echo ready; read x; echo "got $x"; exit 6`)
+	cmd.Dir, cmd.Env = w.repo, w.env
+	ptmx, err := pty.Start(cmd)
+	require.NoError(t, err)
+	defer ptmx.Close()
+	var got syncBuffer
+	copied := make(chan struct{})
+	go func() { _, _ = io.Copy(&got, ptmx); close(copied) }()
+	require.Eventually(t, func() bool { return strings.Contains(got.String(), "ready") }, time.Minute, 20*time.Millisecond, "%s", got.String())
+	_, err = ptmx.Write([]byte{0x1a}) // Ctrl-Z
+	require.NoError(t, err)
+	// git-sidecar leads its own session here, so nothing stops it: it
+	// gives the terminal back to the command and continues it at once.
+	_, err = ptmx.Write([]byte("hello\n"))
+	require.NoError(t, err)
+	err = cmd.Wait()
+	<-copied
+	require.Equal(t, 6, exitCode(err), got.String())
+	require.Contains(t, got.String(), "got hello")
+}
