@@ -282,3 +282,26 @@ func TestLocalExecCtrlZ(t *testing.T) {
 	require.Equal(t, 6, exitCode(err), got.String())
 	require.Contains(t, got.String(), "got hello")
 }
+
+// TestExecStreams: stdin reaches the command byte for byte (binary, no
+// final newline), stdout and stderr come back apart, over SSH as locally.
+func TestExecStreams(t *testing.T) {
+	for _, kind := range []transportKind{overSSH, local} {
+		t.Run(string(kind), func(t *testing.T) {
+			t.Parallel()
+			w := newWorld(t, kind, "noise on both streams")
+			w.write("a.txt", "a\n")
+			w.commitAll("a")
+			w.mustSidecar("add", "dev", w.dest)
+			w.mustSidecar("setup")
+			in := append(bytes.Repeat([]byte("go\n\x00\xff"), 50000), "no newline"...)
+			var out, errb bytes.Buffer
+			c := w.gitRepo(w.repo).Command(t.Context(), "sidecar", "exec", "--no-sync", "--", "sh", "-c", "cat; echo to-stderr >&2; exit 9")
+			c.Stdin, c.Stdout, c.Stderr = bytes.NewReader(in), &out, &errb
+			err := c.Run()
+			require.Equal(t, 9, exitCode(err), errb.String())
+			require.Equal(t, in, out.Bytes())
+			require.Equal(t, "to-stderr\n", errb.String())
+		})
+	}
+}
