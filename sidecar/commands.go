@@ -1,14 +1,12 @@
 package sidecar
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"github.com/git-relay/git-relay/internal/cli"
 	"github.com/git-relay/git-relay/internal/gitx"
 	"github.com/git-relay/git-relay/internal/sshx"
 )
@@ -436,54 +434,6 @@ func ago(t time.Time) string {
 		return fmt.Sprintf("%dh ago", int(d.Hours()))
 	}
 	return t.Format("2006-01-02 15:04")
-}
-
-type execCmd struct {
-	Args      []string `arg:"" optional:"" passthrough:"" help:"[NAME] -- CMD...: the sidecar (default: the active one), then the command."`
-	AcceptNew bool     `help:"Trust the SSH host key on first contact and record it in ~/.ssh/known_hosts."`
-	NoSync    bool     `help:"Run CMD without syncing first."`
-}
-
-func (c *execCmd) Run(a *app) error {
-	name := ""
-	argv := c.Args
-	if a.hasTail {
-		if len(c.Args) > 1 {
-			return fmt.Errorf("exec takes at most one NAME before --, got %q", c.Args)
-		}
-		if len(c.Args) == 1 {
-			name = c.Args[0]
-		}
-		argv = a.tail
-	}
-	if len(argv) == 0 {
-		return errors.New("exec needs a command: git sidecar exec [NAME] -- CMD")
-	}
-	e, err := a.prepare(name, c.AcceptNew)
-	if err != nil {
-		return err
-	}
-	defer e.tr.close()
-	if !c.NoSync {
-		res, err := a.lockedSync(e, false)
-		if err != nil {
-			return err
-		}
-		a.logf("%s", res.summary(e.name))
-	}
-	// Run in the same subfolder of the workspace as we are in here.
-	prefix, err := gitx.Repo{Dir: a.dir}.Run(a.ctx, "rev-parse", "--show-prefix")
-	if err != nil || strings.ContainsAny(prefix, "\x00\n\r") {
-		// A folder name with a line break would not survive every login
-		// shell; run at the top of the workspace instead.
-		prefix = ""
-	}
-	err = e.tr.run(a.ctx, execScript(e.dest, strings.TrimSuffix(prefix, "/"), argv), a.stdin, a.stdout, a.stderr)
-	var exit *sshx.ExitError
-	if errors.As(err, &exit) {
-		return cli.Exit(exit.Status)
-	}
-	return err
 }
 
 type hooksCmd struct {

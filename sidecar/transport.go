@@ -27,6 +27,10 @@ type localTransport struct{}
 
 func (localTransport) run(ctx context.Context, script string, stdin io.Reader, stdout, stderr io.Writer) error {
 	cmd := exec.CommandContext(ctx, "sh", "-c", script)
+	// A process group of its own, so that cancelling ends what the script
+	// started as well, not just sh.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	// Hooks export GIT_DIR and GIT_INDEX_FILE relative to the local
 	// repository; they must not reach git in the workspace.
 	cmd.Env = workspaceEnv(os.Environ())

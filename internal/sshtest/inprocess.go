@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 
 	"golang.org/x/crypto/ssh"
@@ -123,6 +124,8 @@ func (s *InProcess) handle(nc net.Conn) {
 		return
 	}
 	defer conn.Close()
+	gone := make(chan struct{})
+	go func() { _ = conn.Wait(); close(gone) }()
 	go ssh.DiscardRequests(reqs)
 	var wg sync.WaitGroup
 	for nch := range chans {
@@ -137,13 +140,13 @@ func (s *InProcess) handle(nc net.Conn) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.session(ch, chReqs)
+			s.session(ch, chReqs, gone)
 		}()
 	}
 	wg.Wait()
 }
 
-func (s *InProcess) session(ch ssh.Channel, reqs <-chan *ssh.Request) {
+func (s *InProcess) session(ch ssh.Channel, reqs <-chan *ssh.Request, gone <-chan struct{}) {
 	defer ch.Close()
 	for req := range reqs {
 		if req.Type != "exec" {
@@ -162,6 +165,8 @@ func (s *InProcess) session(ch ssh.Channel, reqs <-chan *ssh.Request) {
 			_, _ = io.WriteString(ch.Stderr(), s.Noise+"\n")
 		}
 		cmd := exec.Command("/bin/sh", "-c", payload.Command)
+		// A session of its own, as sshd gives every command.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		cmd.Stdout = ch
 		cmd.Stderr = ch.Stderr()
 		// Stdin is copied by hand and not waited for, as sshd does: a
@@ -174,7 +179,22 @@ func (s *InProcess) session(ch ssh.Channel, reqs <-chan *ssh.Request) {
 			}()
 		}
 		status := 0
-		if err := cmd.Run(); err != nil {
+		err = cmd.Start()
+		if err == nil {
+			// Unlike sshd, end the command with its connection, so that a
+			// test that drops one does not wait for its command.
+			stop := make(chan struct{})
+			go func() {
+				select {
+				case <-gone:
+					_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+				case <-stop:
+				}
+			}()
+			err = cmd.Wait()
+			close(stop)
+		}
+		if err != nil {
 			var exit *exec.ExitError
 			if errors.As(err, &exit) {
 				status = exit.ExitCode()

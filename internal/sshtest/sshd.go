@@ -39,6 +39,9 @@ type Options struct {
 	// Noise, when set, is printed on stdout and stderr by the remote login
 	// shell (from its .bashrc) at the start of every session.
 	Noise string
+	// Config lines go first in sshd_config, where they override ours
+	// (sshd keeps the first value of a keyword).
+	Config []string
 }
 
 // Server is a running sshd.
@@ -56,9 +59,15 @@ type Server struct {
 	// SessionLog gets one line per session the login shell starts.
 	SessionLog string
 
-	cmd  *exec.Cmd
-	done chan struct{}
-	log  *syncBuffer
+	// AuthorizedKeys is the file of client keys, in a folder every user
+	// can read (sshd reads it as the user logging in).
+	AuthorizedKeys string
+
+	cmd    *exec.Cmd
+	done   chan struct{}
+	log    *syncBuffer
+	extra  []string
+	keyDir string
 }
 
 type syncBuffer struct {
@@ -126,7 +135,7 @@ func New(dir string, o Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("look up current user: %w", err)
 	}
-	s := &Server{Dir: dir, Host: "127.0.0.1", User: u.Username, log: &syncBuffer{}}
+	s := &Server{Dir: dir, Host: "127.0.0.1", User: u.Username, log: &syncBuffer{}, extra: o.Config}
 	hostPub, err := writeKey(filepath.Join(dir, "host_ed25519"))
 	if err != nil {
 		return nil, err
@@ -143,7 +152,16 @@ func New(dir string, o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "authorized_keys"), ssh.MarshalAuthorizedKey(sshClientPub), 0o600); err != nil {
+	// Test folders are private to the current user; the public keys go
+	// where a login as another user (a nologin account) can read them.
+	if s.keyDir, err = os.MkdirTemp("", "sshtest-keys-"); err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(s.keyDir, 0o755); err != nil {
+		return nil, err
+	}
+	s.AuthorizedKeys = filepath.Join(s.keyDir, "authorized_keys")
+	if err := os.WriteFile(s.AuthorizedKeys, ssh.MarshalAuthorizedKey(sshClientPub), 0o644); err != nil {
 		return nil, err
 	}
 	s.RemoteHome = filepath.Join(dir, "remote-home")
@@ -206,11 +224,11 @@ func (s *Server) start(path string) error {
 		return err
 	}
 	s.Port = port
-	cfg := strings.Join([]string{
+	cfg := strings.Join(s.extra, "\n") + "\n" + strings.Join([]string{
 		"Port " + strconv.Itoa(port),
 		"ListenAddress 127.0.0.1",
 		"HostKey " + filepath.Join(s.Dir, "host_ed25519"),
-		"AuthorizedKeysFile " + filepath.Join(s.Dir, "authorized_keys"),
+		"AuthorizedKeysFile " + s.AuthorizedKeys,
 		// Keys under /tmp would fail sshd's ownership checks.
 		"StrictModes no",
 		"UsePAM no",
@@ -293,14 +311,56 @@ func (s *Server) ClientConfig(home, alias string, trust bool) error {
 	if err := os.WriteFile(filepath.Join(dir, "id_ed25519"), key, 0o600); err != nil {
 		return err
 	}
-	cfg := fmt.Sprintf("Host %s\n  HostName %s\n  Port %d\n  User %s\n  IdentityFile ~/.ssh/id_ed25519\n", alias, s.Host, s.Port, s.User)
-	if err := appendFile(filepath.Join(dir, "config"), cfg); err != nil {
+	if err := appendFile(filepath.Join(dir, "config"), s.HostBlock(alias)); err != nil {
 		return err
 	}
 	if trust {
 		return appendFile(filepath.Join(dir, "known_hosts"), s.KnownHostsLine()+"\n")
 	}
 	return nil
+}
+
+// HostBlock is a ~/.ssh/config entry for alias that reaches this server
+// with the key ClientConfig installs.
+func (s *Server) HostBlock(alias string) string {
+	return fmt.Sprintf("Host %s\n  HostName %s\n  Port %d\n  User %s\n  IdentityFile ~/.ssh/id_ed25519\n", alias, s.Host, s.Port, s.User)
+}
+
+// NologinUser is a system account whose login shell is /usr/sbin/nologin,
+// created on first use (it needs root). A missing useradd or nologin, or
+// not being root, skips the test, except under CI=true, where it fails it.
+func NologinUser(t testing.TB) string {
+	t.Helper()
+	const name = "gitrelay-nologin"
+	skip := func(why string) string {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("CI=true and %s", why)
+		}
+		t.Skip(why)
+		return ""
+	}
+	if _, err := user.Lookup(name); err == nil {
+		return name
+	}
+	if os.Geteuid() != 0 {
+		return skip("creating a nologin user needs root")
+	}
+	if _, err := os.Stat("/usr/sbin/nologin"); err != nil {
+		return skip("/usr/sbin/nologin is missing (apt-get install login)")
+	}
+	useradd, err := exec.LookPath("useradd")
+	if err != nil {
+		return skip("useradd is missing (apt-get install passwd)")
+	}
+	// "*" rather than useradd's locked "!": sshd without PAM refuses
+	// locked accounts before their shell could say anything. Home is /,
+	// so that sshd has nothing to complain about on stderr.
+	out, err := exec.Command(useradd, "--system", "--no-create-home", "--home-dir", "/",
+		"--shell", "/usr/sbin/nologin", "--password", "*", name).CombinedOutput()
+	if _, lerr := user.Lookup(name); lerr != nil {
+		t.Fatalf("useradd %s: %v: %s", name, err, out)
+	}
+	return name
 }
 
 func appendFile(name, text string) error {
@@ -317,6 +377,10 @@ func appendFile(name, text string) error {
 
 // Close stops sshd.
 func (s *Server) Close() error {
+	if s.keyDir != "" {
+		os.RemoveAll(s.keyDir)
+		s.keyDir = ""
+	}
 	if s.cmd == nil {
 		return nil
 	}

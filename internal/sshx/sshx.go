@@ -20,16 +20,13 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/kevinburke/ssh_config"
 	"golang.org/x/crypto/ssh"
-	"golang.org/x/crypto/ssh/agent"
 	"golang.org/x/crypto/ssh/knownhosts"
 )
 
@@ -51,8 +48,13 @@ type Options struct {
 	Home string
 	// Log, when set, receives one line per step (for -v).
 	Log io.Writer
-	// Timeout bounds the TCP connect and the handshake (default 20s).
+	// Timeout bounds the TCP connect and the handshake (default: the
+	// host's ConnectTimeout, else 20s).
 	Timeout time.Duration
+	// SSH is the ssh binary that resolves the configuration with `ssh -G`
+	// (default: ssh on PATH); "none" reads ~/.ssh/config with the built-in
+	// parser instead.
+	SSH string
 }
 
 // HostKeyError is an unknown, changed or revoked host key.
@@ -94,6 +96,24 @@ func (e *ExitError) Error() string {
 	return fmt.Sprintf("remote command exited with status %d", e.Status)
 }
 
+// LoginShellError is a remote login shell that did not run our command
+// at all: nologin, a restricted shell, a "ForceCommand" that ignores it.
+// Message is what it printed.
+type LoginShellError struct {
+	Addr    string
+	User    string
+	Status  int
+	Message string
+}
+
+func (e *LoginShellError) Error() string {
+	msg := e.Message
+	if msg == "" {
+		msg = fmt.Sprintf("it printed nothing and exited with status %d", e.Status)
+	}
+	return fmt.Sprintf("the login shell of %q on %s refused to run commands: %s", e.User, e.Addr, msg)
+}
+
 // Client is one SSH connection.
 type Client struct {
 	conn *ssh.Client
@@ -101,145 +121,69 @@ type Client struct {
 	Addr string
 	// User is the remote user name.
 	User string
+
+	// via are the ProxyJump hops under this connection, closed with it.
+	via       []*Client
+	closed    chan struct{}
+	closeOnce sync.Once
+	deadMu    sync.Mutex
+	dead      error
 }
 
-// Close closes the connection.
-func (c *Client) Close() error { return c.conn.Close() }
-
-// resolved is a Target after ~/.ssh/config.
-type resolved struct {
-	alias, hostName, user string
-	port                  int
-	identityFiles         []string
-	identitiesOnly        bool
-	knownHostsFiles       []string
-	acceptNew             bool
-	timeout               time.Duration
+// Close closes the connection and the jump hosts' connections under it.
+func (c *Client) Close() error {
+	err := c.conn.Close()
+	c.closeOnce.Do(func() { close(c.closed) })
+	for i := len(c.via) - 1; i >= 0; i-- {
+		c.via[i].Close()
+	}
+	return err
 }
 
-func homeDir(o Options) string {
-	if o.Home != "" {
-		return o.Home
-	}
-	if h, err := os.UserHomeDir(); err == nil {
-		return h
-	}
-	return "/"
+// lost is why the connection was given up (no answer to keepalives), or
+// nil.
+func (c *Client) lost() error {
+	c.deadMu.Lock()
+	defer c.deadMu.Unlock()
+	return c.dead
 }
 
-func localUser() string {
-	if u := os.Getenv("USER"); u != "" {
-		return u
-	}
-	if u, err := user.Current(); err == nil {
-		return u.Username
-	}
-	return "root"
-}
-
-// resolve applies ~/.ssh/config to t. Only the user's file is read: the
-// system one rarely matters for the hosts people point a sidecar at, and
-// keeping to one file keeps the behaviour easy to explain.
-func resolve(t Target, o Options) (resolved, error) {
-	home := homeDir(o)
-	r := resolved{alias: t.Host, hostName: t.Host, user: t.User, port: t.Port, timeout: o.Timeout, acceptNew: o.AcceptNew}
-	var cfg *ssh_config.Config
-	cfgPath := filepath.Join(home, ".ssh", "config")
-	if f, err := os.Open(cfgPath); err == nil {
-		cfg, err = ssh_config.Decode(f)
-		f.Close()
-		if err != nil {
-			return r, fmt.Errorf("read %s: %w", cfgPath, err)
+// keepalive asks the server for a reply every interval, as OpenSSH's
+// ServerAliveInterval does, and closes the connection when max requests
+// in a row went unanswered, so that a dead network ends a command instead
+// of hanging it.
+func (c *Client) keepalive(interval time.Duration, max int) {
+	var unanswered atomic.Int32
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.closed:
+			return
+		case <-t.C:
 		}
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return r, fmt.Errorf("read %s: %w", cfgPath, err)
-	}
-	get := func(key string) string {
-		if cfg == nil {
-			return ""
+		if n := int(unanswered.Load()); max > 0 && n >= max {
+			c.deadMu.Lock()
+			c.dead = fmt.Errorf("ssh connection to %s lost: no answer to %d keepalives sent every %s (ServerAliveInterval, ServerAliveCountMax)", c.Addr, n, interval)
+			c.deadMu.Unlock()
+			c.Close()
+			return
 		}
-		v, _ := cfg.Get(t.Host, key)
-		return strings.TrimSpace(v)
-	}
-	getAll := func(key string) []string {
-		if cfg == nil {
-			return nil
-		}
-		v, _ := cfg.GetAll(t.Host, key)
-		return v
-	}
-	if v := get("HostName"); v != "" {
-		r.hostName = strings.ReplaceAll(v, "%h", t.Host)
-	}
-	if r.user == "" {
-		r.user = get("User")
-	}
-	if r.user == "" {
-		r.user = localUser()
-	}
-	if r.port == 0 {
-		if v := get("Port"); v != "" {
-			p, err := strconv.Atoi(v)
-			if err != nil || p <= 0 || p > 65535 {
-				return r, fmt.Errorf("%s: Port %q for host %q is not a port number", cfgPath, v, t.Host)
+		unanswered.Add(1)
+		go func() {
+			// Any reply proves the connection alive, whatever the server
+			// thinks of the request itself.
+			if _, _, err := c.conn.SendRequest("keepalive@openssh.com", true, nil); err == nil {
+				unanswered.Store(0)
 			}
-			r.port = p
-		}
+		}()
 	}
-	if r.port == 0 {
-		r.port = 22
-	}
-	if v := get("ProxyJump"); v != "" && !strings.EqualFold(v, "none") {
-		return r, fmt.Errorf("%s: ProxyJump for host %q is not supported by git-sidecar; point the sidecar at a directly reachable host", cfgPath, t.Host)
-	}
-	if v := get("ProxyCommand"); v != "" && !strings.EqualFold(v, "none") {
-		return r, fmt.Errorf("%s: ProxyCommand for host %q is not supported by git-sidecar; point the sidecar at a directly reachable host", cfgPath, t.Host)
-	}
-	expand := func(p string) string {
-		p = strings.NewReplacer("%d", home, "%u", localUser(), "%r", r.user, "%h", r.hostName, "%%", "%").Replace(p)
-		if p == "~" {
-			return home
-		}
-		if strings.HasPrefix(p, "~/") {
-			return filepath.Join(home, p[2:])
-		}
-		return p
-	}
-	for _, f := range getAll("IdentityFile") {
-		r.identityFiles = append(r.identityFiles, expand(f))
-	}
-	r.identitiesOnly = strings.EqualFold(get("IdentitiesOnly"), "yes")
-	for _, f := range getAll("UserKnownHostsFile") {
-		for _, w := range strings.Fields(f) {
-			r.knownHostsFiles = append(r.knownHostsFiles, expand(w))
-		}
-	}
-	if len(r.knownHostsFiles) == 0 {
-		r.knownHostsFiles = []string{filepath.Join(home, ".ssh", "known_hosts")}
-	}
-	if strings.EqualFold(get("StrictHostKeyChecking"), "accept-new") {
-		r.acceptNew = true
-	}
-	if r.timeout == 0 {
-		if v := get("ConnectTimeout"); v != "" {
-			if s, err := strconv.Atoi(v); err == nil && s > 0 {
-				r.timeout = time.Duration(s) * time.Second
-			}
-		}
-	}
-	if r.timeout == 0 {
-		r.timeout = 20 * time.Second
-	}
-	return r, nil
 }
 
-// Dial connects and authenticates.
+// Dial connects and authenticates, through the ProxyJump hops or the
+// ProxyCommand that the SSH configuration names for the host.
 func Dial(ctx context.Context, t Target, o Options) (*Client, error) {
-	if t.Host == "" || strings.HasPrefix(t.Host, "-") || strings.ContainsAny(t.Host, " \t\r\n\x00/") {
-		return nil, fmt.Errorf("ssh host %q is not a valid host name", t.Host)
-	}
-	r, err := resolve(t, o)
-	if err != nil {
+	if err := checkHost(t.Host); err != nil {
 		return nil, err
 	}
 	logf := func(format string, args ...any) {
@@ -247,52 +191,153 @@ func Dial(ctx context.Context, t Target, o Options) (*Client, error) {
 			fmt.Fprintf(o.Log, "ssh: "+format+"\n", args...)
 		}
 	}
-	addr := net.JoinHostPort(r.hostName, strconv.Itoa(r.port))
-	hk, err := newHostKeyChecker(r.knownHostsFiles, r.acceptNew, logf)
+	r, err := resolve(ctx, t, o, logf)
 	if err != nil {
 		return nil, err
 	}
-	signers, closeAgent := collectSigners(r, homeDir(o), logf)
-	defer closeAgent()
-	if len(signers) == 0 {
+	return connect(ctx, r, o, logf, 0, nil)
+}
+
+// connect reaches r directly, through `through` (the previous ProxyJump
+// hop, whose own proxy settings then do not matter, as in OpenSSH), or
+// through r's ProxyJump or ProxyCommand, and logs in.
+func connect(ctx context.Context, r resolved, o Options, logf func(string, ...any), depth int, through *Client) (*Client, error) {
+	if depth > 8 {
+		return nil, errProxyLoop
+	}
+	if r.forwardAgent {
+		logf("ForwardAgent is set for %s; git-sidecar never forwards the agent", r.alias)
+	}
+	addr := joinHostPort(r.hostName, r.port)
+	var chain []*Client
+	fail := func(err error) (*Client, error) {
+		for i := len(chain) - 1; i >= 0; i-- {
+			chain[i].Close()
+		}
+		return nil, err
+	}
+	var nc net.Conn
+	var pc *proxyCommandConn
+	var err error
+	switch {
+	case through != nil:
+		logf("connecting to %s through %s", addr, through.Addr)
+		if nc, err = through.conn.DialContext(ctx, "tcp", addr); err != nil {
+			return nil, fmt.Errorf("connect to %s through the jump host %s: %w", addr, through.Addr, err)
+		}
+	case r.proxyJump != "":
+		hops, err := parseJumps(r.proxyJump)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", r.source, err)
+		}
+		var prev *Client
+		for _, h := range hops {
+			hr, err := resolve(ctx, Target{Host: h.host, User: h.user, Port: h.port}, o, logf)
+			if err != nil {
+				return fail(err)
+			}
+			c, err := connect(ctx, hr, o, logf, depth+1, prev)
+			if err != nil {
+				return fail(fmt.Errorf("jump host %s: %w", h.host, err))
+			}
+			chain = append(chain, c)
+			prev = c
+		}
+		logf("connecting to %s through %s", addr, prev.Addr)
+		if nc, err = prev.conn.DialContext(ctx, "tcp", addr); err != nil {
+			return fail(fmt.Errorf("connect to %s through the jump host %s: %w", addr, prev.Addr, err))
+		}
+	case r.proxyCommand != "":
+		if pc, err = startProxyCommand(r, logf); err != nil {
+			return nil, err
+		}
+		nc = pc
+	default:
+		logf("connecting to %s as %s", addr, r.user)
+		d := net.Dialer{Timeout: r.timeout}
+		if nc, err = d.DialContext(ctx, "tcp", addr); err != nil {
+			return nil, fmt.Errorf("connect to %s: %w", addr, err)
+		}
+	}
+	c, err := handshake(ctx, nc, addr, r, o, logf)
+	if err != nil {
+		var hkErr *HostKeyError
+		if pc != nil && !errors.As(err, &hkErr) {
+			// What the command said is the reason; the broken pipe it
+			// left us with is not.
+			if why := pc.failure(); why != "" {
+				err = fmt.Errorf("connect to %s with ProxyCommand %q: %s", r.alias, r.proxyCommand, why)
+			}
+		}
+		return fail(err)
+	}
+	c.via = chain
+	if r.aliveInterval > 0 {
+		go c.keepalive(r.aliveInterval, r.aliveCountMax)
+	}
+	return c, nil
+}
+
+// handshake checks the host key and logs in over nc, which it closes on
+// failure.
+func handshake(ctx context.Context, nc net.Conn, addr string, r resolved, o Options, logf func(string, ...any)) (*Client, error) {
+	hk, err := newHostKeyChecker(r.knownHostsFiles, r.globalKnownHostsFiles, r.acceptNew, logf)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	keys := collectSigners(r, homeDir(o), logf)
+	defer keys.close()
+	if len(keys.signers) == 0 {
+		nc.Close()
+		if len(keys.locked) > 0 {
+			return nil, fmt.Errorf("log in to %s as %q: %s", addr, r.user, keys.lockedAdvice())
+		}
 		return nil, fmt.Errorf("no SSH key to log in to %s with: start ssh-agent or create ~/.ssh/id_ed25519 (ssh-keygen -t ed25519)", addr)
 	}
+	var offered []string
+	authStarted := false
 	cfg := &ssh.ClientConfig{
 		User:              r.user,
-		Auth:              []ssh.AuthMethod{ssh.PublicKeys(signers...)},
+		Auth:              []ssh.AuthMethod{ssh.PublicKeys(keys.signers...)},
 		HostKeyCallback:   hk.check,
 		HostKeyAlgorithms: hk.algorithmsFor(addr),
 		Timeout:           r.timeout,
+		// Only records what the server accepts, for the message when
+		// nothing of ours works; the keys above are still what is tried.
+		AuthCallback: func(ac *ssh.ClientAuthContext) (ssh.AuthMethod, error) {
+			authStarted = true
+			offered = ac.AllowedMethods
+			return nil, nil
+		},
 	}
-	logf("connecting to %s as %s", addr, r.user)
-	d := net.Dialer{Timeout: r.timeout}
-	nc, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", addr, err)
-	}
-	// The handshake has no context of its own; a deadline bounds it and a
-	// cancelled context closes the socket.
-	_ = nc.SetDeadline(time.Now().Add(r.timeout))
+	// The handshake has no context of its own: a timer bounds it (also on
+	// connections without deadlines, such as a jump host's channel) and a
+	// cancelled context closes the connection.
+	timer := time.AfterFunc(r.timeout, func() { nc.Close() })
 	stop := context.AfterFunc(ctx, func() { nc.Close() })
-	c, chans, reqs, err := ssh.NewClientConn(nc, addr, cfg)
+	sc, chans, reqs, err := ssh.NewClientConn(nc, addr, cfg)
+	timedOut := !timer.Stop()
 	stop()
 	if err != nil {
 		nc.Close()
 		var hkErr *HostKeyError
-		if errors.As(err, &hkErr) {
+		switch {
+		case errors.As(err, &hkErr):
 			return nil, hkErr
-		}
-		if hk.err != nil {
+		case hk.err != nil:
 			return nil, hk.err
-		}
-		if strings.Contains(err.Error(), "unable to authenticate") {
-			return nil, fmt.Errorf("log in to %s as %q: the server accepted none of our keys (%d tried); add one to its authorized_keys", addr, r.user, len(signers))
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		case timedOut:
+			return nil, fmt.Errorf("ssh handshake with %s: no answer within %s", addr, r.timeout)
+		case authStarted:
+			return nil, keys.authError(addr, r.user, offered)
 		}
 		return nil, fmt.Errorf("ssh handshake with %s: %w", addr, err)
 	}
-	_ = nc.SetDeadline(time.Time{})
 	logf("connected to %s", addr)
-	return &Client{conn: ssh.NewClient(c, chans, reqs), Addr: addr, User: r.user}, nil
+	return &Client{conn: ssh.NewClient(sc, chans, reqs), Addr: addr, User: r.user, closed: make(chan struct{})}, nil
 }
 
 // hostKeyChecker wraps knownhosts with the fail-closed policy and the
@@ -305,9 +350,9 @@ type hostKeyChecker struct {
 	err       error
 }
 
-func newHostKeyChecker(files []string, acceptNew bool, logf func(string, ...any)) (*hostKeyChecker, error) {
+func newHostKeyChecker(files, global []string, acceptNew bool, logf func(string, ...any)) (*hostKeyChecker, error) {
 	var existing []string
-	for _, f := range files {
+	for _, f := range append(append([]string(nil), files...), global...) {
 		if _, err := os.Stat(f); err == nil {
 			existing = append(existing, f)
 		} else if !errors.Is(err, os.ErrNotExist) {
@@ -423,69 +468,6 @@ func appendKnownHost(file, hostname string, key ssh.PublicKey) error {
 	return f.Close()
 }
 
-// collectSigners gathers keys in the order OpenSSH tries them: the
-// IdentityFile entries, the agent's keys, then the default files.
-func collectSigners(r resolved, home string, logf func(string, ...any)) ([]ssh.Signer, func()) {
-	var signers []ssh.Signer
-	seen := map[string]bool{}
-	add := func(s ssh.Signer) {
-		k := string(s.PublicKey().Marshal())
-		if !seen[k] {
-			seen[k] = true
-			signers = append(signers, s)
-		}
-	}
-	loadFile := func(path string, explicit bool) {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			if explicit || !errors.Is(err, os.ErrNotExist) {
-				logf("skipping key %s: %v", path, err)
-			}
-			return
-		}
-		s, err := ssh.ParsePrivateKey(b)
-		if err != nil {
-			var pp *ssh.PassphraseMissingError
-			if errors.As(err, &pp) {
-				logf("skipping key %s: it has a passphrase; add it to ssh-agent to use it", path)
-			} else {
-				logf("skipping key %s: %v", path, err)
-			}
-			return
-		}
-		logf("using key %s (%s)", path, ssh.FingerprintSHA256(s.PublicKey()))
-		add(s)
-	}
-	for _, f := range r.identityFiles {
-		loadFile(f, true)
-	}
-	closer := func() {}
-	if !r.identitiesOnly {
-		if sock := os.Getenv("SSH_AUTH_SOCK"); sock != "" {
-			if c, err := net.Dial("unix", sock); err == nil {
-				ag := agent.NewClient(c)
-				if ss, err := ag.Signers(); err == nil {
-					logf("ssh-agent offers %d key(s)", len(ss))
-					for _, s := range ss {
-						add(s)
-					}
-				}
-				// The agent connection must outlive the handshake: its
-				// signers call back into it.
-				closer = func() { c.Close() }
-			} else {
-				logf("ssh-agent at SSH_AUTH_SOCK is not reachable: %v", err)
-			}
-		}
-		if len(r.identityFiles) == 0 {
-			for _, n := range []string{"id_ed25519", "id_ecdsa", "id_rsa"} {
-				loadFile(filepath.Join(home, ".ssh", n), false)
-			}
-		}
-	}
-	return signers, closer
-}
-
 // Quote returns s as one single-quoted POSIX sh word: no character in it
 // is special to the shell.
 func Quote(s string) string {
@@ -512,10 +494,14 @@ func Framed(script, marker string) string {
 }
 
 // MarkerFilter passes through what follows the first marker line and holds
-// back what comes before it (at most 64 KiB of it, for diagnostics).
+// back what comes before it (at most 64 KiB of it, for diagnostics). The
+// marker line may carry a word after the marker (Exec's process group),
+// and may end in "\r\n" (a terminal's line end).
 type MarkerFilter struct {
 	W      io.Writer
 	Marker string
+	// OnMarker, when set, is called once with the rest of the marker line.
+	OnMarker func(tag string)
 
 	mu     sync.Mutex
 	found  bool
@@ -531,12 +517,27 @@ func (f *MarkerFilter) Write(p []byte) (int, error) {
 	}
 	n := len(p)
 	buf := append(f.tail, p...)
-	want := []byte(f.Marker + "\n")
-	if i := bytes.Index(buf, want); i >= 0 {
+	m := []byte(f.Marker)
+	if i := bytes.Index(buf, m); i >= 0 {
+		rest := buf[i+len(m):]
+		nl := bytes.IndexByte(rest, '\n')
+		if nl < 0 && len(rest) < 256 {
+			// The rest of the marker line is still to come.
+			f.keep(buf[:i])
+			f.tail = append([]byte(nil), buf[i:]...)
+			return n, nil
+		}
+		tag := ""
+		if nl >= 0 {
+			tag = strings.TrimSpace(string(rest[:nl]))
+			rest = rest[nl+1:]
+		}
 		f.found = true
 		f.keep(buf[:i])
 		f.tail = nil
-		rest := buf[i+len(want):]
+		if f.OnMarker != nil {
+			f.OnMarker(tag)
+		}
 		if len(rest) > 0 {
 			if _, err := f.W.Write(rest); err != nil {
 				return n, err
@@ -545,7 +546,7 @@ func (f *MarkerFilter) Write(p []byte) (int, error) {
 		return n, nil
 	}
 	// Keep just enough to find a marker split across writes.
-	cut := len(buf) - len(want) + 1
+	cut := len(buf) - len(m) + 1
 	if cut > 0 {
 		f.keep(buf[:cut])
 		buf = buf[cut:]
@@ -628,26 +629,45 @@ func (c *Client) RunScript(ctx context.Context, script string, stdin io.Reader, 
 		<-done
 		return ctx.Err()
 	}
-	if err != nil {
-		var exit *ssh.ExitError
-		if errors.As(err, &exit) {
-			status := exit.ExitStatus()
-			if sig := exit.Signal(); sig != "" && status <= 0 {
-				// Like a local shell: 128 plus the signal's number.
-				status = 128 + signalNumbers[sig]
+	return c.scriptResult(err, outF, errF)
+}
+
+// scriptResult maps how a framed command ended to our errors: an
+// *ExitError for a status or signal, a *LoginShellError when the login
+// shell never ran our sh, the keepalive's verdict for a lost connection.
+func (c *Client) scriptResult(err error, outF, errF *MarkerFilter) error {
+	if err == nil {
+		if !outF.Found() {
+			return fmt.Errorf("remote shell on %s did not run our command (its output: %q)", c.Addr, firstLine(errF.Before()+outF.Before()))
+		}
+		return nil
+	}
+	if lost := c.lost(); lost != nil {
+		return lost
+	}
+	var exit *ssh.ExitError
+	if errors.As(err, &exit) {
+		status := exit.ExitStatus()
+		if sig := exit.Signal(); sig != "" && status <= 0 {
+			// Like a local shell: 128 plus the signal's number.
+			status = 128 + signalNumbers[sig]
+		}
+		if !outF.Found() && !errF.Found() && exit.Signal() == "" {
+			// nologin and its kind explain themselves on stdout, sshd's
+			// own complaints (a missing home) come on stderr.
+			msg := firstLine(outF.Before())
+			if msg == "" {
+				msg = firstLine(errF.Before())
 			}
-			return &ExitError{Status: status, Signal: exit.Signal()}
+			return &LoginShellError{Addr: c.Addr, User: c.User, Status: status, Message: msg}
 		}
-		var missing *ssh.ExitMissingError
-		if errors.As(err, &missing) {
-			return &ExitError{Status: 255}
-		}
-		return fmt.Errorf("remote command on %s: %w", c.Addr, err)
+		return &ExitError{Status: status, Signal: exit.Signal()}
 	}
-	if !outF.Found() {
-		return fmt.Errorf("remote shell on %s did not run our command (its output: %q)", c.Addr, firstLine(errF.Before()+outF.Before()))
+	var missing *ssh.ExitMissingError
+	if errors.As(err, &missing) {
+		return &ExitError{Status: 255}
 	}
-	return nil
+	return fmt.Errorf("remote command on %s: %w", c.Addr, err)
 }
 
 // signalNumbers are the POSIX numbers of the signals SSH names.

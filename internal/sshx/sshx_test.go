@@ -191,6 +191,54 @@ func TestAgentKeys(t *testing.T) {
 	c.Close()
 }
 
+// serveAgent serves keyring on a socket and points SSH_AUTH_SOCK at it.
+func serveAgent(t *testing.T, keyring agent.Agent) {
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	l, err := net.Listen("unix", sock)
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _ = agent.ServeAgent(keyring, c); c.Close() }()
+		}
+	}()
+	t.Setenv("SSH_AUTH_SOCK", sock)
+}
+
+// TestIdentitiesOnly: the agent's keys are offered only when they belong
+// to an IdentityFile entry.
+func TestIdentitiesOnly(t *testing.T) {
+	s := sshtest.StartInProcess(t, sshtest.Options{})
+	h := home(t, s, true)
+	good, err := os.ReadFile(filepath.Join(h, ".ssh", "id_ed25519"))
+	require.NoError(t, err)
+	raw, err := ssh.ParseRawPrivateKey(good)
+	require.NoError(t, err)
+	keyring := agent.NewKeyring()
+	require.NoError(t, keyring.Add(agent.AddedKey{PrivateKey: raw}))
+	serveAgent(t, keyring)
+	// On disk, only a key the server does not know.
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	require.NoError(t, err)
+	block, err := ssh.MarshalPrivateKey(priv, "")
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(h, ".ssh", "other"), pemEncode(block), 0o600))
+	require.NoError(t, os.Remove(filepath.Join(h, ".ssh", "id_ed25519")))
+	cfg := fmt.Sprintf("Host only\n  HostName %s\n  Port %d\n  User tester\n  IdentityFile ~/.ssh/other\n  IdentitiesOnly yes\n"+
+		"Host any\n  HostName %s\n  Port %d\n  User tester\n  IdentityFile ~/.ssh/other\n", s.Host, s.Port, s.Host, s.Port)
+	require.NoError(t, os.WriteFile(filepath.Join(h, ".ssh", "config"), []byte(cfg), 0o600))
+
+	_, err = sshx.Dial(t.Context(), sshx.Target{Host: "only"}, sshx.Options{Home: h})
+	require.ErrorContains(t, err, "accepted none of our keys (1 tried: ~/.ssh/other)")
+	c, err := sshx.Dial(t.Context(), sshx.Target{Host: "any"}, sshx.Options{Home: h})
+	require.NoError(t, err)
+	c.Close()
+}
+
 func TestWrongKeyIsOneClearLine(t *testing.T) {
 	s := sshtest.StartInProcess(t, sshtest.Options{})
 	h := home(t, s, true)
