@@ -49,6 +49,13 @@ const maxManifest = 256 << 20
 func (s *Server) runPush(ctx context.Context, e *exch) {
 	start := time.Now()
 	results, err := s.push(ctx, e)
+	for attempt := 1; attempt < 3 && errors.Is(err, errUpstreamLost); attempt++ {
+		// Upstream went away while the pack streamed to it, before its
+		// end was sent: nothing landed. The chunks are kept, so the
+		// push starts over from them.
+		s.log.Warn("the connection to upstream broke before the pack was complete: pushing again from the kept chunks", "id", e.id, "err", s.redact(err.Error()))
+		results, err = s.push(ctx, e)
+	}
 	switch {
 	case errors.Is(err, errEnded):
 		return // cancelled
@@ -413,10 +420,17 @@ func (s *Server) sendUpstream(ctx context.Context, e *exch, p *pushPlan, pack io
 		return nil, g, gerr
 	}
 	if err != nil && res == nil {
+		if !g.released && ctx.Err() == nil {
+			return nil, g, fmt.Errorf("%w: %w", errUpstreamLost, s.upstreamErr(p.m, err))
+		}
 		return nil, g, s.upstreamErr(p.m, err)
 	}
 	return res, g, nil
 }
+
+// errUpstreamLost is a push whose connection to upstream broke before
+// the pack's end went out: upstream completed nothing.
+var errUpstreamLost = errors.New("the connection to upstream broke before the pack was complete")
 
 // gate is the pack on its way upstream. It tees every byte into a local
 // index-pack, and keeps the last holdBack bytes until the payload has

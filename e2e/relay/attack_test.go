@@ -376,3 +376,65 @@ func cmdMakeTags(ts *testscript.TestScript, neg bool, args []string) {
 	_, err = repo.RunInput(context.Background(), strings.NewReader(in.String()), "update-ref", "--stdin")
 	ts.Check(err)
 }
+
+// cmdUpstreamObjects prints what upstream's object store holds: loose
+// objects, packs, and quarantines of pushes under way (receive-pack's
+// tmp_objdir-incoming-*), waiting up to 20 s for quarantines to go:
+// upstream-objects owner/repo.
+func cmdUpstreamObjects(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 1 {
+		ts.Fatalf("usage: upstream-objects owner/repo")
+	}
+	objects := filepath.Join(ts.Getenv("UPSTREAM"), args[0]+".git", "objects")
+	var loose, packs, incoming int
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		loose, packs, incoming = 0, 0, 0
+		entries, err := os.ReadDir(objects)
+		ts.Check(err)
+		for _, e := range entries {
+			switch {
+			case strings.HasPrefix(e.Name(), "tmp_objdir-incoming"), strings.HasPrefix(e.Name(), "incoming-"):
+				incoming++
+			case len(e.Name()) == 2:
+				sub, _ := os.ReadDir(filepath.Join(objects, e.Name()))
+				loose += len(sub)
+			}
+		}
+		if p, err := filepath.Glob(filepath.Join(objects, "pack", "*.pack")); err == nil {
+			packs = len(p)
+		}
+		if incoming == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	fmt.Fprintf(ts.Stdout(), "loose %d packs %d incoming %d\n", loose, packs, incoming)
+}
+
+// cmdUpstreamCount arms a counter of the git host's requests whose path
+// matches REGEXP (upstream-count REGEXP), or prints it (upstream-count).
+func cmdUpstreamCount(ts *testscript.TestScript, neg bool, args []string) {
+	st := getState(ts)
+	st.mu.Lock()
+	host := st.host
+	st.mu.Unlock()
+	if host == nil {
+		ts.Fatalf("upstream-count needs relay-up --http-upstream")
+	}
+	switch len(args) {
+	case 1:
+		re, err := regexp.Compile(args[0])
+		ts.Check(err)
+		st.upCount.Store(0)
+		host.SetHook(func(r *http.Request) {
+			if re.MatchString(r.URL.Path) {
+				st.upCount.Add(1)
+			}
+		})
+	case 0:
+		fmt.Fprintln(ts.Stdout(), st.upCount.Load())
+	default:
+		ts.Fatalf("usage: upstream-count [REGEXP]")
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -63,6 +64,8 @@ var commands = map[string]func(ts *testscript.TestScript, neg bool, args []strin
 	"helper-kill":      cmdHelperKill,
 	"cap-helpers":      cmdCapHelpers,
 	"make-tags":        cmdMakeTags,
+	"upstream-objects": cmdUpstreamObjects,
+	"upstream-count":   cmdUpstreamCount,
 	"proxy-clean":      cmdProxyClean,
 	"proxy-violations": cmdProxyViolations,
 	"no-token-leak":    cmdNoTokenLeak,
@@ -113,7 +116,9 @@ type state struct {
 	memMark int64
 	// recorded holds the requests proxy-record kept.
 	recorded []edgeproxy.Request
-	edges    []*serverProc // edge processes (edge-up), stopped first
+	// upCount counts the git host's requests upstream-count watches.
+	upCount atomic.Int64
+	edges   []*serverProc // edge processes (edge-up), stopped first
 }
 
 // jqBundle is the real history the scripts that need one clone:

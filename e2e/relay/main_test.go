@@ -41,3 +41,9 @@ func TestRelayFetch(t *testing.T) {
 func TestRelayRemote(t *testing.T) {
 	testscript.Run(t, params("testdata/remote"))
 }
+
+// TestRelayCutThrough runs the scripts about pushes that stream into
+// upstream while they upload.
+func TestRelayCutThrough(t *testing.T) {
+	testscript.Run(t, params("testdata/cut"))
+}

@@ -59,6 +59,8 @@ type Match struct {
 	Path *regexp.Regexp
 	// Method, when set, must be the request's method.
 	Method string
+	// Query, when set, must match the request's raw query.
+	Query *regexp.Regexp
 	// Skip lets the first Skip matching bodies pass untouched.
 	Skip int
 	// Count caps how many times the mode acts (0: no limit).
@@ -77,6 +79,9 @@ func (m *Match) key(req *Request, dir Direction, body []byte) (string, bool) {
 		return "", false
 	}
 	if m.Method != "" && !strings.EqualFold(m.Method, req.Method) {
+		return "", false
+	}
+	if m.Query != nil && !m.Query.MatchString(req.Query) {
 		return "", false
 	}
 	key := req.Method + " " + req.Path
@@ -98,6 +103,9 @@ func (m *Match) exchange(req *Request) bool {
 		return false
 	}
 	if m.Path != nil && !m.Path.MatchString(req.Path) {
+		return false
+	}
+	if m.Query != nil && !m.Query.MatchString(req.Query) {
 		return false
 	}
 	return m.Min == 0 || len(req.Body) > m.Min
@@ -375,7 +383,7 @@ func CutAfter(n int, m *Match) *Tamper {
 }
 
 // TamperUsage describes the canned modes ParseTamper accepts.
-const TamperUsage = `MODE [FLAGS] [+ MODE [FLAGS]...] (several modes act in turn); FLAGS: [-dir up|down] [-method METHOD] [-path REGEXP] [-min BYTES] [-skip N] [-count N] [-wait DURATION] [-how sig|byte|502] [-reply STATUS|hangup]
+const TamperUsage = `MODE [FLAGS] [+ MODE [FLAGS]...] (several modes act in turn); FLAGS: [-dir up|down] [-method METHOD] [-path REGEXP] [-query REGEXP] [-min BYTES] [-skip N] [-count N] [-wait DURATION] [-how sig|byte|502] [-reply STATUS|hangup]
 modes:
   off                    remove the tamper
   flip                   flip every bit of the middle byte of each matching body
@@ -392,7 +400,7 @@ modes:
   drop-once-after BYTES  cut a matching response off after BYTES bytes (once unless -count)
   freeze                 hold matching requests without an answer, as a hung proxy does, for -wait
                          (then drop the connection); give -wait 10m for a proxy that never answers
-matching: -path REGEXP on the client path (/api/game/...), -method METHOD, -dir up|down (body modes),
+matching: -path REGEXP on the client path (/api/game/...), -query REGEXP on its raw query, -method METHOD, -dir up|down (body modes),
 -min BYTES (bodies longer than that), -skip N lets the first N matches pass, -count N acts at most N
 times (0: every time)`
 
@@ -474,6 +482,7 @@ func parseOne(args []string) (*Tamper, error) {
 	method := fs.String("method", "", "touch only requests with this method")
 	minSize := fs.Int("min", 0, "touch only bodies longer than this many bytes")
 	path := fs.String("path", "", "touch only paths matching this regular expression")
+	query := fs.String("query", "", "touch only requests whose raw query matches this regular expression")
 	skip := fs.Int("skip", 0, "let the first N matching bodies pass")
 	count := fs.Int("count", 0, "act at most this many times (0: no limit)")
 	wait := fs.Duration("wait", 500*time.Millisecond, "swap: how long a request waits for its partner")
@@ -504,6 +513,13 @@ func parseOne(args []string) (*Tamper, error) {
 			return nil, fmt.Errorf("tamper %s: -path: %w", mode, err)
 		}
 		m.Path = re
+	}
+	if *query != "" {
+		re, err := regexp.Compile(*query)
+		if err != nil {
+			return nil, fmt.Errorf("tamper %s: -query: %w", mode, err)
+		}
+		m.Query = re
 	}
 	switch mode {
 	case "flip":
