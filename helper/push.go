@@ -140,18 +140,45 @@ func (h *Helper) push(ctx context.Context, specs []string) ([]string, error) {
 // local repository, so this is where divergence is refused, before
 // anything is uploaded.
 func (h *Helper) check(ctx context.Context, ups []*refUpdate) error {
+	// Sources that are full ref names (what git sends for --tags,
+	// --mirror and most pushes) come from one listing of the refs; the
+	// rest, and upstream's old ids, from one cat-file.
 	var names []string
+	seen := map[string]bool{}
+	found := map[string]string{}
+	byRef := false
 	for _, u := range ups {
-		if u.src != "" {
+		if strings.HasPrefix(u.src, "refs/") {
+			byRef = true
+		}
+	}
+	if byRef {
+		out, err := h.git.Run(ctx, "for-each-ref", "--format=%(objectname) %(refname)")
+		if err != nil {
+			return fmt.Errorf("list the local refs: %w", err)
+		}
+		for _, line := range strings.Split(out, "\n") {
+			if id, ref, ok := strings.Cut(line, " "); ok {
+				found[ref] = id
+			}
+		}
+	}
+	for _, u := range ups {
+		if u.src != "" && found[u.src] == "" && !seen[u.src] {
+			seen[u.src] = true
 			names = append(names, u.src)
 		}
-		if old := h.refs.Refs[u.Ref]; old != "" {
+		if old := h.refs.Refs[u.Ref]; old != "" && !seen[old] {
+			seen[old] = true
 			names = append(names, old)
 		}
 	}
-	found, err := h.git.Exists(ctx, names)
+	more, err := h.git.Exists(ctx, names)
 	if err != nil {
 		return fmt.Errorf("look up the pushed objects: %w", err)
+	}
+	for n, id := range more {
+		found[n] = id
 	}
 	for _, u := range ups {
 		h.checkOne(ctx, u, found)

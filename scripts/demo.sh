@@ -30,7 +30,7 @@ git init -q --bare "$work/upstream/acme/widgets.git"
 echo "upstream: $work/upstream/acme/widgets.git"
 
 say "A relay server on loopback"
-git-relay-server keygen > "$work/relay.key"
+git-relay-server keygen -o "$work/relay.key" 2>/dev/null
 git-relay-server serve --listen 127.0.0.1:0 --data-dir "$work/relay-data" \
   --key-file "$work/relay.key" --upstream "file://$work/upstream/{repo}.git" 2> "$work/server.log" &
 server_pid=$!

@@ -284,11 +284,16 @@ func (s *Server) checkBundle(ctx context.Context, p *pushPlan, hdr *bundle.Heade
 		heads[r.OID] = true
 	}
 	var ask []string
+	asked := map[string]bool{}
 	for _, pr := range hdr.Prereqs {
-		ask = append(ask, pr.OID)
+		if !asked[pr.OID] {
+			asked[pr.OID] = true
+			ask = append(ask, pr.OID)
+		}
 	}
 	for id := range news {
-		if !heads[id] {
+		if !heads[id] && !asked[id] {
+			asked[id] = true
 			ask = append(ask, id)
 		}
 	}
@@ -325,8 +330,10 @@ func (s *Server) checkBundle(ctx context.Context, p *pushPlan, hdr *bundle.Heade
 // upstream's already.
 func (s *Server) checkRefOnly(ctx context.Context, p *pushPlan) error {
 	var ask []string
+	seen := map[string]bool{}
 	for _, u := range p.man.Updates {
-		if u.New != wire.ZeroID {
+		if u.New != wire.ZeroID && !seen[u.New] {
+			seen[u.New] = true
 			ask = append(ask, u.New)
 		}
 	}
