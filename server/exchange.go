@@ -112,6 +112,7 @@ type exch struct {
 	changed   chan struct{} // closed, and replaced, at every change
 	working   bool          // this instance runs the exchange's work
 	applying  bool          // a push is being applied upstream: shutdown waits
+	cancelled bool          // its client cancelled it: it must not start applying
 	cancel    context.CancelFunc
 	inline    []byte // an inline upload's payload
 	down      downProgress
@@ -762,6 +763,9 @@ func (s *Server) handleCancel(c *call) {
 func (s *Server) cancelExchange(ctx context.Context, e *exch, why string) {
 	e.mu.Lock()
 	applying := e.applying
+	if !applying {
+		e.cancelled = true
+	}
 	cancel := e.cancel
 	e.mu.Unlock()
 	if applying {
@@ -910,13 +914,26 @@ func (s *Server) keepLease(ctx context.Context, e *exch) func() {
 			case <-ctx.Done():
 				return
 			case <-t.C:
-				_ = s.update(ctx, e, func(st *state) error {
+				err := s.update(ctx, e, func(st *state) error {
 					if wire.Ended(st.Phase) {
 						return errEnded
 					}
 					st.Owner, st.Lease = s.instance, time.Now().Add(leaseTTL).UTC()
 					return nil
 				})
+				if errors.Is(err, errEnded) {
+					// Cancelled through another instance: stop, unless
+					// upstream has the pack already.
+					e.mu.Lock()
+					if !e.applying {
+						e.cancelled = true
+						if e.cancel != nil {
+							e.cancel()
+						}
+					}
+					e.mu.Unlock()
+					return
+				}
 			}
 		}
 	}()

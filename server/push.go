@@ -395,7 +395,9 @@ func (s *Server) sendUpstream(ctx context.Context, e *exch, p *pushPlan, pack io
 		}
 	}
 	if !needPack {
-		applying(e)
+		if err := applying(e); err != nil {
+			return nil, nil, err
+		}
 		res, err := p.m.remote.Push(ctx, req)
 		if err != nil && res == nil {
 			return nil, nil, s.upstreamErr(p.m, err)
@@ -403,7 +405,9 @@ func (s *Server) sendUpstream(ctx context.Context, e *exch, p *pushPlan, pack io
 		return res, nil, nil
 	}
 	if pack == nil {
-		applying(e)
+		if err := applying(e); err != nil {
+			return nil, nil, err
+		}
 		req.Pack = bytes.NewReader(bundle.EmptyPack())
 		res, err := p.m.remote.Push(ctx, req)
 		if err != nil && res == nil {
@@ -503,7 +507,10 @@ func (g *gate) Read(b []byte) (int, error) {
 			}
 			// From here on the outcome is upstream's: the push is no
 			// longer cancelled, and a shutdown waits for it.
-			applying(g.e)
+			if err := applying(g.e); err != nil {
+				g.err = err
+				return 0, err
+			}
 			g.released = true
 			continue
 		}
@@ -582,11 +589,16 @@ func (g *gate) finish() error {
 	return nil
 }
 
-// applying marks a push whose outcome is now upstream's.
-func applying(e *exch) {
+// applying marks a push whose outcome is now upstream's, unless its
+// client cancelled it first: then the push must stop here.
+func applying(e *exch) error {
 	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.cancelled {
+		return errEnded
+	}
 	e.applying = true
-	e.mu.Unlock()
+	return nil
 }
 
 // record turns upstream's report into the results.
