@@ -133,6 +133,7 @@ func (h *Helper) answer(ctx context.Context, kind string, request []byte, out io
 		st, tail, err := h.ask(ctx, x, request)
 		if err != nil {
 			if cache == nil || attempt > 0 {
+				h.gaveUp(x, cache, err)
 				return err
 			}
 		} else if st.Phase == wire.PhaseFailed || st.Phase == wire.PhaseCancelled {
@@ -152,9 +153,7 @@ func (h *Helper) answer(ctx context.Context, kind string, request []byte, out io
 			_, err = io.Copy(out, r)
 			r.Close()
 			if err != nil {
-				if !errors.Is(err, wire.ErrUnreachable) && !errors.Is(err, wire.ErrStalled) {
-					cache.remove()
-				}
+				h.gaveUp(x, cache, err)
 				return h.explain(err)
 			}
 			cache.remove()
@@ -164,6 +163,18 @@ func (h *Helper) answer(ctx context.Context, kind string, request []byte, out io
 		cache.remove()
 		x, cache = nil, nil
 	}
+}
+
+// gaveUp ends a read exchange that failed: one cut off on the way (the
+// relay unreachable, a stall) keeps its downloaded chunks for the next run
+// to resume; one the user interrupted, or that failed for good, is
+// cancelled at the relay and leaves nothing behind here.
+func (h *Helper) gaveUp(x *exchange, cache *fetchCache, err error) {
+	if errors.Is(err, wire.ErrUnreachable) || errors.Is(err, wire.ErrStalled) {
+		return
+	}
+	x.cancel()
+	cache.remove()
 }
 
 // inlineMax is the largest payload that goes in its exchange's Open: a
