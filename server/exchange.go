@@ -551,6 +551,28 @@ func (s *Server) replyStatus(c *call, e *exch, held bool) {
 	c.reply(http.StatusOK, st, tail)
 }
 
+// lookup finds the exchange a request names (?id=) and marks a request
+// for it in progress until done is called; it answers the error itself.
+func (s *Server) lookup(c *call) (e *exch, done func(), ok bool) {
+	e, err := s.exchange(c.r.Context(), c.r.URL.Query().Get("id"), c.key)
+	if err != nil {
+		c.failErr(err)
+		return nil, nil, false
+	}
+	return e, e.use(), true
+}
+
+// chunkIndex reads a request's chunk index (?i=), answering the error.
+func chunkIndex(c *call) (uint32, bool) {
+	q := c.r.URL.Query().Get("i")
+	i, err := parseIndex(q)
+	if err != nil {
+		c.failErr(badRequest("chunk index %q is not a number", q))
+		return 0, false
+	}
+	return i, true
+}
+
 // handleUp stores one upload chunk. It is idempotent: the same chunk at
 // the same index succeeds again; a chunk that is not what the client
 // sealed there is refused, naming its index. Each chunk is authenticated
@@ -558,20 +580,18 @@ func (s *Server) replyStatus(c *call, e *exch, held bool) {
 func (s *Server) handleUp(c *call) {
 	ctx := c.r.Context()
 	q := c.r.URL.Query()
-	e, err := s.exchange(ctx, q.Get("id"), c.key)
-	if err != nil {
-		c.failErr(err)
+	e, done, ok := s.lookup(c)
+	if !ok {
 		return
 	}
-	defer e.use()()
+	defer done()
 	size := e.open.ChunkSize
 	if size == 0 {
 		c.failErr(badRequest("exchange %s takes no upload chunks", e.id))
 		return
 	}
-	i, err := parseIndex(q.Get("i"))
-	if err != nil {
-		c.failErr(badRequest("chunk index %q is not a number", q.Get("i")))
+	i, ok := chunkIndex(c)
+	if !ok {
 		return
 	}
 	// In int64, with both factors below 2^32: no overflow.
@@ -646,16 +666,13 @@ func (s *Server) handleUp(c *call) {
 // waited for.
 func (s *Server) handleDown(c *call) {
 	ctx := c.r.Context()
-	q := c.r.URL.Query()
-	e, err := s.exchange(ctx, q.Get("id"), c.key)
-	if err != nil {
-		c.failErr(err)
+	e, done, ok := s.lookup(c)
+	if !ok {
 		return
 	}
-	defer e.use()()
-	i, err := parseIndex(q.Get("i"))
-	if err != nil {
-		c.failErr(badRequest("chunk index %q is not a number", q.Get("i")))
+	defer done()
+	i, ok := chunkIndex(c)
+	if !ok {
 		return
 	}
 	bp := s.getBuf(int(s.cfg.MaxBody) + 1)
@@ -733,12 +750,11 @@ func (s *Server) downStream(e *exch, d *wire.Down) (*seal.Stream, error) {
 func (s *Server) handleStatus(c *call) {
 	ctx := c.r.Context()
 	q := c.r.URL.Query()
-	e, err := s.exchange(ctx, q.Get("id"), c.key)
-	if err != nil {
-		c.failErr(err)
+	e, done, ok := s.lookup(c)
+	if !ok {
 		return
 	}
-	defer e.use()()
+	defer done()
 	s.maybeTakeOver(e)
 	if q.Get("wait") != "" {
 		s.waitAnswer(ctx, e)
@@ -750,11 +766,11 @@ func (s *Server) handleStatus(c *call) {
 // its chunks go, and it no longer counts against the key's limits.
 func (s *Server) handleCancel(c *call) {
 	ctx := c.r.Context()
-	e, err := s.exchange(ctx, c.r.URL.Query().Get("id"), c.key)
-	if err != nil {
-		c.failErr(err)
+	e, done, ok := s.lookup(c)
+	if !ok {
 		return
 	}
+	done()
 	s.cancelExchange(ctx, e, "cancelled by its client")
 	c.reply(http.StatusOK, s.status(ctx, e, false), nil)
 }

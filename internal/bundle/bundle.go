@@ -29,6 +29,8 @@ import (
 	"io"
 	"os"
 	"strings"
+
+	"github.com/git-relay/git-relay/internal/gitx"
 )
 
 const (
@@ -330,42 +332,9 @@ func parseCapability(s string) (key, value string, err error) {
 	return key, value, nil
 }
 
-func validOID(s string) bool {
-	if len(s) != hexLen {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return false
-		}
-	}
-	return true
-}
+func validOID(s string) bool { return gitx.ValidOID(s) }
 
 // validRefName applies git-check-ref-format's rules (without
-// --allow-onelevel, but accepting HEAD, which git bundle writes when asked
-// to bundle HEAD).
-func validRefName(name string) bool {
-	if name == "HEAD" {
-		return true
-	}
-	if name == "" || name == "@" || len(name) > 4096 ||
-		strings.HasSuffix(name, ".") || strings.HasSuffix(name, "/") || strings.HasPrefix(name, "/") ||
-		strings.Contains(name, "..") || strings.Contains(name, "@{") || strings.Contains(name, "//") ||
-		!strings.Contains(name, "/") {
-		return false
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if c < 0x20 || c == 0x7f || strings.IndexByte(" ~^:?*[\\", c) >= 0 {
-			return false
-		}
-	}
-	for _, part := range strings.Split(name, "/") {
-		if strings.HasPrefix(part, ".") || strings.HasSuffix(part, ".lock") {
-			return false
-		}
-	}
-	return true
-}
+// --allow-onelevel), accepting HEAD too, which git bundle writes when
+// asked to bundle HEAD.
+func validRefName(name string) bool { return name == "HEAD" || gitx.ValidRefName(name) }

@@ -15,6 +15,7 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/protocol/packp/sideband"
 
 	"github.com/git-relay/git-relay/internal/bundle"
+	"github.com/git-relay/git-relay/internal/gitx"
 )
 
 // ZeroID is the object id that stands for "no ref" in an update: Old for a
@@ -181,18 +182,7 @@ func (req *PushRequest) validate() error {
 	return nil
 }
 
-func validOID(s string) bool {
-	if len(s) != 40 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return false
-		}
-	}
-	return true
-}
+func validOID(s string) bool { return gitx.ValidOID(s) }
 
 // decodeAdvertisement reads a ref advertisement (v0). An HTTP
 // advertisement's "# service=" line is accepted and checked when service
