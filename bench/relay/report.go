@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -32,6 +33,9 @@ func signedSecs(s float64) string {
 	}
 	return "+" + secs(s)
 }
+
+// num prints a goal as written: 1.15, 1.2, 2.
+func num(f float64) string { return strconv.FormatFloat(f, 'f', -1, 64) }
 
 func verdict(ok bool) string {
 	if ok {
@@ -70,7 +74,7 @@ func (b *bench) report(serverTreeKiB int64) {
 		case r.overhead:
 			goal = fmt.Sprintf("relay−direct ≤ %s  %s", secs(r.goal), g.check(extra <= r.goal))
 		default:
-			goal = fmt.Sprintf("≤ %.2g×  %s", r.goal, g.check(ratio <= r.goal))
+			goal = fmt.Sprintf("≤ %s×  %s", num(r.goal), g.check(ratio <= r.goal))
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%.2f×\t%s\t%s\t\n", r.name, r.rounds, secs(r.direct.Seconds), secs(r.relay.Seconds), ratio, signedSecs(extra), goal)
 	}
@@ -84,7 +88,7 @@ func (b *bench) report(serverTreeKiB int64) {
 		fmt.Fprintf(tw, "(b) upstream leg: direct git push to the shaped upstream\t%s\t\n", secs(w.upstream))
 		fmt.Fprintf(tw, "(c) relay push, both links shaped\t%s\t\n", secs(w.both))
 		longer := max(w.upload, w.upstream)
-		fmt.Fprintf(tw, "(c) / max(a, b) = %s / %s\t%.2f×\t≤ %.2g×  %s\n", secs(w.both), secs(longer), w.both/longer, goalWAN, g.check(w.both <= goalWAN*longer))
+		fmt.Fprintf(tw, "(c) / max(a, b) = %s / %s\t%.2f×\t≤ %s×  %s\n", secs(w.both), secs(longer), w.both/longer, num(goalWAN), g.check(w.both <= goalWAN*longer))
 		fmt.Fprintf(tw, "(c) / (a + b) = %s / %s\t%.2f×\t(1.00× is no overlap at all)\n", secs(w.both), secs(w.upload+w.upstream), w.both/(w.upload+w.upstream))
 		tw.Flush()
 	}
