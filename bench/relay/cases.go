@@ -27,7 +27,7 @@ func (b *bench) firstPush(ctx context.Context) error {
 				}
 			}
 		}
-		r, err := b.compare(ctx, b.srv, "first push",
+		r, err := b.compare(ctx, b.srv, i, "first push",
 			side{dir: b.src.Dir, args: []string{"push", "-q", "file://" + direct, "master"}},
 			side{dir: b.src.Dir, args: []string{"push", "-q", relayURL(repoName(i)), "master"}})
 		if err != nil {
@@ -57,7 +57,7 @@ func (b *bench) oneCommit(ctx context.Context) error {
 		if err := b.smallCommit(ctx, i); err != nil {
 			return err
 		}
-		r, err := b.compare(ctx, b.srv, "one-commit push",
+		r, err := b.compare(ctx, b.srv, i, "one-commit push",
 			side{dir: b.src.Dir, args: []string{"push", "-q", "file://" + directGitDir(b.work, 0), "master"}},
 			side{dir: b.src.Dir, args: []string{"push", "-q", relayURL(repoName(0)), "master"}})
 		if err != nil {
@@ -158,7 +158,7 @@ func (b *bench) cloneRound(ctx context.Context, name string, flags []string, ups
 		os.RemoveAll(direct)
 		os.RemoveAll(relay)
 	}()
-	r, err := b.compare(ctx, b.srv, name,
+	r, err := b.compare(ctx, b.srv, i, name,
 		side{dir: b.src.Dir, args: append(append([]string{}, flags...), "--no-local", "file://"+upstream, direct)},
 		side{dir: b.src.Dir, args: append(append([]string{}, flags...), relayURL(repo), relay)})
 	if err != nil {
@@ -219,7 +219,7 @@ func (b *bench) tagsCase(ctx context.Context) error {
 			return err
 		}
 		spec := prefix + "*:" + prefix + "*"
-		r, err := b.compare(ctx, b.srv, fmt.Sprintf("push of %d tags, no pack", numTags),
+		r, err := b.compare(ctx, b.srv, i, fmt.Sprintf("push of %d tags, no pack", numTags),
 			side{dir: b.src.Dir, args: []string{"push", "-q", "file://" + directGitDir(b.work, 0), spec}},
 			side{dir: b.src.Dir, args: []string{"push", "-q", relayURL(repoName(0)), spec}})
 		if err != nil {
@@ -274,7 +274,7 @@ func (b *bench) jqCase(ctx context.Context) error {
 				return err
 			}
 		}
-		r, err := b.compare(ctx, b.srv, pushName,
+		r, err := b.compare(ctx, b.srv, i, pushName,
 			side{dir: src, args: []string{"push", "-q", "--mirror", "file://" + direct}},
 			side{dir: src, args: []string{"push", "-q", "--mirror", relayURL(repo)}})
 		if err != nil {
@@ -292,7 +292,7 @@ func (b *bench) jqCase(ctx context.Context) error {
 	for i := range b.o.rounds {
 		direct := filepath.Join(b.work, fmt.Sprintf("jq-clone-direct-%d.git", i))
 		relay := filepath.Join(b.work, fmt.Sprintf("jq-clone-relay-%d.git", i))
-		r, err := b.compare(ctx, b.srv, cloneName,
+		r, err := b.compare(ctx, b.srv, i, cloneName,
 			side{dir: b.work, args: []string{"clone", "-q", "--mirror", "--no-local", "file://" + b.relayUp("bench/jq-0"), direct}},
 			side{dir: b.work, args: []string{"clone", "-q", "--mirror", relayURL("bench/jq-0"), relay}})
 		if err == nil {

@@ -87,6 +87,7 @@ type options struct {
 	rounds    int
 	wanRounds int
 	only      map[string]bool
+	config    []string // KEY=VALUE, set in the bench's global git config
 }
 
 func (o options) runs(name string) bool { return o.only == nil || o.only[name] }
@@ -100,6 +101,13 @@ func run() error {
 	flag.IntVar(&o.wanRounds, "wan-rounds", 5, "rounds of the WAN case (each moves the history three times over 50 Mbit/s)")
 	flag.StringVar(&only, "only", "", "run only these rows, comma-separated: "+strings.Join(cases, ", "))
 	flag.BoolVar(&showRounds, "v", false, "print every round's times, not only the medians")
+	flag.Func("git-config", "`KEY=VALUE` to set in the bench's git configuration, for experiments such as relay.maxBody=1000000 (repeatable)", func(v string) error {
+		if k, _, ok := strings.Cut(v, "="); !ok || k == "" {
+			return fmt.Errorf("want KEY=VALUE, not %q", v)
+		}
+		o.config = append(o.config, v)
+		return nil
+	})
 	flag.Parse()
 	if o.rounds < 1 || o.wanRounds < 1 {
 		return fmt.Errorf("-rounds %d, -wan-rounds %d: want at least 1", o.rounds, o.wanRounds)
@@ -213,6 +221,7 @@ func (b *bench) git(ctx context.Context, dir string, args ...string) (string, er
 }
 
 func (b *bench) run(ctx context.Context) error {
+	began := time.Now()
 	srcDir := filepath.Join(b.work, "src")
 	b.src = gitx.Repo{Dir: srcDir}
 	if _, err := b.git(ctx, "", "init", "-q", "-b", "master", srcDir); err != nil {
@@ -246,7 +255,13 @@ func (b *bench) run(ctx context.Context) error {
 		return err
 	}
 	defer b.stopServers()
-	for _, kv := range [][2]string{{"relay.url", b.srv.base}, {"relay.keyFile", b.keyPath}} {
+	settings := [][2]string{{"relay.url", b.srv.base}, {"relay.keyFile", b.keyPath}}
+	for _, kv := range b.o.config {
+		k, v, _ := strings.Cut(kv, "=")
+		settings = append(settings, [2]string{k, v})
+		fmt.Printf("git config: %s=%s\n", k, v)
+	}
+	for _, kv := range settings {
 		if _, err := b.git(ctx, "", "config", "--global", kv[0], kv[1]); err != nil {
 			return err
 		}
@@ -289,6 +304,7 @@ func (b *bench) run(ctx context.Context) error {
 
 	treeKiB := b.stopServers()
 	b.report(treeKiB)
+	fmt.Printf("bench/relay took %s (load average now %s)\n", time.Since(began).Round(time.Second), loadAverage())
 	if len(b.failed) > 0 {
 		return fmt.Errorf("%d row(s) failed: %s", len(b.failed), strings.Join(b.failed, "; "))
 	}
@@ -339,27 +355,48 @@ func (b *bench) stopServer(s *relayServer) int64 {
 	return kib
 }
 
-// compare runs the direct and the relay command once each, direct first,
-// each on a quiet server, and reads the server's peak RSS and the proxy's
-// traffic during the relay one.
-func (b *bench) compare(ctx context.Context, srv *relayServer, name string, direct, relay side) (row, error) {
+// compare runs the direct and the relay command once each, each on a
+// quiet server, and reads the server's peak RSS and the proxy's traffic
+// during the relay one. Even rounds run direct first, odd rounds relay
+// first: whichever command runs first after a round's clean-up pays for
+// it (removing the last round's clones leaves the disk busy: by hand, on a
+// busy machine, the first clone after it took 6.3–6.7 s where the others
+// took 3.4–3.9 s, and the direct clone always came first), and the second
+// finds the first one's files in the page cache. Alternating gives each
+// side both positions.
+func (b *bench) compare(ctx context.Context, srv *relayServer, round int, name string, direct, relay side) (row, error) {
 	r := row{name: name}
-	var err error
-	srv.idle(ctx)
-	if r.direct, err = measureEnv(ctx, direct.env, direct.dir, direct.args...); err != nil {
-		return r, fmt.Errorf("%s, direct: %w", name, err)
+	runDirect := func() error {
+		srv.idle(ctx)
+		var err error
+		if r.direct, err = measureEnv(ctx, direct.env, direct.dir, direct.args...); err != nil {
+			return fmt.Errorf("%s, direct: %w", name, err)
+		}
+		return nil
 	}
-	r.relay, r.serverPeakKiB, err = b.timeRelay(ctx, srv, relay)
-	if err != nil {
-		return r, fmt.Errorf("%s, through the relay: %w (server log: %s)", name, err, srv.logPath)
+	runRelay := func() error {
+		var err error
+		if r.relay, r.serverPeakKiB, err = b.timeRelay(ctx, srv, relay); err != nil {
+			return fmt.Errorf("%s, through the relay: %w (server log: %s)", name, err, srv.logPath)
+		}
+		if srv.proxy != nil {
+			st := srv.proxy.Stats()
+			r.trafficUp, r.trafficDown, r.requests = st.Up, st.Down, st.Requests
+			// Scan what crossed now, off the clock; the report lists the
+			// violations at the end.
+			for _, v := range srv.proxy.TakeViolations() {
+				b.notes = append(b.notes, fmt.Sprintf("edge proxy violation (server %s): %s", srv.name, v))
+			}
+		}
+		return nil
 	}
-	if srv.proxy != nil {
-		st := srv.proxy.Stats()
-		r.trafficUp, r.trafficDown, r.requests = st.Up, st.Down, st.Requests
-		// Scan what crossed now, off the clock; the report lists the
-		// violations at the end.
-		for _, v := range srv.proxy.TakeViolations() {
-			b.notes = append(b.notes, fmt.Sprintf("edge proxy violation (server %s): %s", srv.name, v))
+	order := []func() error{runDirect, runRelay}
+	if round%2 == 1 {
+		order[0], order[1] = order[1], order[0]
+	}
+	for _, f := range order {
+		if err := f(); err != nil {
+			return r, err
 		}
 	}
 	return r, nil

@@ -87,20 +87,43 @@ func (b *bench) wanCase(ctx context.Context) error {
 			}
 		}
 		var r wanResult
-		a, _, err := b.timeRelay(ctx, srvA, side{dir: b.src.Dir, env: []string{"GIT_RELAY_URL=" + srvA.base}, args: []string{"push", "-q", relayURL(repo("a")), "master"}})
-		if err != nil {
-			return fmt.Errorf("(a) relay push, shaped edge: %w (server log: %s)", err, srvA.logPath)
+		legs := []func() error{
+			func() error {
+				srvC.idle(ctx)
+				m, _, err := b.timeRelay(ctx, srvA, side{dir: b.src.Dir, env: []string{"GIT_RELAY_URL=" + srvA.base}, args: []string{"push", "-q", relayURL(repo("a")), "master"}})
+				if err != nil {
+					return fmt.Errorf("(a) relay push, shaped edge: %w (server log: %s)", err, srvA.logPath)
+				}
+				r.upload = m.Seconds
+				return nil
+			},
+			func() error {
+				srvA.idle(ctx)
+				srvC.idle(ctx)
+				m, err := measureEnv(ctx, directEnv, b.src.Dir, "push", "-q", slow.URL+"/"+repo("b")+".git", "master")
+				if err != nil {
+					return fmt.Errorf("(b) direct push to the shaped host: %w", err)
+				}
+				r.upstream = m.Seconds
+				return nil
+			},
+			func() error {
+				srvA.idle(ctx)
+				m, peak, err := b.timeRelay(ctx, srvC, side{dir: b.src.Dir, env: []string{"GIT_RELAY_URL=" + srvC.base}, args: []string{"push", "-q", relayURL(repo("c")), "master"}})
+				if err != nil {
+					return fmt.Errorf("(c) relay push, both shaped: %w (server log: %s)", err, srvC.logPath)
+				}
+				r.both, r.serverPeakKiB = m.Seconds, peak
+				return nil
+			},
 		}
-		srvC.idle(ctx)
-		bm, err := measureEnv(ctx, directEnv, b.src.Dir, "push", "-q", slow.URL+"/"+repo("b")+".git", "master")
-		if err != nil {
-			return fmt.Errorf("(b) direct push to the shaped host: %w", err)
+		// Each round starts with another leg, so that none is always
+		// first or last.
+		for k := range legs {
+			if err := legs[(i+k)%len(legs)](); err != nil {
+				return err
+			}
 		}
-		c, peak, err := b.timeRelay(ctx, srvC, side{dir: b.src.Dir, env: []string{"GIT_RELAY_URL=" + srvC.base}, args: []string{"push", "-q", relayURL(repo("c")), "master"}})
-		if err != nil {
-			return fmt.Errorf("(c) relay push, both shaped: %w (server log: %s)", err, srvC.logPath)
-		}
-		r.upload, r.upstream, r.both, r.serverPeakKiB = a.Seconds, bm.Seconds, c.Seconds, peak
 		if showRounds {
 			fmt.Printf("  WAN: (a) %.0f ms, (b) %.0f ms, (c) %.0f ms\n", r.upload*1000, r.upstream*1000, r.both*1000)
 		}
