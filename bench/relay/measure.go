@@ -4,11 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -25,15 +23,17 @@ import (
 // its git bundle for a relay push).
 const childEnv = "GIT_RELAY_BENCH_CHILD"
 
+// childGitEnv carries, one a line, variables for the timed git: gitx
+// drops GIT_CONFIG_COUNT and its pairs from the environment it inherits,
+// and a token must not go on a command line, where every local user can
+// read it.
+const childGitEnv = "GIT_RELAY_BENCH_GITENV"
+
 // measurement is one timed git command.
 type measurement struct {
 	Seconds   float64 `json:"seconds"`
 	MaxRSSKiB int64   `json:"maxrss_kib"`
 	Err       string  `json:"err,omitempty"`
-}
-
-func (m measurement) duration() time.Duration {
-	return time.Duration(m.Seconds * float64(time.Second))
 }
 
 // childMain runs `git args...` in dir (os.Args[1:]) and prints its
@@ -45,7 +45,11 @@ func childMain() int {
 	}
 	dir, args := os.Args[1], os.Args[2:]
 	start := time.Now()
-	err := gitx.Repo{Dir: dir}.Command(context.Background(), args...).Run()
+	var env []string
+	if v := os.Getenv(childGitEnv); v != "" {
+		env = strings.Split(v, "\n")
+	}
+	err := gitx.Repo{Dir: dir, Env: env}.Command(context.Background(), args...).Run()
 	m := measurement{Seconds: time.Since(start).Seconds()}
 	var ru syscall.Rusage
 	if rerr := syscall.Getrusage(syscall.RUSAGE_CHILDREN, &ru); rerr == nil {
@@ -60,15 +64,19 @@ func childMain() int {
 	return 0
 }
 
-// measure runs `git args...` in dir in a child of its own and returns how
-// long it took and the peak RSS of its process tree.
-func measure(ctx context.Context, dir string, args ...string) (measurement, error) {
+// measureEnv runs `git args...` in dir, with env added to git's
+// environment, in a child of its own and returns how long it took and the
+// peak RSS of its process tree.
+func measureEnv(ctx context.Context, env []string, dir string, args ...string) (measurement, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return measurement{}, fmt.Errorf("find the bench executable: %w", err)
 	}
 	cmd := exec.CommandContext(ctx, self, append([]string{dir}, args...)...)
 	cmd.Env = append(os.Environ(), childEnv+"=1")
+	if len(env) > 0 {
+		cmd.Env = append(cmd.Env, childGitEnv+"="+strings.Join(env, "\n"))
+	}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
@@ -87,18 +95,7 @@ func measure(ctx context.Context, dir string, args ...string) (measurement, erro
 
 // vmHWM returns a process's peak resident set size in KiB, from
 // /proc/<pid>/status.
-func vmHWM(pid int) (int64, error) {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(raw), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			return strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-		}
-	}
-	return 0, errors.New("no VmHWM line")
-}
+func vmHWM(pid int) (int64, error) { return procStatus(pid, "VmHWM") }
 
 // resetHWM resets a process's peak RSS to its current RSS (Linux 4.0+),
 // so that each phase's peak can be read on its own.

@@ -15,13 +15,16 @@ import (
 	"time"
 
 	"github.com/git-relay/git-relay/internal/edgeproxy"
+	"github.com/git-relay/git-relay/internal/shape"
 )
 
 // relayServer is git-relay-server running as a process on loopback over a
 // folder of bare repositories, with the edge proxy in front when asked.
 type relayServer struct {
+	name    string
 	cmd     *exec.Cmd
 	url     string // the server's own base address
+	listen  string // host:port the server listens on
 	base    string // relay.url for clients: through the proxy when there is one
 	proxy   *edgeproxy.Proxy
 	logPath string
@@ -30,27 +33,47 @@ type relayServer struct {
 
 var listeningRE = regexp.MustCompile(`listening on (http://\S+)`)
 
-// startRelay runs `git-relay-server serve` with a fresh key and data folder
-// under work, serving file://<upstreams>/{repo}.git.
-func startRelay(ctx context.Context, work, upstreams string, withProxy bool) (*relayServer, error) {
-	keyPath := filepath.Join(work, "relay.key")
+// serverConfig says how to run one relay server.
+type serverConfig struct {
+	name      string // names its data folder and log under the work folder
+	keyPath   string
+	upstream  string // --upstream template
+	tokenFile string // --token-file, for an http upstream
+	proxy     bool   // put the edge proxy in front
+	shape     shape.Link
+	secrets   []string // must never cross the proxy (the upstream token)
+}
+
+// newKey writes a fresh relay key to path.
+func newKey(ctx context.Context, path string) error {
 	key, err := exec.CommandContext(ctx, "git-relay-server", "keygen").Output()
 	if err != nil {
-		return nil, fmt.Errorf("git-relay-server keygen: %w", err)
+		return fmt.Errorf("git-relay-server keygen: %w", err)
 	}
-	if err := os.WriteFile(keyPath, key, 0o600); err != nil {
-		return nil, fmt.Errorf("write the relay key: %w", err)
+	if err := os.WriteFile(path, key, 0o600); err != nil {
+		return fmt.Errorf("write the relay key: %w", err)
 	}
-	s := &relayServer{logPath: filepath.Join(work, "server.log"), exited: make(chan error, 1)}
+	return nil
+}
+
+// startRelay runs `git-relay-server serve -v` with a data folder of its own
+// under work, and the edge proxy in front (shaped, when c.shape says so)
+// if c.proxy.
+func startRelay(work string, c serverConfig) (*relayServer, error) {
+	s := &relayServer{name: c.name, logPath: filepath.Join(work, "server-"+c.name+".log"), exited: make(chan error, 1)}
 	logf, err := os.Create(s.logPath)
 	if err != nil {
 		return nil, fmt.Errorf("create the server log: %w", err)
 	}
-	s.cmd = exec.Command("git-relay-server", "serve", "-v",
+	args := []string{"serve", "-v",
 		"--listen", "127.0.0.1:0",
-		"--data-dir", filepath.Join(work, "relay-data"),
-		"--key-file", keyPath,
-		"--upstream", "file://"+upstreams+"/{repo}.git")
+		"--data-dir", filepath.Join(work, "relay-data-"+c.name),
+		"--key-file", c.keyPath,
+		"--upstream", c.upstream}
+	if c.tokenFile != "" {
+		args = append(args, "--token-file", c.tokenFile)
+	}
+	s.cmd = exec.Command("git-relay-server", args...)
 	stderr, err := s.cmd.StderrPipe()
 	if err != nil {
 		logf.Close()
@@ -83,12 +106,13 @@ func startRelay(ctx context.Context, work, upstreams string, withProxy bool) (*r
 		s.cmd.Process.Kill()
 		return nil, fmt.Errorf("git-relay-server did not say where it listens within 30 s; see %s", s.logPath)
 	}
+	s.listen = strings.TrimPrefix(strings.TrimRight(s.url, "/"), "http://")
 	s.base = strings.TrimRight(s.url, "/") + edgeproxy.ServerPrefix
-	if withProxy {
+	if c.proxy {
 		// The proxy watches every body for plaintext, between
 		// measurements: a real edge keeps no such watch, so it is not
 		// timed.
-		p, err := edgeproxy.Start(s.url, edgeproxy.Options{DeferScan: true})
+		p, err := edgeproxy.Start(s.url, edgeproxy.Options{DeferScan: true, ShapeUp: c.shape, ShapeDown: c.shape, Secrets: c.secrets})
 		if err != nil {
 			s.stop()
 			return nil, err

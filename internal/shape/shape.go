@@ -146,18 +146,23 @@ func pacedWrite(w io.Writer, p *pacer, b []byte) (int, error) {
 }
 
 // Listener shapes every connection ln accepts: in applies to the bytes the
-// listening side receives, out to the bytes it sends. A zero pair returns
-// ln itself.
+// listening side receives, out to the bytes it sends. The connections
+// share one rate each way, as the connections of one client share its
+// link: a client that opens three connections at once (the relay's helper
+// moves three chunks at a time) gets the link's bandwidth, not three
+// times it. Each connection waits the latency on its own. A zero pair
+// returns ln itself.
 func Listener(ln net.Listener, in, out Link) net.Listener {
 	if in.IsZero() && out.IsZero() {
 		return ln
 	}
-	return &listener{Listener: ln, in: in, out: out}
+	return &listener{Listener: ln, in: in, out: out, inPace: newPacer(in.Rate), outPace: newPacer(out.Rate)}
 }
 
 type listener struct {
 	net.Listener
-	in, out Link
+	in, out         Link
+	inPace, outPace *pacer
 }
 
 func (l *listener) Accept() (net.Conn, error) {
@@ -165,7 +170,7 @@ func (l *listener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return Conn(c, l.in, l.out), nil
+	return &conn{Conn: c, in: l.in, out: l.out, inPace: l.inPace, outPace: l.outPace}, nil
 }
 
 // Conn shapes one connection: in applies to what c reads, out to what it

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -170,4 +171,37 @@ func TestConnKeepsBytes(t *testing.T) {
 	got, err := io.ReadAll(bufio.NewReader(b))
 	require.NoError(t, err)
 	require.Equal(t, msg, string(got))
+}
+
+// TestListenerConnectionsShareTheRate: two uploads at once over two
+// connections of one shaped listener share its rate, as connections over
+// one link do: together they take their total size over the rate, not
+// half of it.
+func TestListenerConnectionsShareTheRate(t *testing.T) {
+	const each = 2 << 20
+	const rate = 10 << 20
+	url := serve(t, Link{Rate: rate}, Link{}, 0)
+	client := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 2}}
+	defer client.CloseIdleConnections()
+	start := time.Now()
+	var wg sync.WaitGroup
+	got := make([]string, 2)
+	for i := range got {
+		wg.Go(func() {
+			resp, err := client.Post(url, "application/octet-stream", bytes.NewReader(make([]byte, each)))
+			if err != nil {
+				got[i] = err.Error()
+				return
+			}
+			resp.Body.Close()
+			got[i] = resp.Header.Get("X-Got")
+		})
+	}
+	wg.Wait()
+	took := time.Since(start)
+	require.Equal(t, []string{fmt.Sprint(each), fmt.Sprint(each)}, got)
+	// A busy machine can only make it slower, so only the lower bound is
+	// asserted: per-connection rates would let both finish in half this.
+	want := time.Duration(float64(2*each) / rate * float64(time.Second))
+	require.GreaterOrEqual(t, took, want*8/10, "two connections moved 4 MiB at 10 MiB/s in %v", took)
 }
