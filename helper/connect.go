@@ -223,14 +223,14 @@ func (h *Helper) ask(ctx context.Context, x *exchange, request []byte) (*wire.St
 	free <- make([]byte, 0, size+seal.Overhead)
 	var last *wire.Status
 	var tail []byte
-	_, err = payload.Split(bytes.NewReader(request), size, free, func(i uint32, final bool, buf []byte) error {
+	_, err = payload.SplitRamp(bytes.NewReader(request), size, free, func(i uint32, final bool, buf []byte) error {
 		defer func() { free <- buf[:0] }()
 		s, t, err := x.upChunk(ctx, i, final, x.up.Seal(buf[:0], i, final, buf))
 		if final {
 			last, tail = s, t
 		}
 		return err
-	})
+	}, payload.Ramp)
 	if err != nil {
 		return nil, nil, err
 	}

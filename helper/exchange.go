@@ -186,7 +186,7 @@ func (x *exchange) download(ctx context.Context, st *wire.Status, tail []byte, l
 	if err != nil {
 		return nil, err
 	}
-	d := &downloader{x: x, stream: stream, cache: cache, got: map[uint32]downChunk{}, final: -1, start: time.Now(), window: chunkWorkers + 1}
+	d := &downloader{x: x, stream: stream, cache: cache, got: map[uint32]downChunk{}, final: -1, start: time.Now(), window: chunkWorkers}
 	d.cond = sync.NewCond(&d.mu)
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -300,9 +300,15 @@ func (d *downloader) fetch(ctx context.Context, i uint32) (downChunk, error) {
 		// A chunk that arrives but does not authenticate is asked for
 		// again: a proxy may have altered it.
 		final := len(b) > 0 && b[0] == wire.DownFinal
+		if d.cache != nil && !fromCache && len(b) > 0 {
+			// Kept as it came, before it is opened in place; a copy that
+			// does not authenticate is dropped when a later run reads it.
+			d.cache.keep(i, b)
+		}
 		var plain []byte
 		if len(b) > 0 {
-			plain, err = d.stream.Open(nil, i, final, b[1:])
+			// Opened in place: a chunk's answer is the only copy of it.
+			plain, err = d.stream.Open(b[1:1], i, final, b[1:])
 		} else {
 			err = fmt.Errorf("chunk %d: empty answer: %w", i, seal.ErrAuth)
 		}
@@ -311,13 +317,13 @@ func (d *downloader) fetch(ctx context.Context, i uint32) (downChunk, error) {
 				d.cache.forget(i)
 				continue
 			}
+			if d.cache != nil {
+				d.cache.forget(i)
+			}
 			if attempt >= 3 {
 				return downChunk{}, fmt.Errorf("download: %w", err)
 			}
 			continue
-		}
-		if d.cache != nil && !fromCache {
-			d.cache.keep(i, b)
 		}
 		return downChunk{plain: plain, final: final}, nil
 	}

@@ -374,6 +374,26 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 		src = io.MultiReader(src, b.out)
 	}
 	chunkSize := payload.ChunkSize(h.maxBdy, 0)
+	resumed := findPushResume(dir)
+	// A push whose whole payload fits one message goes in one request,
+	// which the server answers with the outcome: read that much first.
+	pre := make([]byte, inlineMax(h.maxBdy)-1-payload.TrailerSize+1)
+	n, err := io.ReadFull(src, pre)
+	switch {
+	case (err == io.EOF || err == io.ErrUnexpectedEOF) && resumed == nil:
+		if b != nil {
+			if err := b.wait(); err != nil {
+				return nil, err
+			}
+		}
+		return h.sendInline(ctx, payload.Bytes(pre[:n]))
+	case err != nil && err != io.EOF && err != io.ErrUnexpectedEOF:
+		if b != nil {
+			b.stop()
+		}
+		return nil, fmt.Errorf("read the bundle: %w", err)
+	}
+	src = io.MultiReader(bytes.NewReader(pre[:n]), src)
 	type split struct {
 		c   chunk
 		end bool
@@ -406,14 +426,16 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 	}()
 	go func() {
 		defer close(splitDone)
-		t, err := payload.Split(src, chunkSize, free, func(i uint32, final bool, buf []byte) error {
+		// The first chunks are small, so that the relay starts pushing to
+		// upstream a moment after the upload begins.
+		t, err := payload.SplitRamp(src, chunkSize, free, func(i uint32, final bool, buf []byte) error {
 			select {
 			case chunks <- split{c: chunk{i: i, final: final, buf: buf}}:
 				return nil
 			case <-splitCtx.Done():
 				return splitCtx.Err()
 			}
-		})
+		}, payload.Ramp)
 		if err == nil && b != nil {
 			err = b.wait()
 		}
@@ -426,29 +448,7 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 	if first.end {
 		return nil, first.err
 	}
-
-	// A push whose whole payload fits one message goes in one request,
-	// which the server answers with the outcome.
-	resumed := findPushResume(dir)
-	if resumed == nil && first.c.final && len(first.c.buf) <= inlineMax(h.maxBdy) {
-		x, err := h.newExchange(wire.KindPush, 0, true)
-		if err != nil {
-			return nil, err
-		}
-		st, tail, err := x.openIt(ctx, first.c.buf, "the push's outcome")
-		if err == nil {
-			st, _, err = x.outcome(ctx, st, tail, "the push's outcome")
-		}
-		if err != nil {
-			h.giveUp(ctx, x, nil, err)
-			return nil, err
-		}
-		h.ui.done("server: %s.", timeline(st.Timeline))
-		return st, nil
-	}
-
 	var x *exchange
-	var err error
 	if resumed != nil {
 		if x, err = h.exchangeFrom(resumed.open); err != nil {
 			resumed.remove()
@@ -537,6 +537,25 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 		return nil, err
 	}
 	resumed.remove()
+	h.ui.done("server: %s.", timeline(st.Timeline))
+	return st, nil
+}
+
+// sendInline pushes a whole payload in the request that opens the
+// exchange, and returns the outcome.
+func (h *Helper) sendInline(ctx context.Context, p []byte) (*wire.Status, error) {
+	x, err := h.newExchange(wire.KindPush, 0, true)
+	if err != nil {
+		return nil, err
+	}
+	st, tail, err := x.openIt(ctx, p, "the push's outcome")
+	if err == nil {
+		st, _, err = x.outcome(ctx, st, tail, "the push's outcome")
+	}
+	if err != nil {
+		h.giveUp(ctx, x, nil, err)
+		return nil, err
+	}
 	h.ui.done("server: %s.", timeline(st.Timeline))
 	return st, nil
 }

@@ -197,7 +197,9 @@ func (s *Server) writeAnswer(ctx context.Context, e *exch, r io.Reader) error {
 		free <- make([]byte, 0, size+1)
 	}
 	var stream *seal.Stream
-	_, err := payload.Split(r, size, free, func(i uint32, final bool, chunk []byte) error {
+	// The first chunks are small: the client has something to hand git
+	// a moment after upload-pack begins.
+	_, err := payload.SplitRamp(r, size, free, func(i uint32, final bool, chunk []byte) error {
 		defer func() { free <- chunk[:0] }()
 		if i == 0 && final && len(chunk) <= min(inlineMax, int(min(e.open.MaxBody, s.cfg.MaxBody))-8<<10) {
 			e.mu.Lock()
@@ -246,6 +248,6 @@ func (s *Server) writeAnswer(ctx context.Context, e *exch, r io.Reader) error {
 			})
 		}
 		return nil
-	})
+	}, payload.Ramp)
 	return err
 }

@@ -600,7 +600,9 @@ func (s *Server) handleUp(c *call) {
 		return
 	}
 	final := q.Get("final") == "1"
-	full := size + seal.Overhead
+	// Every chunk but the final one has its ramped size exactly (see
+	// payload.Ramp): no way to split a payload into a flood of tiny ones.
+	full := payload.Ramp(i, size) + seal.Overhead
 	if n := len(c.body); n < seal.Overhead || n > full || (!final && n != full) {
 		c.failErr(badRequest("chunk %d: %d bytes, expected %d", i, n, full))
 		return

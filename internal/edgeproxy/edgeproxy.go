@@ -420,6 +420,12 @@ func (t *tee) Read(b []byte) (int, error) {
 }
 
 func (t *tee) Close() error {
+	if t.dir == Up {
+		// The relay may answer from the headers and read no body (a
+		// request without the key): what the client sent crossed the
+		// proxy all the same, and is watched all the same.
+		_, _ = io.Copy(io.Discard, io.LimitReader(t, t.p.opts.MaxBody+1))
+	}
 	err := t.rc.Close()
 	t.finish()
 	return err

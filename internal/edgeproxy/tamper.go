@@ -220,6 +220,24 @@ func Freeze(m *Match, wait time.Duration) *Tamper {
 	}
 }
 
+// Delay holds matching requests for wait, then forwards them, as a slow
+// link does with the last of an upload.
+func Delay(m *Match, wait time.Duration) *Tamper {
+	return &Tamper{
+		Name: "delay",
+		OnRequest: func(req *Request) {
+			if m.exchange(req) && m.take() {
+				t := time.NewTimer(wait)
+				defer t.Stop()
+				select {
+				case <-t.C:
+				case <-req.Done:
+				}
+			}
+		},
+	}
+}
+
 // Ways Spoil can spoil an answer.
 const (
 	// SpoilSignature changes one character of the X-Relay-Signature header
@@ -398,6 +416,7 @@ modes:
   replay                 forward the previous matching request's body in place of each one
   swap                   exchange the bodies of two consecutive matching requests (-wait for the partner)
   drop-once-after BYTES  cut a matching response off after BYTES bytes (once unless -count)
+  delay                  hold matching requests for -wait, then forward them
   freeze                 hold matching requests without an answer, as a hung proxy does, for -wait
                          (then drop the connection); give -wait 10m for a proxy that never answers
 matching: -path REGEXP on the client path (/api/game/...), -query REGEXP on its raw query, -method METHOD, -dir up|down (body modes),
@@ -552,6 +571,8 @@ func parseOne(args []string) (*Tamper, error) {
 		return CutAfter(cut, m), nil
 	case "freeze":
 		return Freeze(m, *wait), nil
+	case "delay":
+		return Delay(m, *wait), nil
 	}
 	return nil, fmt.Errorf("unknown tamper mode %q; usage: %s", mode, TamperUsage)
 }

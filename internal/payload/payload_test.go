@@ -149,3 +149,26 @@ func TestBytesRoundTrip(t *testing.T) {
 	_, err := Unbytes(Bytes([]byte("too long")), 3)
 	require.Error(t, err)
 }
+
+func TestRampedChunks(t *testing.T) {
+	require.Equal(t, []int{256 << 10, 1 << 20, 4_000_000, 4_000_000, 4_000_000},
+		[]int{Ramp(0, 4_000_000), Ramp(1, 4_000_000), Ramp(2, 4_000_000), Ramp(3, 4_000_000), Ramp(9, 4_000_000)})
+	require.Equal(t, 65_000, Ramp(0, 65_000))
+	content := make([]byte, 7<<20)
+	_, _ = rand.Read(content)
+	free := make(chan []byte, 1)
+	free <- make([]byte, 0, 3<<20)
+	var sizes []int
+	var chunks [][]byte
+	_, err := SplitRamp(bytes.NewReader(content), 3<<20, free, func(i uint32, final bool, c []byte) error {
+		sizes = append(sizes, len(c))
+		chunks = append(chunks, append([]byte(nil), c...))
+		free <- c
+		return nil
+	}, Ramp)
+	require.NoError(t, err)
+	require.Equal(t, []int{256 << 10, 1 << 20, 3 << 20}, sizes[:3], "every chunk but the last is its full ramped size")
+	got, err := io.ReadAll(NewReader(feed(chunks), 8<<20))
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(content, got))
+}

@@ -24,6 +24,26 @@ const streamSample = 1 << 20
 // is known to be the last only when the next read finds the end, so Split
 // reads one byte ahead.
 func Split(r io.Reader, chunkSize int, free chan []byte, emit func(i uint32, final bool, chunk []byte) error) (*Totals, error) {
+	return SplitRamp(r, chunkSize, free, emit, func(uint32, int) int { return chunkSize })
+}
+
+// rampStart is the size of a ramped payload's first chunk.
+const rampStart = 256 << 10
+
+// Ramp is the size of chunk i of a payload whose chunks grow from 256 KiB,
+// four times at a time, up to chunkSize: the first chunk reaches the
+// other side, which starts working on it, a few round trips after the
+// transfer begins, and the rest go in chunks as large as a body allows.
+func Ramp(i uint32, chunkSize int) int {
+	if i >= 4 {
+		return chunkSize
+	}
+	return min(chunkSize, rampStart<<(2*i))
+}
+
+// SplitRamp is Split with chunk i at most sizes(i, chunkSize) bytes (see
+// Ramp); every chunk but the final one is exactly that size.
+func SplitRamp(r io.Reader, chunkSize int, free chan []byte, emit func(i uint32, final bool, chunk []byte) error, sizes func(i uint32, chunkSize int) int) (*Totals, error) {
 	if chunkSize <= TrailerSize+1 {
 		return nil, fmt.Errorf("chunk size %d is too small", chunkSize)
 	}
@@ -61,7 +81,8 @@ func Split(r io.Reader, chunkSize int, free chan []byte, emit func(i uint32, fin
 		if cap(buf) < chunkSize {
 			return nil, errors.New("chunk buffer too small")
 		}
-		buf = buf[:chunkSize]
+		size := min(max(sizes(i, chunkSize), TrailerSize+1), chunkSize)
+		buf = buf[:size]
 		m := 0
 		if trail == nil {
 			var err error
@@ -82,7 +103,7 @@ func Split(r io.Reader, chunkSize int, free chan []byte, emit func(i uint32, fin
 			}
 		}
 		final := false
-		if trail != nil && m+len(trail) <= chunkSize {
+		if trail != nil && m+len(trail) <= size {
 			m += copy(buf[m:], trail)
 			final = true
 		}
