@@ -110,6 +110,11 @@ func (c *hookCmd) Run(a *app) error {
 		if err != nil || st.Dest == "" {
 			continue // never set up: a hook does not bootstrap on its own
 		}
+		if st.Worktree != "" && st.Worktree != r.top {
+			// The workspace mirrors another worktree; a commit here
+			// does not take it over (an explicit sync does).
+			continue
+		}
 		dir := r.stateDir(name)
 		_ = os.WriteFile(filepath.Join(dir, "last-hook"), []byte(c.Event+" "+strconv.FormatInt(time.Now().Unix(), 10)+"\n"), 0o644)
 		if err := os.WriteFile(dirtyPath(dir), nil, 0o644); err != nil {

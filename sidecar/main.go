@@ -34,6 +34,8 @@ type app struct {
 	// tail is what followed `--` on the command line (exec's command).
 	tail    []string
 	hasTail bool
+	// takeover is setup --force.
+	takeover bool
 }
 
 func (a *app) logf(format string, args ...any) {
