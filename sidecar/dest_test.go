@@ -89,4 +89,3 @@ func TestScriptsParse(t *testing.T) {
 		require.NotContains(t, s, " -C ", name)
 	}
 }
-
