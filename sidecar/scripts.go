@@ -268,11 +268,15 @@ if [ "$cur" != "$new" ]; then
   trap 'rm -f "$e" "$rb"' EXIT
   if ! git read-tree -m -u --exclude-per-directory=.gitignore "$cur" "$new" </dev/null >/dev/null 2>"$e"; then
     why=$(tr '\n\r\t' '   ' <"$e" | cut -c1-300)
-    # Put back what the checkout changed: an index of the new tree
-    # with the stat data of the files it did not touch, then a reset to
-    # what was there, which rewrites only what differs.
+    # Put back what the checkout changed. First remove the files it
+    # added, to get back the room they took (a name git quotes is left
+    # for the reset below); then an index of the new tree with the stat
+    # data of the files it did not touch, and a reset to what was there,
+    # which rewrites only what differs.
+    git -c core.quotePath=false diff-tree -r --name-only --diff-filter=A "$cur" "$new" </dev/null 2>/dev/null |
+      while IFS= read -r p; do case $p in \"*) ;; *) rm -f -- "$p" ;; esac; done
     if cp -p "$gd/index" "$rb" &&
-       GIT_INDEX_FILE=$rb git read-tree -m "$cur" "$new" </dev/null >/dev/null 2>&1 &&
+       GIT_INDEX_FILE=$rb git read-tree -i -m "$cur" "$new" </dev/null >/dev/null 2>&1 &&
        GIT_INDEX_FILE=$rb git read-tree --reset -u "$cur" </dev/null >/dev/null 2>&1 &&
        mv -f "$rb" "$gd/index"; then
       die "cannot update the workspace files ($why); they were left as they were"
