@@ -10,7 +10,6 @@ import (
 	"hash"
 	"hash/crc32"
 	"io"
-	"math"
 	"math/bits"
 	"os"
 )
@@ -33,12 +32,15 @@ import (
 // result.
 const bigFileSize = 1 << 20
 
-// maxCopy is the most one copy instruction of a git delta can carry, and
-// maxDeltaBase the largest base a git delta can address (32-bit offsets).
-const (
-	maxCopy      = 0xffffff
-	maxDeltaBase = math.MaxUint32
-)
+// maxCopy is the most one copy instruction of a git delta can carry.
+const maxCopy = 0xffffff
+
+// maxDeltaFile is the largest file sent as a delta. The workspace's git
+// applies a delta with the base and the result in memory, about twice the
+// file's size (some 100 MiB at this size); a bigger file travels whole,
+// streamed at both ends, so that memory stays flat whatever its size. (A
+// git delta also cannot address a base past 4 GiB.)
+const maxDeltaFile = 48 << 20
 
 // blockSizeFor picks the signature block size for a file: about the
 // square root of its size (rsync's rule), a power of two from 2 KiB to

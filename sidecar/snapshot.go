@@ -372,7 +372,7 @@ func (s *snapshotter) bigFile(f visibleFile, old map[string]bigEntry, sn *snapsh
 		return prev, nil
 	}
 	var base *signature
-	if had && persist && prev.Size <= maxDeltaBase {
+	if had && persist && prev.Size <= maxDeltaFile && f.st.size <= maxDeltaFile {
 		base, _ = readSigFile(filepath.Join(s.sigDir(), prev.ID))
 	}
 	var res bigRead
