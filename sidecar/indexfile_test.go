@@ -72,4 +72,3 @@ func TestReadIndex(t *testing.T) {
 	_, _, err = readIndex(filepath.Join(dir, ".git", "index"), 20)
 	require.Error(t, err)
 }
-
