@@ -127,6 +127,9 @@ func (s *snapshotter) plan(ctx context.Context, sn *snapshot, have []string, hav
 type packWriter struct {
 	w   *bufio.Writer
 	sum hash.Hash
+	// z holds one compressor per level: a new one costs some hundred
+	// KiB of tables, too much to pay per object.
+	z map[int]*zlib.Writer
 }
 
 func (p *packWriter) Write(b []byte) (int, error) {
@@ -153,9 +156,18 @@ func (p *packWriter) objHeader(typ int, size int64) error {
 
 // deflate compresses what fn writes into the pack at level.
 func (p *packWriter) deflate(level int, fn func(w io.Writer) error) error {
-	z, err := zlib.NewWriterLevel(p, level)
-	if err != nil {
-		return err
+	z := p.z[level]
+	if z == nil {
+		var err error
+		if z, err = zlib.NewWriterLevel(p, level); err != nil {
+			return err
+		}
+		if p.z == nil {
+			p.z = map[int]*zlib.Writer{}
+		}
+		p.z[level] = z
+	} else {
+		z.Reset(p)
 	}
 	if err := fn(z); err != nil {
 		return err

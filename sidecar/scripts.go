@@ -34,7 +34,7 @@ const gitDirSnippet = `if [ -d .git ]; then gd=.git; else gd=$(git rev-parse --g
 // take over.
 const workspaceMarker = "sidecar-workspace"
 
-const markerContent = "git-sidecar workspace 2"
+const markerContent = "git-sidecar workspace 3"
 
 // workspaceAttributes makes the workspace's git take every file's bytes as
 // they are, whatever .gitattributes, config or the remote's ~/.gitconfig
@@ -94,7 +94,7 @@ rm -f "$gd/sidecar-patch"
 m=; [ -f "$gd/$marker" ] && read -r m < "$gd/$marker"
 if [ "$m" != "$content" ]; then
   for kv in core.autocrlf=false core.safecrlf=false core.fsmonitor=false core.sparseCheckout=false \
-            index.sparse=false core.splitIndex=false core.untrackedCache=true core.bigFileThreshold=1m; do
+            index.sparse=false core.splitIndex=false core.untrackedCache=true; do
     git config "${kv%%=*}" "${kv#*=}" </dev/null || die 'cannot configure the workspace repository'
   done
   mkdir -p "$gd/info" && printf '%s\n' "$attrs" > "$gd/info/attributes" || die 'cannot configure the workspace repository'
@@ -256,17 +256,21 @@ if [ "$need" -gt 0 ]; then
     *) [ "$avail" -ge "$need" ] || die "not enough space in the workspace: the sync needs $((need/1024+1)) MiB, $((avail/1024)) MiB are free; nothing was changed" ;;
   esac
 fi
+# Objects over 1 MiB are stored and checked out streaming (git reads
+# smaller ones whole); the scan above keeps git's default, under which
+# hashing a file does not also compress it.
+big='-c core.bigFileThreshold=1m'
 case "$how" in
   none) ;;
-  unpack) git unpack-objects -q >/dev/null || die 'cannot store the objects sent (git unpack-objects); nothing was changed' ;;
-  unpack0) git -c core.looseCompression=0 unpack-objects -q >/dev/null || die 'cannot store the objects sent (git unpack-objects); nothing was changed' ;;
-  index) git index-pack --stdin --fix-thin >/dev/null || die 'cannot store the objects sent (git index-pack); nothing was changed' ;;
+  unpack) git $big unpack-objects -q >/dev/null || die 'cannot store the objects sent (git unpack-objects); nothing was changed' ;;
+  unpack0) git $big -c core.looseCompression=0 unpack-objects -q >/dev/null || die 'cannot store the objects sent (git unpack-objects); nothing was changed' ;;
+  index) git $big index-pack --stdin --fix-thin >/dev/null || die 'cannot store the objects sent (git index-pack); nothing was changed' ;;
   *) die "unknown pack kind $how" ;;
 esac
 if [ "$cur" != "$new" ]; then
   e="$gd/sidecar-error.$$"; rb="$gd/sidecar-rollback-index.$$"
   trap 'rm -f "$e" "$rb"' EXIT
-  if ! git read-tree -m -u --exclude-per-directory=.gitignore "$cur" "$new" </dev/null >/dev/null 2>"$e"; then
+  if ! git $big read-tree -m -u --exclude-per-directory=.gitignore "$cur" "$new" </dev/null >/dev/null 2>"$e"; then
     why=$(tr '\n\r\t' '   ' <"$e" | cut -c1-300)
     # Put back what the checkout changed. First remove the files it
     # added, to get back the room they took (a name git quotes is left
@@ -277,7 +281,7 @@ if [ "$cur" != "$new" ]; then
       while IFS= read -r p; do case $p in \"*) ;; *) rm -f -- "$p" ;; esac; done
     if cp -p "$gd/index" "$rb" &&
        GIT_INDEX_FILE=$rb git read-tree -i -m "$cur" "$new" </dev/null >/dev/null 2>&1 &&
-       GIT_INDEX_FILE=$rb git read-tree --reset -u "$cur" </dev/null >/dev/null 2>&1 &&
+       GIT_INDEX_FILE=$rb git $big read-tree --reset -u "$cur" </dev/null >/dev/null 2>&1 &&
        mv -f "$rb" "$gd/index"; then
       die "cannot update the workspace files ($why); they were left as they were"
     fi
