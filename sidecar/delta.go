@@ -69,11 +69,33 @@ type rollsum struct {
 }
 
 func (r *rollsum) init(p []byte) {
-	r.a, r.b, r.n = 0, 0, uint32(len(p))
-	for i, c := range p {
-		r.a += uint32(c)
-		r.b += uint32(len(p)-i) * uint32(c)
+	// b = sum of (n-i)*p[i] = sum over i of the running sum a after p[i].
+	r.n = uint32(len(p))
+	var a, b uint32
+	for len(p) >= 8 {
+		a += uint32(p[0])
+		b += a
+		a += uint32(p[1])
+		b += a
+		a += uint32(p[2])
+		b += a
+		a += uint32(p[3])
+		b += a
+		a += uint32(p[4])
+		b += a
+		a += uint32(p[5])
+		b += a
+		a += uint32(p[6])
+		b += a
+		a += uint32(p[7])
+		b += a
+		p = p[8:]
 	}
+	for _, c := range p {
+		a += uint32(c)
+		b += a
+	}
+	r.a, r.b = a, b
 }
 
 func (r *rollsum) roll(out, in byte) {
@@ -102,6 +124,10 @@ type sigBuilder struct {
 	sig  signature
 	buf  []byte
 	hash hash.Hash
+	// known, when set, gives a block's checksums if the matcher found it
+	// equal to a block of the base (at the same offset and size), so
+	// that an unchanged block is not hashed twice.
+	known func(off int64) (uint32, [16]byte, bool)
 }
 
 func newSigBuilder(size int64) *sigBuilder {
@@ -131,6 +157,13 @@ func (s *sigBuilder) Write(p []byte) (int, error) {
 }
 
 func (s *sigBuilder) add(block []byte) {
+	if s.known != nil && len(block) == s.sig.blockSize {
+		if w, st, ok := s.known(int64(len(s.sig.weak)) * int64(s.sig.blockSize)); ok {
+			s.sig.weak = append(s.sig.weak, w)
+			s.sig.strong = append(s.sig.strong, st)
+			return
+		}
+	}
 	s.sig.weak = append(s.sig.weak, weakOf(block))
 	s.sig.strong = append(s.sig.strong, strongOf(s.hash, block))
 }
@@ -241,6 +274,21 @@ type matcher struct {
 	litCRC   uint32
 	crcPos   int64 // literal bytes before crcPos are in litCRC
 	plan     deltaPlan
+	// aligned maps a block-aligned offset of the stream to the base
+	// block found there, for the new signature (see sigBuilder.known).
+	aligned map[int64]int32
+}
+
+// knownBlock is sigBuilder.known for a new signature with the base's
+// block size: a block the matcher found at an aligned offset has the base
+// block's checksums.
+func (m *matcher) knownBlock(off int64) (uint32, [16]byte, bool) {
+	j, ok := m.aligned[off]
+	if !ok {
+		return 0, [16]byte{}, false
+	}
+	delete(m.aligned, off)
+	return m.base.weak[j], m.base.strong[j], true
 }
 
 const filterBits = 20
@@ -296,6 +344,12 @@ func (m *matcher) scan(eof bool) {
 			if cands, ok := m.blocks[w]; ok {
 				s := strongOf(m.strong, m.buf[m.pos-m.bufOff:m.pos-m.bufOff+bs])
 				if j, ok := m.find(cands, s); ok {
+					if m.pos%bs == 0 {
+						if m.aligned == nil {
+							m.aligned = map[int64]int32{}
+						}
+						m.aligned[m.pos] = j
+					}
 					m.flushLiteral(m.pos)
 					m.addCopy(int64(j)*bs, bs)
 					m.pos += bs

@@ -78,6 +78,36 @@ func TestDeltaRoundTrip(t *testing.T) {
 	}
 }
 
+// TestSignatureReusesMatchedBlocks: the signature built while matching
+// (with the checksums of unchanged blocks taken from the base) is the one
+// built from the bytes alone.
+func TestSignatureReusesMatchedBlocks(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	base := make([]byte, 3<<20+100)
+	for i := range base {
+		base[i] = byte(rng.Uint32())
+	}
+	next := bytes.Clone(base)
+	next[1<<20+9] ^= 1
+	next = append(next[:2<<20], append([]byte("shifted"), next[2<<20:]...)...)
+	bsig := newSigBuilder(int64(len(base)))
+	bsig.Write(base)
+	m := newMatcher(bsig.done(), "base")
+	fused := newSigBuilder(int64(len(next)))
+	require.Equal(t, m.bs, fused.sig.blockSize)
+	fused.known = m.knownBlock
+	for rest := next; len(rest) > 0; {
+		n := min(len(rest), 1+rng.IntN(200000))
+		m.Write(rest[:n])
+		fused.Write(rest[:n])
+		rest = rest[n:]
+	}
+	m.finish(int64(len(next)))
+	plain := newSigBuilder(int64(len(next)))
+	plain.Write(next)
+	require.Equal(t, plain.done(), fused.done())
+}
+
 // TestDeltaNoticesAChangedFile: bytes inserted from a file that changed
 // after it was read are refused.
 func TestDeltaNoticesAChangedFile(t *testing.T) {

@@ -501,11 +501,16 @@ func readBigFile(path string, st fileStat, format objectFormat, base *signature,
 	var m *matcher
 	if full {
 		sb = newSigBuilder(st.size)
-		sinks = append(sinks, sb)
 		if base != nil {
+			// The matcher sees each write first, so the signature can
+			// take the checksums of the blocks it found unchanged.
 			m = newMatcher(base, baseID)
 			sinks = append(sinks, m)
+			if base.blockSize == sb.sig.blockSize {
+				sb.known = m.knownBlock
+			}
 		}
+		sinks = append(sinks, sb)
 	}
 	n, err := io.CopyBuffer(io.MultiWriter(sinks...), f, make([]byte, 1<<20))
 	if err != nil {

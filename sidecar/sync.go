@@ -270,13 +270,18 @@ func (e *engine) runApply(ctx context.Context, a applyArgs, prepare func() (*out
 	if errors.Is(werr, errFileChanged) {
 		return nil, nil, errors.New("a big file changed while it was being sent; the workspace was left as it was; run `git sidecar sync` again")
 	}
+	if _, ok := out.first("need-bootstrap"); ok && rerr == nil {
+		return out, o, nil
+	}
+	// The workspace stopping early shows as a write error here; our own
+	// failure shows there as a pack cut short. Report the cause.
+	if werr != nil && !errors.Is(werr, errWorkspaceDone) && !errors.Is(werr, io.ErrClosedPipe) {
+		return nil, nil, fmt.Errorf("send the changes: %w", werr)
+	}
 	if rerr != nil {
 		return nil, nil, remoteError("sync the workspace", rerr, stderr.String())
 	}
-	if _, ok := out.first("need-bootstrap"); ok {
-		return out, o, nil
-	}
-	if werr != nil && !errors.Is(werr, errWorkspaceDone) {
+	if werr != nil {
 		return nil, nil, fmt.Errorf("send the changes: %w", werr)
 	}
 	return out, o, nil
