@@ -47,7 +47,7 @@ func TestReadIndex(t *testing.T) {
 	}
 	got := map[string]string{}
 	for p, e := range entries {
-		got[p] = fmt.Sprintf("%o %s", e.mode, e.id)
+		got[p] = fmt.Sprintf("%o %s", e.mode, e.id())
 	}
 	require.Equal(t, want, got)
 
@@ -63,12 +63,37 @@ func TestReadIndex(t *testing.T) {
 	// A file written after the index is never taken as clean.
 	st2 := st
 	st2.mtime = mtime
-	require.False(t, indexEntry{mode: st.mode, size: uint32(st.size), mtimeS: st.mtimeS, mtimeNS: st.mtimeNS,
-		ctimeS: st.ctimeS, ctimeNS: st.ctimeNS, ino: st.ino, uid: st.uid, gid: st.gid}.clean(st2, mtime))
+	require.False(t, (&indexEntry{mode: st.mode, size: uint32(st.size), mtimeS: st.mtimeS, mtimeNS: st.mtimeNS,
+		ctimeS: st.ctimeS, ctimeNS: st.ctimeNS, ino: st.ino, uid: st.uid, gid: st.gid}).clean(st2, mtime))
 
-	// Version 4 (prefix-compressed paths) is not read; the caller then
-	// lets git look at every path.
+	// Version 4 (prefix-compressed paths) reads the same.
 	gittest.Run(t, g, "update-index", "--index-version", "4")
-	_, _, err = readIndex(filepath.Join(dir, ".git", "index"), 20)
+	v4, _, err := readIndex(filepath.Join(dir, ".git", "index"), 20)
+	require.NoError(t, err)
+	require.Equal(t, entries, v4)
+	// Long shared prefixes and long dropped suffixes (varints of more
+	// than one byte).
+	long := strings.Repeat("d/", 100) + "x/" + strings.Repeat("z", 200)
+	for _, rel := range []string{long, strings.Repeat("d/", 100) + "y", "e"} {
+		p := filepath.Join(dir, rel)
+		require.NoError(t, os.MkdirAll(filepath.Dir(p), 0o755))
+		require.NoError(t, os.WriteFile(p, []byte(rel), 0o644))
+	}
+	gittest.Run(t, g, "add", "-A")
+	v4, _, err = readIndex(filepath.Join(dir, ".git", "index"), 20)
+	require.NoError(t, err)
+	require.Len(t, v4, len(strings.Split(strings.TrimSuffix(gittest.Run(t, g, "ls-files", "-z"), "\x00"), "\x00")))
+	require.Contains(t, v4, long)
+	require.Contains(t, v4, strings.Repeat("d/", 100)+"y") // after dropping 202 bytes
+	require.Contains(t, v4, "e")
+
+	// An unknown version is an error; the caller then lets git look at
+	// every path.
+	idx := filepath.Join(dir, ".git", "index")
+	b, err := os.ReadFile(idx)
+	require.NoError(t, err)
+	b[7] = 9
+	require.NoError(t, os.WriteFile(idx, b, 0o644))
+	_, _, err = readIndex(idx, 20)
 	require.Error(t, err)
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"hash"
 	"io"
@@ -58,28 +59,108 @@ func (s *snapshotter) plan(ctx context.Context, sn *snapshot, have []string, hav
 	g := s.git(s.indexPath())
 	var known []string
 	for _, h := range have {
-		if h == "" {
-			continue
-		}
-		if ok, _ := g.Ok(ctx, "cat-file", "-e", h+"^{tree}"); ok {
+		if h != "" {
 			known = append(known, h)
 		}
 	}
-	args := []string{"rev-list", "--objects", "--missing=print", sn.tree}
-	if len(known) > 0 {
-		args = append(append(args, "--not"), known...)
+	if len(known) == 1 {
+		// From one tree the workspace holds, the new objects are what
+		// one diff-tree names: the changed blobs and trees.
+		if ids, files, err := s.changedObjects(ctx, known[0], sn.tree); err == nil {
+			return s.outgoing(sn, ids, files, haveBig)
+		}
 	}
-	list, err := g.Run(ctx, args...)
+	// How many paths differ, for the summary, counted meanwhile.
+	files := make(chan int, 1)
+	from := ""
+	if len(known) > 0 {
+		from = known[0]
+	}
+	go func() {
+		names, err := "", errors.New("no tree to compare with")
+		if from != "" {
+			names, err = g.Run(ctx, "diff-tree", "-r", "-z", "--name-only", "--no-renames", from, sn.tree)
+		}
+		if err != nil {
+			names, _ = g.Run(ctx, "ls-tree", "-r", "-z", "--name-only", sn.tree)
+		}
+		files <- strings.Count(names, "\x00")
+	}()
+	revList := func() (string, error) {
+		args := []string{"rev-list", "--objects", "--missing=print", sn.tree}
+		if len(known) > 0 {
+			args = append(append(args, "--not"), known...)
+		}
+		return g.Run(ctx, args...)
+	}
+	list, err := revList()
+	if err != nil && len(known) > 0 {
+		// Usually every tree is here; when one is not, keep those
+		// that are.
+		var ok []string
+		for _, h := range known {
+			if yes, _ := g.Ok(ctx, "cat-file", "-e", h+"^{tree}"); yes {
+				ok = append(ok, h)
+			}
+		}
+		known = ok
+		list, err = revList()
+	}
+	nfiles := <-files
 	if err != nil {
 		return nil, fmt.Errorf("list the objects to send: %w", err)
 	}
-	out := &outgoing{}
-	byID := sn.bigByID()
+	var ids []string
 	for _, line := range strings.Split(list, "\n") {
-		if line == "" {
+		if id, _, _ := strings.Cut(strings.TrimPrefix(line, "?"), " "); id != "" {
+			ids = append(ids, id)
+		}
+	}
+	return s.outgoing(sn, ids, nfiles, haveBig)
+}
+
+// changedObjects lists the objects of tree that from does not have, as
+// diff-tree sees them (a blob moved from elsewhere in from is sent again;
+// that only costs its size), and counts the paths that differ.
+func (s *snapshotter) changedObjects(ctx context.Context, from, tree string) ([]string, int, error) {
+	if from == tree {
+		return nil, 0, nil
+	}
+	out, err := s.git(s.indexPath()).Run(ctx, "diff-tree", "-r", "-t", "-z", "--no-renames", "--raw", "--no-abbrev", from, tree)
+	if err != nil {
+		return nil, 0, err
+	}
+	ids := []string{tree}
+	files := 0
+	// Records are ":<old mode> <new mode> <old id> <new id> <status>"
+	// then the path, NUL-separated.
+	recs := strings.Split(out, "\x00")
+	for i := 0; i+1 < len(recs); i += 2 {
+		f := strings.Fields(strings.TrimPrefix(recs[i], ":"))
+		if len(f) != 5 {
+			return nil, 0, fmt.Errorf("unexpected diff-tree output %q", recs[i])
+		}
+		if f[1] != "040000" {
+			files++
+		}
+		if f[4] != "D" && f[1] != "160000" {
+			ids = append(ids, f[3])
+		}
+	}
+	return ids, files, nil
+}
+
+// outgoing sorts the objects to send into those git reads and the big
+// files, and decides how the workspace stores them.
+func (s *snapshotter) outgoing(sn *snapshot, ids []string, files int, haveBig map[string]bool) (*outgoing, error) {
+	out := &outgoing{files: files}
+	byID := sn.bigByID()
+	seen := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		if seen[id] {
 			continue
 		}
-		id, _, _ := strings.Cut(strings.TrimPrefix(line, "?"), " ")
+		seen[id] = true
 		if p, ok := byID[id]; ok {
 			b := bigOut{id: id, path: filepath.Join(s.r.top, p), size: sn.big[p].Size}
 			// Only a base the workspace holds can serve.
@@ -90,18 +171,7 @@ func (s *snapshotter) plan(ctx context.Context, sn *snapshot, have []string, hav
 			out.needKiB += 2 * b.size >> 10
 			continue
 		}
-		if strings.HasPrefix(line, "?") {
-			return nil, fmt.Errorf("the snapshot store lacks object %s; run `git sidecar setup` to start over", id)
-		}
 		out.small = append(out.small, id)
-	}
-	if len(known) > 0 {
-		names, err := g.Run(ctx, "diff-tree", "-r", "-z", "--name-only", "--no-renames", known[0], sn.tree)
-		if err == nil {
-			out.files = strings.Count(names, "\x00")
-		}
-	} else if ls, err := g.Run(ctx, "ls-tree", "-r", "-z", "--name-only", sn.tree); err == nil {
-		out.files = strings.Count(ls, "\x00")
 	}
 	deltas := false
 	for _, b := range out.big {

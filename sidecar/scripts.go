@@ -34,7 +34,7 @@ const gitDirSnippet = `if [ -d .git ]; then gd=.git; else gd=$(git rev-parse --g
 // take over.
 const workspaceMarker = "sidecar-workspace"
 
-const markerContent = "git-sidecar workspace 3"
+const markerContent = "git-sidecar workspace 4"
 
 // workspaceAttributes makes the workspace's git take every file's bytes as
 // they are, whatever .gitattributes, config or the remote's ~/.gitconfig
@@ -94,9 +94,12 @@ rm -f "$gd/sidecar-patch"
 m=; [ -f "$gd/$marker" ] && read -r m < "$gd/$marker"
 if [ "$m" != "$content" ]; then
   for kv in core.autocrlf=false core.safecrlf=false core.fsmonitor=false core.sparseCheckout=false \
-            index.sparse=false core.splitIndex=false core.untrackedCache=true; do
+            index.sparse=false core.splitIndex=false core.untrackedCache=true index.version=4; do
     git config "${kv%%=*}" "${kv#*=}" </dev/null || die 'cannot configure the workspace repository'
   done
+  # Version 4 makes the index smaller to read, write and checksum
+  # (paths share prefixes); index.version only applies to new files.
+  if [ -f "$gd/index" ]; then git update-index --index-version 4 </dev/null >/dev/null 2>&1; fi
   mkdir -p "$gd/info" && printf '%s\n' "$attrs" > "$gd/info/attributes" || die 'cannot configure the workspace repository'
   printf '%s\n' "$content" > "$gd/$marker" || die 'cannot mark the workspace as ours'
 fi

@@ -101,7 +101,7 @@ func newSnapshotter(ctx context.Context, r *repo, name string, logf func(string,
 
 // shadowVersion changes whenever the shadow's config or attributes do, so
 // that an older shadow is rewritten.
-const shadowVersion = "git-sidecar shadow 1\n"
+const shadowVersion = "git-sidecar shadow 3\n"
 
 // rawAttributes is what makes git take the bytes as they are: in
 // info/attributes it wins over every .gitattributes and
@@ -140,7 +140,7 @@ func (s *snapshotter) ensureShadow(ctx context.Context) error {
 		"\tautocrlf = false\n\tsafecrlf = false\n\tfsmonitor = false\n" +
 		"\tsparseCheckout = false\n\tsplitIndex = false\n\tuntrackedCache = false\n" +
 		"\tcheckStat = default\n\ttrustctime = true\n\tpreloadIndex = true\n" +
-		"[index]\n\tversion = 2\n\tsparse = false\n" +
+		"[index]\n\tversion = 4\n\tsparse = false\n" +
 		"[gc]\n\tauto = 0\n" + ext
 	for _, d := range []string{"info", "objects/info", "objects/pack", "refs"} {
 		if err := os.MkdirAll(filepath.Join(s.shadow, d), 0o755); err != nil {
@@ -153,6 +153,12 @@ func (s *snapshotter) ensureShadow(ctx context.Context) error {
 	} {
 		if err := os.WriteFile(filepath.Join(s.shadow, name), []byte(content), 0o644); err != nil {
 			return fmt.Errorf("prepare the snapshot repository: %w", err)
+		}
+	}
+	// index.version only applies to new index files.
+	if _, err := os.Stat(s.indexPath()); err == nil {
+		if _, err := s.git(s.indexPath()).Run(ctx, "update-index", "--index-version", "4"); err != nil {
+			return fmt.Errorf("prepare the snapshot index: %w", err)
 		}
 	}
 	return os.WriteFile(stamp, []byte(shadowVersion), 0o644)
@@ -239,44 +245,60 @@ func (s *snapshotter) take(ctx context.Context, persist bool) (*snapshot, error)
 		defer os.Remove(tmp)
 		index = tmp
 	}
+	start := time.Now()
+	// Our index is read while the work tree is listed.
+	type indexRead struct {
+		entries map[string]*indexEntry
+		mtime   int64
+		err     error
+	}
+	idx := make(chan indexRead, 1)
+	go func() {
+		e, m, err := readIndex(index, s.format.hashLen)
+		idx <- indexRead{e, m, err}
+	}()
 	files, err := s.visibleFiles(ctx)
+	ir := <-idx
 	if err != nil {
 		return nil, err
 	}
-	entries, indexMtime, ierr := readIndex(index, s.format.hashLen)
+	listed := time.Since(start)
+	entries, indexMtime, ierr := ir.entries, ir.mtime, ir.err
 	if ierr != nil && !errors.Is(ierr, fs.ErrNotExist) {
 		// Let git look at every path.
 		s.logf("snapshot index not read (%v); checking every file", ierr)
 		entries = nil
 	}
 	if entries == nil {
-		entries = map[string]indexEntry{}
+		entries = map[string]*indexEntry{}
 	}
 	oldBig := s.loadBig()
 	sn := &snapshot{big: map[string]bigEntry{}, plans: map[string]*deltaPlan{}}
 	var update []string   // paths for git to look at
 	var info bytes.Buffer // index-info lines: big files set, paths removed
-	seen := make(map[string]bool, len(files))
 	for _, f := range files {
-		seen[f.path] = true
+		e := entries[f.path]
+		if e != nil {
+			e.seen = true
+		}
 		if f.st.mode != 0o120000 && f.st.size >= bigFileSize {
 			b, err := s.bigFile(f, oldBig, sn, persist)
 			if err != nil {
 				return nil, err
 			}
 			sn.big[f.path] = b
-			if e, ok := entries[f.path]; !ok || e.id != b.ID || e.mode != b.Mode {
+			if e == nil || e.id() != b.ID || e.mode != b.Mode {
 				fmt.Fprintf(&info, "%o %s\t%s\x00", b.Mode, b.ID, f.path)
 			}
 			continue
 		}
-		if e, ok := entries[f.path]; ok && e.clean(f.st, indexMtime) {
+		if e != nil && e.clean(f.st, indexMtime) {
 			continue
 		}
 		update = append(update, f.path)
 	}
-	for p := range entries {
-		if !seen[p] {
+	for p, e := range entries {
+		if !e.seen {
 			fmt.Fprintf(&info, "0 %s\t%s\x00", s.format.zeroID(), p)
 		}
 	}
@@ -325,6 +347,8 @@ func (s *snapshotter) take(ctx context.Context, persist bool) (*snapshot, error)
 			return nil, err
 		}
 	}
+	s.logf("snapshot: %d paths listed and looked at in %s, %d read again, %s in all",
+		len(files), listed.Round(time.Millisecond), sn.touched, time.Since(start).Round(time.Millisecond))
 	return sn, nil
 }
 
@@ -555,53 +579,77 @@ func (s *snapshotter) visibleFiles(ctx context.Context) ([]visibleFile, error) {
 	for len(pending) > 0 {
 		prefix := pending[0]
 		pending = pending[1:]
-		paths, nested, err := s.listRepo(ctx, prefix)
+		files, nested, err := s.listRepo(ctx, prefix)
 		if err != nil {
 			return nil, err
 		}
-		files, dirs := s.statAll(paths)
 		out = append(out, files...)
 		// A tracked path that is a folder is an initialized submodule
 		// when it holds a .git; otherwise (an uninitialized submodule)
 		// it shows nothing.
-		for _, d := range append(nested, dirs...) {
+		for _, d := range nested {
 			if _, err := os.Lstat(filepath.Join(s.r.top, d, ".git")); err == nil {
 				pending = append(pending, d)
 			}
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].path < out[j].path })
 	return out, nil
 }
 
-// listRepo runs ls-files in the repository at prefix (the top when
-// empty) and returns the paths it names, relative to the top, and the
-// untracked nested repositories it names (as folders).
-func (s *snapshotter) listRepo(ctx context.Context, prefix string) (paths, nested []string, err error) {
+// listRepo lists the files of the repository at prefix (the top when
+// empty), relative to the top, and the folders in it that may be nested
+// repositories. The tracked paths come first and fast, and are looked at
+// while git is still walking the folders for untracked ones.
+func (s *snapshotter) listRepo(ctx context.Context, prefix string) ([]visibleFile, []string, error) {
 	g := gitx.Repo{Dir: filepath.Join(s.r.top, prefix), Env: s.r.git.Env}
-	out, err := g.Run(ctx, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+	type listing struct {
+		out string
+		err error
+	}
+	others := make(chan listing, 1)
+	go func() {
+		out, err := g.Run(ctx, "ls-files", "-z", "--others", "--exclude-standard")
+		others <- listing{out, err}
+	}()
+	cached, err := g.Run(ctx, "ls-files", "-z", "--cached")
 	if err != nil {
-		if prefix == "" {
-			return nil, nil, fmt.Errorf("list the work tree: %w", err)
-		}
-		return nil, nil, fmt.Errorf("list the files of the nested repository %q: %w", prefix, err)
+		<-others
+		return nil, nil, s.listError(prefix, err)
 	}
-	last := ""
-	for _, p := range strings.Split(out, "\x00") {
-		if p == "" || p == last { // unmerged paths come once per stage
-			continue
+	split := func(out string) (paths, dirs []string) {
+		last := ""
+		for _, p := range strings.Split(out, "\x00") {
+			if p == "" || p == last { // unmerged paths come once per stage
+				continue
+			}
+			last = p
+			if prefix != "" {
+				p = prefix + "/" + p
+			}
+			if strings.HasSuffix(p, "/") { // an untracked nested repository
+				dirs = append(dirs, strings.TrimSuffix(p, "/"))
+				continue
+			}
+			paths = append(paths, p)
 		}
-		last = p
-		if prefix != "" {
-			p = prefix + "/" + p
-		}
-		if strings.HasSuffix(p, "/") {
-			nested = append(nested, strings.TrimSuffix(p, "/"))
-			continue
-		}
-		paths = append(paths, p)
+		return paths, dirs
 	}
-	return paths, nested, nil
+	paths, _ := split(cached)
+	files, nested := s.statAll(paths)
+	o := <-others
+	if o.err != nil {
+		return nil, nil, s.listError(prefix, o.err)
+	}
+	paths, dirs := split(o.out)
+	more, moreDirs := s.statAll(paths)
+	return append(files, more...), append(append(nested, dirs...), moreDirs...), nil
+}
+
+func (s *snapshotter) listError(prefix string, err error) error {
+	if prefix == "" {
+		return fmt.Errorf("list the work tree: %w", err)
+	}
+	return fmt.Errorf("list the files of the nested repository %q: %w", prefix, err)
 }
 
 // statAll lstats paths in parallel and returns the files and symlinks,
@@ -647,7 +695,7 @@ func (s *snapshotter) statAll(paths []string) ([]visibleFile, []string) {
 				if skip[i] {
 					continue
 				}
-				fi, err := os.Lstat(filepath.Join(s.r.top, paths[i]))
+				fi, err := os.Lstat(s.r.top + "/" + paths[i])
 				if err != nil {
 					continue // deleted, or outside a sparse checkout
 				}
