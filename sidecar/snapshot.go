@@ -805,19 +805,6 @@ func (s *snapshotter) gcStore(ctx context.Context, applied string) error {
 	return nil
 }
 
-// fmtSize prints a byte count for humans.
-func fmtSize(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return strconv.FormatFloat(float64(n)/(1<<30), 'f', 1, 64) + " GiB"
-	case n >= 1<<20:
-		return strconv.FormatFloat(float64(n)/(1<<20), 'f', 1, 64) + " MiB"
-	case n >= 1<<10:
-		return strconv.FormatFloat(float64(n)/(1<<10), 'f', 1, 64) + " KiB"
-	}
-	return strconv.FormatInt(n, 10) + " B"
-}
-
 // appliedRecord is what this worktree last synced: the tree and the big
 // blobs in it, which the workspace then holds and a delta may build on.
 type appliedRecord struct {
