@@ -125,3 +125,34 @@ func TestPackCarriesWhatChanged(t *testing.T) {
 	require.Equal(t, sn3.tree, sn4.tree)
 	require.Equal(t, "none", o.how)
 }
+
+// TestStoreCompaction: rebuilding the private store keeps what the next
+// sync needs (the synced tree, to diff against) and drops older
+// snapshots' objects.
+func TestStoreCompaction(t *testing.T) {
+	f := newPackFixture(t)
+	f.write("a.txt", []byte("one\n"))
+	f.write("dir/b.txt", []byte("b\n"))
+	sn1, _, _ := f.send(nil, nil)
+	f.write("a.txt", []byte("two\n"))
+	sn2, _, _ := f.send([]string{sn1.tree}, nil)
+	f.checkout(sn2.tree)
+
+	defer func(v int) { storeGCThreshold = v }(storeGCThreshold)
+	storeGCThreshold = 0
+	require.NoError(t, f.snap.gcStore(f.ctx, sn2.tree))
+	loose, err := filepath.Glob(filepath.Join(f.snap.shadow, "objects", "??", "*"))
+	require.NoError(t, err)
+	require.Empty(t, loose)
+	g := f.snap.git(f.snap.indexPath())
+	oldBlob := strings.TrimSpace(gittest.Run(t, f.wsg, "rev-parse", sn1.tree+":a.txt"))
+	ok, err := g.Ok(f.ctx, "cat-file", "-e", oldBlob)
+	require.NoError(t, err)
+	require.False(t, ok, "an older snapshot's blob survived")
+
+	// The next sync diffs against the synced tree and sends the change.
+	f.write("a.txt", []byte("three\n"))
+	sn3, o, _ := f.send([]string{sn2.tree}, nil)
+	require.Equal(t, 1, o.files)
+	f.checkout(sn3.tree)
+}

@@ -753,6 +753,10 @@ func copyFile(from, to string) error {
 	return os.Rename(tmp, to)
 }
 
+// storeGCThreshold is how many loose objects (as storeObjects counts
+// them) the private store may hold before gcStore rebuilds it.
+var storeGCThreshold = 4000
+
 // storeObjects counts the objects in the private store, roughly: the
 // loose objects in one of the 256 fan-out folders, times 256, as git's
 // gc --auto estimates.
@@ -769,7 +773,7 @@ func (s *snapshotter) storeObjects() int {
 // have, and drops everything else (older snapshots' blobs and trees).
 // The caller holds the sync lock, the only writer of the store.
 func (s *snapshotter) gcStore(ctx context.Context, applied string) error {
-	if s.storeObjects() < 4000 {
+	if s.storeObjects() < storeGCThreshold {
 		return nil
 	}
 	g := s.git(s.indexPath())
