@@ -2,6 +2,8 @@ package sidecar
 
 import (
 	"bytes"
+	"errors"
+	"io"
 	"math/rand/v2"
 	"testing"
 
@@ -128,4 +130,69 @@ func TestVarintAndCopyEncoding(t *testing.T) {
 	// Offsets and sizes with zero bytes in the middle are encoded
 	// sparsely, as git does.
 	require.Equal(t, []byte{0x80 | 0x04 | 0x10, 0x01, 0x05}, copyInstr(nil, 0x010000, 5))
+}
+
+// applyDelta is git's patch_delta, for tests: it applies delta to base.
+func applyDelta(base, delta []byte) ([]byte, error) {
+	rd := bytes.NewReader(delta)
+	readVarint := func() (uint64, error) {
+		var v uint64
+		for shift := 0; ; shift += 7 {
+			c, err := rd.ReadByte()
+			if err != nil {
+				return 0, err
+			}
+			v |= uint64(c&0x7f) << shift
+			if c&0x80 == 0 {
+				return v, nil
+			}
+		}
+	}
+	bsz, err := readVarint()
+	if err != nil || bsz != uint64(len(base)) {
+		return nil, errors.New("base size mismatch")
+	}
+	rsz, err := readVarint()
+	if err != nil {
+		return nil, err
+	}
+	var out []byte
+	for rd.Len() > 0 {
+		cmd, _ := rd.ReadByte()
+		switch {
+		case cmd&0x80 != 0:
+			var off, n uint32
+			for i := 0; i < 4; i++ {
+				if cmd&(1<<i) != 0 {
+					c, _ := rd.ReadByte()
+					off |= uint32(c) << (8 * i)
+				}
+			}
+			for i := 0; i < 3; i++ {
+				if cmd&(0x10<<i) != 0 {
+					c, _ := rd.ReadByte()
+					n |= uint32(c) << (8 * i)
+				}
+			}
+			if n == 0 {
+				n = 0x10000
+			}
+			if uint64(off)+uint64(n) > uint64(len(base)) {
+				return nil, errors.New("copy out of range")
+			}
+			out = append(out, base[off:off+n]...)
+		case cmd != 0:
+			lit := make([]byte, cmd)
+			if _, err := io.ReadFull(rd, lit); err != nil {
+				return nil, err
+			}
+			out = append(out, lit...)
+		default:
+			return nil, errors.New("bad delta opcode 0")
+		}
+	}
+	if uint64(len(out)) != rsz {
+		return nil, errors.New("result size mismatch")
+	}
+	return out, nil
 }
