@@ -252,6 +252,8 @@ IFS= read -r hdr || die 'the sync was cut short before anything was sent'
 set -f; set -- $hdr; set +f
 [ "$#" = 4 ] && [ "$1" = "$token" ] || die 'the sync was cut short before anything was sent'
 new=$2 how=$3 need=$4
+case "$new" in ''|*[!0-9a-f]*) die 'the sync sent a bad tree id' ;; esac
+case "$need" in ''|*[!0-9]*) need=0 ;; esac
 if [ "$need" -gt 0 ]; then
   avail=$(df -Pk . 2>/dev/null | awk 'NR==2 {print $4}')
   case "$avail" in
