@@ -173,19 +173,24 @@ func (s *snapshotter) outgoing(sn *snapshot, ids []string, files int, haveBig ma
 		}
 		out.small = append(out.small, id)
 	}
-	deltas := false
+	deltas, huge := false, false
 	for _, b := range out.big {
 		deltas = deltas || b.plan != nil
+		huge = huge || b.size > maxDeltaFile
 	}
 	n := len(out.small) + len(out.big)
 	switch {
 	case n == 0:
 		out.how = "none"
-	case deltas:
-		// index-pack would complete the thin pack by appending each
-		// base, recompressing a big file for a one-byte change.
+	case deltas || (len(out.big) > 0 && !huge):
+		// Big objects as loose, uncompressed objects: one hash, no
+		// pack checksum, no fsync. index-pack would complete a thin
+		// pack by appending each base, recompressing a big file for a
+		// one-byte change.
 		out.how = "unpack0"
-	case len(out.big) > 0 || n >= 100:
+	case huge || n >= 100:
+		// index-pack streams objects of any size on every git; older
+		// gits' unpack-objects holds each object in memory.
 		out.how = "index"
 	default:
 		out.how = "unpack"

@@ -97,7 +97,7 @@ func TestPackCarriesWhatChanged(t *testing.T) {
 	big := randomBytes(t, 3<<20+123)
 	f.write("big.bin", big)
 	sn1, o, _ := f.send(nil, nil)
-	require.Equal(t, "index", o.how)
+	require.Equal(t, "unpack0", o.how)
 	require.Equal(t, 3, o.files)
 	f.checkout(sn1.tree)
 
