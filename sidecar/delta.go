@@ -35,11 +35,12 @@ const bigFileSize = 1 << 20
 const maxCopy = 0xffffff
 
 // maxDeltaFile is the largest file sent as a delta. The workspace's git
-// applies a delta with the base and the result in memory, about twice the
-// file's size (some 100 MiB at this size); a bigger file travels whole,
-// streamed at both ends, so that memory stays flat whatever its size. (A
-// git delta also cannot address a base past 4 GiB.)
-const maxDeltaFile = 48 << 20
+// applies a delta with the base mapped, the base read and the result in
+// memory, about three times the file's size (some 124 MiB at this size);
+// a bigger file travels whole, streamed at both ends, so that memory
+// stays flat whatever its size. (A git delta also cannot address a base
+// past 4 GiB.)
+const maxDeltaFile = 40 << 20
 
 // blockSizeFor picks the signature block size for a file: about the
 // square root of its size (rsync's rule), a power of two from 2 KiB to

@@ -43,7 +43,8 @@ const workspaceAttributes = "* -text -eol -filter -ident -working-tree-encoding"
 
 // prepareArgs are the words of prepareScript.
 type prepareArgs struct {
-	url   string
+	format string // object format of a repository to create ("" for git's default)
+	url    string
 	want  []string // commits wanted as the baseline
 	trees []string // trees the workspace may still hold from earlier syncs
 	force bool     // take over a repository that is not ours
@@ -66,6 +67,10 @@ func prepareScript(d Dest, a prepareArgs) string {
 		force = "1"
 	}
 	fmt.Fprintf(&b, "ws=%s force=%s url=%s\n", d.PathWord(), force, q(a.url))
+	initArgs := "-q"
+	if a.format != "" && a.format != "sha1" {
+		initArgs += " " + q("--object-format="+a.format)
+	}
 	fmt.Fprintf(&b, "marker=%s content=%s attrs=%s\n", q(workspaceMarker), q(markerContent), q(workspaceAttributes))
 	b.WriteString(`k=0
 if [ ! -e "$ws" ] && [ ! -L "$ws" ]; then
@@ -86,7 +91,7 @@ if [ -e .git ]; then
   fi
 else
   if [ -n "$(ls -A . 2>/dev/null)" ]; then die 'the workspace folder is not empty and is not a git repository; choose another path or empty it'; fi
-  git init -q </dev/null >/dev/null || die 'git init failed in the workspace'
+  git init ` + initArgs + ` </dev/null >/dev/null || die 'git init failed in the workspace'
   gd=.git
   echo "created $k"
 fi

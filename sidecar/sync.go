@@ -365,7 +365,7 @@ func (e *engine) bootstrap(ctx context.Context, head, branch, reason string) (re
 			trees = append(trees, e.st.Seen)
 		}
 	}
-	script := prepareScript(e.dest, prepareArgs{url: url, want: want, trees: trees, force: e.takeover})
+	script := prepareScript(e.dest, prepareArgs{format: e.snap.format.name, url: url, want: want, trees: trees, force: e.takeover})
 	var stdout, stderr bytes.Buffer
 	e.sent += int64(len(script))
 	rerr := e.tr.run(ctx, script, nil, &stdout, &stderr)

@@ -89,17 +89,26 @@ func forEachTransport(t *testing.T, fn func(t *testing.T, w *world)) {
 // the work tree's bytes, CRLF, LF, lone CR and mixed alike.
 func TestLineEndings(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, w *world) {
-		w.write(".gitattributes", "* text=auto eol=crlf\n*.bin binary\n")
+		// Every attribute that makes git rewrite bytes on the way in or
+		// out: eol, ident, working-tree-encoding.
+		w.write(".gitattributes", "* text=auto eol=crlf\n*.bin binary\n*.id ident\n*.utf16 text working-tree-encoding=UTF-16LE eol=lf\n")
 		w.write("a.txt", "one\ntwo\n")
 		w.write("dir/b.md", "b\r\nmixed\nlines\r\n")
 		w.writeBytes("data.bin", []byte("x\r\ny\n\x00"), 0o644)
+		w.write("version.id", "$Id$\n")
+		w.writeBytes("wide.utf16", []byte("h\x00i\x00\n\x00"), 0o644)
 		w.commitAll("eol")
 		w.git(w.repo, "push", "-q", "origin", "main")
-		// What git checks out under these attributes: CRLF.
-		w.checkoutAgain("a.txt", "dir/b.md")
+		// What git checks out under these attributes: CRLF, an
+		// expanded $Id$, UTF-16 (the blobs hold LF, $Id$, UTF-8).
+		w.checkoutAgain("a.txt", "dir/b.md", "version.id", "wide.utf16")
 		b, err := os.ReadFile(filepath.Join(w.repo, "a.txt"))
 		require.NoError(t, err)
 		require.Equal(t, "one\r\ntwo\r\n", string(b))
+		b, err = os.ReadFile(filepath.Join(w.repo, "version.id"))
+		require.NoError(t, err)
+		require.Contains(t, string(b), "$Id: ")
+		require.Equal(t, "hi\n", w.git(w.repo, "cat-file", "blob", "HEAD:wide.utf16")+"\n")
 		w.write("untracked lf.txt", "lf only\n")
 		w.write("lone-cr.txt", "a\rb\r\n")
 		w.setupIdentical()
@@ -301,4 +310,59 @@ func TestBigBinary(t *testing.T) {
 		require.Less(t, bytesSent(t, out), 16<<10)
 		require.True(t, strings.Contains(out, "incremental"), out)
 	})
+}
+
+// TestIgnoreRules: what the user sees follows every source of ignore
+// rules (.gitignore, info/exclude, core.excludesFile), a tracked file is
+// seen even when a rule matches it, and it goes once it is untracked.
+func TestIgnoreRules(t *testing.T) {
+	w := newWorld(t, local, "")
+	w.write(".gitignore", "*.log\n")
+	w.write("kept.log", "tracked although ignored\n")
+	w.git(w.repo, "add", "-f", "kept.log")
+	w.write("a.txt", "a\n")
+	w.commitAll("a")
+	w.git(w.repo, "push", "-q", "origin", "main")
+	require.NoError(t, os.WriteFile(filepath.Join(w.repo, ".git", "info", "exclude"), []byte("secret.env\n"), 0o644))
+	excludes := filepath.Join(w.home, "global-ignore")
+	require.NoError(t, os.WriteFile(excludes, []byte("*.swp\n"), 0o644))
+	w.git(w.repo, "config", "core.excludesFile", excludes)
+	w.write("secret.env", "TOKEN=1\n")
+	w.write(".a.txt.swp", "editor\n")
+	w.write("debug.log", "ignored\n")
+	w.write("seen.txt", "untracked, not ignored\n")
+	w.setupIdentical()
+	for _, p := range []string{"secret.env", ".a.txt.swp", "debug.log"} {
+		require.NoFileExists(t, filepath.Join(w.ws, p))
+	}
+	require.FileExists(t, filepath.Join(w.ws, "kept.log"))
+
+	// Untracked now, and ignored: no longer seen.
+	w.git(w.repo, "rm", "-q", "--cached", "kept.log")
+	w.syncIdentical()
+	require.NoFileExists(t, filepath.Join(w.ws, "kept.log"))
+	// A rule that stops matching brings the file back.
+	require.NoError(t, os.WriteFile(filepath.Join(w.repo, ".git", "info", "exclude"), nil, 0o644))
+	w.syncIdentical()
+	require.FileExists(t, filepath.Join(w.ws, "secret.env"))
+}
+
+// TestSHA256Repository: a repository in the SHA-256 object format gets a
+// workspace in that format.
+func TestSHA256Repository(t *testing.T) {
+	w := newWorld(t, local, "")
+	require.NoError(t, os.RemoveAll(w.repo))
+	require.NoError(t, os.RemoveAll(w.origin))
+	w.git(w.root, "init", "-q", "--bare", "--object-format=sha256", "-b", "main", w.origin)
+	w.git(w.root, "init", "-q", "--object-format=sha256", "-b", "main", w.repo)
+	w.git(w.repo, "remote", "add", "origin", w.origin)
+	w.write("a.txt", "a\n")
+	w.commitAll("a")
+	w.git(w.repo, "push", "-q", "origin", "main")
+	w.write("b.txt", "b\n")
+	w.writeBytes("big.bin", filler(2<<20), 0o644)
+	w.setupIdentical()
+	require.Equal(t, "sha256", w.git(w.ws, "rev-parse", "--show-object-format"))
+	w.writeBytes("big.bin", append(filler(2<<20), 'x'), 0o644)
+	w.syncIdentical()
 }
