@@ -45,9 +45,9 @@ const workspaceAttributes = "* -text -eol -filter -ident -working-tree-encoding"
 type prepareArgs struct {
 	format string // object format of a repository to create ("" for git's default)
 	url    string
-	want  []string // commits wanted as the baseline
-	trees []string // trees the workspace may still hold from earlier syncs
-	force bool     // take over a repository that is not ours
+	want   []string // commits wanted as the baseline
+	trees  []string // trees the workspace may still hold from earlier syncs
+	force  bool     // take over a repository that is not ours
 }
 
 // prepareScript makes sure the workspace is a repository of ours (made
