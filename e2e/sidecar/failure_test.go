@@ -45,8 +45,8 @@ func (w *world) remoteGit(name, body string) {
 
 // stateNow is the status's state line, or "" when status fails; for use
 // in polling loops, where a test must not fail from another goroutine.
-func (w *world) stateNow() string {
-	out, _, err := w.sidecar("status")
+func (w *world) stateNow(args ...string) string {
+	out, _, err := w.sidecar(append([]string{"status"}, args...)...)
 	if err != nil {
 		return ""
 	}
