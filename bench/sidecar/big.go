@@ -105,16 +105,13 @@ func (b *bench) measureBig(t target, name string) (*bigResult, error) {
 			return nil, err
 		}
 	}
-	for _, x := range r.change {
-		r.localPeak = max(r.localPeak, x.maxRSS)
+	var err error
+	if r.localPeak, r.workspacePeak, r.workspacePeakOf, err = b.meterChange(t, g, name, path, data); err != nil {
+		return nil, err
 	}
-	r.peakSource = "git-sidecar and every process it waited for (wait4), on both sides"
+	r.peakSource = "git-sidecar and every process it waited for, on both sides"
 	if t.remoteHome != "" {
-		r.peakSource = "git-sidecar and every process it waited for (wait4)"
-		var err error
-		if r.workspacePeak, r.workspacePeakOf, err = b.meterWorkspace(t, g, name, path, data); err != nil {
-			return nil, err
-		}
+		r.peakSource = "git-sidecar and every process it waited for"
 	}
 	return r, nil
 }
@@ -165,55 +162,84 @@ func meter(log string, argv []string) int {
 	return 0
 }
 
-// meterWorkspace repeats one one-byte change over SSH with every git the
-// workspace runs wrapped in the meter, and returns the largest peak RSS
-// of them and the command that had it. It is a separate, untimed round:
-// the wrapper costs a process per git.
-func (b *bench) meterWorkspace(t target, g gitx.Repo, name, path string, data []byte) (int64, string, error) {
+// meterChange repeats one one-byte change in a separate, untimed round,
+// with git-sidecar run under the meter, and over SSH every git the
+// workspace runs too. It returns the peak RSS of git-sidecar and what it
+// waited for, and over SSH the largest of the workspace's git processes
+// and its command.
+//
+// The meter is a small process in between: a child started straight from
+// this bench would report this bench's own resident size, because Linux
+// charges the memory of the parent a child was forked from (Go forks
+// with CLONE_VM) to the child's peak when it execs.
+func (b *bench) meterChange(t target, g gitx.Repo, name, path string, data []byte) (local, remote int64, remoteOf string, err error) {
 	self, err := os.Executable()
 	if err != nil {
-		return 0, "", err
+		return 0, 0, "", err
 	}
-	realGit, err := exec.LookPath("git")
+	sidecar, err := exec.LookPath("git-sidecar")
 	if err != nil {
-		return 0, "", err
+		return 0, 0, "", err
 	}
 	dir := filepath.Join(b.root, "meter")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return 0, "", err
+		return 0, 0, "", err
 	}
-	log := filepath.Join(dir, "rss.log")
-	wrapper := fmt.Sprintf("#!/bin/sh\nexec %s %s %s %s \"$@\"\n", shq(self), meterFlag, shq(log), shq(realGit))
-	if err := os.WriteFile(filepath.Join(dir, "git"), []byte(wrapper), 0o755); err != nil {
-		return 0, "", err
-	}
-	bashrc := filepath.Join(t.remoteHome, ".bashrc")
-	orig, err := os.ReadFile(bashrc)
-	if err != nil {
-		return 0, "", err
-	}
-	defer os.WriteFile(bashrc, orig, 0o644)
-	if err := os.WriteFile(bashrc, append(append([]byte(nil), orig...), []byte("PATH="+shq(dir)+":\"$PATH\"; export PATH\n")...), 0o644); err != nil {
-		return 0, "", err
+	remoteLog, localLog := filepath.Join(dir, "remote.log"), filepath.Join(dir, "local.log")
+	if t.remoteHome != "" {
+		realGit, err := exec.LookPath("git")
+		if err != nil {
+			return 0, 0, "", err
+		}
+		wrapper := fmt.Sprintf("#!/bin/sh\nexec %s %s %s %s \"$@\"\n", shq(self), meterFlag, shq(remoteLog), shq(realGit))
+		if err := os.WriteFile(filepath.Join(dir, "git"), []byte(wrapper), 0o755); err != nil {
+			return 0, 0, "", err
+		}
+		bashrc := filepath.Join(t.remoteHome, ".bashrc")
+		orig, err := os.ReadFile(bashrc)
+		if err != nil {
+			return 0, 0, "", err
+		}
+		defer os.WriteFile(bashrc, orig, 0o644)
+		if err := os.WriteFile(bashrc, append(append([]byte(nil), orig...), []byte("PATH="+shq(dir)+":\"$PATH\"; export PATH\n")...), 0o644); err != nil {
+			return 0, 0, "", err
+		}
 	}
 	// The file as the last round left it: deleted. Add it, then change
 	// one byte, metering only the change.
 	if err := os.WriteFile(path, data, 0o644); err != nil {
-		return 0, "", err
+		return 0, 0, "", err
 	}
 	if _, err := b.sidecarIn(g, "sync", name); err != nil {
-		return 0, "", err
+		return 0, 0, "", err
 	}
-	os.Remove(log)
+	os.Remove(remoteLog)
 	if err := flipByte(path, int64(len(data))/3); err != nil {
-		return 0, "", err
+		return 0, 0, "", err
 	}
 	// The racy-clean rule reads a file written within the last second
 	// again: let the write age, so only the change is metered.
 	time.Sleep(1100 * time.Millisecond)
-	if _, err := b.sidecarIn(g, "sync", name); err != nil {
-		return 0, "", err
+	c := exec.CommandContext(b.ctx, self, meterFlag, localLog, sidecar, "sync", name)
+	c.Dir = g.Dir
+	c.Env = append(os.Environ(), g.Env...)
+	if out, err := c.CombinedOutput(); err != nil {
+		return 0, 0, "", fmt.Errorf("metered git sidecar sync: %w: %s", err, out)
 	}
+	local, _, err = peakOf(localLog)
+	if err != nil {
+		return 0, 0, "", err
+	}
+	if t.remoteHome != "" {
+		if remote, remoteOf, err = peakOf(remoteLog); err != nil {
+			return 0, 0, "", err
+		}
+	}
+	return local, remote, remoteOf, nil
+}
+
+// peakOf reads a meter log and returns its largest peak and command.
+func peakOf(log string) (int64, string, error) {
 	out, err := os.ReadFile(log)
 	if err != nil {
 		return 0, "", fmt.Errorf("the meter logged nothing: %w", err)
