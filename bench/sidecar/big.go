@@ -213,7 +213,9 @@ func (b *bench) meterChange(t target, g gitx.Repo, name, path string, data []byt
 	if _, err := b.sidecarIn(g, "sync", name); err != nil {
 		return 0, 0, "", err
 	}
+	// The logs are appended to, and shared by the targets.
 	os.Remove(remoteLog)
+	os.Remove(localLog)
 	if err := flipByte(path, int64(len(data))/3); err != nil {
 		return 0, 0, "", err
 	}
