@@ -270,11 +270,13 @@ fi
 # smaller ones whole); the scan above keeps git's default, under which
 # hashing a file does not also compress it.
 big='-c core.bigFileThreshold=1m'
+# "store-failed" tells the other side that nothing changed here and that
+# it may simply try again (a connection cut, a pack cut short).
 case "$how" in
   none) ;;
-  unpack) git $big unpack-objects -q >/dev/null || die 'cannot store the objects sent (git unpack-objects); nothing was changed' ;;
-  unpack0) git $big -c core.looseCompression=0 unpack-objects -q >/dev/null || die 'cannot store the objects sent (git unpack-objects); nothing was changed' ;;
-  index) git $big index-pack --stdin --fix-thin >/dev/null || die 'cannot store the objects sent (git index-pack); nothing was changed' ;;
+  unpack) git $big unpack-objects -q >/dev/null || { echo store-failed; die 'cannot store the objects sent (git unpack-objects); nothing was changed'; } ;;
+  unpack0) git $big -c core.looseCompression=0 unpack-objects -q >/dev/null || { echo store-failed; die 'cannot store the objects sent (git unpack-objects); nothing was changed'; } ;;
+  index) git $big index-pack --stdin --fix-thin >/dev/null || { echo store-failed; die 'cannot store the objects sent (git index-pack); nothing was changed'; } ;;
   *) die "unknown pack kind $how" ;;
 esac
 if [ "$cur" != "$new" ]; then

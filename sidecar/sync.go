@@ -132,8 +132,19 @@ func (e *engine) staleReason(ctx context.Context, head, branch string) (string, 
 }
 
 // sync brings the workspace in line with the work tree. force bootstraps
-// whatever the state.
+// whatever the state. A sync whose objects the workspace could not store
+// changed nothing there, and is tried once more.
 func (e *engine) sync(ctx context.Context, force bool) (*syncResult, error) {
+	res, err := e.syncOnce(ctx, force)
+	var sf *errStoreFailed
+	if errors.As(err, &sf) && ctx.Err() == nil {
+		e.logf("the workspace could not store what was sent (%v); trying once more", err)
+		res, err = e.syncOnce(ctx, force)
+	}
+	return res, err
+}
+
+func (e *engine) syncOnce(ctx context.Context, force bool) (*syncResult, error) {
 	start := time.Now()
 	head, branch, err := e.r.head(ctx)
 	if err != nil {
@@ -279,13 +290,25 @@ func (e *engine) runApply(ctx context.Context, a applyArgs, prepare func() (*out
 		return nil, nil, fmt.Errorf("send the changes: %w", werr)
 	}
 	if rerr != nil {
-		return nil, nil, remoteError("sync the workspace", rerr, stderr.String())
+		err := remoteError("sync the workspace", rerr, stderr.String())
+		if _, ok := out.first("store-failed"); ok {
+			return nil, nil, &errStoreFailed{err}
+		}
+		return nil, nil, err
 	}
 	if werr != nil {
 		return nil, nil, fmt.Errorf("send the changes: %w", werr)
 	}
 	return out, o, nil
 }
+
+// errStoreFailed is a sync whose objects the workspace could not store
+// (the stream was cut short, say): nothing changed there, and trying
+// again is safe.
+type errStoreFailed struct{ err error }
+
+func (e *errStoreFailed) Error() string { return e.err.Error() }
+func (e *errStoreFailed) Unwrap() error { return e.err }
 
 func backupRef() string {
 	return "refs/sidecar/backup/" + time.Now().UTC().Format("20060102T150405Z") + "-" + randomHex(3)

@@ -113,7 +113,7 @@ const (
 	// viaTmpfs: the workspace is on a small tmpfs (a real full disk).
 	viaTmpfs constraint = "tmpfs"
 	// viaRlimit: where mounting is not allowed, the workspace's git runs
-	// under `ulimit -f` (1 MiB): a write past it fails as on a full disk.
+	// under `ulimit -f` (512 KiB): a write past it fails as on a full disk.
 	viaRlimit constraint = "rlimit"
 )
 
@@ -125,7 +125,7 @@ func (w *world) constrain(mnt, tmpfsOptions string) constraint {
 	require.NoError(w.t, os.MkdirAll(mnt, 0o755))
 	// SIDECAR_TEST_RLIMIT=1 tries the fallback where mounting works.
 	if os.Getenv("SIDECAR_TEST_RLIMIT") != "" {
-		w.remoteGit("limitedgit", "ulimit -f 2048")
+		w.remoteGit("limitedgit", "ulimit -f 1024")
 		return viaRlimit
 	}
 	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, tmpfsOptions); err == nil {
@@ -138,7 +138,7 @@ func (w *world) constrain(mnt, tmpfsOptions string) constraint {
 	} else {
 		w.t.Logf("cannot mount a tmpfs (%v); limiting file sizes instead", err)
 	}
-	w.remoteGit("limitedgit", "ulimit -f 2048")
+	w.remoteGit("limitedgit", "ulimit -f 1024")
 	return viaRlimit
 }
 
@@ -203,7 +203,8 @@ func TestFailedSyncLeavesWorkspace(t *testing.T) {
 				w.write(fmt.Sprintf("many/%03d.txt", i), "x\n")
 			}
 		case viaRlimit:
-			w.writeBytes("filler.txt", filler(3<<20), 0o644)
+			// Stored small (compressed), written out at 900 KiB.
+			w.writeBytes("filler.txt", filler(900<<10), 0o644)
 		}
 		_, errOut, err := w.sidecar("sync")
 		require.Error(t, err)
@@ -309,4 +310,23 @@ func TestWorktrees(t *testing.T) {
 	require.NotContains(t, out, "kept them")
 	w.requireIdentical()
 	require.Empty(t, w.git(w.ws, "for-each-ref", "refs/sidecar/backup/"), "no phantom workspace edits")
+}
+
+// TestStoreFailureIsRetried: when the workspace cannot store the objects
+// sent (here its first unpack-objects fails, as on a stream cut short),
+// nothing changed there, and the sync tries once more and succeeds.
+func TestStoreFailureIsRetried(t *testing.T) {
+	w := newWorld(t, local, "")
+	w.write("a.txt", "a\n")
+	w.commitAll("a")
+	w.git(w.repo, "push", "-q", "origin", "main")
+	w.setupIdentical()
+	flag := filepath.Join(w.root, "fail-once")
+	require.NoError(t, os.WriteFile(flag, nil, 0o644))
+	w.remoteGit("flakygit", fmt.Sprintf(`case " $* " in *" unpack-objects "*|*" index-pack "*) if [ -e %s ]; then rm -f %s; echo 'fatal: early EOF' >&2; exit 128; fi ;; esac`,
+		shellPattern(flag), shellPattern(flag)))
+	w.write("a.txt", "a, edited\n")
+	out := w.syncIdentical("-v")
+	require.Contains(t, out, "trying once more")
+	require.NoFileExists(t, flag)
 }
