@@ -35,7 +35,11 @@ func (a *app) newEngine(r *repo, cfg sidecarConfig, name string, acceptNew bool)
 	if err != nil {
 		return nil, err
 	}
-	e := &engine{r: r, name: name, dest: d, st: st, logf: a.logf}
+	snap, err := newSnapshotter(a.ctx, r, name, a.logf)
+	if err != nil {
+		return nil, err
+	}
+	e := &engine{r: r, name: name, dest: d, st: st, snap: snap, logf: a.logf}
 	if d.Local {
 		e.tr = localTransport{}
 	} else {
@@ -177,8 +181,15 @@ func (c *removeCmd) Run(a *app) error {
 	for _, ref := range strings.Fields(refs) {
 		_, _ = r.git.Run(a.ctx, "update-ref", "-d", ref)
 	}
-	if err := os.RemoveAll(r.stateDir(c.Name)); err != nil {
-		return fmt.Errorf("remove the state of sidecar %q: %w", c.Name, err)
+	// The shared state, and each worktree's snapshot cache.
+	dirs := []string{r.stateDir(c.Name), r.cacheDir(c.Name)}
+	if wts, err := filepath.Glob(filepath.Join(r.commonDir, "worktrees", "*", "sidecar", c.Name)); err == nil {
+		dirs = append(dirs, wts...)
+	}
+	for _, d := range dirs {
+		if err := os.RemoveAll(d); err != nil {
+			return fmt.Errorf("remove the state of sidecar %q: %w", c.Name, err)
+		}
 	}
 	fmt.Fprintf(a.stderr, "removed sidecar %q; its workspace %s was left as it is\n", c.Name, cfg.dests[c.Name])
 	return nil
@@ -187,9 +198,11 @@ func (c *removeCmd) Run(a *app) error {
 type setupCmd struct {
 	Name      string `arg:"" optional:"" help:"Sidecar to bootstrap (default: the active one)."`
 	AcceptNew bool   `help:"Trust the SSH host key on first contact and record it in ~/.ssh/known_hosts."`
+	Force     bool   `help:"Take over a DEST that holds a git repository git sidecar did not create: its files, HEAD and origin are replaced (what differed is kept under refs/sidecar/backup/ there)."`
 }
 
 func (c *setupCmd) Run(a *app) error {
+	a.takeover = c.Force
 	res, name, err := a.syncOnce(c.Name, true, c.AcceptNew)
 	if err != nil {
 		return err
@@ -223,6 +236,7 @@ func (a *app) syncOnce(name string, force, acceptNew bool) (*syncResult, string,
 		return nil, "", err
 	}
 	defer e.tr.close()
+	e.takeover = a.takeover
 	res, err := a.lockedSync(e, force)
 	return res, e.name, err
 }
@@ -361,8 +375,8 @@ func (c *statusCmd) Run(a *app) error {
 		fmt.Fprintf(w, "last sync: %s (%s, %s, %d bytes sent, %dms)\n", ago(st.LastSync), st.LastMode, filesText(st.LastFiles), st.LastBytes, st.LastDurationMS)
 	}
 	state := a.statusLine(r, e, c.Offline)
-	if busy(dir) {
-		state += " (a background sync is running or pending)"
+	if _, err := os.Stat(dirtyPath(dir)); err == nil && !strings.HasPrefix(state, "sync running") {
+		state += " (a background sync is pending)"
 	}
 	fmt.Fprintf(w, "state:     %s\n", state)
 	if st.LastError != "" {
@@ -379,8 +393,16 @@ func (c *statusCmd) Run(a *app) error {
 	return nil
 }
 
-// statusLine answers "is the workspace current?".
+// statusLine answers "is the workspace current?". It compares three tree
+// ids: the work tree's raw snapshot, the workspace's own scan, and the
+// tree the last sync verified there. A sync that holds the lock is
+// changing the workspace, so nothing is compared then.
 func (a *app) statusLine(r *repo, e *engine, offline bool) string {
+	const running = "sync running (see the result with `git sidecar status --wait`)"
+	dir := r.stateDir(e.name)
+	if syncRunning(dir) {
+		return running
+	}
 	st := e.st
 	if st.Applied == "" {
 		if st.Mismatch != "" {
@@ -388,9 +410,10 @@ func (a *app) statusLine(r *repo, e *engine, offline bool) string {
 		}
 		return "NOT in sync: never synced"
 	}
-	idx := filepath.Join(r.stateDir(e.name), fmt.Sprintf("index.status.%d", os.Getpid()))
-	defer os.Remove(idx)
-	local, err := r.snapshot(a.ctx, idx, false)
+	if st.Worktree != "" && st.Worktree != r.top {
+		return fmt.Sprintf("NOT in sync: the workspace holds the files of the worktree at %s, which synced last; `git sidecar sync` here switches it to this one", st.Worktree)
+	}
+	sn, err := e.snap.take(a.ctx, false)
 	if err != nil {
 		return "unknown: " + err.Error()
 	}
@@ -404,12 +427,19 @@ func (a *app) statusLine(r *repo, e *engine, offline bool) string {
 		if _, ok := out.first("missing"); ok {
 			return "NOT in sync: the workspace is missing; run `git sidecar setup`"
 		}
+		if _, ok := out.first("foreign"); ok {
+			return "NOT in sync: DEST holds a git repository that git sidecar did not create"
+		}
 		remote, _ = out.first("tree")
+	}
+	// A sync may have started while we looked.
+	if syncRunning(dir) {
+		return running
 	}
 	switch {
 	case remote != "" && remote != st.Applied:
 		return "NOT in sync: the workspace was edited there since the last sync; the next sync keeps those edits under refs/sidecar/backup/ and resets it"
-	case local != st.Applied:
+	case sn.tree != st.Applied:
 		return "behind: the work tree changed since the last sync; run `git sidecar sync`"
 	case offline:
 		return "in sync (as of the last sync; not checked now)"

@@ -1,7 +1,6 @@
 package sidecar
 
 import (
-	"io"
 	"os/exec"
 	"strings"
 	"testing"
@@ -77,7 +76,8 @@ func TestScriptsParse(t *testing.T) {
 	d := Dest{Path: "/ws it's $(x) `y`; z", Home: true}
 	a := applyArgs{base: strings.Repeat("a", 40), last: strings.Repeat("b", 40), backupRef: "refs/sidecar/backup/x", token: "t"}
 	for name, s := range map[string]string{
-		"prepare":   prepareScript(d, "https://example.com/it's.git", []string{"abc", ""}),
+		"prepare":   prepareScript(d, prepareArgs{format: "sha256", url: "https://example.com/it's.git", want: []string{"abc", ""}, trees: []string{"t"}, force: true}),
+		"cleanup":   cleanupScript(d, 2),
 		"bundle":    bundleScript(d, "abc", "refs/sidecar/head"),
 		"apply":     applyScript(d, a),
 		"bootstrap": applyScript(d, applyArgs{bootstrap: true, base: "a", token: "t"}),
@@ -88,33 +88,4 @@ func TestScriptsParse(t *testing.T) {
 		require.NoError(t, err, "%s: %s", name, out)
 		require.NotContains(t, s, " -C ", name)
 	}
-}
-
-func TestPatchCounter(t *testing.T) {
-	patch := "diff --git a/x b/x\n+1\ndiff --git a/y b/y\n-2\n not diff --git here\ndiff --git a/z b/z\n"
-	for _, chunk := range []int{1, 3, 7, 100} {
-		pc := &patchCounter{r: &chunker{s: patch, n: chunk}}
-		buf := make([]byte, 64)
-		for {
-			if _, err := pc.Read(buf); err != nil {
-				break
-			}
-		}
-		require.Equal(t, 3, pc.files, "chunk %d", chunk)
-	}
-}
-
-type chunker struct {
-	s string
-	n int
-}
-
-func (c *chunker) Read(p []byte) (int, error) {
-	if c.s == "" {
-		return 0, io.EOF
-	}
-	n := min(c.n, len(p), len(c.s))
-	copy(p, c.s[:n])
-	c.s = c.s[n:]
-	return n, nil
 }

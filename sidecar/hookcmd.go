@@ -38,6 +38,9 @@ func (c *hooksInstallCmd) Run(a *app) error {
 	if err != nil {
 		return err
 	}
+	if err := r.refuseTrackedHooksDir(a, dir); err != nil {
+		return err
+	}
 	changes, err := hooks.Install(dir)
 	for _, ch := range changes {
 		switch ch.What {
@@ -52,6 +55,25 @@ func (c *hooksInstallCmd) Run(a *app) error {
 	}
 	fmt.Fprintf(a.stderr, "hooks in %s now sync the active sidecar in the background; see `git sidecar status`\n", dir)
 	return nil
+}
+
+// refuseTrackedHooksDir refuses a hooks folder that the repository
+// tracks (husky's .husky as core.hooksPath, say): a hook written there
+// would be committed by the next `git commit -a`. Such a project runs its
+// own hooks, and can call ours from them.
+func (r *repo) refuseTrackedHooksDir(a *app, dir string) error {
+	rel, err := filepath.Rel(r.top, dir)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		return nil // outside the work tree
+	}
+	out, err := r.git.Run(a.ctx, "ls-files", "-z", "--", rel+"/")
+	if err != nil {
+		return fmt.Errorf("check the hooks folder %s: %w", rel, err)
+	}
+	if out == "" {
+		return nil
+	}
+	return fmt.Errorf("the hooks folder %s (core.hooksPath) is tracked in this repository, so a hook written there would be committed with it; none was installed. Call git sidecar from your own hooks instead: add the line `git sidecar hook post-commit` to %s/post-commit (and likewise for post-checkout, post-merge and post-rewrite)", rel, rel)
 }
 
 type hooksUninstallCmd struct{}
@@ -109,6 +131,11 @@ func (c *hookCmd) Run(a *app) error {
 		st, err := r.loadState(name)
 		if err != nil || st.Dest == "" {
 			continue // never set up: a hook does not bootstrap on its own
+		}
+		if st.Worktree != "" && st.Worktree != r.top {
+			// The workspace mirrors another worktree; a commit here
+			// does not take it over (an explicit sync does).
+			continue
 		}
 		dir := r.stateDir(name)
 		_ = os.WriteFile(filepath.Join(dir, "last-hook"), []byte(c.Event+" "+strconv.FormatInt(time.Now().Unix(), 10)+"\n"), 0o644)

@@ -76,6 +76,22 @@ func (l *syncLock) unlock() {
 	}
 }
 
+// syncRunning reports whether a sync holds the lock.
+func syncRunning(stateDir string) bool {
+	if _, err := os.Stat(lockPath(stateDir)); err != nil {
+		return false
+	}
+	l, ok, err := tryLock(stateDir)
+	if err != nil {
+		return false
+	}
+	if ok {
+		l.unlock()
+		return false
+	}
+	return true
+}
+
 // busy reports whether a sync holds the lock or one is pending.
 func busy(stateDir string) bool {
 	if _, err := os.Stat(dirtyPath(stateDir)); err == nil {

@@ -2,11 +2,14 @@
 // machine (over SSH) or in another folder identical to the local work
 // tree, so that builds and tests can run there while editing happens here.
 //
-// The workspace is a git repository. Setup bootstraps it once from origin
-// (or from a bundle sent over the same connection); after that every sync
-// sends only the difference between the tree last left in the workspace
-// and a snapshot of the work tree, in one remote command, and checks that
-// the workspace ends up with exactly that tree.
+// The workspace is a git repository that git sidecar made and whose git
+// it configures to convert nothing. Setup bootstraps it once from origin
+// (or from a bundle sent over the same connection). Every sync snapshots
+// the work tree's raw bytes as a tree (snapshot.go), sends the workspace a
+// pack of the objects it lacks, big files as deltas (pack.go, delta.go),
+// in one remote command that moves it to that tree with one read-tree
+// (scripts.go), and checks that the workspace ends up with exactly that
+// tree.
 package sidecar
 
 import (
@@ -32,6 +35,8 @@ type app struct {
 	// tail is what followed `--` on the command line (exec's command).
 	tail    []string
 	hasTail bool
+	// takeover is setup --force.
+	takeover bool
 }
 
 func (a *app) logf(format string, args ...any) {

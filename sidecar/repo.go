@@ -21,13 +21,18 @@ import (
 type repo struct {
 	top    string // work tree top
 	gitDir string // absolute git dir of this work tree
-	git    gitx.Repo
+	// commonDir is the git dir shared by every worktree of the
+	// repository (gitDir itself for the main worktree). The sidecar
+	// configuration lives there, and so does each sidecar's sync state,
+	// so that all worktrees agree on what the workspace holds.
+	commonDir string
+	git       gitx.Repo
 }
 
 var errNotRepo = errors.New("not inside a git work tree; run git sidecar from a repository's work tree")
 
 func openRepo(ctx context.Context, dir string) (*repo, error) {
-	out, err := gitx.Repo{Dir: dir}.Run(ctx, "rev-parse", "--show-toplevel", "--absolute-git-dir")
+	out, err := gitx.Repo{Dir: dir}.Run(ctx, "rev-parse", "--path-format=absolute", "--show-toplevel", "--absolute-git-dir", "--git-common-dir")
 	if err != nil {
 		var gerr *gitx.Error
 		if errors.As(err, &gerr) {
@@ -36,12 +41,17 @@ func openRepo(ctx context.Context, dir string) (*repo, error) {
 		return nil, fmt.Errorf("find repository: %w", err)
 	}
 	lines := strings.Split(out, "\n")
-	if len(lines) != 2 || lines[0] == "" {
+	if len(lines) != 3 || lines[0] == "" {
 		return nil, errNotRepo
 	}
 	// The user's `git -c` settings apply to the commands run on their
 	// repository, as they would to a git subcommand of git's own.
-	return &repo{top: lines[0], gitDir: lines[1], git: gitx.Repo{Dir: lines[0], Env: gitx.ConfigEnv(os.Environ())}}, nil
+	return &repo{
+		top:       lines[0],
+		gitDir:    lines[1],
+		commonDir: filepath.Clean(lines[2]),
+		git:       gitx.Repo{Dir: lines[0], Env: gitx.ConfigEnv(os.Environ())},
+	}, nil
 }
 
 // sidecarConfig is what git config holds about sidecars.
@@ -125,7 +135,8 @@ func (c sidecarConfig) pick(name string) (string, error) {
 }
 
 // State is what a sidecar remembers between runs, in
-// <git dir>/sidecar/<name>/state.json.
+// <common git dir>/sidecar/<name>/state.json: one state for every worktree,
+// since they share the configuration and so the workspace.
 type State struct {
 	// Dest is the DEST the workspace was bootstrapped at.
 	Dest string `json:"dest,omitempty"`
@@ -144,6 +155,9 @@ type State struct {
 	// LastHead is HEAD at the last successful sync, known to descend
 	// from Baseline.
 	LastHead string `json:"last_head,omitempty"`
+	// Worktree is the top of the work tree that the last successful sync
+	// came from: with several worktrees, the workspace mirrors one of them.
+	Worktree string `json:"worktree,omitempty"`
 
 	BootstrappedAt time.Time `json:"bootstrapped_at,omitzero"`
 	BootstrapVia   string    `json:"bootstrap_via,omitempty"` // "origin" or "bundle"
@@ -163,7 +177,16 @@ type State struct {
 	LastBackupAt time.Time `json:"last_backup_at,omitzero"`
 }
 
+// stateDir holds what all worktrees share about a sidecar: its state, its
+// sync lock, the pending-sync flag and the background log.
 func (r *repo) stateDir(name string) string {
+	return filepath.Join(r.commonDir, "sidecar", name)
+}
+
+// cacheDir holds what belongs to this worktree alone: the snapshot's
+// index and object store, which cache what was read from this work tree.
+// For the main worktree it is stateDir.
+func (r *repo) cacheDir(name string) string {
 	return filepath.Join(r.gitDir, "sidecar", name)
 }
 

@@ -28,22 +28,87 @@ die() { printf '%s\n' "$*" >&2; exit 3; }
 const gitDirSnippet = `if [ -d .git ]; then gd=.git; else gd=$(git rev-parse --git-dir </dev/null) || die "the workspace is not a git repository"; fi
 `
 
-// prepareScript makes sure the workspace is a repository, points its
-// origin at url and fetches, then reports which of the wanted commits it
-// has and which commits it holds (for a bundle's prerequisites).
-func prepareScript(d Dest, url string, want []string) string {
+// workspaceMarker is the file in the workspace's git dir that says git
+// sidecar made the repository (and configured it; its content changes
+// when the configuration does). A repository without it is not ours to
+// take over.
+const workspaceMarker = "sidecar-workspace"
+
+const markerContent = "git-sidecar workspace 4"
+
+// workspaceAttributes makes the workspace's git take every file's bytes as
+// they are, whatever .gitattributes, config or the remote's ~/.gitconfig
+// say: info/attributes wins over all of them.
+const workspaceAttributes = "* -text -eol -filter -ident -working-tree-encoding"
+
+// prepareArgs are the words of prepareScript.
+type prepareArgs struct {
+	format string // object format of a repository to create ("" for git's default)
+	url    string
+	want   []string // commits wanted as the baseline
+	trees  []string // trees the workspace may still hold from earlier syncs
+	force  bool     // take over a repository that is not ours
+}
+
+// prepareScript makes sure the workspace is a repository of ours (made
+// here if the folder is missing or empty, refused if it is someone
+// else's), configured so that its git converts nothing; points its origin
+// at url and fetches; then reports which wanted commits and trees it has
+// and which commits it holds (for a bundle's prerequisites).
+//
+// When it creates the folder it says how many path components it created
+// ("created N"; 0 when it initialized an empty folder that was there), so
+// that a setup that fails later can remove exactly that.
+func prepareScript(d Dest, a prepareArgs) string {
 	var b strings.Builder
 	b.WriteString(prelude)
-	fmt.Fprintf(&b, "mkdir -p -- %s || die 'cannot create the workspace folder'\n", d.PathWord())
-	fmt.Fprintf(&b, "cd -- %s || die 'cannot enter the workspace folder'\n", d.PathWord())
-	b.WriteString(`if [ ! -e .git ]; then
-  if [ -n "$(ls -A . 2>/dev/null)" ]; then die 'the workspace folder is not empty and is not a git repository; choose another path or empty it'; fi
-  git init -q </dev/null >/dev/null || die 'git init failed in the workspace'
-  echo created
+	force := "0"
+	if a.force {
+		force = "1"
+	}
+	fmt.Fprintf(&b, "ws=%s force=%s url=%s\n", d.PathWord(), force, q(a.url))
+	initArgs := "-q"
+	if a.format != "" && a.format != "sha1" {
+		initArgs += " " + q("--object-format="+a.format)
+	}
+	fmt.Fprintf(&b, "marker=%s content=%s attrs=%s\n", q(workspaceMarker), q(markerContent), q(workspaceAttributes))
+	b.WriteString(`k=0
+if [ ! -e "$ws" ] && [ ! -L "$ws" ]; then
+  p=$ws
+  while [ ! -e "$p" ] && [ ! -L "$p" ]; do
+    k=$((k+1)); up=$(dirname -- "$p"); [ "$up" = "$p" ] && break; p=$up
+  done
+  mkdir -p -- "$ws" || die 'cannot create the workspace folder'
 fi
-`)
-	fmt.Fprintf(&b, "url=%s\n", q(url))
-	b.WriteString(`if [ -n "$url" ]; then
+cd -- "$ws" || die 'cannot enter the workspace folder'
+if [ -e .git ]; then
+` + indent(gitDirSnippet) + `  if [ -f "$gd/$marker" ] || [ -f "$gd/sidecar-patch" ]; then
+    : # ours (sidecar-patch: made by an earlier version)
+  elif [ "$force" = 1 ]; then
+    echo taken-over
+  else
+    echo foreign; exit 0
+  fi
+else
+  if [ -n "$(ls -A . 2>/dev/null)" ]; then die 'the workspace folder is not empty and is not a git repository; choose another path or empty it'; fi
+  git init ` + initArgs + ` </dev/null >/dev/null || die 'git init failed in the workspace'
+  gd=.git
+  echo "created $k"
+fi
+rm -f "$gd/sidecar-patch"
+m=; [ -f "$gd/$marker" ] && read -r m < "$gd/$marker"
+if [ "$m" != "$content" ]; then
+  for kv in core.autocrlf=false core.safecrlf=false core.fsmonitor=false core.sparseCheckout=false \
+            index.sparse=false core.splitIndex=false core.untrackedCache=true index.version=4; do
+    git config "${kv%%=*}" "${kv#*=}" </dev/null || die 'cannot configure the workspace repository'
+  done
+  # Version 4 makes the index smaller to read, write and checksum
+  # (paths share prefixes); index.version only applies to new files.
+  if [ -f "$gd/index" ]; then git update-index --index-version 4 </dev/null >/dev/null 2>&1; fi
+  mkdir -p "$gd/info" && printf '%s\n' "$attrs" > "$gd/info/attributes" || die 'cannot configure the workspace repository'
+  printf '%s\n' "$content" > "$gd/$marker" || die 'cannot mark the workspace as ours'
+fi
+if [ -n "$url" ]; then
   git config remote.origin.url "$url" </dev/null || die 'cannot set origin in the workspace'
   git config --get remote.origin.fetch >/dev/null 2>&1 </dev/null || git config remote.origin.fetch '+refs/heads/*:refs/remotes/origin/*' </dev/null
   if out=$(git fetch -q origin </dev/null 2>&1); then
@@ -53,15 +118,46 @@ fi
   fi
 fi
 `)
-	for _, w := range want {
+	for _, w := range a.want {
 		if w == "" {
 			continue
 		}
 		fmt.Fprintf(&b, "if git cat-file -e %s 2>/dev/null </dev/null; then echo %s; fi\n", q(w+"^{commit}"), q("has "+w))
 	}
+	for _, t := range a.trees {
+		if t == "" {
+			continue
+		}
+		fmt.Fprintf(&b, "if git cat-file -e %s 2>/dev/null </dev/null; then echo %s; fi\n", q(t+"^{tree}"), q("has-tree "+t))
+	}
 	b.WriteString(`git for-each-ref --count=100 --format='tip %(objectname)' refs/sidecar refs/remotes/origin refs/heads </dev/null 2>/dev/null
 h=$(git rev-parse -q --verify 'HEAD^{commit}' 2>/dev/null </dev/null) && echo "tip $h"
 exit 0
+`)
+	return b.String()
+}
+
+func indent(s string) string {
+	return "  " + strings.ReplaceAll(strings.TrimSuffix(s, "\n"), "\n", "\n  ") + "\n"
+}
+
+// cleanupScript removes what a failed setup made: the first `created`
+// path components of the workspace path (the folders prepareScript
+// created), or, when it initialized a folder that was there and empty,
+// everything now in it.
+func cleanupScript(d Dest, created int) string {
+	var b strings.Builder
+	b.WriteString(prelude)
+	fmt.Fprintf(&b, "ws=%s k=%d\n", d.PathWord(), created)
+	b.WriteString(`if [ "$k" -gt 0 ]; then
+  p=$ws; i=1
+  while [ "$i" -lt "$k" ]; do p=$(dirname -- "$p"); i=$((i+1)); done
+  rm -rf -- "$p" || die 'cannot remove the folder setup made'
+else
+  cd -- "$ws" || exit 0
+  find . ! -name . -prune -exec rm -rf -- {} + || die 'cannot empty the folder setup initialized'
+fi
+echo cleaned
 `)
 	return b.String()
 }
@@ -89,15 +185,18 @@ type applyArgs struct {
 	base      string // commit to have as HEAD
 	last      string // tree the workspace should hold now ("" if unknown)
 	backupRef string
-	token     string // starts the last line of stdin, proving the patch is whole
+	token     string // starts the header line of stdin, proving it is ours
 }
 
-// applyScript is the sync itself. It first checks the workspace against
-// what we left there (a full scan, which runs while we snapshot the work
-// tree here), keeps any edits found under backupRef and moves to the
-// base. Only then does it read stdin: a patch (possibly empty) followed by
-// a line "<token> patch" or "<token> empty". It applies the patch and
-// reports the resulting tree.
+// applyScript is the sync itself. It first scans the workspace (while the
+// work tree is snapshotted here) and keeps anything that differs from
+// what we left there under backupRef. Only then does it read stdin: a
+// header line "<token> <tree> <how> <KiB>", and then a pack of the
+// objects of <tree> that it lacks, which it stores as <how> says. It then
+// moves its files from what it holds to <tree> with one two-tree
+// read-tree, which changes only the paths that differ and leaves ignored
+// files (build output) alone. If that fails part way (a full disk), it
+// puts back what it changed: a failed sync leaves the workspace as it was.
 func applyScript(d Dest, a applyArgs) string {
 	var b strings.Builder
 	b.WriteString(prelude)
@@ -109,8 +208,8 @@ func applyScript(d Dest, a applyArgs) string {
 	if last == "" {
 		last = "0"
 	}
-	fmt.Fprintf(&b, "mode=%s base=%s last=%s backup=%s token=%s\n",
-		q(mode), q(a.base), q(a.last), q(a.backupRef), q(a.token))
+	fmt.Fprintf(&b, "mode=%s base=%s last=%s backup=%s token=%s marker=%s\n",
+		q(mode), q(a.base), q(a.last), q(a.backupRef), q(a.token), q(workspaceMarker))
 	fmt.Fprintf(&b, "if ! cd -- %s 2>/dev/null || [ ! -e .git ]; then echo 'need-bootstrap the workspace is missing'; exit 0; fi\n", d.PathWord())
 	b.WriteString(gitDirSnippet)
 	// One cat-file answers the three lookups; read and case are builtins.
@@ -120,7 +219,11 @@ func applyScript(d Dest, a applyArgs) string {
 	return b.String()
 }
 
-const applyBody = `{ read l1; read l2; read l3; } <<SIDECAR_CHECKS
+const applyBody = `if [ ! -f "$gd/$marker" ]; then
+  [ "$mode" = incremental ] && { echo 'need-bootstrap the workspace is not marked as made by git sidecar'; exit 0; }
+  die 'the workspace is not marked as made by git sidecar'
+fi
+{ read l1; read l2; read l3; } <<SIDECAR_CHECKS
 $chk
 SIDECAR_CHECKS
 baseok=; lastok=; head=
@@ -131,15 +234,13 @@ if [ "$mode" = incremental ] && { [ -z "$baseok" ] || [ -z "$lastok" ]; }; then
   echo 'need-bootstrap the workspace lacks the baseline'; exit 0
 fi
 [ -n "$baseok" ] || die 'the baseline commit is missing in the workspace'
-git -c core.untrackedCache=true add -A </dev/null >/dev/null || die 'cannot scan the workspace (git add -A)'
+git add -A </dev/null >/dev/null || die 'cannot scan the workspace (git add -A)'
 cur=$(git write-tree </dev/null) || die 'cannot record the workspace (git write-tree)'
 expect=$last
 if [ -z "$expect" ]; then
   if [ -n "$head" ]; then expect=$(git rev-parse "$head^{tree}" </dev/null); else expect=$(git hash-object -t tree /dev/null </dev/null); fi
 fi
-drift=0
 if [ "$cur" != "$expect" ]; then
-  drift=1
   # The workspace's user may have no git identity.
   GIT_AUTHOR_NAME=git-sidecar GIT_AUTHOR_EMAIL=git-sidecar@localhost GIT_COMMITTER_NAME=git-sidecar GIT_COMMITTER_EMAIL=git-sidecar@localhost
   export GIT_AUTHOR_NAME GIT_AUTHOR_EMAIL GIT_COMMITTER_NAME GIT_COMMITTER_EMAIL
@@ -152,23 +253,60 @@ if [ "$cur" != "$expect" ]; then
   n=$(git diff-tree -r --name-only "$expect" "$cur" </dev/null | wc -l)
   echo "backup $backup $n"
 fi
-if [ "$mode" = bootstrap ]; then
-  git update-ref --no-deref HEAD "$base" </dev/null || die 'cannot move HEAD to the baseline'
-  git read-tree --reset -u "$base" </dev/null || die 'cannot check out the baseline'
-else
-  if [ "$head" != "$base" ]; then git update-ref --no-deref HEAD "$base" </dev/null || die 'cannot move HEAD back to the baseline'; fi
-  if [ $drift = 1 ]; then git read-tree --reset -u "$last" </dev/null || die 'cannot restore the last synced files'; fi
+IFS= read -r hdr || die 'the sync was cut short before anything was sent'
+set -f; set -- $hdr; set +f
+[ "$#" = 4 ] && [ "$1" = "$token" ] || die 'the sync was cut short before anything was sent'
+new=$2 how=$3 need=$4
+case "$new" in ''|*[!0-9a-f]*) die 'the sync sent a bad tree id' ;; esac
+case "$need" in ''|*[!0-9]*) need=0 ;; esac
+if [ "$need" -gt 0 ]; then
+  avail=$(df -Pk . 2>/dev/null | awk 'NR==2 {print $4}')
+  case "$avail" in
+    ''|*[!0-9]*) ;;
+    *) [ "$avail" -ge "$need" ] || die "not enough space in the workspace: the sync needs $((need/1024+1)) MiB, $((avail/1024)) MiB are free; nothing was changed" ;;
+  esac
 fi
-# The patch stays in the git dir until the next sync, for inspection.
-f="$gd/sidecar-patch"
-cat > "$f" || die 'cannot store the patch in the workspace'
-case "$(tail -n 1 "$f")" in
-  "$token empty") ;;
-  "$token patch") git apply --index --whitespace=nowarn "$f" </dev/null >/dev/null || die 'the patch did not apply' ;;
-  *) die 'the patch arrived incomplete' ;;
+# Objects over 1 MiB are stored and checked out streaming (git reads
+# smaller ones whole); the scan above keeps git's default, under which
+# hashing a file does not also compress it.
+big='-c core.bigFileThreshold=1m'
+# "store-failed" tells the other side that nothing changed here and that
+# it may simply try again (a connection cut, a pack cut short).
+case "$how" in
+  none) ;;
+  unpack) git $big unpack-objects -q >/dev/null || { echo store-failed; die 'cannot store the objects sent (git unpack-objects); nothing was changed'; } ;;
+  unpack0) git $big -c core.looseCompression=0 unpack-objects -q >/dev/null || { echo store-failed; die 'cannot store the objects sent (git unpack-objects); nothing was changed'; } ;;
+  index) git $big index-pack --stdin --fix-thin >/dev/null || { echo store-failed; die 'cannot store the objects sent (git index-pack); nothing was changed'; } ;;
+  *) die "unknown pack kind $how" ;;
 esac
+if [ "$cur" != "$new" ]; then
+  e="$gd/sidecar-error.$$"; rb="$gd/sidecar-rollback-index.$$"
+  trap 'rm -f "$e" "$rb"' EXIT
+  if ! git $big read-tree -m -u --exclude-per-directory=.gitignore "$cur" "$new" </dev/null >/dev/null 2>"$e"; then
+    why=$(tr '\n\r\t' '   ' <"$e" | cut -c1-300)
+    # Put back what the checkout changed. First remove the files it
+    # added, to get back the room they took (a name git quotes is left
+    # for the reset below); then an index of the new tree with the stat
+    # data of the files it did not touch, and a reset to what was there,
+    # which rewrites only what differs.
+    git -c core.quotePath=false diff-tree -r --name-only --diff-filter=A "$cur" "$new" </dev/null 2>/dev/null |
+      while IFS= read -r p; do case $p in \"*) ;; *) rm -f -- "$p" ;; esac; done
+    if cp -p "$gd/index" "$rb" &&
+       GIT_INDEX_FILE=$rb git read-tree -i -m "$cur" "$new" </dev/null >/dev/null 2>&1 &&
+       GIT_INDEX_FILE=$rb git $big read-tree --reset -u "$cur" </dev/null >/dev/null 2>&1 &&
+       mv -f "$rb" "$gd/index"; then
+      die "cannot update the workspace files ($why); they were left as they were"
+    fi
+    echo 'rollback-failed'
+    die "cannot update the workspace files ($why), and could not put them all back; the next sync rebuilds the workspace"
+  fi
+fi
+if [ "$head" != "$base" ]; then git update-ref --no-deref HEAD "$base" </dev/null || die 'cannot move HEAD to the baseline'; fi
+if [ "$new" != "$last" ]; then git update-ref refs/sidecar/synced "$new" </dev/null || die 'cannot record the synced tree'; fi
 t=$(git write-tree </dev/null) || die 'cannot record the workspace after the sync'
 echo "tree $t"
+if [ "$how" != none ]; then git gc --auto --quiet </dev/null >/dev/null 2>&1; fi
+exit 0
 `
 
 // checkScript reports the workspace's tree without changing anything: it
@@ -178,6 +316,7 @@ func checkScript(d Dest) string {
 	b.WriteString(prelude)
 	fmt.Fprintf(&b, "if ! cd -- %s 2>/dev/null || [ ! -e .git ]; then echo 'missing'; exit 0; fi\n", d.PathWord())
 	b.WriteString(gitDirSnippet)
+	fmt.Fprintf(&b, "[ -f \"$gd\"/%s ] || [ -f \"$gd/sidecar-patch\" ] || { echo foreign; exit 0; }\n", q(workspaceMarker))
 	b.WriteString(`i="$gd/sidecar-check-index.$$"
 trap 'rm -f "$i"' EXIT
 if [ -f "$gd/index" ]; then cp -p "$gd/index" "$i" || die 'cannot copy the index'; fi

@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/git-relay/git-relay/internal/gitx"
@@ -28,9 +27,15 @@ type engine struct {
 	dest Dest
 	st   *State
 	tr   transport
+	snap *snapshotter
 	logf func(format string, args ...any)
+	// takeover lets a bootstrap take over a DEST that holds a repository
+	// git sidecar did not make (setup --force).
+	takeover bool
 	// sent counts every byte handed to the transport (scripts and stdin).
 	sent int64
+	// sn is the snapshot this sync took, once taken.
+	sn *snapshot
 }
 
 // syncResult is what one sync did.
@@ -81,94 +86,6 @@ func (r *repo) head(ctx context.Context) (commit, branch string, err error) {
 	return commit, branch, nil
 }
 
-// snapshot records the work tree as git sees it (tracked files plus
-// untracked files that are not ignored) as a tree, through an index of our
-// own so that the user's index is left alone.
-//
-// With keep, the index persists between syncs: it is refreshed from the
-// user's index only when that one changed, and otherwise keeps its stat
-// information and cached trees from the last sync, so that a sync reads
-// only the files that changed and rebuilds only their trees.
-func (r *repo) snapshot(ctx context.Context, indexFile string, keep bool) (string, error) {
-	userIndex := filepath.Join(r.gitDir, "index")
-	stamp := ""
-	if fi, err := os.Stat(userIndex); err == nil {
-		stamp = fmt.Sprintf("%d %d", fi.Size(), fi.ModTime().UnixNano())
-		if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
-			stamp += fmt.Sprintf(" %d", sys.Ino)
-		}
-	}
-	stampFile := indexFile + ".source"
-	reuse := false
-	if keep && stamp != "" {
-		if b, err := os.ReadFile(stampFile); err == nil && string(b) == stamp {
-			if _, err := os.Stat(indexFile); err == nil {
-				reuse = true
-			}
-		}
-	}
-	if !reuse {
-		if err := copyIndex(userIndex, indexFile); err != nil {
-			return "", fmt.Errorf("snapshot the work tree: %w", err)
-		}
-		if keep {
-			if err := os.WriteFile(stampFile, []byte(stamp), 0o644); err != nil {
-				return "", fmt.Errorf("snapshot the work tree: %w", err)
-			}
-		}
-	}
-	g := r.git
-	g.Env = append(append([]string(nil), g.Env...), "GIT_INDEX_FILE="+indexFile)
-	if _, err := g.Run(ctx, "-c", "advice.addEmbeddedRepo=false", "-c", "core.untrackedCache=true", "add", "-A"); err != nil {
-		return "", fmt.Errorf("snapshot the work tree: %w", err)
-	}
-	tree, err := g.Run(ctx, "write-tree")
-	if err != nil {
-		return "", fmt.Errorf("snapshot the work tree: %w", err)
-	}
-	return tree, nil
-}
-
-// copyIndex copies the index with its modification time, which git's
-// check for racily clean entries compares file times against.
-func copyIndex(from, to string) error {
-	if err := os.MkdirAll(filepath.Dir(to), 0o755); err != nil {
-		return err
-	}
-	src, err := os.Open(from)
-	if errors.Is(err, os.ErrNotExist) {
-		err := os.Remove(to)
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		return err
-	}
-	if err != nil {
-		return err
-	}
-	defer src.Close()
-	st, err := src.Stat()
-	if err != nil {
-		return err
-	}
-	tmp := to + ".tmp"
-	dst, err := os.Create(tmp)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(dst, src); err != nil {
-		dst.Close()
-		return err
-	}
-	if err := dst.Close(); err != nil {
-		return err
-	}
-	if err := os.Chtimes(tmp, st.ModTime(), st.ModTime()); err != nil {
-		return err
-	}
-	return os.Rename(tmp, to)
-}
-
 func randomHex(n int) string {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
@@ -215,8 +132,19 @@ func (e *engine) staleReason(ctx context.Context, head, branch string) (string, 
 }
 
 // sync brings the workspace in line with the work tree. force bootstraps
-// whatever the state.
+// whatever the state. A sync whose objects the workspace could not store
+// changed nothing there, and is tried once more.
 func (e *engine) sync(ctx context.Context, force bool) (*syncResult, error) {
+	res, err := e.syncOnce(ctx, force)
+	var sf *errStoreFailed
+	if errors.As(err, &sf) && ctx.Err() == nil {
+		e.logf("the workspace could not store what was sent (%v); trying once more", err)
+		res, err = e.syncOnce(ctx, force)
+	}
+	return res, err
+}
+
+func (e *engine) syncOnce(ctx context.Context, force bool) (*syncResult, error) {
 	start := time.Now()
 	head, branch, err := e.r.head(ctx)
 	if err != nil {
@@ -229,9 +157,8 @@ func (e *engine) sync(ctx context.Context, force bool) (*syncResult, error) {
 		}
 	}
 	var res *syncResult
-	tree := ""
 	if reason == "" {
-		res, tree, reason, err = e.incremental(ctx)
+		res, reason, err = e.incremental(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -240,12 +167,7 @@ func (e *engine) sync(ctx context.Context, force bool) (*syncResult, error) {
 		}
 	}
 	if reason != "" {
-		if tree == "" {
-			if tree, err = e.snapshot(ctx); err != nil {
-				return nil, err
-			}
-		}
-		if res, err = e.bootstrap(ctx, head, branch, tree, reason); err != nil {
+		if res, err = e.bootstrap(ctx, head, branch, reason); err != nil {
 			return res, err
 		}
 	}
@@ -255,52 +177,73 @@ func (e *engine) sync(ctx context.Context, force bool) (*syncResult, error) {
 	return res, nil
 }
 
-func (e *engine) snapshot(ctx context.Context) (string, error) {
-	tree, err := e.r.snapshot(ctx, filepath.Join(e.r.stateDir(e.name), "index"), true)
-	if err == nil {
-		e.logf("work tree snapshot %s", short(tree))
+// snapshot takes this sync's snapshot of the work tree, once.
+func (e *engine) snapshot(ctx context.Context) (*snapshot, error) {
+	if e.sn != nil {
+		return e.sn, nil
 	}
-	return tree, err
+	sn, err := e.snap.take(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	e.logf("work tree snapshot %s (%d paths looked at again)", short(sn.tree), sn.touched)
+	e.sn = sn
+	return sn, nil
 }
 
-// errWorkspaceDone tells a patch writer that the workspace stopped
+// errWorkspaceDone tells a pack writer that the workspace stopped
 // reading.
 var errWorkspaceDone = errors.New("the workspace stopped reading")
 
-// incremental sends the difference between the tree left in the
-// workspace and a new snapshot, in one remote command. The command starts
-// first: the workspace scans itself for drift while the work tree is
-// snapshotted here, and the patch follows on its stdin. It returns a
-// reason to bootstrap instead when the workspace cannot take the patch.
-func (e *engine) incremental(ctx context.Context) (res *syncResult, tree, reason string, err error) {
+// incremental sends the objects of a new snapshot that the workspace
+// lacks, in one remote command. The command starts first: the workspace
+// scans itself for edits while the work tree is snapshotted here, and the
+// pack follows on its stdin. It returns a reason to bootstrap instead when
+// the workspace cannot take it.
+func (e *engine) incremental(ctx context.Context) (res *syncResult, reason string, err error) {
 	a := applyArgs{
 		base:      e.st.Baseline,
 		last:      e.st.Applied,
 		backupRef: backupRef(),
-		token:     "git-sidecar-patch-end-" + randomHex(12),
+		token:     "git-sidecar-" + randomHex(12),
 	}
-	out, files, err := e.runApply(ctx, a, a.last, func() (string, error) {
-		t, err := e.snapshot(ctx)
-		tree = t
-		return t, err
+	out, o, err := e.runApply(ctx, a, func() (*outgoing, error) {
+		sn, err := e.snapshot(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return e.snap.plan(ctx, sn, []string{e.st.Applied}, e.heldBig(e.st.Applied))
 	})
 	if err != nil {
-		return nil, tree, "", err
+		return nil, "", err
 	}
 	if why, ok := out.first("need-bootstrap"); ok {
-		return nil, tree, why, nil
+		return nil, why, nil
 	}
-	res = &syncResult{Mode: "incremental", Tree: tree, Files: files}
-	if err := e.finish(ctx, res, out, tree); err != nil {
-		return res, tree, "", err
+	res = &syncResult{Mode: "incremental", Tree: e.sn.tree, Files: o.files}
+	if err := e.finish(ctx, res, out); err != nil {
+		return res, "", err
 	}
-	return res, tree, "", nil
+	return res, "", nil
 }
 
-// runApply starts applyScript, then computes the new tree with newTree
-// while the workspace scans itself, and streams the patch from..tree to
-// it.
-func (e *engine) runApply(ctx context.Context, a applyArgs, from string, newTree func() (string, error)) (reply, int, error) {
+// heldBig is the set of big blobs the workspace holds when it holds tree
+// (as far as this worktree knows: the big files of the tree it last
+// synced).
+func (e *engine) heldBig(tree string) map[string]bool {
+	m := map[string]bool{}
+	if rec := e.snap.loadApplied(); rec.Tree == tree && tree != "" {
+		for _, id := range rec.Big {
+			m[id] = true
+		}
+	}
+	return m
+}
+
+// runApply starts applyScript, then calls prepare (which snapshots the
+// work tree and plans the pack) while the workspace scans itself, and
+// streams the header and the pack to it.
+func (e *engine) runApply(ctx context.Context, a applyArgs, prepare func() (*outgoing, error)) (reply, *outgoing, error) {
 	script := applyScript(e.dest, a)
 	pr, pw := io.Pipe()
 	cr := &countingReader{r: pr}
@@ -311,90 +254,70 @@ func (e *engine) runApply(ctx context.Context, a applyArgs, from string, newTree
 		pr.CloseWithError(errWorkspaceDone)
 		done <- err
 	}()
-	tree, terr := newTree()
-	files, werr := 0, error(nil)
-	if terr != nil {
-		// Without the token line the workspace applies nothing.
-		pw.CloseWithError(terr)
+	o, perr := prepare()
+	var werr error
+	if perr != nil {
+		// Without the header line the workspace changes nothing.
+		pw.CloseWithError(perr)
 	} else {
-		files, werr = e.writePatch(ctx, pw, from, tree, a.token)
-		pw.Close()
+		_, werr = fmt.Fprintf(pw, "%s %s %s %d\n", a.token, e.sn.tree, o.how, o.needKiB)
+		if werr == nil && o.how != "none" {
+			werr = e.snap.writePack(ctx, pw, o)
+		}
+		// A pack cut short is refused by the workspace's git, so a
+		// failure here leaves the workspace's files as they were.
+		pw.CloseWithError(werr)
 	}
 	rerr := <-done
 	e.sent += int64(len(script)) + cr.n.Load()
-	if terr != nil {
-		return nil, 0, terr
-	}
-	if rerr != nil {
-		return nil, 0, remoteError("sync the workspace", rerr, stderr.String())
+	if perr != nil {
+		return nil, nil, perr
 	}
 	out := parseReply(stdout.String())
-	if _, ok := out.first("need-bootstrap"); ok {
-		return out, 0, nil
+	if _, ok := out.first("rollback-failed"); ok {
+		e.st.Applied = ""
+		e.st.Mismatch = "the last sync stopped part way through the workspace's files"
+	}
+	if errors.Is(werr, errFileChanged) {
+		return nil, nil, errors.New("a big file changed while it was being sent; the workspace was left as it was; run `git sidecar sync` again")
+	}
+	if _, ok := out.first("need-bootstrap"); ok && rerr == nil {
+		return out, o, nil
+	}
+	// The workspace stopping early shows as a write error here; our own
+	// failure shows there as a pack cut short. Report the cause.
+	if werr != nil && !errors.Is(werr, errWorkspaceDone) && !errors.Is(werr, io.ErrClosedPipe) {
+		return nil, nil, fmt.Errorf("send the changes: %w", werr)
+	}
+	if rerr != nil {
+		err := remoteError("sync the workspace", rerr, stderr.String())
+		if _, ok := out.first("store-failed"); ok {
+			return nil, nil, &errStoreFailed{err}
+		}
+		return nil, nil, err
 	}
 	if werr != nil {
-		return nil, 0, werr
+		return nil, nil, fmt.Errorf("send the changes: %w", werr)
 	}
-	return out, files, nil
+	return out, o, nil
 }
+
+// errStoreFailed is a sync whose objects the workspace could not store
+// (the stream was cut short, say): nothing changed there, and trying
+// again is safe.
+type errStoreFailed struct{ err error }
+
+func (e *errStoreFailed) Error() string { return e.err.Error() }
+func (e *errStoreFailed) Unwrap() error { return e.err }
 
 func backupRef() string {
 	return "refs/sidecar/backup/" + time.Now().UTC().Format("20060102T150405Z") + "-" + randomHex(3)
 }
 
-// writePatch writes the patch from..to (nothing when they are equal) and
-// the closing token line to w, and returns how many files the patch
-// touches.
-func (e *engine) writePatch(ctx context.Context, w io.Writer, from, to, token string) (int, error) {
-	files, sent := 0, int64(0)
-	if from != to {
-		pctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		// git writes into an OS pipe we read from, so that when the
-		// workspace stops reading we can stop git rather than block it.
-		pr, pw, err := os.Pipe()
-		if err != nil {
-			return 0, err
-		}
-		cmd := e.r.git.Command(pctx, "diff-tree", "-r", "-p", "--binary", "--full-index", "-M",
-			"--no-ext-diff", "--no-color", "--no-textconv", "--src-prefix=a/", "--dst-prefix=b/", from, to)
-		cmd.Stdout = pw
-		if err := cmd.Start(); err != nil {
-			pr.Close()
-			pw.Close()
-			return 0, fmt.Errorf("make the patch: %w", err)
-		}
-		pw.Close()
-		counter := &patchCounter{r: pr}
-		n, cerr := io.Copy(w, counter)
-		sent = n
-		if cerr != nil {
-			cancel()
-		}
-		pr.Close()
-		werr := cmd.Wait()
-		if cerr != nil {
-			return 0, fmt.Errorf("send the patch: %w", cerr)
-		}
-		if werr != nil {
-			return 0, fmt.Errorf("make the patch: %w", werr)
-		}
-		files = counter.files
-	}
-	// from may be a commit whose tree is to: then git printed nothing.
-	last := token + " empty\n"
-	if sent > 0 {
-		last = token + " patch\n"
-	}
-	if _, err := io.WriteString(w, last); err != nil {
-		return 0, fmt.Errorf("send the patch: %w", err)
-	}
-	return files, nil
-}
-
 // finish checks the tree the workspace reports against the snapshot and
 // records the outcome.
-func (e *engine) finish(ctx context.Context, res *syncResult, out reply, tree string) error {
+func (e *engine) finish(ctx context.Context, res *syncResult, out reply) error {
+	tree := e.sn.tree
 	if b, ok := out.first("backup"); ok {
 		ref, n, _ := strings.Cut(b, " ")
 		res.Backup = ref
@@ -410,23 +333,39 @@ func (e *engine) finish(ctx context.Context, res *syncResult, out reply, tree st
 		e.st.Mismatch = fmt.Sprintf("workspace tree %s, local tree %s", short(got), short(tree))
 		return &errNotInSync{name: e.name, local: tree, remote: got}
 	}
-	// Keep the applied tree reachable so that gc cannot take it while the
-	// next sync still needs to diff against it. A ref may name a tree.
-	if tree != e.st.Applied {
-		if _, err := e.r.git.Run(ctx, "update-ref", "refs/sidecar/"+e.name+"/synced", tree); err != nil {
-			return fmt.Errorf("record the synced tree: %w", err)
-		}
-	}
 	e.st.Applied = tree
 	e.st.InSync = true
 	e.st.Mismatch = ""
+	e.st.Worktree = e.r.top
+	keep := map[string]bool{}
+	for _, b := range e.sn.big {
+		keep[b.ID] = true
+	}
+	if err := e.snap.saveApplied(tree, keep); err != nil {
+		return err
+	}
+	e.snap.pruneSigs(keep)
+	if err := e.snap.gcStore(ctx, tree); err != nil {
+		e.logf("%v", err)
+	}
 	return nil
 }
 
-// bootstrap (re)builds the workspace: fetch origin there (or send a
-// bundle), check out the baseline and apply every local change on top.
-func (e *engine) bootstrap(ctx context.Context, head, branch, tree, reason string) (*syncResult, error) {
-	res := &syncResult{Mode: "bootstrap", Reason: reason, Tree: tree}
+// errForeign is a DEST that holds a repository git sidecar did not make.
+type errForeign struct {
+	name, dest string
+}
+
+func (e *errForeign) Error() string {
+	return fmt.Sprintf("DEST %s holds a git repository that git sidecar did not create, so it was left untouched; choose another DEST, or take it over with `git sidecar setup --force %s` (its files, HEAD and origin are then replaced, its edits kept under refs/sidecar/backup/)", e.dest, e.name)
+}
+
+// bootstrap (re)builds the workspace: make sure it is ours, fetch origin
+// there (or send a bundle), then move it to the snapshot with the
+// baseline as HEAD. A bootstrap that created the workspace and then fails
+// removes it again.
+func (e *engine) bootstrap(ctx context.Context, head, branch, reason string) (res *syncResult, err error) {
+	res = &syncResult{Mode: "bootstrap", Reason: reason}
 	e.logf("bootstrapping: %s", reason)
 	url, err := e.originURL(ctx)
 	if err != nil {
@@ -440,13 +379,38 @@ func (e *engine) bootstrap(ctx context.Context, head, branch, tree, reason strin
 	if mb != "" && mb != head {
 		want = append(want, mb)
 	}
-	script := prepareScript(e.dest, url, want)
+	// Trees the workspace may hold from our earlier syncs: what it needs
+	// not be sent again.
+	var trees []string
+	if e.st.Dest == e.dest.Raw {
+		trees = append(trees, e.st.Applied)
+		if e.st.Seen != e.st.Applied {
+			trees = append(trees, e.st.Seen)
+		}
+	}
+	script := prepareScript(e.dest, prepareArgs{format: e.snap.format.name, url: url, want: want, trees: trees, force: e.takeover})
 	var stdout, stderr bytes.Buffer
 	e.sent += int64(len(script))
-	if err := e.tr.run(ctx, script, nil, &stdout, &stderr); err != nil {
-		return nil, remoteError("prepare the workspace", err, stderr.String())
-	}
+	rerr := e.tr.run(ctx, script, nil, &stdout, &stderr)
 	out := parseReply(stdout.String())
+	if c, ok := out.first("created"); ok {
+		// Whatever fails from here on, the folder we made goes.
+		created, _ := strconv.Atoi(c)
+		defer func() {
+			if err != nil {
+				err = e.cleanup(ctx, created, err)
+			}
+		}()
+	}
+	if rerr != nil {
+		return nil, remoteError("prepare the workspace", rerr, stderr.String())
+	}
+	if _, ok := out.first("foreign"); ok {
+		return nil, &errForeign{name: e.name, dest: e.dest.Display()}
+	}
+	if _, ok := out.first("taken-over"); ok {
+		e.logf("took over the repository at %s (--force)", e.dest.Display())
+	}
 	if msg, ok := out.first("fetch-failed"); ok {
 		res.FetchError = msg
 		e.logf("the workspace could not fetch origin: %s", msg)
@@ -474,11 +438,15 @@ func (e *engine) bootstrap(ctx context.Context, head, branch, tree, reason strin
 		base, res.Via = head, "bundle"
 	}
 	e.logf("baseline %s (via %s)", short(base), res.Via)
+	baseTree, err := e.r.git.Run(ctx, "rev-parse", base+"^{tree}")
+	if err != nil {
+		return nil, fmt.Errorf("read the baseline tree: %w", err)
+	}
 	a := applyArgs{
 		bootstrap: true,
 		base:      base,
 		backupRef: backupRef(),
-		token:     "git-sidecar-patch-end-" + randomHex(12),
+		token:     "git-sidecar-" + randomHex(12),
 	}
 	if e.st.Dest == e.dest.Raw {
 		// Edits made in the workspace are whatever differs from the
@@ -488,23 +456,53 @@ func (e *engine) bootstrap(ctx context.Context, head, branch, tree, reason strin
 			a.last = e.st.Seen
 		}
 	}
-	reply, files, err := e.runApply(ctx, a, base, func() (string, error) { return tree, nil })
+	have := []string{baseTree}
+	heldBig := e.snap.bigBlobsIn(ctx, baseTree)
+	for _, t := range out["has-tree"] {
+		have = append(have, t)
+		for id := range e.heldBig(t) {
+			heldBig[id] = true
+		}
+	}
+	reply, o, err := e.runApply(ctx, a, func() (*outgoing, error) {
+		sn, err := e.snapshot(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return e.snap.plan(ctx, sn, have, heldBig)
+	})
 	if err != nil {
 		return nil, err
 	}
 	if why, ok := reply.first("need-bootstrap"); ok {
 		return nil, fmt.Errorf("bootstrap the workspace: %s", why)
 	}
-	res.Files = files
+	res.Tree = e.sn.tree
+	res.Files = o.files
 	e.st.Dest = e.dest.Raw
 	e.st.Baseline = base
 	e.st.Branch = branch
 	e.st.BootstrappedAt = time.Now()
 	e.st.BootstrapVia = res.Via
-	if err := e.finish(ctx, res, reply, tree); err != nil {
+	if err := e.finish(ctx, res, reply); err != nil {
 		return res, err
 	}
 	return res, nil
+}
+
+// cleanup removes what a failed bootstrap created in the workspace and
+// says so with the error.
+func (e *engine) cleanup(ctx context.Context, created int, cause error) error {
+	var stderr bytes.Buffer
+	script := cleanupScript(e.dest, created)
+	// The sync's own context may be what ended it.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	if err := e.tr.run(cctx, script, nil, io.Discard, &stderr); err != nil {
+		return fmt.Errorf("%w; removing what setup had made in the workspace failed too: %v", cause, remoteError("clean up", err, stderr.String()))
+	}
+	e.logf("removed what this setup had made at %s", e.dest.Display())
+	return fmt.Errorf("%w; what setup had made at %s was removed", cause, e.dest.Display())
 }
 
 // originURL is where the workspace fetches from: the local origin URL
@@ -629,32 +627,6 @@ type countingReader struct {
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.n.Add(int64(n))
-	return n, err
-}
-
-// patchCounter counts the files in a patch stream as it passes.
-type patchCounter struct {
-	r     io.Reader
-	files int
-	carry []byte
-}
-
-var diffHeader = []byte("\ndiff --git ")
-
-func (p *patchCounter) Read(b []byte) (int, error) {
-	n, err := p.r.Read(b)
-	if n > 0 {
-		if p.carry == nil {
-			p.carry = []byte("\n")
-		}
-		buf := append(p.carry, b[:n]...)
-		p.files += bytes.Count(buf, diffHeader)
-		keep := len(diffHeader) - 1
-		if len(buf) < keep {
-			keep = len(buf)
-		}
-		p.carry = append([]byte(nil), buf[len(buf)-keep:]...)
-	}
 	return n, err
 }
 

@@ -1,12 +1,15 @@
 // Command sidecar-bench times `git sidecar sync` against `rsync -a
-// --delete` on a generated 20,000-file tree, in the same run and to the
-// same kind of target: a local folder, then (when sshd is installed) a
-// folder behind a real sshd on loopback.
+// --delete` in the same run and to the same kind of target: a local
+// folder, then (when sshd is installed) a folder behind a real sshd on
+// loopback.
 //
-// It measures a one-file sync, then a sync after 400 changed files and a
-// commit, then a one-file sync again, and prints times, bytes sent and the
-// ratios the issue sets as goals. Run it with the built binaries on PATH
-// (`make bench`).
+// On a generated 20,000-file tree it measures a one-file sync, then a
+// sync after 400 changed files and a commit, then a one-file sync again.
+// On a small repository with a 40 MiB binary it measures adding the file,
+// changing one byte, a sync with no change, and deleting it, with the
+// peak memory of the sidecar's processes (git-sidecar and every process
+// it runs, on both sides). It prints times, bytes sent and the ratios the
+// goals are set on. Run it with the built binaries on PATH (`make bench`).
 package main
 
 import (
@@ -36,9 +39,16 @@ var (
 	runs      = flag.Int("runs", 9, "one-file syncs per measurement (the median is reported)")
 	keep      = flag.Bool("keep", false, "keep the temporary folder")
 	onlyLocal = flag.Bool("local-only", false, "skip the SSH target")
+	bigMiB    = flag.Int("big", 40, "size in MiB of the big binary (0 skips those rows)")
+	bigRounds = flag.Int("big-rounds", 3, "rounds of add, one-byte change, no change and delete (medians are reported)")
 )
 
 func main() {
+	// The bench re-runs itself as a memory meter around the workspace's
+	// git over SSH (see meter).
+	if len(os.Args) > 2 && os.Args[1] == meterFlag {
+		os.Exit(meter(os.Args[2], os.Args[3:]))
+	}
 	flag.Parse()
 	if err := run(context.Background()); err != nil {
 		fmt.Fprintf(os.Stderr, "bench/sidecar: %v\n", err)
@@ -115,6 +125,15 @@ func run(ctx context.Context) error {
 		}
 		ok = r.print(t) && ok
 	}
+	if *bigMiB > 0 {
+		for i, t := range targets {
+			r, err := b.measureBig(t, fmt.Sprintf("big%d", i))
+			if err != nil {
+				return fmt.Errorf("%s, big file: %w", t.name, err)
+			}
+			ok = r.print(t) && ok
+		}
+	}
 	if !ok {
 		fmt.Println("\nSOME GOALS WERE MISSED (see above).")
 	}
@@ -127,6 +146,9 @@ type target struct {
 	dest     string   // git sidecar DEST
 	rsyncDst string   // rsync destination (with a trailing slash)
 	rsyncSSH []string // -e argument for rsync over SSH
+	// remoteHome is the sshd's HOME for its sessions ("" for the local
+	// folder, whose processes are all ours).
+	remoteHome string
 }
 
 func (b *bench) sshTarget(home string) (target, func(), error) {
@@ -145,10 +167,11 @@ func (b *bench) sshTarget(home string) (target, func(), error) {
 	ssh := fmt.Sprintf("ssh -F %s -o UserKnownHostsFile=%s -o BatchMode=yes -i %s",
 		filepath.Join(home, ".ssh", "config"), filepath.Join(home, ".ssh", "known_hosts"), filepath.Join(home, ".ssh", "id_ed25519"))
 	return target{
-		name:     "over SSH (OpenSSH sshd on 127.0.0.1)",
-		dest:     "benchbox:" + filepath.Join(b.root, "ws ssh"),
-		rsyncDst: "benchbox:" + filepath.Join(b.root, "rsync-ssh") + "/",
-		rsyncSSH: []string{"-e", ssh},
+		name:       "over SSH (OpenSSH sshd on 127.0.0.1)",
+		dest:       "benchbox:" + filepath.Join(b.root, "ws ssh"),
+		rsyncDst:   "benchbox:" + filepath.Join(b.root, "rsync-ssh") + "/",
+		rsyncSSH:   []string{"-e", ssh},
+		remoteHome: s.RemoteHome,
 	}, func() { s.Close() }, nil
 }
 
@@ -234,27 +257,48 @@ var rsyncBytesRE = regexp.MustCompile(`Total bytes sent: ([\d,]+)`)
 // sidecar runs `git sidecar args...` and returns its time and the bytes
 // it says it sent.
 func (b *bench) sidecar(args ...string) (time.Duration, int64, error) {
+	r, err := b.sidecarIn(b.git, args...)
+	return r.d, r.sent, err
+}
+
+// measured is one measured command.
+type measured struct {
+	d    time.Duration
+	sent int64
+}
+
+// sidecarIn runs `git sidecar args...` in the repository g.
+func (b *bench) sidecarIn(g gitx.Repo, args ...string) (measured, error) {
 	var errb bytes.Buffer
-	c := b.git.Command(b.ctx, append([]string{"sidecar"}, args...)...)
+	// git runs git-sidecar for `git sidecar`; it is run directly here, as
+	// the memory meter does (git's own start, a few ms, is not counted).
+	c := exec.CommandContext(b.ctx, "git-sidecar", args...)
+	c.Dir = g.Dir
+	c.Env = append(os.Environ(), g.Env...)
 	c.Stderr = &errb
 	start := time.Now()
 	err := c.Run()
-	d := time.Since(start)
+	r := measured{d: time.Since(start)}
 	if err != nil {
-		return 0, 0, fmt.Errorf("git sidecar %s: %w", strings.Join(args, " "), err)
+		return r, fmt.Errorf("git sidecar %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
 	}
 	m := bytesRE.FindStringSubmatch(errb.String())
 	if m == nil {
-		return d, 0, fmt.Errorf("git sidecar %s printed no byte count: %q", strings.Join(args, " "), errb.String())
+		return r, fmt.Errorf("git sidecar %s printed no byte count: %q", strings.Join(args, " "), errb.String())
 	}
-	n, _ := strconv.ParseInt(m[1], 10, 64)
-	return d, n, nil
+	r.sent, _ = strconv.ParseInt(m[1], 10, 64)
+	return r, nil
 }
 
 // rsync runs rsync -a --delete of the work tree (without .git) to t.
 func (b *bench) rsync(t target) (time.Duration, int64, error) {
+	return b.rsyncDir(b.repo, t.rsyncDst, t)
+}
+
+// rsyncDir runs rsync -a --delete of dir (without .git) to dst on t.
+func (b *bench) rsyncDir(dir, dst string, t target) (time.Duration, int64, error) {
 	args := append([]string{"-a", "--delete", "--stats", "--exclude=/.git"}, t.rsyncSSH...)
-	args = append(args, b.repo+"/", t.rsyncDst)
+	args = append(args, dir+"/", dst)
 	cmd := exec.CommandContext(b.ctx, "rsync", args...)
 	cmd.Env = append(os.Environ(), b.env...)
 	var out bytes.Buffer

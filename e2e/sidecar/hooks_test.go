@@ -93,7 +93,11 @@ func TestHooks(t *testing.T) {
 	var fgErr strings.Builder
 	fg.Stderr = &fgErr
 	require.NoError(t, fg.Start())
-	time.Sleep(300 * time.Millisecond) // let it take the lock
+	// The commits must find the lock taken: wait until it observably is.
+	// (Offline: a status that scans the workspace would itself take the
+	// slow git's three seconds, and could miss the whole sync.)
+	require.Eventually(t, func() bool { return strings.HasPrefix(w.stateNow("--offline"), "sync running") },
+		time.Minute, 20*time.Millisecond, "the foreground sync never took the lock")
 	for i := range 5 {
 		w.write(fmt.Sprintf("quick%d.txt", i), "q\n")
 		w.commitAll(fmt.Sprintf("quick %d", i))

@@ -256,7 +256,7 @@ func TestHomeRelativeWorkspace(t *testing.T) {
 }
 
 // TestMismatchIsReportedAndRepaired: when the workspace does not end up
-// with the snapshot's tree (here its git silently skips `apply`), the sync
+// with the snapshot's tree (here its git silently skips `read-tree`), the sync
 // says so and fails, status shows it, and the next sync rebuilds the
 // workspace.
 func TestMismatchIsReportedAndRepaired(t *testing.T) {
@@ -264,9 +264,9 @@ func TestMismatchIsReportedAndRepaired(t *testing.T) {
 	real, err := exec.LookPath("git")
 	require.NoError(t, err)
 	bin := filepath.Join(w.root, "brokengit")
-	flag := filepath.Join(w.root, "break-apply")
+	flag := filepath.Join(w.root, "break-read-tree")
 	require.NoError(t, os.MkdirAll(bin, 0o755))
-	script := fmt.Sprintf("#!/bin/sh\nif [ -e %s ]; then case \" $* \" in *\" apply \"*) exit 0 ;; esac; fi\nexec %s \"$@\"\n",
+	script := fmt.Sprintf("#!/bin/sh\nif [ -e %s ]; then case \" $* \" in *\" read-tree \"*) exit 0 ;; esac; fi\nexec %s \"$@\"\n",
 		shellPattern(flag), shellPattern(real))
 	require.NoError(t, os.WriteFile(filepath.Join(bin, "git"), []byte(script), 0o755))
 	for i, kv := range w.env {
