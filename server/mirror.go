@@ -60,7 +60,9 @@ func (ms *mirrors) get(repo string) (*mirror, error) {
 		return nil, fmt.Errorf("upstream for %s: %w", repo, err)
 	}
 	dir := filepath.Join(ms.s.cfg.DataDir, "mirrors", filepath.FromSlash(repo)+".git")
-	m := &mirror{name: repo, remote: remote, dir: dir, git: gitx.Repo{GitDir: dir, Env: remote.GitEnv()}}
+	// The mirror is a cache that a refresh rebuilds: its git need not
+	// wait for the disk (fsync) on the paths users wait for.
+	m := &mirror{name: repo, remote: remote, dir: dir, git: gitx.Repo{GitDir: dir, Env: remote.GitEnv("core.fsync=none")}}
 	if ms.m == nil {
 		ms.m = map[string]*mirror{}
 	}
