@@ -403,3 +403,45 @@ func TestFetchRightAfterPush(t *testing.T) {
 		require.Equal(t, head, c.git(dst, "rev-parse", "HEAD"), "round %d", round)
 	}
 }
+
+// TestSlowAnswerThroughAnotherInstance holds upstream's listing until the
+// Open of the exchange waiting for it has had its answer (the long-poll
+// ran out, 20 s): the client then asks where the exchange stands, and
+// the balancer sends that to the other instance, which must find the
+// exchange in the store and serve its answer from there.
+func TestSlowAnswerThroughAnotherInstance(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, options{instances: 2})
+	c.upstreamInit("owner/repo")
+	src := c.newRepo("src")
+	head := c.commitRandom(src, "base.txt", 1000, 1)
+	c.git(src, "push", "relay::owner/repo", "master")
+
+	var (
+		armed    atomic.Bool
+		held     atomic.Bool
+		released = make(chan struct{})
+		once     sync.Once
+	)
+	c.host.SetHook(func(r *http.Request) {
+		if !armed.Load() || r.URL.Query().Get("service") != "git-upload-pack" {
+			return
+		}
+		held.Store(true)
+		select {
+		case <-released:
+		case <-time.After(2 * time.Minute):
+			t.Errorf("upstream's listing was held for 2 minutes")
+		}
+	})
+	c.proxy.SetTamper(&edgeproxy.Tamper{Name: "release", OnResponse: func(req *edgeproxy.Request, _ *edgeproxy.Response) {
+		if held.Load() && req.Method == http.MethodPost && strings.HasSuffix(req.Path, "/x") {
+			t.Log("an Open's long-poll ended while upstream was held: releasing upstream")
+			once.Do(func() { close(released) })
+		}
+	}})
+	armed.Store(true)
+	out := c.git(src, "ls-remote", "relay::owner/repo", "refs/heads/master")
+	require.True(t, held.Load(), "upstream's listing was held")
+	require.Equal(t, head+"\trefs/heads/master", out)
+}

@@ -1,7 +1,9 @@
 package cluster
 
 import (
+	"flag"
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/rogpeppe/go-internal/testscript"
@@ -20,8 +22,28 @@ func TestMain(m *testing.M) {
 	if os.Getenv("GORACE") == "" {
 		os.Setenv("GORACE", "atexit_sleep_ms=0")
 	}
-	testscript.Main(m, map[string]func(){
+	commands := map[string]func(){
 		"git-remote-relay": func() { os.Exit(helper.Main()) },
 		"git-relay-server": func() { os.Exit(server.Main()) },
-	})
+	}
+	if commands[filepath.Base(os.Args[0])] == nil {
+		runAllAtOnce()
+	}
+	testscript.Main(m, commands)
+}
+
+// runAllAtOnce lets every test of the package run at once unless
+// -test.parallel says otherwise: each spends most of its time waiting for
+// a dead instance's 20 s lease to run out, not on the CPU, so the default
+// (GOMAXPROCS, 2 here) would make the package several times slower for
+// nothing.
+func runAllAtOnce() {
+	if !flag.Parsed() {
+		flag.Parse()
+	}
+	set := false
+	flag.Visit(func(f *flag.Flag) { set = set || f.Name == "test.parallel" })
+	if !set {
+		_ = flag.Set("test.parallel", "8")
+	}
 }

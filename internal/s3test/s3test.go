@@ -56,6 +56,8 @@ type Server struct {
 	SecretAccessKey string
 	// Dir is the folder the server keeps its buckets in.
 	Dir string
+	// PID is the server's process id (a benchmark reads its CPU time).
+	PID int
 }
 
 // Env is the AWS variables that point a client (store.Open, or a relay
@@ -135,6 +137,9 @@ func Launch(dir string) (s *Server, stop func(), err error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, nil, err
+	}
 	return launch(bin, dir)
 }
 
@@ -202,7 +207,7 @@ func (s *Server) start(bin, logPath string) (func(), error) {
 		_ = cmd.Process.Kill()
 		<-exited
 	}
-	s.Endpoint = "http://" + addr
+	s.Endpoint, s.PID = "http://"+addr, cmd.Process.Pid
 	if err := waitReady(s.Endpoint+"/health", exited); err != nil {
 		stop()
 		out, _ := os.ReadFile(logPath)
