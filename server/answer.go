@@ -248,13 +248,24 @@ func (s *Server) writeAnswer(ctx context.Context, e *exch, r io.Reader) error {
 	_, err := payload.Split(r, size, free, func(i uint32, final bool, chunk []byte) error {
 		defer func() { free <- chunk[:0] }()
 		if i == 0 && final && len(chunk) <= min(inlineMax, int(min(e.open.MaxBody, s.cfg.MaxBody))-8<<10) {
+			// An answer that goes in a reply lives in this instance's
+			// memory alone, so only an exchange not kept in the store
+			// (whose Open is still waiting for it, here) answers inline; a
+			// kept one may be asked about through any instance, and its
+			// answer goes to the store. Decided and recorded under one
+			// lock, against handleOpen keeping it meanwhile.
 			e.mu.Lock()
-			e.down.inline = append([]byte(nil), chunk...)
-			e.mu.Unlock()
-			return s.update(ctx, e, func(st *state) error {
-				st.Down = &wire.Down{Inline: true, Chunks: 1, Final: true}
+			if !e.persisted {
+				e.down.inline = append([]byte(nil), chunk...)
+				next := e.st
+				next.Down = &wire.Down{Inline: true, Chunks: 1, Final: true}
+				next.Updated = time.Now().UTC()
+				e.st = next
+				e.notify()
+				e.mu.Unlock()
 				return nil
-			})
+			}
+			e.mu.Unlock()
 		}
 		if i == 0 {
 			salt := randomSalt()
