@@ -1,0 +1,83 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"text/tabwriter"
+	"time"
+)
+
+func dur(d time.Duration) string { return fmt.Sprintf("%.2f s", d.Seconds()) }
+
+func verdict(ok bool) string {
+	if ok {
+		return "ok"
+	}
+	return "MISSED"
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// report prints the two sides' medians, the ratio with its goal, each
+// instance's peak memory with its goal, and the CPU time spent.
+func report(o options, total int64, local, s3 *side) {
+	mib := float64(total) / (1 << 20)
+	fmt.Println()
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "%d at once, %.1f MiB (median of %d)\tlocal store, 1 instance\tS3 store, 2 instances\tS3/local\tgoal\t\n", concurrency, mib, o.rounds)
+	row := func(name string, l, s []time.Duration) {
+		lm, sm := median(l), median(s)
+		ratio := sm.Seconds() / lm.Seconds()
+		fmt.Fprintf(tw, "%s\t%s (%.1f MiB/s)\t%s (%.1f MiB/s)\t%.2f×\t≤ %.1f×  %s\t\n", name,
+			dur(lm), mib/lm.Seconds(), dur(sm), mib/sm.Seconds(), ratio, goalRatio, verdict(ratio <= goalRatio))
+	}
+	row("pushes", local.push.took, s3.push.took)
+	row("clones", local.clone.took, s3.clone.took)
+	both := func(s *side) []time.Duration {
+		out := make([]time.Duration, len(s.push.took))
+		for i := range out {
+			out[i] = s.push.took[i] + s.clone.took[i]
+		}
+		return out
+	}
+	row("pushes + clones", both(local), both(s3))
+	tw.Flush()
+
+	fmt.Println()
+	tw = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "peak memory (VmHWM)\tpushes\tclones\tgoal\t")
+	for _, s := range []*side{local, s3} {
+		for i, in := range s.inst {
+			p, c := s.push.peakKiB[i], s.clone.peakKiB[i]
+			fmt.Fprintf(tw, "%s side, %s\t%.1f MiB\t%.1f MiB\t≤ %d MiB  %s\t\n", s.name, in.Name,
+				float64(p)/1024, float64(c)/1024, goalServerMiB, verdict(p > 0 && c > 0 && max(p, c) <= goalServerMiB*1024))
+		}
+	}
+	tw.Flush()
+
+	fmt.Println()
+	tw = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "CPU time per round (information)\tpushes\tclones\t")
+	rounds := time.Duration(o.rounds)
+	for _, s := range []*side{local, s3} {
+		for i, in := range s.inst {
+			fmt.Fprintf(tw, "%s side, %s and its gits\t%s\t%s\t\n", s.name, in.Name, dur(s.push.cpu[i]/rounds), dur(s.clone.cpu[i]/rounds))
+		}
+		if s.s3PID != 0 {
+			fmt.Fprintf(tw, "%s side, versitygw\t%s\t%s\t\n", s.name, dur(s.push.s3CPU/rounds), dur(s.clone.s3CPU/rounds))
+		}
+	}
+	tw.Flush()
+	fmt.Println("\ntime: from the start of the first of the six git commands to the end of the last; the sides")
+	fmt.Println("run one after the other, in alternating order, on the same machine, so versitygw's work (and")
+	fmt.Println("the clients') counts; peak memory: the server process alone (not its gits), reset before each")
+	fmt.Println("phase; CPU: user and system time of the process and the children it reaped.")
+}
