@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
 )
@@ -77,8 +78,55 @@ func report(o options, total int64, local, s3 *side) {
 		}
 	}
 	tw.Flush()
+	fmt.Println()
+	tw = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "requests, whole run (haproxy's log)\tlocal: n, mean, max\tS3: n, mean, max\t")
+	lr, sr := routeTimes(local), routeTimes(s3)
+	for _, route := range []string{"x", "x/up", "x/status", "x/down"} {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t\n", route, lr[route], sr[route])
+	}
+	tw.Flush()
+	fmt.Println("(an Open, x, holds its answer until the exchange's answer is on its way: the mirror's refresh")
+	fmt.Println("from upstream and upload-pack's start are in its time; x/down is one answer chunk, written by")
+	fmt.Println("the instance running upload-pack and read through any)")
+
 	fmt.Println("\ntime: from the start of the first of the six git commands to the end of the last; the sides")
 	fmt.Println("run one after the other, in alternating order, on the same machine, so versitygw's work (and")
 	fmt.Println("the clients') counts; peak memory: the server process alone (not its gits), reset before each")
 	fmt.Println("phase; CPU: user and system time of the process and the children it reaped.")
+}
+
+// routeStats sums up the balancer's log for one route.
+type routeStats struct {
+	n         int
+	sum, most time.Duration
+}
+
+func (r routeStats) String() string {
+	if r.n == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%d, %d ms, %d ms", r.n, (r.sum / time.Duration(r.n)).Milliseconds(), r.most.Milliseconds())
+}
+
+// routeTimes reads a side's balancer log: how many requests of each API
+// route, and how long they took.
+func routeTimes(s *side) map[string]routeStats {
+	out := map[string]routeStats{}
+	reqs, err := s.lb.Requests()
+	if err != nil {
+		return out
+	}
+	for _, r := range reqs {
+		route, ok := strings.CutPrefix(r.Path, "/api/gr/")
+		if !ok {
+			continue
+		}
+		st := out[route]
+		st.n++
+		st.sum += r.Took
+		st.most = max(st.most, r.Took)
+		out[route] = st
+	}
+	return out
 }

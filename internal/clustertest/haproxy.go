@@ -100,7 +100,7 @@ defaults
 frontend relay
 `)
 	fmt.Fprintf(&b, "    bind %s\n", listen)
-	b.WriteString(`    log-format "relay-lb %s %ST %HM %HU"
+	b.WriteString(`    log-format "relay-lb %s %ST %Ta %HM %HU"
     default_backend relay
 
 backend relay
@@ -215,6 +215,9 @@ type Request struct {
 	// Server is the instance that answered, or "<NOSRV>".
 	Server string
 	Status int
+	// Took is the time from the request's first byte to the answer's
+	// last (haproxy's %Ta).
+	Took   time.Duration
 	Method string
 	// Path is the request's path; Query its parsed query.
 	Path  string
@@ -237,15 +240,16 @@ func (b *Balancer) Requests() ([]Request, error) {
 			continue
 		}
 		fields := strings.Fields(rest)
-		if len(fields) != 4 {
+		if len(fields) != 5 {
 			continue
 		}
 		status, _ := strconv.Atoi(fields[1])
-		u, err := url.ParseRequestURI(fields[3])
+		ms, _ := strconv.Atoi(fields[2])
+		u, err := url.ParseRequestURI(fields[4])
 		if err != nil {
 			continue
 		}
-		out = append(out, Request{Server: fields[0], Status: status, Method: fields[2], Path: u.Path, Query: u.Query()})
+		out = append(out, Request{Server: fields[0], Status: status, Took: time.Duration(ms) * time.Millisecond, Method: fields[3], Path: u.Path, Query: u.Query()})
 	}
 	return out, sc.Err()
 }
