@@ -27,10 +27,13 @@ fmt:
 demo: build
 	PATH="$(BIN):$$PATH" bash scripts/demo.sh
 
-# Ratios against direct `git push` / `git clone` and `rsync`, measured side by side.
+# Ratios against direct `git push` / `git clone` and `rsync`, measured side by side;
+# then two instances on an S3 store (versitygw) against one on the local store,
+# behind haproxy (bench/cluster needs versitygw and haproxy: see .ci/run).
 bench: build
 	PATH="$(BIN):$$PATH" $(GO) run ./bench/relay
 	PATH="$(BIN):$$PATH" $(GO) run ./bench/sidecar
+	PATH="$(BIN):$$PATH" $(GO) run ./bench/cluster
 
 install:
 	PREFIX="$(PREFIX)" ./install.sh

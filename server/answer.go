@@ -106,7 +106,12 @@ func (s *Server) fetch(ctx context.Context, e *exch, m *mirror) error {
 	// moment later uses the same refresh. A lazy fetch of a partial clone
 	// comes alone and refreshes if the last refresh is older.
 	maxAge := 2 * time.Second
-	if cmd == "ls-refs" {
+	if cmd == "ls-refs" || (cmd == "fetch" && s.lacksWants(ctx, m, req)) {
+		// Instances sharing a store keep mirrors of their own, and the
+		// listing a fetch follows may have come from another instance
+		// whose mirror has seen a newer push: an id wanted that this
+		// mirror lacks makes it ask upstream now rather than answer "not
+		// our ref" for a commit upstream has.
 		maxAge = 0
 	}
 	if _, err := s.refresh(ctx, m, maxAge); err != nil {
@@ -133,6 +138,49 @@ func (s *Server) fetch(ctx context.Context, e *exch, m *mirror) error {
 		_ = c.Wait()
 	}
 	return werr
+}
+
+// lacksWants says whether the mirror lacks an object that the fetch
+// request wants (or cannot tell, having none yet).
+func (s *Server) lacksWants(ctx context.Context, m *mirror, req []byte) bool {
+	wants := requestWants(req)
+	if len(wants) == 0 {
+		return false
+	}
+	m.rw.RLock()
+	have, err := m.git.Exists(ctx, wants)
+	m.rw.RUnlock()
+	if err != nil {
+		return true
+	}
+	for _, id := range wants {
+		if have[id] == "" {
+			return true
+		}
+	}
+	return false
+}
+
+// requestWants returns the ids that the "want" lines of a protocol v2
+// fetch request name.
+func requestWants(req []byte) []string {
+	var ids []string
+	for len(req) >= 4 {
+		n, err := strconv.ParseUint(string(req[:4]), 16, 16)
+		if err != nil || int(n) > len(req) {
+			break
+		}
+		if n < 4 { // flush, delimiter or response-end packet
+			req = req[4:]
+			continue
+		}
+		line := bytes.TrimSuffix(req[4:n], []byte("\n"))
+		if id, ok := bytes.CutPrefix(line, []byte("want ")); ok && gitx.ValidOID(string(id)) {
+			ids = append(ids, string(id))
+		}
+		req = req[n:]
+	}
+	return ids
 }
 
 // exitReader ends with the command's failure instead of io.EOF when it
@@ -202,13 +250,24 @@ func (s *Server) writeAnswer(ctx context.Context, e *exch, r io.Reader) error {
 	_, err := payload.SplitRamp(r, size, free, func(i uint32, final bool, chunk []byte) error {
 		defer func() { free <- chunk[:0] }()
 		if i == 0 && final && len(chunk) <= min(inlineMax, int(min(e.open.MaxBody, s.cfg.MaxBody))-8<<10) {
+			// An answer that goes in a reply lives in this instance's
+			// memory alone, so only an exchange not kept in the store
+			// (whose Open is still waiting for it, here) answers inline; a
+			// kept one may be asked about through any instance, and its
+			// answer goes to the store. Decided and recorded under one
+			// lock, against handleOpen keeping it meanwhile.
 			e.mu.Lock()
-			e.down.inline = append([]byte(nil), chunk...)
-			e.mu.Unlock()
-			return s.update(ctx, e, func(st *state) error {
-				st.Down = &wire.Down{Inline: true, Chunks: 1, Final: true}
+			if !e.persisted {
+				e.down.inline = append([]byte(nil), chunk...)
+				next := e.st
+				next.Down = &wire.Down{Inline: true, Chunks: 1, Final: true}
+				next.Updated = time.Now().UTC()
+				e.st = next
+				e.notify()
+				e.mu.Unlock()
 				return nil
-			})
+			}
+			e.mu.Unlock()
 		}
 		if i == 0 {
 			salt := randomSalt()

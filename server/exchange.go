@@ -236,6 +236,11 @@ func (s *Server) persist(ctx context.Context, e *exch) error {
 		return nil
 	}
 	e.st.Updated = time.Now().UTC()
+	if e.st.Owner == s.instance {
+		// Kept late (an answer slower than a long-poll): the lease taken
+		// when it opened may have run out meanwhile.
+		e.st.Lease = e.st.Updated.Add(leaseTTL)
+	}
 	b, err := json.Marshal(e.st)
 	if err != nil {
 		return err
@@ -459,6 +464,15 @@ func (s *Server) handleOpen(c *call) {
 	s.start(e)
 	if o.Inline || o.ChunkSize == 0 {
 		s.waitAnswer(ctx, e)
+		// The long-poll ran out before the answer: the client asks again,
+		// maybe through another instance, which must find the exchange
+		// (and its answer, which then goes to the store) there.
+		if st, _ := e.snapshot(); !wire.Ended(st.Phase) && st.Down == nil {
+			if err := s.persist(context.WithoutCancel(ctx), e); err != nil {
+				c.failErr(err)
+				return
+			}
+		}
 	}
 	s.replyStatus(c, e, existed)
 }
@@ -911,14 +925,9 @@ func (s *Server) start(e *exch) {
 var errLeased = errors.New("another instance works on it")
 
 // keepLease renews the instance's claim on a kept exchange while its work
-// runs.
+// runs, from the moment it is kept (an exchange kept only once its answer
+// outlasts a long-poll too).
 func (s *Server) keepLease(ctx context.Context, e *exch) func() {
-	e.mu.Lock()
-	persisted := e.persisted
-	e.mu.Unlock()
-	if !persisted {
-		return func() {}
-	}
 	done := make(chan struct{})
 	stopped := make(chan struct{})
 	go func() {
@@ -932,6 +941,12 @@ func (s *Server) keepLease(ctx context.Context, e *exch) func() {
 			case <-ctx.Done():
 				return
 			case <-t.C:
+				e.mu.Lock()
+				persisted := e.persisted
+				e.mu.Unlock()
+				if !persisted {
+					continue
+				}
 				err := s.update(ctx, e, func(st *state) error {
 					if wire.Ended(st.Phase) {
 						return errEnded

@@ -56,6 +56,8 @@ type Server struct {
 	SecretAccessKey string
 	// Dir is the folder the server keeps its buckets in.
 	Dir string
+	// PID is the server's process id (a benchmark reads its CPU time).
+	PID int
 }
 
 // Env is the AWS variables that point a client (store.Open, or a relay
@@ -120,7 +122,28 @@ func Start(t testing.TB) *Server {
 		}
 		t.Skipf("s3test: %v", err)
 	}
-	dir := t.TempDir()
+	s, stop, err := launch(bin, t.TempDir())
+	if err != nil {
+		t.Fatalf("s3test: %v", err)
+	}
+	t.Cleanup(stop)
+	return s
+}
+
+// Launch starts a server keeping its buckets and logs under dir, for a
+// program that is not a test (a benchmark); stop kills it.
+func Launch(dir string) (s *Server, stop func(), err error) {
+	bin, err := Binary()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, nil, err
+	}
+	return launch(bin, dir)
+}
+
+func launch(bin, dir string) (*Server, func(), error) {
 	s := &Server{
 		Bucket:          bucket,
 		Region:          region,
@@ -129,36 +152,38 @@ func Start(t testing.TB) *Server {
 		Dir:             filepath.Join(dir, "root"),
 	}
 	if err := os.Mkdir(s.Dir, 0o700); err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	// The port is chosen free and then handed to the server, so another
 	// process may take it in between; a server that exits at once is
 	// started again on another port.
-	var lastErr error
+	var stop func()
+	var err error
 	for try := range 3 {
 		logPath := filepath.Join(dir, "versitygw-"+strconv.Itoa(try)+".log")
-		if lastErr = s.start(t, bin, logPath); lastErr == nil {
+		if stop, err = s.start(bin, logPath); err == nil {
 			break
 		}
 	}
-	if lastErr != nil {
-		t.Fatalf("s3test: %v", lastErr)
+	if err != nil {
+		return nil, nil, err
 	}
-	if err := s.createBucket(t); err != nil {
-		t.Fatalf("s3test: create bucket %q: %v", s.Bucket, err)
+	if err := s.createBucket(); err != nil {
+		stop()
+		return nil, nil, fmt.Errorf("create bucket %q: %w", s.Bucket, err)
 	}
-	return s
+	return s, stop, nil
 }
 
-func (s *Server) start(t testing.TB, bin, logPath string) error {
+func (s *Server) start(bin, logPath string) (func(), error) {
 	port, err := freePort()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	logf, err := os.Create(logPath)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer logf.Close()
 	cmd := exec.Command(bin,
@@ -174,7 +199,7 @@ func (s *Server) start(t testing.TB, bin, logPath string) error {
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start %s: %w", bin, err)
+		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
@@ -182,14 +207,13 @@ func (s *Server) start(t testing.TB, bin, logPath string) error {
 		_ = cmd.Process.Kill()
 		<-exited
 	}
-	s.Endpoint = "http://" + addr
+	s.Endpoint, s.PID = "http://"+addr, cmd.Process.Pid
 	if err := waitReady(s.Endpoint+"/health", exited); err != nil {
 		stop()
 		out, _ := os.ReadFile(logPath)
-		return fmt.Errorf("versitygw on %s: %w; its log:\n%s", addr, err, out)
+		return nil, fmt.Errorf("versitygw on %s: %w; its log:\n%s", addr, err, out)
 	}
-	t.Cleanup(stop)
-	return nil
+	return stop, nil
 }
 
 // waitReady polls the health endpoint until it answers 200, the server
@@ -218,7 +242,7 @@ func waitReady(url string, exited <-chan error) error {
 	}
 }
 
-func (s *Server) createBucket(t testing.TB) error {
+func (s *Server) createBucket() error {
 	ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 	defer cancel()
 	_, err := s.Client().CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(s.Bucket)})
