@@ -240,10 +240,11 @@ const inlineMax = 1 << 20
 // client downloads while the rest is still being written.
 func (s *Server) writeAnswer(ctx context.Context, e *exch, r io.Reader) error {
 	size := s.downChunkSize(e.open.MaxBody)
-	free := make(chan []byte, 2)
-	for range 2 {
-		free <- make([]byte, 0, size+1)
-	}
+	// One buffer: each chunk is stored before the next is read.
+	bp := s.getBuf(size + 1)
+	defer s.putBuf(bp)
+	free := make(chan []byte, 1)
+	free <- (*bp)[:0]
 	var stream *seal.Stream
 	// The first chunks are small: the client has something to hand git
 	// a moment after upload-pack begins.

@@ -1013,7 +1013,8 @@ func (s *Server) resume() {
 
 // upChunks returns the upload's chunks in order, waiting for each to
 // arrive (from this instance's handlers, or any other's through the
-// store). The slice it returns is valid until the next call.
+// store). The slice it returns is valid until the next call, which
+// reuses its memory.
 func (s *Server) upChunks(ctx context.Context, e *exch) (next func() ([]byte, bool, error), release func()) {
 	e.mu.Lock()
 	inline := e.inline
@@ -1031,10 +1032,11 @@ func (s *Server) upChunks(ctx context.Context, e *exch) (next func() ([]byte, bo
 			return inline, true, nil
 		}, func() {}
 	}
-	bufs := [2]*[]byte{s.getBuf(int(s.cfg.MaxBody)), s.getBuf(int(s.cfg.MaxBody))}
+	// One buffer: payload.Reader is done with a chunk before it asks for
+	// the next.
+	buf := s.getBuf(int(s.cfg.MaxBody))
 	var i uint32
 	return func() ([]byte, bool, error) {
-			buf := bufs[i%2]
 			idle := time.NewTimer(s.cfg.Idle)
 			defer idle.Stop()
 			for {
@@ -1068,8 +1070,7 @@ func (s *Server) upChunks(ctx context.Context, e *exch) (next func() ([]byte, bo
 				poll.Stop()
 			}
 		}, func() {
-			s.putBuf(bufs[0])
-			s.putBuf(bufs[1])
+			s.putBuf(buf)
 		}
 }
 

@@ -98,7 +98,7 @@ func (r *Reader) fill() error {
 		case None:
 			r.dec = r.raw
 		case Zstd:
-			d, err := zstd.NewReader(r.raw, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(64<<20))
+			d, err := zstd.NewReader(r.raw, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxMemory(64<<20))
 			if err != nil {
 				return err
 			}
