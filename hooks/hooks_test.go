@@ -10,13 +10,14 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/git-relay/git-relay/hooks"
+	"github.com/git-relay/git-relay/internal/gittest"
 )
 
 func TestInstallChainsAndUninstallRestores(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "hooks")
 	require.NoError(t, os.MkdirAll(dir, 0o755))
 	theirs := "#!/bin/sh\necho theirs \"$@\"; cat; exit 3\n"
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "post-rewrite"), []byte(theirs), 0o755))
+	gittest.Script(t, filepath.Join(dir, "post-rewrite"), theirs)
 
 	changes, err := hooks.Install(dir)
 	require.NoError(t, err)
@@ -64,7 +65,7 @@ func TestInstallChainsAndUninstallRestores(t *testing.T) {
 func TestInstallRefusesAmbiguousChain(t *testing.T) {
 	dir := t.TempDir()
 	for _, n := range []string{"post-commit", "post-commit" + hooks.Suffix} {
-		require.NoError(t, os.WriteFile(filepath.Join(dir, n), []byte("#!/bin/sh\n"), 0o755))
+		gittest.Script(t, filepath.Join(dir, n), "#!/bin/sh\n")
 	}
 	_, err := hooks.Install(dir)
 	require.ErrorContains(t, err, "merge them by hand")

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/git-relay/git-relay/internal/gittest"
 	"github.com/git-relay/git-relay/internal/gitx"
 )
 
@@ -192,7 +193,7 @@ func (b *bench) meterChange(t target, g gitx.Repo, name, path string, data []byt
 			return 0, 0, "", err
 		}
 		wrapper := fmt.Sprintf("#!/bin/sh\nexec %s %s %s %s \"$@\"\n", shq(self), meterFlag, shq(remoteLog), shq(realGit))
-		if err := os.WriteFile(filepath.Join(dir, "git"), []byte(wrapper), 0o755); err != nil {
+		if err := gittest.WriteExecutable(filepath.Join(dir, "git"), wrapper); err != nil {
 			return 0, 0, "", err
 		}
 		bashrc := filepath.Join(t.remoteHome, ".bashrc")

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/git-relay/git-relay/internal/edgeproxy"
+	"github.com/git-relay/git-relay/internal/gittest"
 )
 
 // chunkBody is relay.maxBody and --max-body in these tests: a push of a
@@ -194,7 +195,7 @@ func TestKillInstanceAfterUpstreamMoved(t *testing.T) {
 	landed, goOn := filepath.Join(flags, "landed"), filepath.Join(flags, "go")
 	hook := "#!/bin/sh\ncat >/dev/null\n[ -e '" + landed + "' ] && exit 0\n: >'" + landed + "'\n" +
 		"i=0\nwhile [ ! -e '" + goOn + "' ] && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done\n"
-	require.NoError(t, os.WriteFile(filepath.Join(c.upstreamDir("owner/repo"), "hooks", "post-receive"), []byte(hook), 0o755))
+	gittest.Script(t, filepath.Join(c.upstreamDir("owner/repo"), "hooks", "post-receive"), hook)
 
 	pushed := make(chan error, 1)
 	go func() {

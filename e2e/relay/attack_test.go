@@ -29,6 +29,7 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/git-relay/git-relay/internal/edgeproxy"
+	"github.com/git-relay/git-relay/internal/gittest"
 	"github.com/git-relay/git-relay/internal/gitx"
 	"github.com/git-relay/git-relay/internal/keyring"
 	"github.com/git-relay/git-relay/internal/wire"
@@ -354,7 +355,7 @@ echo run >> '%s'
 if [ "$(wc -l < '%s')" -gt %d ]; then echo "git-remote-relay: more than %d runs: a helper chain does not end" >&2; exit 1; fi
 exec '%s' "$@"
 `, runs, runs, n, n, real)
-	ts.Check(os.WriteFile(filepath.Join(dir, "git-remote-relay"), []byte(script), 0o755))
+	ts.Check(gittest.WriteExecutable(filepath.Join(dir, "git-remote-relay"), script))
 	ts.Setenv("PATH", dir+string(os.PathListSeparator)+ts.Getenv("PATH"))
 }
 

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/git-relay/git-relay/internal/gittest"
 	"github.com/stretchr/testify/require"
 )
 
@@ -27,7 +28,7 @@ func (w *world) remoteGit(name, body string) {
 	require.NoError(w.t, os.MkdirAll(bin, 0o755))
 	script := fmt.Sprintf("#!/bin/sh\nreal=%s\ncase \"$PWD\" in %s*) %s ;; esac\nexec \"$real\" \"$@\"\n",
 		shellPattern(real), shellPattern(w.ws), body)
-	require.NoError(w.t, os.WriteFile(filepath.Join(bin, "git"), []byte(script), 0o755))
+	gittest.Script(w.t, filepath.Join(bin, "git"), script)
 	if w.sshd != nil {
 		f, err := os.OpenFile(filepath.Join(w.sshd.RemoteHome, ".bashrc"), os.O_APPEND|os.O_WRONLY, 0)
 		require.NoError(w.t, err)

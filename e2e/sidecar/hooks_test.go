@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/git-relay/git-relay/internal/gittest"
 	"github.com/stretchr/testify/require"
 )
 
@@ -27,7 +28,7 @@ func (w *world) slowWorkspaceGit(delay string) func(string) {
 	setDelay(delay)
 	script := fmt.Sprintf("#!/bin/sh\ncase \"$PWD\" in %s*) case \" $* \" in *\" add \"*) sleep \"$(cat '%s')\" ;; esac ;; esac\nexec '%s' \"$@\"\n",
 		shellPattern(w.ws), delayFile, real)
-	require.NoError(w.t, os.WriteFile(filepath.Join(bin, "git"), []byte(script), 0o755))
+	gittest.Script(w.t, filepath.Join(bin, "git"), script)
 	for i, kv := range w.env {
 		if strings.HasPrefix(kv, "PATH=") {
 			w.env[i] = "PATH=" + bin + ":" + strings.TrimPrefix(kv, "PATH=")
@@ -65,7 +66,7 @@ func TestHooks(t *testing.T) {
 	hooksDir := filepath.Join(w.repo, ".git", "hooks")
 	marker := filepath.Join(w.root, "existing-hook-ran")
 	existing := "#!/bin/sh\necho \"existing post-commit ran\" >> '" + marker + "'\n"
-	require.NoError(t, os.WriteFile(filepath.Join(hooksDir, "post-commit"), []byte(existing), 0o755))
+	gittest.Script(t, filepath.Join(hooksDir, "post-commit"), existing)
 	out := w.mustSidecar("hooks", "install")
 	require.Contains(t, out, "post-commit: installed; the existing hook was kept as post-commit.pre-sidecar and still runs first")
 

@@ -37,7 +37,7 @@ func oldGitBin(dir string) (string, error) {
 	if err := os.MkdirAll(bin, 0o755); err != nil {
 		return "", err
 	}
-	return bin, os.WriteFile(filepath.Join(bin, "git"), []byte(sshtest.GitWrapper(real)), 0o755)
+	return bin, gittest.WriteExecutable(filepath.Join(bin, "git"), sshtest.GitWrapper(real))
 }
 
 // hermetic is the environment every git and git-sidecar here runs with.

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/git-relay/git-relay/internal/gittest"
 	"github.com/stretchr/testify/require"
 )
 
@@ -268,7 +269,7 @@ func TestMismatchIsReportedAndRepaired(t *testing.T) {
 	require.NoError(t, os.MkdirAll(bin, 0o755))
 	script := fmt.Sprintf("#!/bin/sh\nif [ -e %s ]; then case \" $* \" in *\" read-tree \"*) exit 0 ;; esac; fi\nexec %s \"$@\"\n",
 		shellPattern(flag), shellPattern(real))
-	require.NoError(t, os.WriteFile(filepath.Join(bin, "git"), []byte(script), 0o755))
+	gittest.Script(t, filepath.Join(bin, "git"), script)
 	for i, kv := range w.env {
 		if strings.HasPrefix(kv, "PATH=") {
 			w.env[i] = "PATH=" + bin + ":" + strings.TrimPrefix(kv, "PATH=")

@@ -148,3 +148,26 @@ func Main(m *testing.M) {
 	os.RemoveAll(home)
 	os.Exit(code)
 }
+
+// WriteExecutable writes an executable file (a script, a hook, a stand-in
+// for a tool) at path. A child process writes it, never this one: a test
+// binary forks from many goroutines at once, and a fork that lands while
+// this process holds the file open for writing keeps a write descriptor
+// in the child until it execs, so an exec of the new file in that window
+// fails with "text file busy" (ETXTBSY, golang/go#22315).
+func WriteExecutable(path, content string) error {
+	cmd := exec.Command("/bin/sh", "-c", `cat >"$1" && chmod 0755 "$1"`, "sh", path)
+	cmd.Stdin = strings.NewReader(content)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("write %s: %v: %s", path, err, out)
+	}
+	return nil
+}
+
+// Script is WriteExecutable for a test: it fails t on error.
+func Script(t testing.TB, path, content string) {
+	t.Helper()
+	if err := WriteExecutable(path, content); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -28,6 +28,8 @@ import (
 
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/git-relay/git-relay/internal/gittest"
 )
 
 // SSHDPath is where Debian's openssh-server installs sshd. It must be an
@@ -175,7 +177,7 @@ func New(dir string, o Options) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("find git: %w", err)
 	}
-	if err := os.WriteFile(filepath.Join(bin, "git"), []byte(GitWrapper(realGit)), 0o755); err != nil {
+	if err := gittest.WriteExecutable(filepath.Join(bin, "git"), GitWrapper(realGit)); err != nil {
 		return nil, err
 	}
 	s.SessionLog = filepath.Join(dir, "sessions.log")

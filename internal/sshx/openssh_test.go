@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/ssh"
 
+	"github.com/git-relay/git-relay/internal/gittest"
 	"github.com/git-relay/git-relay/internal/sshtest"
 	"github.com/git-relay/git-relay/internal/sshx"
 )
@@ -222,7 +223,7 @@ func TestPassphraseKeyAndRealAgent(t *testing.T) {
 
 	// ssh-add reads the passphrase from an askpass program.
 	askpass := filepath.Join(t.TempDir(), "askpass")
-	require.NoError(t, os.WriteFile(askpass, []byte("#!/bin/sh\necho 'correct horse'\n"), 0o755))
+	gittest.Script(t, askpass, "#!/bin/sh\necho 'correct horse'\n")
 	add := exec.Command("ssh-add", key)
 	add.Env = append(os.Environ(), "SSH_AUTH_SOCK="+sock, "SSH_ASKPASS="+askpass, "SSH_ASKPASS_REQUIRE=force", "DISPLAY=:0")
 	add.Stdin = nil

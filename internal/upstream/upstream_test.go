@@ -305,7 +305,7 @@ func TestPushOptionsReachHooks(t *testing.T) {
 		hook := "#!/bin/sh\n" +
 			"{ echo \"count=$GIT_PUSH_OPTION_COUNT\"; echo \"0=$GIT_PUSH_OPTION_0\"; echo \"1=$GIT_PUSH_OPTION_1\"; } >" + out + "\n" +
 			"echo 'hello from the pre-receive hook' >&2\n"
-		require.NoError(t, os.WriteFile(filepath.Join(gitDir, "hooks", "pre-receive"), []byte(hook), 0o755))
+		gittest.Script(t, filepath.Join(gitDir, "hooks", "pre-receive"), hook)
 
 		_, pack = w.bundle(t, "master", "^"+c1)
 		res, err := w.remote(t, "repo").Push(t.Context(), PushRequest{
@@ -328,7 +328,7 @@ func TestHookRefusalIsReported(t *testing.T) {
 		w.seed(t, "repo", "master")
 		c2 := w.commit(t, "two")
 		hook := "#!/bin/sh\necho 'GH006: Protected branch update failed' >&2\nexit 1\n"
-		require.NoError(t, os.WriteFile(filepath.Join(w.root, "owner", "repo.git", "hooks", "pre-receive"), []byte(hook), 0o755))
+		gittest.Script(t, filepath.Join(w.root, "owner", "repo.git", "hooks", "pre-receive"), hook)
 		_, pack := w.bundle(t, "master", "^"+c1)
 		res, err := w.remote(t, "repo").Push(t.Context(), PushRequest{
 			Updates: []Update{{Ref: "refs/heads/master", Old: c1, New: c2}}, Pack: pack,
