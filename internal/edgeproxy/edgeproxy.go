@@ -123,8 +123,8 @@ type Proxy struct {
 	// forbidden are words that must never cross in a body, a header, the
 	// path or the query (see Forbid); guarded by mu.
 	forbidden [][]byte
-	srv     *http.Server
-	done    chan struct{}
+	srv       *http.Server
+	done      chan struct{}
 
 	mu         sync.Mutex
 	scans      int        // bodies still being scanned (inspectBody)
