@@ -344,3 +344,16 @@ func TestAnswersAreSealed(t *testing.T) {
 		require.NotContains(t, string(sealed), secret)
 	}
 }
+
+// TestPushOfNamesGitAccepts: a branch whose name git accepts but go-git's
+// stricter rule did not ("refs/heads/-x") lands, as it does with git push,
+// instead of failing the whole push after its upload.
+func TestPushOfNamesGitAccepts(t *testing.T) {
+	f := newFixture(t, Config{})
+	man := wire.PushManifest{Updates: []wire.Update{{Ref: "refs/heads/-x", Old: wire.ZeroID, New: f.second}}}
+	st, err := f.pushRaw(t, man, f.bundle(t, "master", "^"+f.first), 0)
+	require.NoError(t, err)
+	require.Equal(t, wire.PhaseDone, st.Phase, st.Message)
+	require.True(t, st.Results[0].OK, "%+v", st.Results)
+	require.Equal(t, f.second, gittest.Git(t, f.work, "--git-dir", f.upstream, "rev-parse", "--verify", "refs/heads/-x"))
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/go-git/go-git/v5/plumbing/protocol/packp/sideband"
 
 	"github.com/git-relay/git-relay/internal/bundle"
+	"github.com/git-relay/git-relay/internal/gitx"
 )
 
 // ZeroID is the object id that stands for "no ref" in an update: Old for a
@@ -156,7 +157,10 @@ func (req *PushRequest) validate() error {
 	}
 	seen := map[string]bool{}
 	for _, u := range req.Updates {
-		if !strings.HasPrefix(u.Ref, "refs/") || plumbing.ReferenceName(u.Ref).Validate() != nil {
+		// git's own rules, as the server checks them: go-git's are
+		// stricter ("refs/heads/-x", "refs/heads/@"), and a push of a
+		// name that git accepts must not fail here after its upload.
+		if !strings.HasPrefix(u.Ref, "refs/") || !gitx.ValidRefName(u.Ref) {
 			return fmt.Errorf("invalid ref name %q", u.Ref)
 		}
 		if seen[u.Ref] {

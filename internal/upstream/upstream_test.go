@@ -609,3 +609,26 @@ func plainHost(t *testing.T, root string) http.Handler {
 		}).ServeHTTP(rw, r)
 	})
 }
+
+// TestPushRefNamesGitAccepts: names that git-check-ref-format accepts
+// (and the relay's server checks with gitx.ValidRefName) go upstream, as
+// they do with git push: a branch or tag that starts with '-', a
+// component that is "@".
+func TestPushRefNamesGitAccepts(t *testing.T) {
+	eachTransport(t, func(t *testing.T, w *world) {
+		up := w.newBare(t, "repo")
+		c1 := w.commit(t, "one")
+		w.seed(t, "repo", "master")
+		names := []string{"refs/heads/-x", "refs/tags/-v1", "refs/heads/@", "refs/heads/a/@/b"}
+		var ups []Update
+		for _, n := range names {
+			ups = append(ups, Update{Ref: n, Old: ZeroID, New: c1})
+		}
+		res, err := w.remote(t, "repo").Push(t.Context(), PushRequest{Updates: ups})
+		require.NoError(t, err)
+		require.True(t, res.OK(), "%+v", res)
+		for _, n := range names {
+			require.Equal(t, c1, gittest.Run(t, up, "rev-parse", "--verify", n))
+		}
+	})
+}
