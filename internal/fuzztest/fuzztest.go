@@ -5,8 +5,11 @@
 package fuzztest
 
 import (
+	"fmt"
+	"os"
 	"runtime"
 	"testing"
+	"time"
 )
 
 // Allocated returns the bytes of heap that fn allocates. Allocations of
@@ -29,4 +32,20 @@ func Bounded(t testing.TB, inputLen int, fixed, perInputByte uint64, fn func()) 
 	if n := Allocated(fn); n > limit {
 		t.Fatalf("allocated %d bytes for %d bytes of input (limit %d)", n, inputLen, limit)
 	}
+}
+
+// Watchdog ends the process when one input runs for longer than d, after
+// printing every goroutine's stack: Go's fuzzing has no time limit of its
+// own per input, and it is a crash of the worker process that makes the
+// coordinator keep the input that caused it (under testdata/fuzz). Use it
+// first in a fuzz function: defer fuzztest.Watchdog(t, 30*time.Second)().
+func Watchdog(t testing.TB, d time.Duration) (stop func()) {
+	name := t.Name()
+	timer := time.AfterFunc(d, func() {
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		fmt.Fprintf(os.Stderr, "%s: one input ran for more than %s\n%s\n", name, d, buf)
+		panic(name + ": one input ran for more than " + d.String())
+	})
+	return func() { timer.Stop() }
 }

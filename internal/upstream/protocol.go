@@ -99,8 +99,17 @@ func (r *Remote) List(ctx context.Context) (*Refs, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := checkObjectFormat(adv.Capabilities); err != nil {
+	refs, err := refsOf(adv)
+	if err != nil {
 		return nil, fmt.Errorf("list refs of %s: %w", r, err)
+	}
+	return refs, nil
+}
+
+// refsOf picks the branches, tags and HEAD out of an advertisement.
+func refsOf(adv *packp.AdvRefs) (*Refs, error) {
+	if err := checkObjectFormat(adv.Capabilities); err != nil {
+		return nil, err
 	}
 	refs := &Refs{Refs: map[string]string{}, Peeled: map[string]string{}}
 	for name, h := range adv.References {
