@@ -106,19 +106,22 @@ func (r *Remote) List(ctx context.Context) (*Refs, error) {
 	return refs, nil
 }
 
-// refsOf picks the branches, tags and HEAD out of an advertisement.
+// refsOf picks the branches, tags and HEAD out of an advertisement. A
+// name that git-check-ref-format refuses is left out, as git's own client
+// leaves it out: the relay lists refs to its clients one per line, and a
+// name with a newline in it would break the list.
 func refsOf(adv *packp.AdvRefs) (*Refs, error) {
 	if err := checkObjectFormat(adv.Capabilities); err != nil {
 		return nil, err
 	}
 	refs := &Refs{Refs: map[string]string{}, Peeled: map[string]string{}}
 	for name, h := range adv.References {
-		if listed(name) {
+		if listed(name) && gitx.ValidRefName(name) {
 			refs.Refs[name] = h.String()
 		}
 	}
 	for name, h := range adv.Peeled {
-		if listed(name) {
+		if listed(name) && gitx.ValidRefName(name) {
 			refs.Peeled[name] = h.String()
 		}
 	}
