@@ -221,4 +221,3 @@ func requireRedacted(t *testing.T, s string) {
 		require.NotContains(t, s, form, "a form of the token came through")
 	}
 }
-
