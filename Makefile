@@ -3,7 +3,7 @@ GO      ?= go
 BIN     ?= $(CURDIR)/bin
 PREFIX  ?= $(HOME)/.local
 
-.PHONY: build test demo bench install vet fmt
+.PHONY: build test demo bench install vet fmt fuzz-short fuzz-long
 
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 LDFLAGS := -X github.com/git-relay/git-relay/internal/cli.Version=$(VERSION)
@@ -11,9 +11,22 @@ LDFLAGS := -X github.com/git-relay/git-relay/internal/cli.Version=$(VERSION)
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
 
-# Unit, component and end-to-end tests (real git, real HTTP, real sshd).
-test: vet
+# Unit, component and end-to-end tests (real git, real HTTP, real sshd),
+# after a short run of every fuzz target.
+test: vet fuzz-short
 	$(GO) test -race -count=1 -timeout 40m ./...
+
+# Fuzzing: every FuzzXxx target of the module (each parser of untrusted
+# bytes), one at a time, through scripts/fuzz.sh. fuzz-short gives each 3 s
+# (`make test` runs it); fuzz-long gives each FUZZTIME, e.g.
+# `make fuzz-long FUZZTIME=1h`. FUZZ=regexp picks targets by name. A failing
+# input lands in the package's testdata/fuzz/<target>/: keep it as a seed.
+FUZZTIME ?= 10m
+fuzz-short:
+	FUZZTIME=3s bash scripts/fuzz.sh
+
+fuzz-long:
+	FUZZTIME=$(FUZZTIME) bash scripts/fuzz.sh
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }

@@ -1,6 +1,7 @@
 package helper
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"net/http/httptest"
@@ -120,4 +121,38 @@ func TestBadAddressAndMissingConfig(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "acme/widgets", h.repo)
 	require.Equal(t, "https://edge.example/api/game", h.client.Base)
+}
+
+// TestReadBatch: a batch ends with a blank line; one that ends without it
+// (git killed mid-batch) is refused whole rather than pushed in part.
+func TestReadBatch(t *testing.T) {
+	read := func(in string) ([]string, error) {
+		return readBatch(bufio.NewReader(strings.NewReader(in)), "push", "a:a")
+	}
+	args, err := read("push b:b\npush +c:d\n\nlist\n")
+	require.NoError(t, err)
+	require.Equal(t, []string{"a:a", "b:b", "+c:d"}, args)
+	args, err = read("\n")
+	require.NoError(t, err)
+	require.Equal(t, []string{"a:a"}, args)
+	for _, in := range []string{"", "push b:b\n", "push b:b", "push b:b\npush c:c"} {
+		_, err := read(in)
+		require.ErrorContains(t, err, "without its blank line", "%q", in)
+	}
+	_, err = read("fetch x y\n\n")
+	require.ErrorContains(t, err, "unexpected")
+}
+
+// TestPushBatchCutShortPushesNothing: git killed in the middle of a push
+// batch (stdin ends before the blank line) pushes nothing.
+func TestPushBatchCutShortPushesNothing(t *testing.T) {
+	work, upstream := setup(t)
+	before := gittest.Git(t, work, "--git-dir", upstream, "rev-parse", "master")
+	require.NoError(t, os.WriteFile(filepath.Join(work, "c.txt"), []byte("c\n"), 0o644))
+	gittest.Git(t, work, "add", ".")
+	gittest.Git(t, work, "commit", "-qm", "local")
+	_, stderr, err := talk(t, "acme/widgets", "list for-push\npush refs/heads/master:refs/heads/master\n")
+	require.Error(t, err)
+	require.Contains(t, stderr, "without its blank line")
+	require.Equal(t, before, gittest.Git(t, work, "--git-dir", upstream, "rev-parse", "master"))
 }

@@ -335,13 +335,22 @@ func (h *Helper) serve(ctx context.Context, stdin io.Reader, stdout io.Writer) e
 }
 
 // readBatch reads the rest of a batch of cmd lines (push or fetch), which
-// ends with a blank line, and returns the arguments of every line.
+// ends with a blank line, and returns the arguments of every line. A
+// batch that ends without its blank line is refused whole: git is gone
+// (killed, or its side of the pipe closed), and the lines that came may
+// be only part of what it meant to push.
 func readBatch(in *bufio.Reader, cmd, first string) ([]string, error) {
 	args := []string{first}
 	for {
 		l, err := in.ReadString('\n')
+		if err == io.EOF {
+			return nil, fmt.Errorf("git ended the %s batch without its blank line: nothing done", cmd)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read the %s batch from git: %w", cmd, err)
+		}
 		l = strings.TrimSuffix(l, "\n")
-		if l == "" || err != nil {
+		if l == "" {
 			return args, nil
 		}
 		c, a, _ := strings.Cut(l, " ")

@@ -49,6 +49,17 @@ func (h *Helper) list(ctx context.Context) (*refList, error) {
 		return nil, err
 	}
 	defer r.Close()
+	l, err := parseRefList(r)
+	if err != nil {
+		return nil, err
+	}
+	h.refs = l
+	return l, nil
+}
+
+// parseRefList reads a ref listing (wire.KindRefs): the RefsHeader's JSON
+// on the first line, then one "<id> <name>" line per ref.
+func parseRefList(r io.Reader) (*refList, error) {
 	br := bufio.NewReaderSize(r, 64<<10)
 	line, err := br.ReadBytes('\n')
 	if err != nil {
@@ -72,7 +83,6 @@ func (h *Helper) list(ctx context.Context) (*refList, error) {
 		}
 		l.Refs[name] = id
 	}
-	h.refs = l
 	return l, nil
 }
 

@@ -190,11 +190,16 @@ func readManifest(br *bufio.Reader, maxRefs int) (wire.PushManifest, error) {
 	if size > maxManifest {
 		return m, tooLarge("the push manifest is %d bytes, more than this relay reads (%d)", size, maxManifest)
 	}
-	js := make([]byte, size)
-	if _, err := io.ReadFull(br, js); err != nil {
+	// The buffer grows with the bytes that come, not with the length the
+	// payload claims: four bytes must not cost 256 MiB.
+	var js bytes.Buffer
+	if _, err := io.CopyN(&js, br, int64(size)); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
 		return m, fmt.Errorf("read the push manifest: %w", err)
 	}
-	if err := json.Unmarshal(js, &m); err != nil {
+	if err := json.Unmarshal(js.Bytes(), &m); err != nil {
 		return m, badRequest("decode the push manifest: %v", err)
 	}
 	if len(m.Updates) == 0 {

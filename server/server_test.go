@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/git-relay/git-relay/internal/fuzztest"
 	"github.com/git-relay/git-relay/internal/gittest"
 	"github.com/git-relay/git-relay/internal/keyring"
 	"github.com/git-relay/git-relay/internal/payload"
@@ -343,4 +345,39 @@ func TestAnswersAreSealed(t *testing.T) {
 	for _, secret := range []string{"acme", "widgets", "refs/heads", f.first} {
 		require.NotContains(t, string(sealed), secret)
 	}
+}
+
+// TestPushOfNamesGitAccepts: a branch whose name git accepts but go-git's
+// stricter rule did not ("refs/heads/-x") lands, as it does with git push,
+// instead of failing the whole push after its upload.
+func TestPushOfNamesGitAccepts(t *testing.T) {
+	f := newFixture(t, Config{})
+	man := wire.PushManifest{Updates: []wire.Update{{Ref: "refs/heads/-x", Old: wire.ZeroID, New: f.second}}}
+	st, err := f.pushRaw(t, man, f.bundle(t, "master", "^"+f.first), 0)
+	require.NoError(t, err)
+	require.Equal(t, wire.PhaseDone, st.Phase, st.Message)
+	require.True(t, st.Results[0].OK, "%+v", st.Results)
+	require.Equal(t, f.second, gittest.Git(t, f.work, "--git-dir", f.upstream, "rev-parse", "--verify", "refs/heads/-x"))
+}
+
+// TestReadManifestAllocatesWhatComes: a manifest that claims 256 MiB but
+// ends after a few bytes costs what came, not what it claimed.
+func TestReadManifestAllocatesWhatComes(t *testing.T) {
+	in := append(binary.BigEndian.AppendUint32(nil, maxManifest), `{"updates":[`...)
+	var err error
+	allocated := fuzztest.Allocated(func() {
+		_, err = readManifest(bufio.NewReader(bytes.NewReader(in)), 10)
+	})
+	require.ErrorIs(t, err, io.ErrUnexpectedEOF)
+	require.Less(t, allocated, uint64(1<<20))
+
+	// A manifest that is all there reads, and the bundle after it stays.
+	js := `{"updates":[{"ref":"refs/heads/x","old":"` + wire.ZeroID + `","new":"` + strings.Repeat("1", 40) + `"}]}`
+	br := bufio.NewReader(bytes.NewReader(append(append(binary.BigEndian.AppendUint32(nil, uint32(len(js))), js...), "# v2 git bundle\n"...)))
+	m, err := readManifest(br, 10)
+	require.NoError(t, err)
+	require.Equal(t, "refs/heads/x", m.Updates[0].Ref)
+	rest, err := io.ReadAll(br)
+	require.NoError(t, err)
+	require.Equal(t, "# v2 git bundle\n", string(rest))
 }

@@ -20,7 +20,7 @@ import (
 
 // newRepo makes a repository with n commits on master, each adding a file,
 // plus a branch and an annotated tag.
-func newRepo(t *testing.T, n int) gitx.Repo {
+func newRepo(t testing.TB, n int) gitx.Repo {
 	t.Helper()
 	dir := t.TempDir()
 	r := gittest.Repo(t, dir)

@@ -65,8 +65,14 @@ func ChunkSize(maxBody int64, extra int) int {
 // and loosely packed data only.
 const minSaving = 0.05
 
+// zstdWindow is the window of the zstd frames a sender writes (the
+// fastest level's own), and the largest a Reader accepts: a decoder
+// allocates the window a frame declares before it decodes anything, so a
+// frame of a few bytes that declared 64 MiB would cost the receiver that.
+const zstdWindow = 4 << 20
+
 func newEncoder(w io.Writer) (*zstd.Encoder, error) {
-	return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+	return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithWindowSize(zstdWindow), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
 }
 
 // pays says whether compressing sample saves at least minSaving.

@@ -8,7 +8,10 @@ import (
 	"io"
 	"testing"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/stretchr/testify/require"
+
+	"github.com/git-relay/git-relay/internal/fuzztest"
 )
 
 // split cuts content into chunks as a sender does while it is written.
@@ -171,4 +174,35 @@ func TestRampedChunks(t *testing.T) {
 	got, err := io.ReadAll(NewReader(feed(chunks), 8<<20))
 	require.NoError(t, err)
 	require.True(t, bytes.Equal(content, got))
+}
+
+// TestReaderRefusesALargeZstdWindow: a zstd frame of a few hundred bytes
+// that declares a 64 MiB window is refused as a broken payload before the
+// decoder allocates that window; the windows our own encoder writes pass.
+func TestReaderRefusesALargeZstdWindow(t *testing.T) {
+	var frame bytes.Buffer
+	enc, err := zstd.NewWriter(&frame, zstd.WithWindowSize(64<<20))
+	require.NoError(t, err)
+	_, err = enc.Write(make([]byte, 1<<22))
+	require.NoError(t, err)
+	require.NoError(t, enc.Close())
+	p := append([]byte{Zstd}, frame.Bytes()...)
+	p = append(p, trailer(1<<22, sha256.Sum256(make([]byte, 1<<22)))...)
+	require.Less(t, len(p), 1000)
+
+	var got []byte
+	allocated := fuzztest.Allocated(func() {
+		got, err = Unbytes(p, 1<<23)
+	})
+	require.ErrorIs(t, err, ErrMismatch)
+	require.Empty(t, got)
+	require.Less(t, allocated, uint64(16<<20), "bytes allocated for a %d-byte payload", len(p))
+
+	// What Split writes decodes, whatever its size.
+	text := bytes.Repeat([]byte("a line of source code\n"), 1<<18) // 5.5 MiB, more than a window
+	chunks, tot := split(t, text, 1<<20)
+	require.Equal(t, Zstd, tot.Compression)
+	back, err := io.ReadAll(NewReader(feed(chunks), int64(len(text))))
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(text, back))
 }

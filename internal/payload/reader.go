@@ -98,7 +98,7 @@ func (r *Reader) fill() error {
 		case None:
 			r.dec = r.raw
 		case Zstd:
-			d, err := zstd.NewReader(r.raw, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxMemory(64<<20))
+			d, err := zstd.NewReader(r.raw, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true), zstd.WithDecoderMaxMemory(64<<20), zstd.WithDecoderMaxWindow(zstdWindow))
 			if err != nil {
 				return err
 			}
@@ -125,6 +125,11 @@ func (r *Reader) fill() error {
 	}
 	if err == io.EOF {
 		return r.check()
+	}
+	if err != nil && r.zdec != nil && r.raw.err == nil {
+		// The decompressor refused its data (a broken frame, or one that
+		// declares a window larger than ours): broken framing.
+		return fmt.Errorf("%w: %v", ErrMismatch, err)
 	}
 	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
 		return err

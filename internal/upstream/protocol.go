@@ -99,17 +99,29 @@ func (r *Remote) List(ctx context.Context) (*Refs, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := checkObjectFormat(adv.Capabilities); err != nil {
+	refs, err := refsOf(adv)
+	if err != nil {
 		return nil, fmt.Errorf("list refs of %s: %w", r, err)
+	}
+	return refs, nil
+}
+
+// refsOf picks the branches, tags and HEAD out of an advertisement. A
+// name that git-check-ref-format refuses is left out, as git's own client
+// leaves it out: the relay lists refs to its clients one per line, and a
+// name with a newline in it would break the list.
+func refsOf(adv *packp.AdvRefs) (*Refs, error) {
+	if err := checkObjectFormat(adv.Capabilities); err != nil {
+		return nil, err
 	}
 	refs := &Refs{Refs: map[string]string{}, Peeled: map[string]string{}}
 	for name, h := range adv.References {
-		if listed(name) {
+		if listed(name) && gitx.ValidRefName(name) {
 			refs.Refs[name] = h.String()
 		}
 	}
 	for name, h := range adv.Peeled {
-		if listed(name) {
+		if listed(name) && gitx.ValidRefName(name) {
 			refs.Peeled[name] = h.String()
 		}
 	}
@@ -157,7 +169,10 @@ func (req *PushRequest) validate() error {
 	}
 	seen := map[string]bool{}
 	for _, u := range req.Updates {
-		if !strings.HasPrefix(u.Ref, "refs/") || plumbing.ReferenceName(u.Ref).Validate() != nil {
+		// git's own rules, as the server checks them: go-git's are
+		// stricter ("refs/heads/-x", "refs/heads/@"), and a push of a
+		// name that git accepts must not fail here after its upload.
+		if !strings.HasPrefix(u.Ref, "refs/") || !gitx.ValidRefName(u.Ref) {
 			return fmt.Errorf("invalid ref name %q", u.Ref)
 		}
 		if seen[u.Ref] {

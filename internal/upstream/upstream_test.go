@@ -18,6 +18,7 @@ import (
 	"testing"
 	"testing/iotest"
 
+	"github.com/go-git/go-git/v5/plumbing/format/pktline"
 	"github.com/stretchr/testify/require"
 
 	"github.com/git-relay/git-relay/internal/bundle"
@@ -608,4 +609,49 @@ func plainHost(t *testing.T, root string) http.Handler {
 			InheritEnv: []string{"PATH"},
 		}).ServeHTTP(rw, r)
 	})
+}
+
+// TestPushRefNamesGitAccepts: names that git-check-ref-format accepts
+// (and the relay's server checks with gitx.ValidRefName) go upstream, as
+// they do with git push: a branch or tag that starts with '-', a
+// component that is "@".
+func TestPushRefNamesGitAccepts(t *testing.T) {
+	eachTransport(t, func(t *testing.T, w *world) {
+		up := w.newBare(t, "repo")
+		c1 := w.commit(t, "one")
+		w.seed(t, "repo", "master")
+		names := []string{"refs/heads/-x", "refs/tags/-v1", "refs/heads/@", "refs/heads/a/@/b"}
+		var ups []Update
+		for _, n := range names {
+			ups = append(ups, Update{Ref: n, Old: ZeroID, New: c1})
+		}
+		res, err := w.remote(t, "repo").Push(t.Context(), PushRequest{Updates: ups})
+		require.NoError(t, err)
+		require.True(t, res.OK(), "%+v", res)
+		for _, n := range names {
+			require.Equal(t, c1, gittest.Run(t, up, "rev-parse", "--verify", n))
+		}
+	})
+}
+
+// TestRefsOfSkipsBrokenNames: an advertisement that names a ref with a
+// newline or another name git refuses lists the good refs only (the
+// relay's listing is one ref per line).
+func TestRefsOfSkipsBrokenNames(t *testing.T) {
+	one, two := strings.Repeat("1", 40), strings.Repeat("2", 40)
+	var b bytes.Buffer
+	e := pktline.NewEncoder(&b)
+	require.NoError(t, e.EncodeString(one+" refs/heads/a\nb\x00ofs-delta symref=HEAD:refs/heads/master\n"))
+	require.NoError(t, e.EncodeString(two+" refs/heads/master\n"))
+	require.NoError(t, e.EncodeString(two+" refs/tags/x..y\n"))
+	require.NoError(t, e.EncodeString(one+" refs/tags/x..y^{}\n"))
+	require.NoError(t, e.EncodeString(one+" refs/tags/v1\n"))
+	require.NoError(t, e.Flush())
+	adv, err := decodeAdvertisement(&b, "")
+	require.NoError(t, err)
+	refs, err := refsOf(adv)
+	require.NoError(t, err)
+	require.Equal(t, map[string]string{"refs/heads/master": two, "refs/tags/v1": one}, refs.Refs)
+	require.Empty(t, refs.Peeled)
+	require.Equal(t, "refs/heads/master", refs.Head)
 }
