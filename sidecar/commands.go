@@ -317,7 +317,7 @@ func (a *app) syncAndRecord(e *engine, force bool) (*syncResult, error) {
 type statusCmd struct {
 	Name      string `arg:"" optional:"" help:"Sidecar to show (default: the active one)."`
 	Offline   bool   `help:"Do not contact the workspace; compare with what the last sync verified."`
-	Wait      bool   `help:"First wait for a running or pending background sync to finish."`
+	Wait      bool   `help:"First wait for a running or pending background sync (one a hook just asked for, too) to finish."`
 	AcceptNew bool   `help:"Trust the SSH host key on first contact and record it in ~/.ssh/known_hosts."`
 }
 
@@ -333,7 +333,7 @@ func (c *statusCmd) Run(a *app) error {
 	dir := r.stateDir(name)
 	if c.Wait {
 		var kicked time.Time
-		for busy(dir) {
+		for hookPending(r.gitDir) || busy(dir) {
 			// A pending sync nobody runs (its worker died, say) is
 			// started here rather than waited for forever.
 			if _, err := os.Stat(dirtyPath(dir)); err == nil && time.Since(kicked) > 2*time.Second {

@@ -237,6 +237,24 @@ func (a *app) backgroundSync(name string) error {
 	}
 }
 
+// hookMarkerPrefix names the marker an installed hook leaves in the git
+// dir of its work tree (suffixed with the hook's process id) until its
+// background part has recorded the request (hooks/hook.sh).
+const hookMarkerPrefix = "sidecar-hook."
+
+// hookPending reports whether a hook fired in the work tree of gitDir has
+// not yet recorded its request. A marker older than a minute is left over
+// from a hook that was killed, and is ignored.
+func hookPending(gitDir string) bool {
+	marks, _ := filepath.Glob(filepath.Join(gitDir, hookMarkerPrefix+"*"))
+	for _, m := range marks {
+		if fi, err := os.Stat(m); err == nil && time.Since(fi.ModTime()) < time.Minute {
+			return true
+		}
+	}
+	return false
+}
+
 // lastHook reads the last hook event recorded for a sidecar.
 func lastHook(dir string) (string, time.Time) {
 	b, err := os.ReadFile(filepath.Join(dir, "last-hook"))

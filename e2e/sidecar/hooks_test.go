@@ -13,28 +13,28 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// slowWorkspaceGit puts first on PATH a git that sleeps before every
-// `git add` run inside the workspace (one per sync), so that a sync takes
-// a while when local git stays fast. It returns a function that changes
-// the delay.
-func (w *world) slowWorkspaceGit(delay string) func(string) {
+// gatedWorkspaceGit puts first on PATH a git that, before every `git add`
+// run inside the workspace (one per sync), waits while a gate is closed,
+// so that a sync holds its lock for as long as the test wants while local
+// git stays fast. It returns the functions that close and open the gate.
+func (w *world) gatedWorkspaceGit() (closeGate, openGate func()) {
 	w.t.Helper()
 	real, err := exec.LookPath("git")
 	require.NoError(w.t, err)
-	bin := filepath.Join(w.root, "slowgit")
+	bin := filepath.Join(w.root, "gatedgit")
 	require.NoError(w.t, os.MkdirAll(bin, 0o755))
-	delayFile := filepath.Join(bin, "delay")
-	setDelay := func(d string) { require.NoError(w.t, os.WriteFile(delayFile, []byte(d), 0o644)) }
-	setDelay(delay)
-	script := fmt.Sprintf("#!/bin/sh\ncase \"$PWD\" in %s*) case \" $* \" in *\" add \"*) sleep \"$(cat '%s')\" ;; esac ;; esac\nexec '%s' \"$@\"\n",
-		shellPattern(w.ws), delayFile, real)
+	gate := filepath.Join(bin, "closed")
+	script := fmt.Sprintf("#!/bin/sh\ncase \"$PWD\" in %s*) case \" $* \" in *\" add \"*) while [ -e %s ]; do sleep 0.02; done ;; esac ;; esac\nexec '%s' \"$@\"\n",
+		shellPattern(w.ws), shellPattern(gate), real)
 	gittest.Script(w.t, filepath.Join(bin, "git"), script)
 	for i, kv := range w.env {
 		if strings.HasPrefix(kv, "PATH=") {
 			w.env[i] = "PATH=" + bin + ":" + strings.TrimPrefix(kv, "PATH=")
 		}
 	}
-	return setDelay
+	openGate = func() { require.NoError(w.t, os.RemoveAll(gate)) }
+	w.t.Cleanup(func() { _ = os.RemoveAll(gate) })
+	return func() { require.NoError(w.t, os.WriteFile(gate, nil, 0o644)) }, openGate
 }
 
 // shellPattern quotes s for a case pattern.
@@ -70,43 +70,60 @@ func TestHooks(t *testing.T) {
 	out := w.mustSidecar("hooks", "install")
 	require.Contains(t, out, "post-commit: installed; the existing hook was kept as post-commit.pre-sidecar and still runs first")
 
-	// A sync now takes over three seconds; the commit must not wait for it.
-	setDelay := w.slowWorkspaceGit("3")
+	// A sync now waits at a closed gate; the commit must not wait for
+	// it, and the sync it asked for is running once it returns.
+	closeGate, openGate := w.gatedWorkspaceGit()
+	closeGate()
 	w.write("b.txt", "b\n")
-	start := time.Now()
-	w.commitAll("b")
-	took := time.Since(start)
-	require.Less(t, took, 2*time.Second, "the hook made the commit wait")
+	committed := make(chan struct{})
+	go func() {
+		defer close(committed)
+		w.commitAll("b")
+	}()
+	select {
+	case <-committed:
+	case <-time.After(time.Minute):
+		openGate()
+		t.Fatal("the commit waited for the sync")
+	}
 	ran, err := os.ReadFile(marker)
 	require.NoError(t, err)
 	require.Equal(t, "existing post-commit ran\n", string(ran))
+	require.Eventually(t, func() bool { return strings.HasPrefix(w.stateNow("--offline"), "sync running") },
+		time.Minute, 20*time.Millisecond, "the hook started no sync")
+	openGate()
 	st := w.waitIdle()
-	require.GreaterOrEqual(t, time.Since(start), 3*time.Second, "the sync should have been slow")
 	require.Contains(t, st, "state:     in sync")
 	require.Contains(t, st, "last hook: post-commit")
 	w.requireSame()
 
-	// Five commits while a slow sync holds the lock coalesce into one
-	// more sync, started when that sync ends.
-	setDelay("3")
+	// Five commits while a sync holds the lock coalesce into one more
+	// sync, started when that sync ends.
+	closeGate()
 	before := strings.Count(w.syncLog(), "in sync")
 	fg := w.gitRepo(w.repo).Command(t.Context(), "sidecar", "sync")
 	var fgErr strings.Builder
 	fg.Stderr = &fgErr
 	require.NoError(t, fg.Start())
 	// The commits must find the lock taken: wait until it observably is.
-	// (Offline: a status that scans the workspace would itself take the
-	// slow git's three seconds, and could miss the whole sync.)
+	// (Offline: a status that scans the workspace would itself wait at
+	// the gate.)
 	require.Eventually(t, func() bool { return strings.HasPrefix(w.stateNow("--offline"), "sync running") },
 		time.Minute, 20*time.Millisecond, "the foreground sync never took the lock")
 	for i := range 5 {
 		w.write(fmt.Sprintf("quick%d.txt", i), "q\n")
 		w.commitAll(fmt.Sprintf("quick %d", i))
 	}
+	// The hooks' background parts have recorded their requests once
+	// their markers are gone.
+	require.Eventually(t, func() bool {
+		m, _ := filepath.Glob(filepath.Join(w.repo, ".git", "sidecar-hook.*"))
+		return len(m) == 0
+	}, time.Minute, 20*time.Millisecond, "the hooks never recorded their requests")
+	openGate()
 	require.NoError(t, fg.Wait(), fgErr.String())
-	setDelay("0")
 	// The foreground sync hands the pending flag to a worker by itself.
-	require.Eventually(t, func() bool { return strings.Count(w.syncLog(), "in sync") > before }, 20*time.Second, 50*time.Millisecond)
+	require.Eventually(t, func() bool { return strings.Count(w.syncLog(), "in sync") > before }, time.Minute, 50*time.Millisecond)
 	w.waitIdle()
 	syncs := strings.Count(w.syncLog(), "in sync") - before
 	require.Equal(t, 1, syncs, "5 commits during a sync caused %d more:\n%s", syncs, w.syncLog())
