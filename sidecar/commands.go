@@ -1,12 +1,14 @@
 package sidecar
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/git-relay/git-relay/internal/cli"
 	"github.com/git-relay/git-relay/internal/gitx"
 	"github.com/git-relay/git-relay/internal/sshx"
 )
@@ -319,16 +321,55 @@ type statusCmd struct {
 	Offline   bool   `help:"Do not contact the workspace; compare with what the last sync verified."`
 	Wait      bool   `help:"First wait for a running or pending background sync (one a hook just asked for, too) to finish."`
 	AcceptNew bool   `help:"Trust the SSH host key on first contact and record it in ~/.ssh/known_hosts."`
+	ExitCode  bool   `help:"Exit with 0 when the workspace is in sync, 1 when it is not, 2 when that cannot be told (like git diff --exit-code)."`
 }
 
+// verdict is what status concluded.
+type verdict int
+
+const (
+	inSync verdict = iota
+	notInSync
+	// unknown: the workspace could not be checked.
+	unknown
+)
+
+// statusError is an error of status --exit-code, whose 1 means "not in
+// sync".
+type statusError struct{ error }
+
+func (e statusError) Unwrap() error { return e.error }
+func (e statusError) ExitCode() int { return 2 }
+
 func (c *statusCmd) Run(a *app) error {
+	v, err := c.show(a)
+	if !c.ExitCode {
+		return err
+	}
+	var ec cli.ExitCoder
+	switch {
+	case err != nil && errors.As(err, &ec):
+		return err
+	case err != nil:
+		return statusError{err}
+	case v == unknown:
+		// The state line said why.
+		return cli.Exit(2)
+	case v == notInSync:
+		return cli.Exit(1)
+	}
+	return nil
+}
+
+// show prints the status and returns its verdict on the workspace.
+func (c *statusCmd) show(a *app) (verdict, error) {
 	r, cfg, err := a.open()
 	if err != nil {
-		return err
+		return unknown, err
 	}
 	name, err := cfg.pick(c.Name)
 	if err != nil {
-		return err
+		return unknown, err
 	}
 	dir := r.stateDir(name)
 	if c.Wait {
@@ -341,20 +382,20 @@ func (c *statusCmd) Run(a *app) error {
 					l.unlock()
 					kicked = time.Now()
 					if err := startWorker(r, name); err != nil {
-						return err
+						return unknown, err
 					}
 				}
 			}
 			select {
 			case <-a.ctx.Done():
-				return a.ctx.Err()
+				return unknown, a.ctx.Err()
 			case <-time.After(50 * time.Millisecond):
 			}
 		}
 	}
 	e, err := a.newEngine(r, cfg, name, c.AcceptNew)
 	if err != nil {
-		return err
+		return unknown, err
 	}
 	defer e.tr.close()
 	st := e.st
@@ -374,7 +415,7 @@ func (c *statusCmd) Run(a *app) error {
 	} else {
 		fmt.Fprintf(w, "last sync: %s (%s, %s, %d bytes sent, %dms)\n", ago(st.LastSync), st.LastMode, filesText(st.LastFiles), st.LastBytes, st.LastDurationMS)
 	}
-	state := a.statusLine(r, e, c.Offline)
+	state, v := a.statusLine(r, e, c.Offline)
 	if _, err := os.Stat(dirtyPath(dir)); err == nil && !strings.HasPrefix(state, "sync running") {
 		state += " (a background sync is pending)"
 	}
@@ -390,61 +431,61 @@ func (c *statusCmd) Run(a *app) error {
 	if ev, at := lastHook(dir); ev != "" {
 		fmt.Fprintf(w, "last hook: %s %s\n", ev, ago(at))
 	}
-	return nil
+	return v, nil
 }
 
 // statusLine answers "is the workspace current?". It compares three tree
 // ids: the work tree's raw snapshot, the workspace's own scan, and the
 // tree the last sync verified there. A sync that holds the lock is
 // changing the workspace, so nothing is compared then.
-func (a *app) statusLine(r *repo, e *engine, offline bool) string {
+func (a *app) statusLine(r *repo, e *engine, offline bool) (string, verdict) {
 	const running = "sync running (see the result with `git sidecar status --wait`)"
 	dir := r.stateDir(e.name)
 	if syncRunning(dir) {
-		return running
+		return running, notInSync
 	}
 	st := e.st
 	if st.Applied == "" {
 		if st.Mismatch != "" {
-			return "NOT in sync: the last sync did not verify (" + st.Mismatch + "); the next sync rebuilds the workspace"
+			return "NOT in sync: the last sync did not verify (" + st.Mismatch + "); the next sync rebuilds the workspace", notInSync
 		}
-		return "NOT in sync: never synced"
+		return "NOT in sync: never synced", notInSync
 	}
 	if st.Worktree != "" && st.Worktree != r.top {
-		return fmt.Sprintf("NOT in sync: the workspace holds the files of the worktree at %s, which synced last; `git sidecar sync` here switches it to this one", st.Worktree)
+		return fmt.Sprintf("NOT in sync: the workspace holds the files of the worktree at %s, which synced last; `git sidecar sync` here switches it to this one", st.Worktree), notInSync
 	}
 	sn, err := e.snap.take(a.ctx, false)
 	if err != nil {
-		return "unknown: " + err.Error()
+		return "unknown: " + err.Error(), unknown
 	}
 	remote := ""
 	if !offline {
 		var stdout, stderr strings.Builder
 		if err := e.tr.run(a.ctx, checkScript(e.dest), nil, &stdout, &stderr); err != nil {
-			return "unknown: cannot reach the workspace: " + remoteError("check the workspace", err, stderr.String()).Error()
+			return "unknown: cannot reach the workspace: " + remoteError("check the workspace", err, stderr.String()).Error(), unknown
 		}
 		out := parseReply(stdout.String())
 		if _, ok := out.first("missing"); ok {
-			return "NOT in sync: the workspace is missing; run `git sidecar setup`"
+			return "NOT in sync: the workspace is missing; run `git sidecar setup`", notInSync
 		}
 		if _, ok := out.first("foreign"); ok {
-			return "NOT in sync: DEST holds a git repository that git sidecar did not create"
+			return "NOT in sync: DEST holds a git repository that git sidecar did not create", notInSync
 		}
 		remote, _ = out.first("tree")
 	}
 	// A sync may have started while we looked.
 	if syncRunning(dir) {
-		return running
+		return running, notInSync
 	}
 	switch {
 	case remote != "" && remote != st.Applied:
-		return "NOT in sync: the workspace was edited there since the last sync; the next sync keeps those edits under refs/sidecar/backup/ and resets it"
+		return "NOT in sync: the workspace was edited there since the last sync; the next sync keeps those edits under refs/sidecar/backup/ and resets it", notInSync
 	case sn.tree != st.Applied:
-		return "behind: the work tree changed since the last sync; run `git sidecar sync`"
+		return "behind: the work tree changed since the last sync; run `git sidecar sync`", notInSync
 	case offline:
-		return "in sync (as of the last sync; not checked now)"
+		return "in sync (as of the last sync; not checked now)", inSync
 	default:
-		return "in sync"
+		return "in sync", inSync
 	}
 }
 

@@ -49,16 +49,17 @@ type grammar struct {
 	cli.Globals
 	Verbose bool `short:"v" help:"Say what is being done, on stderr."`
 
-	Add    addCmd    `cmd:"" help:"Add a sidecar NAME whose workspace is DEST: ssh://[user@]host[:port]/path, [user@]host:path or a local path."`
-	Use    useCmd    `cmd:"" help:"Make NAME the active sidecar (the one used when no NAME is given)."`
-	List   listCmd   `cmd:"" help:"List the sidecars; * marks the active one."`
-	Remove removeCmd `cmd:"" help:"Forget sidecar NAME and its state here; its workspace is left as it is."`
-	Setup  setupCmd  `cmd:"" help:"Bootstrap the workspace: fetch origin there (or send a bundle), check out the baseline, apply the local changes."`
-	Sync   syncCmd   `cmd:"" help:"Make the workspace equal the work tree; bootstraps again by itself when the baseline is stale."`
-	Status statusCmd `cmd:"" help:"Show the baseline, the last sync, whether the workspace is in sync, and the last error."`
-	Exec   execCmd   `cmd:"" help:"Sync, then run CMD in the workspace and exit with its status: git sidecar exec [NAME] -- CMD..."`
-	Hooks  hooksCmd  `cmd:"" help:"Install or remove the git hooks that sync after every commit, checkout, merge and rebase."`
-	Hook   hookCmd   `cmd:"" hidden:"" help:"Entry point of the installed hooks."`
+	Add     addCmd    `cmd:"" help:"Add a sidecar NAME whose workspace is DEST: ssh://[user@]host[:port]/path, [user@]host:path or a local path."`
+	Use     useCmd    `cmd:"" help:"Make NAME the active sidecar (the one used when no NAME is given)."`
+	List    listCmd   `cmd:"" help:"List the sidecars; * marks the active one."`
+	Remove  removeCmd `cmd:"" help:"Forget sidecar NAME and its state here; its workspace is left as it is."`
+	Setup   setupCmd  `cmd:"" help:"Bootstrap the workspace: fetch origin there (or send a bundle), check out the baseline, apply the local changes."`
+	Sync    syncCmd   `cmd:"" help:"Make the workspace equal the work tree; bootstraps again by itself when the baseline is stale."`
+	Status  statusCmd `cmd:"" help:"Show the baseline, the last sync, whether the workspace is in sync, and the last error."`
+	Exec    execCmd   `cmd:"" help:"Sync, then run CMD in the workspace and exit with its status: git sidecar exec [NAME] -- CMD..."`
+	Hooks   hooksCmd  `cmd:"" help:"Install or remove the git hooks that sync after every commit, checkout, merge and rebase."`
+	Hook    hookCmd   `cmd:"" hidden:"" help:"Entry point of the installed hooks."`
+	HelpCmd helpCmd   `cmd:"" name:"help" help:"Show the help of the tool or of one command (git keeps --help for itself)."`
 }
 
 // Main runs git-sidecar with the process's arguments and returns the exit
@@ -93,7 +94,7 @@ func Run(ctx context.Context, dir string, args []string, stdin io.Reader, stdout
 		Stdout:      stdout,
 		Stderr:      stderr,
 		Bind:        []any{a},
-		Kong:        []kong.Option{kong.ConfigureHelp(kong.HelpOptions{Compact: true})},
+		Kong:        []kong.Option{kong.ConfigureHelp(kong.HelpOptions{Compact: true}), kong.Help(helpPrinter)},
 		AfterParse: func(kctx *kong.Context) error {
 			a.verbose = g.Verbose
 			if a.hasTail && kctx.Command() != "exec" && !strings.HasPrefix(kctx.Command(), "exec ") {

@@ -4,7 +4,8 @@
 // loopback.
 //
 // On a generated 20,000-file tree it measures a one-file sync, then a
-// sync after 400 changed files and a commit, then a one-file sync again.
+// sync after 400 changed files and a commit, then a one-file sync again,
+// and the time git sidecar's hooks add to a commit.
 // On a small repository with a 40 MiB binary it measures adding the file,
 // changing one byte, a sync with no change, and deleting it, with the
 // peak memory of the sidecar's processes (git-sidecar and every process
@@ -125,6 +126,12 @@ func run(ctx context.Context) error {
 		}
 		ok = r.print(t) && ok
 	}
+	// The hooks sync the local folder's sidecar in the background.
+	h, err := b.measureHook("t0")
+	if err != nil {
+		return fmt.Errorf("hook overhead: %w", err)
+	}
+	ok = h.print(targets[0].name) && ok
 	if *bigMiB > 0 {
 		for i, t := range targets {
 			r, err := b.measureBig(t, fmt.Sprintf("big%d", i))
