@@ -102,9 +102,10 @@ func (c *hooksUninstallCmd) Run(a *app) error {
 	return err
 }
 
-// hookCmd is what the installed hooks run. It must return at once: it
-// marks the sidecar dirty and starts a detached worker, which coalesces
-// whatever piles up while it runs.
+// hookCmd is what the installed hooks run, in the background (the hook
+// itself has returned by then), and what a project's own hooks may call.
+// It must still return at once: it marks the sidecar dirty and starts a
+// detached worker, which coalesces whatever piles up while it runs.
 type hookCmd struct {
 	Event string   `arg:"" help:"The hook that fired."`
 	Args  []string `arg:"" optional:"" passthrough:"" help:"The hook's arguments."`
@@ -117,7 +118,8 @@ func (c *hookCmd) Run(a *app) error {
 	}
 	// During a rebase, post-commit (and post-checkout) fire for every
 	// replayed commit on a detached HEAD; post-rewrite fires once at the
-	// end, and that is when we sync.
+	// end, and that is when we sync. (The installed hook has checked
+	// this already, while the hook ran; a project's own hook has not.)
 	if c.Event != "post-rewrite" && r.rebasing() {
 		return nil
 	}

@@ -42,6 +42,8 @@ var (
 	onlyLocal = flag.Bool("local-only", false, "skip the SSH target")
 	bigMiB    = flag.Int("big", 40, "size in MiB of the big binary (0 skips those rows)")
 	bigRounds = flag.Int("big-rounds", 3, "rounds of add, one-byte change, no change and delete (medians are reported)")
+	hookRuns  = flag.Int("hook-runs", 15, "spaced commits with and without the hooks (the medians are reported)")
+	hookOnly  = flag.Bool("hook-only", false, "measure only the hook overhead per commit")
 )
 
 func main() {
@@ -119,7 +121,19 @@ func run(ctx context.Context) error {
 		}
 	}
 	ok := true
+	if *hookOnly {
+		targets = targets[:1]
+		if _, err := b.git.Run(b.ctx, "sidecar", "add", "t0", targets[0].dest); err != nil {
+			return err
+		}
+		if _, _, err := b.sidecar("setup", "t0"); err != nil {
+			return err
+		}
+	}
 	for i, t := range targets {
+		if *hookOnly {
+			break
+		}
 		r, err := b.measure(t, fmt.Sprintf("t%d", i))
 		if err != nil {
 			return fmt.Errorf("%s: %w", t.name, err)
@@ -132,7 +146,7 @@ func run(ctx context.Context) error {
 		return fmt.Errorf("hook overhead: %w", err)
 	}
 	ok = h.print(targets[0].name) && ok
-	if *bigMiB > 0 {
+	if *bigMiB > 0 && !*hookOnly {
 		for i, t := range targets {
 			r, err := b.measureBig(t, fmt.Sprintf("big%d", i))
 			if err != nil {
