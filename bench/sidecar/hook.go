@@ -103,9 +103,9 @@ func (b *bench) measureHook(name string) (*hookResult, error) {
 func (r *hookResult) print(target string) bool {
 	fmt.Printf("== hook overhead per commit (sidecar on the %s) ==\n", target)
 	without, with := median(r.without), median(r.with)
-	fmt.Printf("%-34s %s\n", fmt.Sprintf("commit without hooks (median of %d)", len(r.without)), ms(without))
-	fmt.Printf("%-34s %s\n", fmt.Sprintf("commit with the hooks (median of %d)", len(r.with)), ms(with))
-	fmt.Printf("%-34s %s\n", fmt.Sprintf("the hook alone (median of %d)", len(r.alone)), ms(median(r.alone)))
+	fmt.Printf("%-36s %s\n", fmt.Sprintf("commit without hooks (median of %d)", len(r.without)), ms(without))
+	fmt.Printf("%-36s %s\n", fmt.Sprintf("commit with the hooks (median of %d)", len(r.with)), ms(with))
+	fmt.Printf("%-36s %s\n", fmt.Sprintf("the hook alone (median of %d)", len(r.alone)), ms(median(r.alone)))
 	added := with - without
 	met := added <= 30*time.Millisecond
 	mark := "met:"
