@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -78,6 +79,9 @@ func (g *grammar) Run() error {
 
 // Main runs the helper with os.Args and returns the exit status.
 func Main() int {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(softMemoryLimit)
+	}
 	return cli.Run(&grammar{}, os.Args[1:], cli.Options{
 		Name:        "git-remote-relay",
 		Description: about,
@@ -85,6 +89,13 @@ func Main() int {
 		Stderr:      os.Stderr,
 	})
 }
+
+// softMemoryLimit is the heap size at which the helper's garbage collector
+// starts working harder. A transfer holds a few chunks of a few megabytes
+// at a time whatever the repository's size; without a limit, the chunks
+// already handed to git pile up as garbage beside them, and the helper
+// would need twice what it holds. GOMEMLIMIT overrides it.
+const softMemoryLimit = 32 << 20
 
 // Helper is one run of the remote helper.
 type Helper struct {
