@@ -1,0 +1,203 @@
+package sidecar_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// watcher is a running `git sidecar watch` and what it printed.
+type watcher struct {
+	w   *world
+	cmd *exec.Cmd
+	out *os.File
+}
+
+// startWatch sets up sidecar dev and starts `git sidecar watch` on it,
+// returning once its first sync is done.
+func (w *world) startWatch(args ...string) *watcher {
+	w.t.Helper()
+	w.mustSidecar("add", "dev", w.dest)
+	w.mustSidecar("setup")
+	ctx, cancel := context.WithTimeout(w.t.Context(), 5*time.Minute)
+	w.t.Cleanup(cancel)
+	cmd, out := w.sidecarProc(ctx, append([]string{"watch"}, args...)...)
+	require.NoError(w.t, cmd.Start())
+	wt := &watcher{w: w, cmd: cmd, out: out}
+	w.t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			_ = cmd.Wait()
+		}
+	})
+	if !strings.Contains(strings.Join(args, " "), "-q") {
+		require.Eventually(w.t, func() bool { return wt.syncs() >= 1 }, time.Minute, 20*time.Millisecond,
+			"the first sync did not happen: %s", wt.output())
+	}
+	return wt
+}
+
+func (wt *watcher) output() string { return contents(wt.out) }
+
+// syncs counts the sync lines printed so far.
+func (wt *watcher) syncs() int { return strings.Count(wt.output(), ": in sync at ") }
+
+// stop sends sig and requires the exit status 128+sig.
+func (wt *watcher) stop(sig syscall.Signal) {
+	t := wt.w.t
+	t.Helper()
+	require.NoError(t, wt.cmd.Process.Signal(sig))
+	err := wt.cmd.Wait()
+	var exit *exec.ExitError
+	require.True(t, errors.As(err, &exit), "watch ended with %v: %s", err, wt.output())
+	require.Equal(t, 128+int(sig), exit.ExitCode(), wt.output())
+}
+
+// workspaceHas reports whether rel holds content in the workspace.
+func (w *world) workspaceHas(rel, content string) bool {
+	b, err := os.ReadFile(filepath.Join(w.ws, rel))
+	return err == nil && string(b) == content
+}
+
+// TestWatchSyncsSavedFiles: with `git sidecar watch` running, a saved
+// file, a new folder's file and a deletion reach the workspace on their
+// own, and ignored files trigger nothing; Ctrl-C ends it with 130.
+func TestWatchSyncsSavedFiles(t *testing.T) {
+	for _, kind := range []transportKind{overSSH, local} {
+		t.Run(string(kind), func(t *testing.T) {
+			t.Parallel()
+			w := newWorld(t, kind, "Welcome to devbox!")
+			w.write(".gitignore", "build/\n*.log\n")
+			w.write("a.txt", "a\n")
+			w.write("gone.txt", "doomed\n")
+			w.commitAll("initial")
+			wt := w.startWatch("-v")
+
+			w.write("a.txt", "saved once\n")
+			require.Eventually(t, func() bool { return w.workspaceHas("a.txt", "saved once\n") }, time.Minute, 20*time.Millisecond,
+				"the saved file did not reach the workspace: %s", wt.output())
+
+			// A folder made after the watch started is watched too: a
+			// file saved in it later arrives as well.
+			w.write("new/dir/b.txt", "b\n")
+			require.Eventually(t, func() bool { return w.workspaceHas("new/dir/b.txt", "b\n") }, time.Minute, 20*time.Millisecond, wt.output())
+			n := wt.syncs()
+			w.write("new/dir/b.txt", "b again\n")
+			require.Eventually(t, func() bool { return w.workspaceHas("new/dir/b.txt", "b again\n") && wt.syncs() > n }, time.Minute, 20*time.Millisecond, wt.output())
+
+			require.NoError(t, os.Remove(filepath.Join(w.repo, "gone.txt")))
+			require.Eventually(t, func() bool {
+				_, err := os.Lstat(filepath.Join(w.ws, "gone.txt"))
+				return errors.Is(err, os.ErrNotExist)
+			}, time.Minute, 20*time.Millisecond, wt.output())
+
+			// Ignored paths trigger no sync (-v says when a batch of
+			// changes had nothing to sync).
+			skipped := strings.Count(wt.output(), "none to sync")
+			w.write("debug.log", "ignored\n")
+			w.write("build/out.o", "ignored\n")
+			w.write("build/more/deep.o", "ignored\n")
+			require.Eventually(t, func() bool { return strings.Count(wt.output(), "none to sync") > skipped }, time.Minute, 20*time.Millisecond, wt.output())
+			for _, line := range strings.Split(wt.output(), "\n") {
+				if strings.Contains(line, "watch: syncing for") {
+					require.NotContains(t, line, "debug.log", "an ignored file triggered a sync")
+					require.NotContains(t, line, "build", "an ignored folder triggered a sync")
+				}
+			}
+			w.write("a.txt", "after the ignored ones\n")
+			require.Eventually(t, func() bool { return w.workspaceHas("a.txt", "after the ignored ones\n") }, time.Minute, 20*time.Millisecond, wt.output())
+			require.NoFileExists(t, filepath.Join(w.ws, "debug.log"))
+			require.NoFileExists(t, filepath.Join(w.ws, "build/out.o"))
+
+			// A commit (no file changed) syncs too, so that the state
+			// follows HEAD.
+			moved := strings.Count(wt.output(), "syncing: HEAD moved")
+			w.commitAll("more")
+			require.Eventually(t, func() bool { return strings.Count(wt.output(), "syncing: HEAD moved") > moved }, time.Minute, 20*time.Millisecond,
+				"a commit did not sync: %s", wt.output())
+
+			wt.stop(syscall.SIGINT)
+			require.Contains(t, wt.output(), "interrupted by SIGINT")
+			w.requireSame()
+		})
+	}
+}
+
+// TestWatchCoalescesBursts: 500 saves in a row make a few syncs, not
+// 500, and the last version is what the workspace holds. SIGTERM ends
+// the watch with 143.
+func TestWatchCoalescesBursts(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, overSSH, "")
+	w.write("a.txt", "a\n")
+	w.commitAll("initial")
+	wt := w.startWatch()
+	before := wt.syncs()
+	const saves = 500
+	for i := 1; i <= saves; i++ {
+		w.write(fmt.Sprintf("burst/f%d.txt", i%50), fmt.Sprintf("save %d\n", i))
+	}
+	require.Eventually(t, func() bool {
+		for i := saves - 49; i <= saves; i++ {
+			if !w.workspaceHas(fmt.Sprintf("burst/f%d.txt", i%50), fmt.Sprintf("save %d\n", i)) {
+				return false
+			}
+		}
+		// The line comes once the sync is over.
+		return wt.syncs() > before
+	}, 2*time.Minute, 20*time.Millisecond, wt.output())
+	wt.stop(syscall.SIGTERM)
+	// Stopped: no sync is changing the workspace any more.
+	w.requireSame()
+	n := wt.syncs() - before
+	t.Logf("%d saves made %d syncs", saves, n)
+	require.GreaterOrEqual(t, n, 1)
+	require.LessOrEqual(t, n, 25, "the saves were not coalesced: %s", wt.output())
+}
+
+// TestWatchReconnects: when the SSH connection is cut (the server side
+// killed), the watch says so once, connects again by itself, and the
+// next save arrives.
+func TestWatchReconnects(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, overSSH, "")
+	w.write("a.txt", "a\n")
+	w.commitAll("initial")
+	wt := w.startWatch()
+	w.write("a.txt", "before the cut\n")
+	require.Eventually(t, func() bool { return w.workspaceHas("a.txt", "before the cut\n") && wt.syncs() >= 2 }, time.Minute, 20*time.Millisecond, wt.output())
+
+	require.Positive(t, w.sshd.DropConnections(), "no sshd connection to cut")
+	sessions := w.sshd.Sessions()
+	w.write("a.txt", "after the cut\n")
+	require.Eventually(t, func() bool { return w.workspaceHas("a.txt", "after the cut\n") }, time.Minute, 20*time.Millisecond,
+		"the watch did not reconnect: %s", wt.output())
+	require.Greater(t, w.sshd.Sessions(), sessions)
+	wt.stop(syscall.SIGINT)
+	w.requireSame()
+	require.Equal(t, 1, strings.Count(wt.output(), "the connection was lost"), "one line for the cut: %s", wt.output())
+}
+
+// TestWatchQuiet: -q prints nothing for syncs that succeed.
+func TestWatchQuiet(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, local, "")
+	w.write("a.txt", "a\n")
+	w.commitAll("initial")
+	wt := w.startWatch("-q")
+	w.write("a.txt", "quiet\n")
+	require.Eventually(t, func() bool { return w.workspaceHas("a.txt", "quiet\n") }, time.Minute, 20*time.Millisecond, wt.output())
+	require.NoError(t, wt.cmd.Process.Signal(syscall.SIGINT))
+	err := wt.cmd.Wait()
+	require.Equal(t, 130, exitCode(err), wt.output())
+	require.NotContains(t, wt.output(), "in sync")
+}
