@@ -36,6 +36,11 @@ type engine struct {
 	sent int64
 	// sn is the snapshot this sync took, once taken.
 	sn *snapshot
+	// dirty, when dirtyKnown, are all the paths that may have changed
+	// in the work tree since the last snapshot (a watch knows them): the
+	// snapshot looks at those alone when it can.
+	dirty      []string
+	dirtyKnown bool
 }
 
 // syncResult is what one sync did.
@@ -181,6 +186,17 @@ func (e *engine) syncOnce(ctx context.Context, force bool) (*syncResult, error) 
 func (e *engine) snapshot(ctx context.Context) (*snapshot, error) {
 	if e.sn != nil {
 		return e.sn, nil
+	}
+	if e.dirtyKnown {
+		sn, ok, err := e.snap.takeDirty(ctx, e.dirty)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			e.logf("work tree snapshot %s (%d changed paths looked at)", short(sn.tree), sn.touched)
+			e.sn = sn
+			return sn, nil
+		}
 	}
 	sn, err := e.snap.take(ctx, true)
 	if err != nil {

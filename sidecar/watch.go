@@ -62,8 +62,15 @@ func (a *app) watchLoop(e *engine, w *treeWatcher, quietOK bool) error {
 	backoff := time.Duration(0)
 	failing := ""
 	var retry <-chan time.Time
+	// What changed since the last sync that succeeded: the paths, or
+	// full when the next snapshot must list everything (the first one
+	// included: nothing was watched before).
+	var dirty []string
+	dirtySeen := map[string]bool{}
+	full := true
 	syncNow := func() {
 		e.sn = nil
+		e.dirty, e.dirtyKnown = dirty, !full
 		res, err := a.lockedSync(e, false)
 		if ctx.Err() != nil {
 			return
@@ -90,6 +97,7 @@ func (a *app) watchLoop(e *engine, w *treeWatcher, quietOK bool) error {
 			return
 		}
 		backoff, failing, retry = 0, "", nil
+		dirty, dirtySeen, full = nil, map[string]bool{}, false
 		if !quietOK {
 			fmt.Fprintln(a.stderr, res.summary(e.name))
 		}
@@ -126,12 +134,19 @@ func (a *app) watchLoop(e *engine, w *treeWatcher, quietOK bool) error {
 			arm()
 		case <-timerC:
 			timerC = nil
-			relevant, err := w.drain(ctx, e)
+			b, err := w.drain(ctx, e)
 			if err != nil {
 				return err
 			}
 			pending = false
-			if relevant && retry == nil {
+			full = full || b.full
+			for _, p := range b.paths {
+				if !dirtySeen[p] {
+					dirtySeen[p] = true
+					dirty = append(dirty, p)
+				}
+			}
+			if b.sync && retry == nil {
 				syncNow()
 			}
 		case <-retry:
@@ -304,7 +319,7 @@ func (w *treeWatcher) markOverflow() {
 // drain takes the paths changed since the last call, watches the new
 // folders among them, and says whether any of them calls for a sync:
 // a path git does not ignore, or a HEAD or branch that moved.
-func (w *treeWatcher) drain(ctx context.Context, e *engine) (bool, error) {
+func (w *treeWatcher) drain(ctx context.Context, e *engine) (b batch, err error) {
 	var paths []string
 	seen := map[string]bool{}
 	overflow := false
@@ -329,9 +344,10 @@ func (w *treeWatcher) drain(ctx context.Context, e *engine) (bool, error) {
 		// at the whole tree again.
 		ignored, err := ignoredDirs(ctx, w.r)
 		if err != nil {
-			return false, err
+			return b, err
 		}
-		return true, w.addTree(w.r.top, ignored)
+		w.logf("watch: events were lost; syncing the whole tree")
+		return batch{sync: true, full: true}, w.addTree(w.r.top, ignored)
 	}
 	var tree []string // relative to the top
 	gitEvent := false
@@ -345,35 +361,53 @@ func (w *treeWatcher) drain(ctx context.Context, e *engine) (bool, error) {
 	}
 	relevant, err := w.notIgnored(ctx, tree)
 	if err != nil {
-		return false, err
+		return b, err
 	}
+	b.paths = relevant
 	// Folders that appeared are watched from now on, unless ignored.
 	for _, rel := range relevant {
 		p := filepath.Join(w.r.top, rel)
 		if fi, err := os.Lstat(p); err == nil && fi.IsDir() {
 			ignored, err := ignoredDirsUnder(ctx, w.r, rel)
 			if err != nil {
-				return false, err
+				return b, err
 			}
 			if err := w.addTree(p, ignored); err != nil {
-				return false, err
+				return b, err
 			}
 		}
 	}
+	// git's own files changed: the index may make other files visible
+	// (git add -f, git rm --cached), so the next sync lists everything.
+	b.full = gitEvent
 	if len(relevant) > 0 {
 		w.logf("watch: syncing for %d changed path(s): %s", len(relevant), someOf(relevant))
-		return true, nil
+		b.sync = true
+		return b, nil
 	}
 	if gitEvent {
-		if moved, err := w.headMoved(ctx, e); moved || err != nil {
-			if moved {
-				w.logf("watch: syncing: HEAD moved")
-			}
-			return moved, err
+		moved, err := w.headMoved(ctx, e)
+		if err != nil {
+			return b, err
+		}
+		if moved {
+			w.logf("watch: syncing: HEAD moved")
+			b.sync = true
+			return b, nil
 		}
 	}
 	w.logf("watch: %d changed path(s), none to sync (ignored, or git's own files with HEAD unmoved)", len(paths))
-	return false, nil
+	return b, nil
+}
+
+// batch is what one drain found.
+type batch struct {
+	// sync says that the workspace needs a sync.
+	sync bool
+	// paths are the changed paths git does not ignore, relative to the
+	// top; full says they are not the whole story.
+	paths []string
+	full  bool
 }
 
 // inGitDir reports whether rel (relative to the top) is inside a .git
