@@ -41,6 +41,9 @@ type engine struct {
 	// snapshot looks at those alone when it can.
 	dirty      []string
 	dirtyKnown bool
+	// applyFirst moves the workspace's files before scanning it (see
+	// applyScript): a watch's syncs land sooner.
+	applyFirst bool
 }
 
 // syncResult is what one sync did.
@@ -218,10 +221,11 @@ var errWorkspaceDone = errors.New("the workspace stopped reading")
 // the workspace cannot take it.
 func (e *engine) incremental(ctx context.Context) (res *syncResult, reason string, err error) {
 	a := applyArgs{
-		base:      e.st.Baseline,
-		last:      e.st.Applied,
-		backupRef: backupRef(),
-		token:     "git-sidecar-" + randomHex(12),
+		base:       e.st.Baseline,
+		last:       e.st.Applied,
+		backupRef:  backupRef(),
+		token:      "git-sidecar-" + randomHex(12),
+		applyFirst: e.applyFirst,
 	}
 	out, o, err := e.runApply(ctx, a, func() (*outgoing, error) {
 		sn, err := e.snapshot(ctx)
@@ -235,6 +239,9 @@ func (e *engine) incremental(ctx context.Context) (res *syncResult, reason strin
 	}
 	if why, ok := out.first("need-bootstrap"); ok {
 		return nil, why, nil
+	}
+	if _, ok := out.first("early"); ok {
+		e.logf("the workspace's files were moved before its scan")
 	}
 	res = &syncResult{Mode: "incremental", Tree: e.sn.tree, Files: o.files}
 	if err := e.finish(ctx, res, out); err != nil {

@@ -44,6 +44,7 @@ func (c *watchCmd) Run(a *app) error {
 		return err
 	}
 	defer func() { e.tr.close() }()
+	e.applyFirst = true
 	w, err := newTreeWatcher(a.ctx, e.r, a.logf)
 	if err != nil {
 		return err

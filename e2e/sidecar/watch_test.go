@@ -127,6 +127,10 @@ func TestWatchSyncsSavedFiles(t *testing.T) {
 
 			wt.stop(syscall.SIGINT)
 			require.Contains(t, wt.output(), "interrupted by SIGINT")
+			// Its syncs looked at the changed paths alone, and moved
+			// the files before scanning the workspace.
+			require.Contains(t, wt.output(), "changed path(s) looked at, from the watch")
+			require.Contains(t, wt.output(), "files were moved before its scan")
 			w.requireSame()
 		})
 	}
@@ -140,7 +144,7 @@ func TestWatchCoalescesBursts(t *testing.T) {
 	w := newWorld(t, overSSH, "")
 	w.write("a.txt", "a\n")
 	w.commitAll("initial")
-	wt := w.startWatch()
+	wt := w.startWatch("-v")
 	before := wt.syncs()
 	const saves = 500
 	for i := 1; i <= saves; i++ {
@@ -200,4 +204,48 @@ func TestWatchQuiet(t *testing.T) {
 	err := wt.cmd.Wait()
 	require.Equal(t, 130, exitCode(err), wt.output())
 	require.NotContains(t, wt.output(), "in sync")
+}
+
+// TestWatchKeepsWorkspaceEdits: a watch's sync moves the files before it
+// scans the workspace, yet an edit made there is never lost: one on a
+// path the sync changes stops the early move (the usual scan, backup and
+// move follow), one elsewhere is found by the scan afterwards; both end
+// up in a backup ref, and the workspace ends up equal to the work tree.
+func TestWatchKeepsWorkspaceEdits(t *testing.T) {
+	for _, kind := range []transportKind{overSSH, local} {
+		t.Run(string(kind), func(t *testing.T) {
+			t.Parallel()
+			w := newWorld(t, kind, "")
+			w.write("a.txt", "a\n")
+			w.write("b.txt", "b\n")
+			w.commitAll("initial")
+			wt := w.startWatch()
+			backups := func() []string {
+				return strings.Fields(w.git(w.ws, "for-each-ref", "--format=%(refname)", "refs/sidecar/backup/"))
+			}
+
+			// Edited there, and changed here.
+			require.NoError(t, os.WriteFile(filepath.Join(w.ws, "a.txt"), []byte("edited in the workspace\n"), 0o644))
+			w.write("a.txt", "edited here\n")
+			require.Eventually(t, func() bool { return w.workspaceHas("a.txt", "edited here\n") && len(backups()) == 1 }, time.Minute, 20*time.Millisecond, wt.output())
+			require.Equal(t, "edited in the workspace", w.git(w.ws, "show", backups()[0]+":a.txt"))
+
+			// Edited there, while another file changes here. The edit
+			// is kept, then put back to the work tree's version.
+			require.NoError(t, os.WriteFile(filepath.Join(w.ws, "b.txt"), []byte("b edited in the workspace\n"), 0o644))
+			w.write("a.txt", "edited here again\n")
+			require.Eventually(t, func() bool {
+				return w.workspaceHas("a.txt", "edited here again\n") && len(backups()) == 2 && w.workspaceHas("b.txt", "b\n")
+			}, time.Minute, 20*time.Millisecond, wt.output())
+			var kept []string
+			for _, ref := range backups() {
+				if out, err := w.gitRepo(w.ws).Run(t.Context(), "show", ref+":b.txt"); err == nil {
+					kept = append(kept, out)
+				}
+			}
+			require.Contains(t, kept, "b edited in the workspace")
+			wt.stop(syscall.SIGINT)
+			w.requireSame()
+		})
+	}
 }
