@@ -39,6 +39,9 @@ const (
 )
 
 func (c *watchCmd) Run(a *app) error {
+	// A second Ctrl-C while a sync winds down exits at once.
+	secondSignalExits.Store(true)
+	defer secondSignalExits.Store(false)
 	e, err := a.prepare(c.Name, c.AcceptNew)
 	if err != nil {
 		return err

@@ -20,6 +20,9 @@ type watcher struct {
 	w   *world
 	cmd *exec.Cmd
 	out *os.File
+	// done is closed when the process has exited, with err from Wait.
+	done chan struct{}
+	err  error
 }
 
 // startWatch sets up sidecar dev and starts `git sidecar watch` on it,
@@ -32,18 +35,35 @@ func (w *world) startWatch(args ...string) *watcher {
 	w.t.Cleanup(cancel)
 	cmd, out := w.sidecarProc(ctx, append([]string{"watch"}, args...)...)
 	require.NoError(w.t, cmd.Start())
-	wt := &watcher{w: w, cmd: cmd, out: out}
+	wt := &watcher{w: w, cmd: cmd, out: out, done: make(chan struct{})}
+	go func() { wt.err = cmd.Wait(); close(wt.done) }()
 	w.t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		}
+		_ = cmd.Process.Kill()
+		<-wt.done
 	})
 	if !strings.Contains(strings.Join(args, " "), "-q") {
-		require.Eventually(w.t, func() bool { return wt.syncs() >= 1 }, time.Minute, 20*time.Millisecond,
-			"the first sync did not happen: %s", wt.output())
+		wt.eventually(time.Minute, "the first sync", func() bool { return wt.syncs() >= 1 })
 	}
 	return wt
+}
+
+// eventually waits for cond, failing with what the watch printed (by
+// then) if the time runs out or the watch exits first.
+func (wt *watcher) eventually(timeout time.Duration, what string, cond func() bool) {
+	t := wt.w.t
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		select {
+		case <-wt.done:
+			t.Fatalf("waiting for %s, the watch exited (%v):\n%s", what, wt.err, wt.output())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: not within %s; the watch printed:\n%s", what, timeout, wt.output())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func (wt *watcher) output() string { return contents(wt.out) }
@@ -56,7 +76,8 @@ func (wt *watcher) stop(sig syscall.Signal) {
 	t := wt.w.t
 	t.Helper()
 	require.NoError(t, wt.cmd.Process.Signal(sig))
-	err := wt.cmd.Wait()
+	<-wt.done
+	err := wt.err
 	var exit *exec.ExitError
 	require.True(t, errors.As(err, &exit), "watch ended with %v: %s", err, wt.output())
 	require.Equal(t, 128+int(sig), exit.ExitCode(), wt.output())
@@ -83,22 +104,21 @@ func TestWatchSyncsSavedFiles(t *testing.T) {
 			wt := w.startWatch("-v")
 
 			w.write("a.txt", "saved once\n")
-			require.Eventually(t, func() bool { return w.workspaceHas("a.txt", "saved once\n") }, time.Minute, 20*time.Millisecond,
-				"the saved file did not reach the workspace: %s", wt.output())
+			wt.eventually(time.Minute, "a.txt saved", func() bool { return w.workspaceHas("a.txt", "saved once\n") })
 
 			// A folder made after the watch started is watched too: a
 			// file saved in it later arrives as well.
 			w.write("new/dir/b.txt", "b\n")
-			require.Eventually(t, func() bool { return w.workspaceHas("new/dir/b.txt", "b\n") }, time.Minute, 20*time.Millisecond, wt.output())
+			wt.eventually(time.Minute, "new/dir/b.txt, in a new folder", func() bool { return w.workspaceHas("new/dir/b.txt", "b\n") })
 			n := wt.syncs()
 			w.write("new/dir/b.txt", "b again\n")
-			require.Eventually(t, func() bool { return w.workspaceHas("new/dir/b.txt", "b again\n") && wt.syncs() > n }, time.Minute, 20*time.Millisecond, wt.output())
+			wt.eventually(time.Minute, "new/dir/b.txt saved again", func() bool { return w.workspaceHas("new/dir/b.txt", "b again\n") && wt.syncs() > n })
 
 			require.NoError(t, os.Remove(filepath.Join(w.repo, "gone.txt")))
-			require.Eventually(t, func() bool {
+			wt.eventually(time.Minute, "gone.txt deleted", func() bool {
 				_, err := os.Lstat(filepath.Join(w.ws, "gone.txt"))
 				return errors.Is(err, os.ErrNotExist)
-			}, time.Minute, 20*time.Millisecond, wt.output())
+			})
 
 			// Ignored paths trigger no sync (-v says when a batch of
 			// changes had nothing to sync).
@@ -106,7 +126,7 @@ func TestWatchSyncsSavedFiles(t *testing.T) {
 			w.write("debug.log", "ignored\n")
 			w.write("build/out.o", "ignored\n")
 			w.write("build/more/deep.o", "ignored\n")
-			require.Eventually(t, func() bool { return strings.Count(wt.output(), "none to sync") > skipped }, time.Minute, 20*time.Millisecond, wt.output())
+			wt.eventually(time.Minute, "the ignored files looked at", func() bool { return strings.Count(wt.output(), "none to sync") > skipped })
 			for _, line := range strings.Split(wt.output(), "\n") {
 				if strings.Contains(line, "watch: syncing for") {
 					require.NotContains(t, line, "debug.log", "an ignored file triggered a sync")
@@ -114,7 +134,7 @@ func TestWatchSyncsSavedFiles(t *testing.T) {
 				}
 			}
 			w.write("a.txt", "after the ignored ones\n")
-			require.Eventually(t, func() bool { return w.workspaceHas("a.txt", "after the ignored ones\n") }, time.Minute, 20*time.Millisecond, wt.output())
+			wt.eventually(time.Minute, "a.txt after the ignored files", func() bool { return w.workspaceHas("a.txt", "after the ignored ones\n") })
 			require.NoFileExists(t, filepath.Join(w.ws, "debug.log"))
 			require.NoFileExists(t, filepath.Join(w.ws, "build/out.o"))
 
@@ -122,8 +142,7 @@ func TestWatchSyncsSavedFiles(t *testing.T) {
 			// follows HEAD.
 			moved := strings.Count(wt.output(), "syncing: HEAD moved")
 			w.commitAll("more")
-			require.Eventually(t, func() bool { return strings.Count(wt.output(), "syncing: HEAD moved") > moved }, time.Minute, 20*time.Millisecond,
-				"a commit did not sync: %s", wt.output())
+			wt.eventually(time.Minute, "a sync after the commit", func() bool { return strings.Count(wt.output(), "syncing: HEAD moved") > moved })
 
 			wt.stop(syscall.SIGINT)
 			require.Contains(t, wt.output(), "interrupted by SIGINT")
@@ -150,7 +169,7 @@ func TestWatchCoalescesBursts(t *testing.T) {
 	for i := 1; i <= saves; i++ {
 		w.write(fmt.Sprintf("burst/f%d.txt", i%50), fmt.Sprintf("save %d\n", i))
 	}
-	require.Eventually(t, func() bool {
+	wt.eventually(2*time.Minute, "the last of the 500 saves", func() bool {
 		for i := saves - 49; i <= saves; i++ {
 			if !w.workspaceHas(fmt.Sprintf("burst/f%d.txt", i%50), fmt.Sprintf("save %d\n", i)) {
 				return false
@@ -158,7 +177,7 @@ func TestWatchCoalescesBursts(t *testing.T) {
 		}
 		// The line comes once the sync is over.
 		return wt.syncs() > before
-	}, 2*time.Minute, 20*time.Millisecond, wt.output())
+	})
 	wt.stop(syscall.SIGTERM)
 	// Stopped: no sync is changing the workspace any more.
 	w.requireSame()
@@ -178,13 +197,12 @@ func TestWatchReconnects(t *testing.T) {
 	w.commitAll("initial")
 	wt := w.startWatch()
 	w.write("a.txt", "before the cut\n")
-	require.Eventually(t, func() bool { return w.workspaceHas("a.txt", "before the cut\n") && wt.syncs() >= 2 }, time.Minute, 20*time.Millisecond, wt.output())
+	wt.eventually(time.Minute, "a.txt before the cut", func() bool { return w.workspaceHas("a.txt", "before the cut\n") && wt.syncs() >= 2 })
 
 	require.Positive(t, w.sshd.DropConnections(), "no sshd connection to cut")
 	sessions := w.sshd.Sessions()
 	w.write("a.txt", "after the cut\n")
-	require.Eventually(t, func() bool { return w.workspaceHas("a.txt", "after the cut\n") }, time.Minute, 20*time.Millisecond,
-		"the watch did not reconnect: %s", wt.output())
+	wt.eventually(time.Minute, "a.txt after the cut (a reconnection)", func() bool { return w.workspaceHas("a.txt", "after the cut\n") })
 	require.Greater(t, w.sshd.Sessions(), sessions)
 	wt.stop(syscall.SIGINT)
 	w.requireSame()
@@ -199,10 +217,8 @@ func TestWatchQuiet(t *testing.T) {
 	w.commitAll("initial")
 	wt := w.startWatch("-q")
 	w.write("a.txt", "quiet\n")
-	require.Eventually(t, func() bool { return w.workspaceHas("a.txt", "quiet\n") }, time.Minute, 20*time.Millisecond, wt.output())
-	require.NoError(t, wt.cmd.Process.Signal(syscall.SIGINT))
-	err := wt.cmd.Wait()
-	require.Equal(t, 130, exitCode(err), wt.output())
+	wt.eventually(time.Minute, "a.txt saved", func() bool { return w.workspaceHas("a.txt", "quiet\n") })
+	wt.stop(syscall.SIGINT)
 	require.NotContains(t, wt.output(), "in sync")
 }
 
@@ -227,16 +243,16 @@ func TestWatchKeepsWorkspaceEdits(t *testing.T) {
 			// Edited there, and changed here.
 			require.NoError(t, os.WriteFile(filepath.Join(w.ws, "a.txt"), []byte("edited in the workspace\n"), 0o644))
 			w.write("a.txt", "edited here\n")
-			require.Eventually(t, func() bool { return w.workspaceHas("a.txt", "edited here\n") && len(backups()) == 1 }, time.Minute, 20*time.Millisecond, wt.output())
+			wt.eventually(time.Minute, "a.txt, edited there too, kept and synced", func() bool { return w.workspaceHas("a.txt", "edited here\n") && len(backups()) == 1 })
 			require.Equal(t, "edited in the workspace", w.git(w.ws, "show", backups()[0]+":a.txt"))
 
 			// Edited there, while another file changes here. The edit
 			// is kept, then put back to the work tree's version.
 			require.NoError(t, os.WriteFile(filepath.Join(w.ws, "b.txt"), []byte("b edited in the workspace\n"), 0o644))
 			w.write("a.txt", "edited here again\n")
-			require.Eventually(t, func() bool {
+			wt.eventually(time.Minute, "a.txt synced, b.txt edited there kept and put back", func() bool {
 				return w.workspaceHas("a.txt", "edited here again\n") && len(backups()) == 2 && w.workspaceHas("b.txt", "b\n")
-			}, time.Minute, 20*time.Millisecond, wt.output())
+			})
 			var kept []string
 			for _, ref := range backups() {
 				if out, err := w.gitRepo(w.ws).Run(t.Context(), "show", ref+":b.txt"); err == nil {
