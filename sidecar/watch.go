@@ -38,6 +38,10 @@ const (
 	maxBackoff = 30 * time.Second
 )
 
+// idleCheck is how long the connection may sit unused before a sync
+// checks that it still answers.
+const idleCheck = 30 * time.Second
+
 func (c *watchCmd) Run(a *app) error {
 	// A second Ctrl-C while a sync winds down exits at once.
 	secondSignalExits.Store(true)
@@ -72,10 +76,20 @@ func (a *app) watchLoop(e *engine, w *treeWatcher, quietOK bool) error {
 	var dirty []string
 	dirtySeen := map[string]bool{}
 	full := true
+	var lastUsed time.Time
 	syncNow := func() {
 		e.sn = nil
 		e.dirty, e.dirtyKnown = dirty, !full
+		// A connection idle for a while may have died silently (a
+		// laptop asleep, another network): a session opened on it
+		// could then wait for TCP to give up. One round trip tells.
+		if t, ok := e.tr.(*sshTransport); ok && t.client != nil && time.Since(lastUsed) > idleCheck && !t.client.Alive(5*time.Second) {
+			a.logf("watch: the idle connection is gone; connecting again")
+			t.close()
+			t.client = nil
+		}
 		res, err := a.lockedSync(e, false)
+		lastUsed = time.Now()
 		if ctx.Err() != nil {
 			return
 		}
