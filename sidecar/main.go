@@ -37,6 +37,9 @@ type app struct {
 	hasTail bool
 	// takeover is setup --force.
 	takeover bool
+	// ownConnection keeps a command from using a running watch's
+	// connection (the watch itself).
+	ownConnection bool
 }
 
 func (a *app) logf(format string, args ...any) {

@@ -46,12 +46,18 @@ func (c *watchCmd) Run(a *app) error {
 	// A second Ctrl-C while a sync winds down exits at once.
 	secondSignalExits.Store(true)
 	defer secondSignalExits.Store(false)
+	a.ownConnection = true
 	e, err := a.prepare(c.Name, c.AcceptNew)
 	if err != nil {
 		return err
 	}
 	defer func() { e.tr.close() }()
 	e.applyFirst = true
+	if t, ok := e.tr.(*sshTransport); ok {
+		// Other commands run their scripts over this connection while
+		// the watch runs.
+		defer serveShare(e.r.stateDir(e.name), t, a.logf).close()
+	}
 	w, err := newTreeWatcher(a.ctx, e.r, a.logf)
 	if err != nil {
 		return err
@@ -83,10 +89,8 @@ func (a *app) watchLoop(e *engine, w *treeWatcher, quietOK bool) error {
 		// A connection idle for a while may have died silently (a
 		// laptop asleep, another network): a session opened on it
 		// could then wait for TCP to give up. One round trip tells.
-		if t, ok := e.tr.(*sshTransport); ok && t.client != nil && time.Since(lastUsed) > idleCheck && !t.client.Alive(5*time.Second) {
+		if t, ok := e.tr.(*sshTransport); ok && time.Since(lastUsed) > idleCheck && t.dropIfDead(5*time.Second) {
 			a.logf("watch: the idle connection is gone; connecting again")
-			t.close()
-			t.client = nil
 		}
 		res, err := a.lockedSync(e, false)
 		lastUsed = time.Now()
@@ -95,10 +99,8 @@ func (a *app) watchLoop(e *engine, w *treeWatcher, quietOK bool) error {
 		}
 		if err != nil {
 			msg := gitx.Sanitize(err.Error())
-			if t, ok := e.tr.(*sshTransport); ok && t.client != nil && !t.client.Alive(5*time.Second) {
+			if t, ok := e.tr.(*sshTransport); ok && t.dropIfDead(5*time.Second) {
 				// The connection is gone: the next try dials again.
-				t.close()
-				t.client = nil
 				msg = "the connection was lost (" + msg + "); reconnecting"
 			}
 			if backoff == 0 {

@@ -265,3 +265,54 @@ func TestWatchKeepsWorkspaceEdits(t *testing.T) {
 		})
 	}
 }
+
+// TestWatchSharesItsConnection: while a watch runs, sync, status and
+// exec run their scripts over its SSH connection (no new login), exec's
+// output and exit status come back as they would directly, and once
+// the watch has ended they log in on their own again.
+func TestWatchSharesItsConnection(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, overSSH, "Welcome!")
+	w.write("a.txt", "a\n")
+	w.commitAll("initial")
+	wt := w.startWatch()
+	logins := func() int { return strings.Count(w.sshd.Log(), "Accepted publickey") }
+	before := logins()
+
+	w.write("b.txt", "synced by sync\n")
+	out := w.sync()
+	require.Contains(t, out, "in sync")
+	require.True(t, w.workspaceHas("b.txt", "synced by sync\n"))
+	stdout, stderr, err := w.sidecar("exec", "--no-sync", "--", "sh", "-c", "cat b.txt; echo to stderr >&2; exit 7")
+	require.Equal(t, 7, exitCode(err), stderr)
+	require.Equal(t, "synced by sync\n", stdout)
+	require.Contains(t, stderr, "to stderr")
+	stdout, _, err = w.sidecar("status")
+	require.NoError(t, err)
+	require.Contains(t, stdout, "state:     in sync")
+	require.Equal(t, before, logins(), "a command logged in although the watch shares its connection")
+
+	// Ctrl-C of an exec through the watch ends the remote command and
+	// its child, and exits 130.
+	pids := t.TempDir()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	cmd, output := w.sidecarProc(ctx, "exec", "--no-sync", "--", "sh", "-c", `sleep 300 & echo $! > "$1/child"; echo $$ > "$1/pid"; wait`, "sh", pids)
+	require.NoError(t, cmd.Start())
+	var pid, child int
+	require.Eventually(t, func() bool {
+		pid, child = readPID(filepath.Join(pids, "pid")), readPID(filepath.Join(pids, "child"))
+		return pid > 0 && child > 0
+	}, time.Minute, 20*time.Millisecond, "the command did not start")
+	require.NoError(t, cmd.Process.Signal(syscall.SIGINT))
+	err = cmd.Wait()
+	require.Equal(t, 130, exitCode(err), contents(output))
+	require.Eventually(t, func() bool { return !alive(pid) && !alive(child) }, 2*time.Second, 20*time.Millisecond,
+		"the remote command (%d) or its child (%d) survived", pid, child)
+	require.Equal(t, before, logins())
+
+	wt.stop(syscall.SIGINT)
+	require.NoFileExists(t, filepath.Join(w.repo, ".git", "sidecar", "dev", "watch.sock"))
+	w.sync()
+	require.Greater(t, logins(), before, "without the watch, sync logs in itself")
+}
