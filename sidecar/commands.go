@@ -49,7 +49,13 @@ func (a *app) newEngine(r *repo, cfg sidecarConfig, name string, acceptNew bool)
 		if a.verbose {
 			opts.Log = a.stderr
 		}
-		e.tr = &sshTransport{dest: d, opts: opts}
+		t := &sshTransport{dest: d, opts: opts}
+		e.tr = t
+		if sh, ok := dialShare(r.stateDir(name)); ok && !a.ownConnection {
+			a.logf("using the connection of the running `git sidecar watch`")
+			sh.own = t
+			e.tr = sh
+		}
 	}
 	return e, nil
 }

@@ -76,13 +76,14 @@ func TestScriptsParse(t *testing.T) {
 	d := Dest{Path: "/ws it's $(x) `y`; z", Home: true}
 	a := applyArgs{base: strings.Repeat("a", 40), last: strings.Repeat("b", 40), backupRef: "refs/sidecar/backup/x", token: "t"}
 	for name, s := range map[string]string{
-		"prepare":   prepareScript(d, prepareArgs{format: "sha256", url: "https://example.com/it's.git", want: []string{"abc", ""}, trees: []string{"t"}, force: true}),
-		"cleanup":   cleanupScript(d, 2),
-		"bundle":    bundleScript(d, "abc", "refs/sidecar/head"),
-		"apply":     applyScript(d, a),
-		"bootstrap": applyScript(d, applyArgs{bootstrap: true, base: "a", token: "t"}),
-		"check":     checkScript(d),
-		"exec":      execScript(d, "sub dir", []string{"make", "it's", "$(x)"}),
+		"prepare":    prepareScript(d, prepareArgs{format: "sha256", url: "https://example.com/it's.git", want: []string{"abc", ""}, trees: []string{"t"}, force: true}),
+		"cleanup":    cleanupScript(d, 2),
+		"bundle":     bundleScript(d, "abc", "refs/sidecar/head"),
+		"apply":      applyScript(d, a),
+		"applyFirst": applyScript(d, applyArgs{base: "a", last: "b", token: "t", applyFirst: true}),
+		"bootstrap":  applyScript(d, applyArgs{bootstrap: true, base: "a", token: "t"}),
+		"check":      checkScript(d),
+		"exec":       execScript(d, "sub dir", []string{"make", "it's", "$(x)"}),
 	} {
 		out, err := exec.Command("sh", "-n", "-c", s).CombinedOutput()
 		require.NoError(t, err, "%s: %s", name, out)

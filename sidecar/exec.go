@@ -231,12 +231,9 @@ func watchResize(f *os.File) (<-chan sshx.WindowSize, func()) {
 }
 
 func (t *sshTransport) exec(ctx context.Context, script string, o execIO) error {
-	if t.client == nil {
-		c, err := sshx.Dial(ctx, t.dest.Target(), t.opts)
-		if err != nil {
-			return err
-		}
-		t.client = c
+	client, err := t.connect(ctx)
+	if err != nil {
+		return err
 	}
 	xo := sshx.ExecOptions{Stdin: o.stdin, Stdout: o.stdout, Stderr: o.stderr, Grace: grace}
 	switch {
@@ -258,7 +255,7 @@ func (t *sshTransport) exec(ctx context.Context, script string, o execIO) error 
 	case o.tty == 1:
 		o.logf("no terminal for the command: stdin is not a terminal (use -tt to force one)")
 	}
-	return t.client.Exec(ctx, script, xo)
+	return client.Exec(ctx, script, xo)
 }
 
 // exec runs the script with this machine's sh in a process group of its

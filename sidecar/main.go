@@ -37,6 +37,9 @@ type app struct {
 	hasTail bool
 	// takeover is setup --force.
 	takeover bool
+	// ownConnection keeps a command from using a running watch's
+	// connection (the watch itself).
+	ownConnection bool
 }
 
 func (a *app) logf(format string, args ...any) {
@@ -57,6 +60,7 @@ type grammar struct {
 	Sync    syncCmd   `cmd:"" help:"Make the workspace equal the work tree; bootstraps again by itself when the baseline is stale."`
 	Status  statusCmd `cmd:"" help:"Show the baseline, the last sync, whether the workspace is in sync, and the last error."`
 	Exec    execCmd   `cmd:"" help:"Sync, then run CMD in the workspace and exit with its status: git sidecar exec [NAME] -- CMD..."`
+	Watch   watchCmd  `cmd:"" help:"Keep the workspace in sync as files are saved: one connection, a sync after every burst of changes, until Ctrl-C."`
 	Hooks   hooksCmd  `cmd:"" help:"Install or remove the git hooks that sync after every commit, checkout, merge and rebase."`
 	Hook    hookCmd   `cmd:"" hidden:"" help:"Entry point of the installed hooks."`
 	HelpCmd helpCmd   `cmd:"" name:"help" help:"Show the help of the tool or of one command (git keeps --help for itself)."`

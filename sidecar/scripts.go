@@ -186,6 +186,9 @@ type applyArgs struct {
 	last      string // tree the workspace should hold now ("" if unknown)
 	backupRef string
 	token     string // starts the header line of stdin, proving it is ours
+	// applyFirst (incremental syncs of a watch) moves the files before
+	// scanning the workspace; see applyScript.
+	applyFirst bool
 }
 
 // applyScript is the sync itself. It first scans the workspace (while the
@@ -197,6 +200,16 @@ type applyArgs struct {
 // read-tree, which changes only the paths that differ and leaves ignored
 // files (build output) alone. If that fails part way (a full disk), it
 // puts back what it changed: a failed sync leaves the workspace as it was.
+//
+// With applyFirst, an incremental sync reads stdin and moves the files
+// first, trusting the workspace's index to hold the last synced tree, and
+// scans afterwards, so that a saved file lands without waiting for a scan
+// of the whole workspace. That read-tree refuses to touch a path whose
+// file differs from the index, or an untracked file in the way, so no
+// edit made in the workspace is overwritten: when it refuses, the sync
+// goes on as without applyFirst. The scan afterwards finds edits made
+// elsewhere in the workspace, keeps them under backupRef like the scan
+// before would have, and puts those paths back to <tree>.
 func applyScript(d Dest, a applyArgs) string {
 	var b strings.Builder
 	b.WriteString(prelude)
@@ -208,8 +221,12 @@ func applyScript(d Dest, a applyArgs) string {
 	if last == "" {
 		last = "0"
 	}
-	fmt.Fprintf(&b, "mode=%s base=%s last=%s backup=%s token=%s marker=%s\n",
-		q(mode), q(a.base), q(a.last), q(a.backupRef), q(a.token), q(workspaceMarker))
+	first := "0"
+	if a.applyFirst && !a.bootstrap && a.last != "" {
+		first = "1"
+	}
+	fmt.Fprintf(&b, "mode=%s base=%s last=%s backup=%s token=%s marker=%s first=%s\n",
+		q(mode), q(a.base), q(a.last), q(a.backupRef), q(a.token), q(workspaceMarker), first)
 	fmt.Fprintf(&b, "if ! cd -- %s 2>/dev/null || [ ! -e .git ]; then echo 'need-bootstrap the workspace is missing'; exit 0; fi\n", d.PathWord())
 	b.WriteString(gitDirSnippet)
 	// One cat-file answers the three lookups; read and case are builtins.
@@ -234,9 +251,48 @@ if [ "$mode" = incremental ] && { [ -z "$baseok" ] || [ -z "$lastok" ]; }; then
   echo 'need-bootstrap the workspace lacks the baseline'; exit 0
 fi
 [ -n "$baseok" ] || die 'the baseline commit is missing in the workspace'
+# Objects over 1 MiB are stored and checked out streaming (git reads
+# smaller ones whole); the scan keeps git's default, under which hashing
+# a file does not also compress it.
+big='-c core.bigFileThreshold=1m'
+# receive reads the header line and stores the objects that follow.
+receive() {
+  IFS= read -r hdr || die 'the sync was cut short before anything was sent'
+  set -f; set -- $hdr; set +f
+  [ "$#" = 4 ] && [ "$1" = "$token" ] || die 'the sync was cut short before anything was sent'
+  new=$2 how=$3 need=$4
+  case "$new" in ''|*[!0-9a-f]*) die 'the sync sent a bad tree id' ;; esac
+  case "$need" in ''|*[!0-9]*) need=0 ;; esac
+  if [ "$need" -gt 0 ]; then
+    avail=$(df -Pk . 2>/dev/null | awk 'NR==2 {print $4}')
+    case "$avail" in
+      ''|*[!0-9]*) ;;
+      *) [ "$avail" -ge "$need" ] || die "not enough space in the workspace: the sync needs $((need/1024+1)) MiB, $((avail/1024)) MiB are free; nothing was changed" ;;
+    esac
+  fi
+  # "store-failed" tells the other side that nothing changed here and that
+  # it may simply try again (a connection cut, a pack cut short).
+  case "$how" in
+    none) ;;
+    unpack) git $big unpack-objects -q >/dev/null || { echo store-failed; die 'cannot store the objects sent (git unpack-objects); nothing was changed'; } ;;
+    unpack0) git $big -c core.looseCompression=0 unpack-objects -q >/dev/null || { echo store-failed; die 'cannot store the objects sent (git unpack-objects); nothing was changed'; } ;;
+    index) git $big index-pack --stdin --fix-thin >/dev/null || { echo store-failed; die 'cannot store the objects sent (git index-pack); nothing was changed'; } ;;
+    *) die "unknown pack kind $how" ;;
+  esac
+  got=1
+}
+got= applied=
+if [ "$first" = 1 ]; then
+  receive
+  idx=$(git write-tree </dev/null 2>/dev/null)
+  if [ "$idx" = "$last" ] && git $big read-tree -m -u --exclude-per-directory=.gitignore "$last" "$new" </dev/null >/dev/null 2>&1; then
+    applied=1; echo early
+  fi
+fi
 git add -A </dev/null >/dev/null || die 'cannot scan the workspace (git add -A)'
 cur=$(git write-tree </dev/null) || die 'cannot record the workspace (git write-tree)'
 expect=$last
+[ -n "$applied" ] && expect=$new
 if [ -z "$expect" ]; then
   if [ -n "$head" ]; then expect=$(git rev-parse "$head^{tree}" </dev/null); else expect=$(git hash-object -t tree /dev/null </dev/null); fi
 fi
@@ -253,32 +309,7 @@ if [ "$cur" != "$expect" ]; then
   n=$(git diff-tree -r --name-only "$expect" "$cur" </dev/null | wc -l)
   echo "backup $backup $n"
 fi
-IFS= read -r hdr || die 'the sync was cut short before anything was sent'
-set -f; set -- $hdr; set +f
-[ "$#" = 4 ] && [ "$1" = "$token" ] || die 'the sync was cut short before anything was sent'
-new=$2 how=$3 need=$4
-case "$new" in ''|*[!0-9a-f]*) die 'the sync sent a bad tree id' ;; esac
-case "$need" in ''|*[!0-9]*) need=0 ;; esac
-if [ "$need" -gt 0 ]; then
-  avail=$(df -Pk . 2>/dev/null | awk 'NR==2 {print $4}')
-  case "$avail" in
-    ''|*[!0-9]*) ;;
-    *) [ "$avail" -ge "$need" ] || die "not enough space in the workspace: the sync needs $((need/1024+1)) MiB, $((avail/1024)) MiB are free; nothing was changed" ;;
-  esac
-fi
-# Objects over 1 MiB are stored and checked out streaming (git reads
-# smaller ones whole); the scan above keeps git's default, under which
-# hashing a file does not also compress it.
-big='-c core.bigFileThreshold=1m'
-# "store-failed" tells the other side that nothing changed here and that
-# it may simply try again (a connection cut, a pack cut short).
-case "$how" in
-  none) ;;
-  unpack) git $big unpack-objects -q >/dev/null || { echo store-failed; die 'cannot store the objects sent (git unpack-objects); nothing was changed'; } ;;
-  unpack0) git $big -c core.looseCompression=0 unpack-objects -q >/dev/null || { echo store-failed; die 'cannot store the objects sent (git unpack-objects); nothing was changed'; } ;;
-  index) git $big index-pack --stdin --fix-thin >/dev/null || { echo store-failed; die 'cannot store the objects sent (git index-pack); nothing was changed'; } ;;
-  *) die "unknown pack kind $how" ;;
-esac
+[ -n "$got" ] || receive
 if [ "$cur" != "$new" ]; then
   e="$gd/sidecar-error.$$"; rb="$gd/sidecar-rollback-index.$$"
   trap 'rm -f "$e" "$rb"' EXIT

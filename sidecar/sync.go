@@ -36,6 +36,14 @@ type engine struct {
 	sent int64
 	// sn is the snapshot this sync took, once taken.
 	sn *snapshot
+	// dirty, when dirtyKnown, are all the paths that may have changed
+	// in the work tree since the last snapshot (a watch knows them): the
+	// snapshot looks at those alone when it can.
+	dirty      []string
+	dirtyKnown bool
+	// applyFirst moves the workspace's files before scanning it (see
+	// applyScript): a watch's syncs land sooner.
+	applyFirst bool
 }
 
 // syncResult is what one sync did.
@@ -182,6 +190,17 @@ func (e *engine) snapshot(ctx context.Context) (*snapshot, error) {
 	if e.sn != nil {
 		return e.sn, nil
 	}
+	if e.dirtyKnown {
+		sn, ok, err := e.snap.takeDirty(ctx, e.dirty)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			e.logf("work tree snapshot %s (%d changed paths looked at)", short(sn.tree), sn.touched)
+			e.sn = sn
+			return sn, nil
+		}
+	}
 	sn, err := e.snap.take(ctx, true)
 	if err != nil {
 		return nil, err
@@ -202,10 +221,11 @@ var errWorkspaceDone = errors.New("the workspace stopped reading")
 // the workspace cannot take it.
 func (e *engine) incremental(ctx context.Context) (res *syncResult, reason string, err error) {
 	a := applyArgs{
-		base:      e.st.Baseline,
-		last:      e.st.Applied,
-		backupRef: backupRef(),
-		token:     "git-sidecar-" + randomHex(12),
+		base:       e.st.Baseline,
+		last:       e.st.Applied,
+		backupRef:  backupRef(),
+		token:      "git-sidecar-" + randomHex(12),
+		applyFirst: e.applyFirst,
 	}
 	out, o, err := e.runApply(ctx, a, func() (*outgoing, error) {
 		sn, err := e.snapshot(ctx)
@@ -219,6 +239,9 @@ func (e *engine) incremental(ctx context.Context) (res *syncResult, reason strin
 	}
 	if why, ok := out.first("need-bootstrap"); ok {
 		return nil, why, nil
+	}
+	if _, ok := out.first("early"); ok {
+		e.logf("the workspace's files were moved before its scan")
 	}
 	res = &syncResult{Mode: "incremental", Tree: e.sn.tree, Files: o.files}
 	if err := e.finish(ctx, res, out); err != nil {

@@ -8,7 +8,9 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/git-relay/git-relay/internal/gitx"
 	"github.com/git-relay/git-relay/internal/sshx"
@@ -103,25 +105,61 @@ func workspaceEnv(env []string) []string {
 // needing the remote never connect, and every later script shares the
 // one connection.
 type sshTransport struct {
-	dest   Dest
-	opts   sshx.Options
+	dest Dest
+	opts sshx.Options
+	// mu guards client: a watch shares it with other commands' scripts.
+	mu     sync.Mutex
 	client *sshx.Client
 }
 
-func (t *sshTransport) run(ctx context.Context, script string, stdin io.Reader, stdout, stderr io.Writer) error {
+// connect returns the connection, dialling it first if needed.
+func (t *sshTransport) connect(ctx context.Context) (*sshx.Client, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	if t.client == nil {
 		c, err := sshx.Dial(ctx, t.dest.Target(), t.opts)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		t.client = c
 	}
-	return t.client.RunScript(ctx, script, stdin, stdout, stderr)
+	return t.client, nil
+}
+
+func (t *sshTransport) run(ctx context.Context, script string, stdin io.Reader, stdout, stderr io.Writer) error {
+	c, err := t.connect(ctx)
+	if err != nil {
+		return err
+	}
+	return c.RunScript(ctx, script, stdin, stdout, stderr)
+}
+
+// dropIfDead closes the connection when it does not answer within
+// timeout, so that the next script dials again, and reports whether it
+// did.
+func (t *sshTransport) dropIfDead(timeout time.Duration) bool {
+	t.mu.Lock()
+	c := t.client
+	t.mu.Unlock()
+	if c == nil || c.Alive(timeout) {
+		return false
+	}
+	t.mu.Lock()
+	if t.client == c {
+		c.Close()
+		t.client = nil
+	}
+	t.mu.Unlock()
+	return true
 }
 
 func (t *sshTransport) close() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	if t.client == nil {
 		return nil
 	}
-	return t.client.Close()
+	err := t.client.Close()
+	t.client = nil
+	return err
 }

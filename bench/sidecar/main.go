@@ -5,7 +5,9 @@
 //
 // On a generated 20,000-file tree it measures a one-file sync, then a
 // sync after 400 changed files and a commit, then a one-file sync again,
-// and the time git sidecar's hooks add to a commit.
+// and the time git sidecar's hooks add to a commit. With `git sidecar
+// watch` running, it times a saved file until its bytes are in the
+// workspace, next to rsync of the same change.
 // On a small repository with a 40 MiB binary it measures adding the file,
 // changing one byte, a sync with no change, and deleting it, with the
 // peak memory of the sidecar's processes (git-sidecar and every process
@@ -41,6 +43,7 @@ var (
 	keep      = flag.Bool("keep", false, "keep the temporary folder")
 	onlyLocal = flag.Bool("local-only", false, "skip the SSH target")
 	bigMiB    = flag.Int("big", 40, "size in MiB of the big binary (0 skips those rows)")
+	watchRows = flag.Bool("watch", true, "measure git sidecar watch's latency (save -> workspace) too")
 	bigRounds = flag.Int("big-rounds", 3, "rounds of add, one-byte change, no change and delete (medians are reported)")
 	hookRuns  = flag.Int("hook-runs", 15, "spaced commits with and without the hooks (the medians are reported)")
 	hookOnly  = flag.Bool("hook-only", false, "measure only the hook overhead per commit")
@@ -139,6 +142,13 @@ func run(ctx context.Context) error {
 			return fmt.Errorf("%s: %w", t.name, err)
 		}
 		ok = r.print(t) && ok
+		if *watchRows {
+			wr, err := b.measureWatch(t, fmt.Sprintf("t%d", i))
+			if err != nil {
+				return fmt.Errorf("%s, watch: %w", t.name, err)
+			}
+			ok = wr.print(t) && ok
+		}
 	}
 	// The hooks sync the local folder's sidecar in the background.
 	h, err := b.measureHook("t0")

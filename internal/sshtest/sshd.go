@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -375,6 +376,53 @@ func appendFile(name, text string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// DropConnections kills the sshd processes that serve the open
+// connections (every descendant of the listening sshd), as a network cut
+// or a server reboot would end them, and returns how many it killed. The
+// server keeps listening, so new connections work.
+func (s *Server) DropConnections() int {
+	if s.cmd == nil {
+		return 0
+	}
+	parent := map[int]int{}
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, f := range stats {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces and parens.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		fields := strings.Fields(string(b[i+1:]))
+		pid, err1 := strconv.Atoi(filepath.Base(filepath.Dir(f)))
+		if len(fields) < 2 || err1 != nil {
+			continue
+		}
+		if ppid, err := strconv.Atoi(fields[1]); err == nil {
+			parent[pid] = ppid
+		}
+	}
+	descends := func(pid int) bool {
+		for i := 0; i < 64 && pid > 1; i++ {
+			pid = parent[pid]
+			if pid == s.cmd.Process.Pid {
+				return true
+			}
+		}
+		return false
+	}
+	n := 0
+	for pid := range parent {
+		if descends(pid) && syscall.Kill(pid, syscall.SIGKILL) == nil {
+			n++
+		}
+	}
+	return n
 }
 
 // Close stops sshd.

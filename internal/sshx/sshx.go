@@ -148,6 +148,27 @@ func (c *Client) lost() error {
 	return c.dead
 }
 
+// Alive asks the server for a reply and reports whether one came
+// within timeout: whether the connection still works after a failure.
+func (c *Client) Alive(timeout time.Duration) bool {
+	if c.lost() != nil {
+		return false
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := c.conn.SendRequest("keepalive@openssh.com", true, nil)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		return err == nil
+	case <-time.After(timeout):
+		return false
+	case <-c.closed:
+		return false
+	}
+}
+
 // keepalive asks the server for a reply every interval, as OpenSSH's
 // ServerAliveInterval does, and closes the connection when max requests
 // in a row went unanswered, so that a dead network ends a command instead
