@@ -97,9 +97,13 @@ func (s *Server) push(ctx context.Context, e *exch) ([]wire.RefResult, error) {
 		refs *upstream.Refs
 		err  error
 	}
+	// The listing the helper asked for a moment ago serves (pushListAge):
+	// if upstream moved since, the push to upstream, a compare-and-swap on
+	// the old ids, refuses it as it would a race. A manifest that disagrees
+	// with that listing makes it list again before judging.
 	listed := make(chan listing, 1)
 	go func() {
-		refs, err := s.refresh(ctx, m, 0)
+		refs, err := s.refresh(ctx, m, pushListAge)
 		listed <- listing{refs, err}
 	}()
 	next, release := s.upChunks(ctx, e)
@@ -115,6 +119,9 @@ func (s *Server) push(ctx context.Context, e *exch) ([]wire.RefResult, error) {
 		return nil, err
 	}
 	l := <-listed
+	if l.err == nil && !agrees(man.Updates, l.refs) {
+		l.refs, l.err = s.refresh(ctx, m, 0)
+	}
 	if l.err != nil {
 		return nil, l.err
 	}
@@ -177,6 +184,25 @@ func (s *Server) push(ctx context.Context, e *exch) ([]wire.RefResult, error) {
 	m.refs = nil // upstream moved: the next use lists it again
 	m.refreshing.Unlock()
 	return ordered(man.Updates, p.results), nil
+}
+
+// pushListAge is how old a listing of upstream a push may judge by when
+// its manifest agrees with it.
+const pushListAge = 2 * time.Second
+
+// agrees reports whether every update's old id is what refs says: the
+// listing the helper saw is the one this instance holds.
+func agrees(us []wire.Update, refs *upstream.Refs) bool {
+	for _, u := range us {
+		id, ok := refs.Refs[u.Ref]
+		if !ok {
+			id = wire.ZeroID
+		}
+		if id != u.Old {
+			return false
+		}
+	}
+	return true
 }
 
 // readManifest reads the push manifest that opens the payload.
