@@ -283,8 +283,9 @@ type exchange struct {
 	method, path string
 	tamper       *Tamper
 
-	mu sync.Mutex
-	up int64 // request body bytes counted so far
+	mu     sync.Mutex
+	up     int64 // request body bytes counted so far
+	upBody *tee  // the request body on its way, if it has one
 }
 
 type exchangeKey struct{}
@@ -314,8 +315,48 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ex.tamper = p.tamper
 	p.mu.Unlock()
-	p.fwd.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))
+	p.fwd.ServeHTTP(&drainFirst{ResponseWriter: w, ex: ex}, r.WithContext(context.WithValue(r.Context(), exchangeKey{}, ex)))
 }
+
+// drainFirst reads what is left of the request body through its tee before
+// the answer's header goes out. The relay may answer from the headers and
+// read no body (a request without the key), and Go's server discards an
+// unread body as soon as the answer's header is written (golang/go#15527):
+// what the client sent crossed the proxy all the same, and is watched all
+// the same. The read stops after a second, for a client that stalls.
+type drainFirst struct {
+	http.ResponseWriter
+	ex   *exchange
+	once sync.Once
+}
+
+func (d *drainFirst) drain() {
+	d.once.Do(func() {
+		d.ex.mu.Lock()
+		t := d.ex.upBody
+		d.ex.mu.Unlock()
+		if t == nil {
+			return
+		}
+		rc := http.NewResponseController(d.ResponseWriter)
+		_ = rc.SetReadDeadline(time.Now().Add(time.Second))
+		t.drain()
+		_ = rc.SetReadDeadline(time.Time{})
+	})
+}
+
+func (d *drainFirst) WriteHeader(code int) {
+	d.drain()
+	d.ResponseWriter.WriteHeader(code)
+}
+
+func (d *drainFirst) Write(b []byte) (int, error) {
+	d.drain()
+	return d.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach Flush and the deadlines.
+func (d *drainFirst) Unwrap() http.ResponseWriter { return d.ResponseWriter }
 
 // observe records what the forwarder refused, before the client learns of
 // it, and logs every exchange.
@@ -361,7 +402,11 @@ func (wt watch) RoundTrip(out *http.Request) (*http.Response, error) {
 		return p.tamperedTrip(ex, out)
 	}
 	if out.Body != nil && out.Body != http.NoBody {
-		out.Body = p.newTee(ex, Up, out.Header.Clone(), out.Body, out.ContentLength)
+		t := p.newTee(ex, Up, out.Header.Clone(), out.Body, out.ContentLength)
+		ex.mu.Lock()
+		ex.upBody = t
+		ex.mu.Unlock()
+		out.Body = t
 	} else {
 		// Headers cross too, body or not.
 		p.newTee(ex, Up, out.Header.Clone(), http.NoBody, 0).finish()
@@ -375,13 +420,15 @@ func (wt watch) RoundTrip(out *http.Request) (*http.Response, error) {
 }
 
 // tee passes a body through while counting it and keeping a copy, which
-// is scanned once the body ends or is closed.
+// is scanned once the body ends or is closed. A request body may be read
+// by the transport and drained by the handler at once: mu orders them.
 type tee struct {
 	p      *Proxy
 	ex     *exchange
 	dir    Direction
 	header http.Header
 	rc     io.ReadCloser
+	mu     sync.Mutex
 	buf    bytes.Buffer
 	once   sync.Once
 }
@@ -401,6 +448,8 @@ func (p *Proxy) newTee(ex *exchange, dir Direction, h http.Header, rc io.ReadClo
 }
 
 func (t *tee) Read(b []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	n, err := t.rc.Read(b)
 	if n > 0 {
 		t.buf.Write(b[:n])
@@ -414,7 +463,7 @@ func (t *tee) Read(b []byte) (int, error) {
 		}
 	}
 	if err == io.EOF {
-		t.finish()
+		t.finishLocked()
 	}
 	return n, err
 }
@@ -426,12 +475,26 @@ func (t *tee) Close() error {
 		// proxy all the same, and is watched all the same.
 		_, _ = io.Copy(io.Discard, io.LimitReader(t, t.p.opts.MaxBody+1))
 	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	err := t.rc.Close()
-	t.finish()
+	t.finishLocked()
 	return err
 }
 
+// drain reads the rest of a request body into the copy and scans it.
+func (t *tee) drain() {
+	_, _ = io.Copy(io.Discard, io.LimitReader(t, t.p.opts.MaxBody+1))
+	t.finish()
+}
+
 func (t *tee) finish() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.finishLocked()
+}
+
+func (t *tee) finishLocked() {
 	t.once.Do(func() {
 		body := t.buf.Bytes()
 		t.p.scanLater(t.dir, t.ex.method, t.ex.path, t.header, body)
