@@ -37,6 +37,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/git-relay/git-relay/bench/internal/benchenv"
 	"github.com/git-relay/git-relay/internal/clustertest"
 	"github.com/git-relay/git-relay/internal/gitx"
 	"github.com/git-relay/git-relay/internal/s3test"
@@ -95,7 +96,7 @@ func run(o options) error {
 	} else {
 		defer os.RemoveAll(work)
 	}
-	if err := hermetic(work); err != nil {
+	if err := benchenv.Hermetic(work); err != nil {
 		return err
 	}
 
@@ -157,28 +158,6 @@ func run(o options) error {
 		stopErrs = append(stopErrs, s.stop())
 	}
 	return errors.Join(stopErrs...)
-}
-
-// hermetic points every git the bench runs at a private HOME with fixed
-// identities, through the process environment that its children inherit.
-func hermetic(work string) error {
-	home := filepath.Join(work, "home")
-	if err := os.MkdirAll(home, 0o755); err != nil {
-		return err
-	}
-	for k, v := range map[string]string{
-		"HOME":                home,
-		"XDG_CONFIG_HOME":     filepath.Join(home, ".config"),
-		"GIT_CONFIG_NOSYSTEM": "1",
-		"GIT_TERMINAL_PROMPT": "0",
-		"GIT_AUTHOR_NAME":     "A U Thor", "GIT_AUTHOR_EMAIL": "author@example.com",
-		"GIT_COMMITTER_NAME": "C O Mitter", "GIT_COMMITTER_EMAIL": "committer@example.com",
-	} {
-		if err := os.Setenv(k, v); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // generate makes a repository of about size bytes: eight commits, each
@@ -433,28 +412,7 @@ func (s *side) phase(ctx context.Context, ps *phaseStats, n int, cmd func(i int)
 // machine, so that neither side pays for work the other left behind.
 func (s *side) idle(ctx context.Context) {
 	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) && ctx.Err() == nil && slices.ContainsFunc(s.inst, func(in *clustertest.Instance) bool { return hasChildren(in.PID()) }) {
+	for time.Now().Before(deadline) && ctx.Err() == nil && slices.ContainsFunc(s.inst, func(in *clustertest.Instance) bool { return benchenv.HasChildren(in.PID()) }) {
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// hasChildren says whether any process has pid as its parent.
-func hasChildren(pid int) bool {
-	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
-	for _, st := range stats {
-		b, err := os.ReadFile(st)
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...: comm may hold spaces and parentheses.
-		i := strings.LastIndexByte(string(b), ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
-			return true
-		}
-	}
-	return false
 }

@@ -43,6 +43,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/git-relay/git-relay/bench/internal/benchenv"
 	"github.com/git-relay/git-relay/internal/gitx"
 )
 
@@ -143,33 +144,11 @@ func run() error {
 	} else {
 		defer os.RemoveAll(work)
 	}
-	if err := hermetic(work); err != nil {
+	if err := benchenv.Hermetic(work); err != nil {
 		return err
 	}
 	b := &bench{o: o, work: work, jqBundle: jqBundle, jqMissing: jqMissing}
 	return b.run(ctx)
-}
-
-// hermetic points every git the bench runs (and its children inherit the
-// environment) at a private HOME with fixed identities.
-func hermetic(work string) error {
-	home := filepath.Join(work, "home")
-	if err := os.MkdirAll(home, 0o755); err != nil {
-		return err
-	}
-	for k, v := range map[string]string{
-		"HOME":                home,
-		"XDG_CONFIG_HOME":     filepath.Join(home, ".config"),
-		"GIT_CONFIG_NOSYSTEM": "1",
-		"GIT_TERMINAL_PROMPT": "0",
-		"GIT_AUTHOR_NAME":     "A U Thor", "GIT_AUTHOR_EMAIL": "author@example.com",
-		"GIT_COMMITTER_NAME": "C O Mitter", "GIT_COMMITTER_EMAIL": "committer@example.com",
-	} {
-		if err := os.Setenv(k, v); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 type bench struct {

@@ -9,11 +9,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/git-relay/git-relay/bench/internal/benchenv"
 	"github.com/git-relay/git-relay/internal/edgeproxy"
 	"github.com/git-relay/git-relay/internal/shape"
 )
@@ -132,30 +132,9 @@ func (s *relayServer) pid() int { return s.cmd.Process.Pid }
 // for work the one before left behind.
 func (s *relayServer) idle(ctx context.Context) {
 	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) && ctx.Err() == nil && hasChildren(s.pid()) {
+	for time.Now().Before(deadline) && ctx.Err() == nil && benchenv.HasChildren(s.pid()) {
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// hasChildren says whether any process has pid as its parent.
-func hasChildren(pid int) bool {
-	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
-	for _, st := range stats {
-		b, err := os.ReadFile(st)
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...: comm may hold spaces and parentheses.
-		i := strings.LastIndexByte(string(b), ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(string(b[i+1:]))
-		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
-			return true
-		}
-	}
-	return false
 }
 
 // stop sends SIGTERM, waits for a graceful exit, and returns the peak RSS
