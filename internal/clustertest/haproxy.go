@@ -124,33 +124,28 @@ func StartHAProxy(dir string, backends []Backend) (*Balancer, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	// The port is chosen free and then handed to haproxy, so another
-	// process may take it in between: try again on another port.
-	var lastErr error
-	for try := range 3 {
-		b, err := startHAProxy(bin, dir, try, backends)
-		if err == nil {
-			return b, nil
-		}
-		lastErr = err
-	}
-	return nil, lastErr
-}
-
-func startHAProxy(bin, dir string, try int, backends []Backend) (*Balancer, error) {
+	// haproxy gets the socket already bound (bind fd@3), not a port
+	// number to bind: a port found free and then handed over may be taken
+	// by another test's server in between, whose /healthz would then pass
+	// for haproxy's.
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
+	defer l.Close()
+	sock, err := l.(*net.TCPListener).File()
+	if err != nil {
+		return nil, err
+	}
+	defer sock.Close()
 	addr := l.Addr().String()
-	l.Close()
 	b := &Balancer{
 		URL:        "http://" + addr,
-		LogPath:    filepath.Join(dir, "haproxy-"+strconv.Itoa(try)+".log"),
+		LogPath:    filepath.Join(dir, "haproxy.log"),
 		ConfigPath: filepath.Join(dir, "haproxy.cfg"),
 		done:       make(chan struct{}),
 	}
-	if err := os.WriteFile(b.ConfigPath, []byte(Config(addr, backends)), 0o644); err != nil {
+	if err := os.WriteFile(b.ConfigPath, []byte(Config("fd@3", backends)), 0o644); err != nil {
 		return nil, err
 	}
 	logf, err := os.Create(b.LogPath)
@@ -162,6 +157,7 @@ func startHAProxy(bin, dir string, try int, backends []Backend) (*Balancer, erro
 	b.cmd = exec.Command(bin, "-db", "-f", b.ConfigPath)
 	b.cmd.Stdout = logf
 	b.cmd.Stderr = logf
+	b.cmd.ExtraFiles = []*os.File{sock} // fd 3
 	b.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := b.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)

@@ -181,6 +181,10 @@ func (s *Server) start(bin, logPath string) (func(), error) {
 		return nil, err
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	// The port was free a moment ago; another test's server may take it
+	// before versitygw binds it. A health path of its own, which no
+	// other server answers 200, makes the readiness check this one's.
+	health := "/health-" + strconv.Itoa(os.Getpid()) + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	logf, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
@@ -189,7 +193,7 @@ func (s *Server) start(bin, logPath string) (func(), error) {
 	cmd := exec.Command(bin,
 		"--port", addr,
 		"--region", s.Region,
-		"--health", "/health",
+		"--health", health,
 		"--quiet",
 		"posix", s.Dir)
 	// The root credentials go through the environment, not argv.
@@ -208,7 +212,7 @@ func (s *Server) start(bin, logPath string) (func(), error) {
 		<-exited
 	}
 	s.Endpoint, s.PID = "http://"+addr, cmd.Process.Pid
-	if err := waitReady(s.Endpoint+"/health", exited); err != nil {
+	if err := waitReady(s.Endpoint+health, exited); err != nil {
 		stop()
 		out, _ := os.ReadFile(logPath)
 		return nil, fmt.Errorf("versitygw on %s: %w; its log:\n%s", addr, err, out)
