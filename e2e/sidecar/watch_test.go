@@ -287,7 +287,8 @@ func TestWatchSharesItsConnection(t *testing.T) {
 	require.Equal(t, 7, exitCode(err), stderr)
 	require.Equal(t, "synced by sync\n", stdout)
 	require.Contains(t, stderr, "to stderr")
-	stdout, _, err = w.sidecar("status")
+	// The watch syncs b.txt on its own too, and may be at it now.
+	stdout, _, err = w.sidecar("status", "--wait")
 	require.NoError(t, err)
 	require.Contains(t, stdout, "state:     in sync")
 	require.Equal(t, before, logins(), "a command logged in although the watch shares its connection")
