@@ -9,6 +9,8 @@ import (
 	"io"
 	"os"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // indexEntry is what the snapshot needs of one entry of its own index:
@@ -173,6 +175,29 @@ func statOf(fi os.FileInfo) (fileStat, bool) {
 	}
 	return fileStat{
 		mode: mode, size: fi.Size(),
+		ctimeS: uint32(st.Ctim.Sec), ctimeNS: uint32(st.Ctim.Nsec),
+		mtimeS: uint32(st.Mtim.Sec), mtimeNS: uint32(st.Mtim.Nsec),
+		mtime: st.Mtim.Sec*1e9 + st.Mtim.Nsec,
+		ino:   uint32(st.Ino), uid: st.Uid, gid: st.Gid,
+	}, true
+}
+
+// statOfSys is statOf from a stat(2) result.
+func statOfSys(st *unix.Stat_t) (fileStat, bool) {
+	var mode uint32
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFLNK:
+		mode = 0o120000
+	case unix.S_IFREG:
+		mode = 0o100644
+		if st.Mode&0o100 != 0 {
+			mode = 0o100755
+		}
+	default:
+		return fileStat{}, false
+	}
+	return fileStat{
+		mode: mode, size: st.Size,
 		ctimeS: uint32(st.Ctim.Sec), ctimeNS: uint32(st.Ctim.Nsec),
 		mtimeS: uint32(st.Mtim.Sec), mtimeNS: uint32(st.Mtim.Nsec),
 		mtime: st.Mtim.Sec*1e9 + st.Mtim.Nsec,

@@ -19,6 +19,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/git-relay/git-relay/internal/gitx"
 )
 
@@ -685,29 +687,61 @@ func (s *snapshotter) statAll(paths []string) ([]visibleFile, []string) {
 	for i, p := range paths {
 		skip[i] = linkedDir(filepath.Dir(p))
 	}
+	// ls-files lists paths sorted, so a folder's files come together:
+	// each worker takes a run of whole folders and looks at their files
+	// relative to the folder (fstatat), which spares the kernel a walk
+	// of the whole path for each file.
 	workers := 4
+	chunk := (len(paths) + workers - 1) / workers
 	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
+	for lo := 0; lo < len(paths); {
+		hi := min(lo+chunk, len(paths))
+		for hi < len(paths) && pathDir(paths[hi]) == pathDir(paths[hi-1]) {
+			hi++
+		}
 		wg.Add(1)
-		go func(w int) {
+		go func(lo, hi int) {
 			defer wg.Done()
-			for i := w; i < len(paths); i += workers {
+			dirFD, dirName := -1, "\x00"
+			defer func() {
+				if dirFD >= 0 {
+					unix.Close(dirFD)
+				}
+			}()
+			for i := lo; i < hi; i++ {
 				if skip[i] {
 					continue
 				}
-				fi, err := os.Lstat(s.r.top + "/" + paths[i])
-				if err != nil {
+				dir, base := pathDir(paths[i]), paths[i][len(pathDir(paths[i])):]
+				base = strings.TrimPrefix(base, "/")
+				if dir != dirName {
+					if dirFD >= 0 {
+						unix.Close(dirFD)
+					}
+					dirName = dir
+					var err error
+					dirFD, err = unix.Open(s.r.top+"/"+dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+					if err != nil {
+						dirFD = -1
+					}
+				}
+				if dirFD < 0 {
+					continue // the folder is gone, or is a file now
+				}
+				var st unix.Stat_t
+				if err := unix.Fstatat(dirFD, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 					continue // deleted, or outside a sparse checkout
 				}
-				if fi.IsDir() {
+				if st.Mode&unix.S_IFMT == unix.S_IFDIR {
 					results[i] = res{dir: true}
 					continue
 				}
-				if st, ok := statOf(fi); ok {
-					results[i] = res{f: visibleFile{path: paths[i], st: st}, ok: true}
+				if fs, ok := statOfSys(&st); ok {
+					results[i] = res{f: visibleFile{path: paths[i], st: fs}, ok: true}
 				}
 			}
-		}(w)
+		}(lo, hi)
+		lo = hi
 	}
 	wg.Wait()
 	var files []visibleFile
@@ -860,4 +894,12 @@ func (s *snapshotter) bigBlobsIn(ctx context.Context, tree string) map[string]bo
 		}
 	}
 	return m
+}
+
+// pathDir is the folder part of a slash-separated path, "" at the top.
+func pathDir(p string) string {
+	if i := strings.LastIndexByte(p, '/'); i >= 0 {
+		return p[:i]
+	}
+	return ""
 }
