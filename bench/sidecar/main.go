@@ -471,6 +471,10 @@ func (r *result) print(t target) bool {
 	goal(one <= rone, fmt.Sprintf("one-file sync no slower than rsync: %s vs %s (%.2fx)", ms(one), ms(rone), float64(one)/float64(rone)))
 	goal(float64(after) <= 1.5*float64(one), fmt.Sprintf("one-file sync after %d changed files <= 1.5x the first: %s vs %s (%.2fx)",
 		*nChanged, ms(after), ms(one), float64(after)/float64(one)))
+	if t.remoteHome != "" {
+		fmt.Println("(each git sidecar command reuses the connection the previous one left open for sidecar.persist, as ssh's ControlPersist does; each rsync logs in)")
+		goal(float64(one) <= 0.5*float64(rone), fmt.Sprintf("one-file sync over SSH <= 0.5x rsync over ssh: %s vs %s (%.2fx)", ms(one), ms(rone), float64(one)/float64(rone)))
+	}
 	fmt.Println()
 	return ok
 }
