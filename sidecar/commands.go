@@ -51,10 +51,29 @@ func (a *app) newEngine(r *repo, cfg sidecarConfig, name string, acceptNew bool)
 		}
 		t := &sshTransport{dest: d, opts: opts}
 		e.tr = t
-		if sh, ok := dialShare(r.stateDir(name)); ok && !a.ownConnection {
-			a.logf("using the connection of the running `git sidecar watch`")
+		if a.ownConnection {
+			return e, nil
+		}
+		if sh, ok := dialShare(r.stateDir(name)); ok {
+			a.logf("using the shared connection (of a running `git sidecar watch`, or kept for sidecar.persist)")
 			sh.own = t
 			e.tr = sh
+			return e, nil
+		}
+		persist, err := cfg.persistFor(name)
+		if err != nil {
+			return nil, err
+		}
+		if persist > 0 {
+			// Having logged in, leave a connection behind for the next
+			// command (see persist.go).
+			t.afterLogin = func() {
+				if err := startHolder(r, name); err != nil {
+					a.logf("not keeping the connection: %v", err)
+				} else {
+					a.logf("keeping a connection open for %s (sidecar.persist)", persist)
+				}
+			}
 		}
 	}
 	return e, nil

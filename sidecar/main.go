@@ -63,6 +63,7 @@ type grammar struct {
 	Watch   watchCmd  `cmd:"" help:"Keep the workspace in sync as files are saved: one connection, a sync after every burst of changes, until Ctrl-C."`
 	Hooks   hooksCmd  `cmd:"" help:"Install or remove the git hooks that sync after every commit, checkout, merge and rebase."`
 	Hook    hookCmd   `cmd:"" hidden:"" help:"Entry point of the installed hooks."`
+	Hold    holdCmd   `cmd:"" hidden:"" help:"Keep a connection to the workspace for sidecar.persist, shared with the other commands."`
 	HelpCmd helpCmd   `cmd:"" name:"help" help:"Show the help of the tool or of one command (git keeps --help for itself)."`
 }
 

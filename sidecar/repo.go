@@ -58,6 +58,9 @@ func openRepo(ctx context.Context, dir string) (*repo, error) {
 type sidecarConfig struct {
 	active string
 	dests  map[string]string
+	// persist holds sidecar.NAME.persist by NAME, and sidecar.persist
+	// under "".
+	persist map[string]string
 }
 
 // names lists the configured sidecars in order.
@@ -71,7 +74,7 @@ func (c sidecarConfig) names() []string {
 }
 
 func (r *repo) loadConfig(ctx context.Context) (sidecarConfig, error) {
-	c := sidecarConfig{dests: map[string]string{}}
+	c := sidecarConfig{dests: map[string]string{}, persist: map[string]string{}}
 	out, err := r.git.Run(ctx, "config", "-z", "--get-regexp", `^sidecar\.`)
 	if err != nil {
 		var gerr *gitx.Error
@@ -84,6 +87,14 @@ func (r *repo) loadConfig(ctx context.Context) (sidecarConfig, error) {
 		key, val, _ := strings.Cut(rec, "\n")
 		if key == "sidecar.active" {
 			c.active = val
+			continue
+		}
+		if key == "sidecar.persist" {
+			c.persist[""] = val
+			continue
+		}
+		if name, ok := strings.CutSuffix(strings.TrimPrefix(key, "sidecar."), ".persist"); ok && strings.HasPrefix(key, "sidecar.") && name != "" {
+			c.persist[name] = val
 			continue
 		}
 		if !strings.HasPrefix(key, "sidecar.") || !strings.HasSuffix(key, ".dest") {

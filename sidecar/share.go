@@ -3,7 +3,9 @@ package sidecar
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,6 +40,9 @@ const (
 type shareRequest struct {
 	Exec   bool   `json:"exec,omitempty"` // run as exec's command (sshx Exec), not a sync script
 	Script string `json:"script"`
+	// Quit asks a connection kept by `git-sidecar hold` to end (a
+	// watch is starting, which shares its own).
+	Quit bool `json:"quit,omitempty"`
 }
 
 type shareEnd struct {
@@ -47,10 +52,115 @@ type shareEnd struct {
 	Error  string `json:"error,omitempty"`
 }
 
-func sharePath(stateDir string) string { return filepath.Join(stateDir, "watch.sock") }
+// sharePath is the sidecar's socket: in its state folder, or, when that
+// path is too long for a socket, in a private folder of the user's under
+// $XDG_RUNTIME_DIR or the temporary folder, named after the state folder.
+// It is "" when neither will do.
+func sharePath(stateDir string) string {
+	if p := filepath.Join(stateDir, "watch.sock"); len(p) <= maxSocketPath {
+		return p
+	}
+	dir := privateRuntimeDir()
+	if dir == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(stateDir))
+	p := filepath.Join(dir, "sidecar-"+hex.EncodeToString(sum[:10])+".sock")
+	if len(p) > maxSocketPath {
+		return ""
+	}
+	return p
+}
+
+// privateRuntimeDir is $XDG_RUNTIME_DIR (which the system makes private
+// to the user), else a folder of the temporary folder that this user owns
+// and alone may enter; "" when it is not so (someone else made it).
+func privateRuntimeDir() string {
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" && ownedPrivateDir(d) {
+		return d
+	}
+	d := filepath.Join(os.TempDir(), "git-sidecar-"+strconv.Itoa(os.Getuid()))
+	_ = os.Mkdir(d, 0o700)
+	if ownedPrivateDir(d) {
+		return d
+	}
+	return ""
+}
+
+func ownedPrivateDir(d string) bool {
+	fi, err := os.Lstat(d)
+	if err != nil || !fi.IsDir() || fi.Mode().Perm()&0o077 != 0 {
+		return false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && int(st.Uid) == os.Getuid()
+}
 
 // unix socket paths are limited to about 107 bytes.
 const maxSocketPath = 104
+
+// shareLock is held by whoever serves the sidecar's socket (a watch or a
+// holder) for as long as it does: one server at a time.
+type shareLock struct{ f *os.File }
+
+func tryShareLock(stateDir string) (*shareLock, bool, error) {
+	if err := os.MkdirAll(stateDir, 0o755); err != nil {
+		return nil, false, fmt.Errorf("create sidecar state folder: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(stateDir, "share.lock"), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, false, err
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, false, nil
+		}
+		return nil, false, err
+	}
+	return &shareLock{f: f}, true, nil
+}
+
+func (l *shareLock) unlock() {
+	if l != nil {
+		l.f.Close()
+	}
+}
+
+// takeShareLock takes the lock for a watch: a holder that has it is asked
+// to end (again until it listens, if it has only just started), and has a
+// few seconds to do so.
+func takeShareLock(ctx context.Context, stateDir string) (*shareLock, bool) {
+	l, ok, err := tryShareLock(stateDir)
+	if err != nil || ok {
+		return l, ok
+	}
+	asked := false
+	ask := func() {
+		if path := sharePath(stateDir); path != "" && !asked {
+			t := &shareTransport{path: path}
+			var gone *errShareGone
+			asked = !errors.As(t.do(ctx, shareRequest{Quit: true}, nil, nil, nil), &gone)
+		}
+	}
+	ask()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, false
+		case <-deadline:
+			return nil, false
+		case <-tick.C:
+		}
+		if l, ok, err := tryShareLock(stateDir); err != nil || ok {
+			return l, ok
+		}
+		ask()
+	}
+}
 
 func writeFrame(w io.Writer, mu *sync.Mutex, typ byte, data []byte) error {
 	mu.Lock()
@@ -96,59 +206,118 @@ func (f *frameWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// shareServer serves a watch's connection to the other commands.
+// shareServer serves a watch's or a holder's connection to the other
+// commands. The caller holds the share lock.
 type shareServer struct {
 	ln   net.Listener
 	path string
+	ino  uint64 // of the socket file, to tell when it is gone
 	t    *sshTransport
 	logf func(string, ...any)
+
+	mu       sync.Mutex
+	active   int       // requests being served
+	lastUsed time.Time // when the last one ended (or the server started)
+	handlers sync.WaitGroup
+	// quit is closed when a client asks the server to end.
+	quit     chan struct{}
+	quitOnce sync.Once
+	served   chan struct{} // closed when serve returns
 }
 
 // serveShare starts sharing t's connection on the sidecar's socket, or
-// returns nil when it cannot (another watch shares it already, a path
-// too long for a socket).
+// returns nil when it cannot (no path will do for a socket).
 func serveShare(stateDir string, t *sshTransport, logf func(string, ...any)) *shareServer {
 	path := sharePath(stateDir)
-	if len(path) > maxSocketPath {
-		logf("watch: not sharing the connection: %q is too long a path for a socket", path)
+	if path == "" {
+		logf("not sharing the connection: no short enough private path for a socket")
 		return nil
 	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		logf("watch: another watch of this sidecar shares its connection already")
-		return nil
-	}
-	_ = os.Remove(path) // left by a watch that died
+	_ = os.Remove(path) // left by a server that died: we hold the lock
 	if err := os.MkdirAll(stateDir, 0o755); err != nil {
-		logf("watch: not sharing the connection: %v", err)
+		logf("not sharing the connection: %v", err)
 		return nil
 	}
 	old := syscall.Umask(0o177)
 	ln, err := net.Listen("unix", path)
 	syscall.Umask(old)
 	if err != nil {
-		logf("watch: not sharing the connection: %v", err)
+		logf("not sharing the connection: %v", err)
 		return nil
 	}
-	s := &shareServer{ln: ln, path: path, t: t, logf: logf}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	s := &shareServer{ln: ln, path: path, t: t, logf: logf, lastUsed: time.Now(), quit: make(chan struct{}), served: make(chan struct{})}
+	if fi, err := os.Lstat(path); err == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			s.ino = st.Ino
+		}
+	}
 	go s.serve()
 	return s
 }
 
+// close removes the socket if it is still ours, so that a new client
+// finds none and logs in itself; serves the clients that had connected
+// already; and lets the requests in hand finish (for a while).
 func (s *shareServer) close() {
-	if s != nil {
-		s.ln.Close()
+	if s == nil {
+		return
+	}
+	if s.stillListed() {
 		_ = os.Remove(s.path)
+	}
+	// A client whose connect succeeded is queued by now: accept what is
+	// queued, then stop.
+	_ = s.ln.(*net.UnixListener).SetDeadline(time.Now().Add(100 * time.Millisecond))
+	<-s.served
+	s.ln.Close()
+	done := make(chan struct{})
+	go func() { s.handlers.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Minute):
 	}
 }
 
+// stillListed reports whether the socket file is still the one we made.
+func (s *shareServer) stillListed() bool {
+	fi, err := os.Lstat(s.path)
+	if err != nil {
+		return false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && st.Ino == s.ino
+}
+
+// idleFor is how long no request has been in hand.
+func (s *shareServer) idleFor() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.active > 0 {
+		return 0
+	}
+	return time.Since(s.lastUsed)
+}
+
 func (s *shareServer) serve() {
+	defer close(s.served)
 	for {
 		c, err := s.ln.Accept()
 		if err != nil {
 			return
 		}
-		go s.handle(c)
+		s.mu.Lock()
+		s.active++
+		s.mu.Unlock()
+		s.handlers.Add(1)
+		go func() {
+			defer s.handlers.Done()
+			s.handle(c)
+			s.mu.Lock()
+			s.active--
+			s.lastUsed = time.Now()
+			s.mu.Unlock()
+		}()
 	}
 }
 
@@ -161,6 +330,13 @@ func (s *shareServer) handle(c net.Conn) {
 	}
 	var req shareRequest
 	if err := json.Unmarshal(line, &req); err != nil {
+		return
+	}
+	if req.Quit {
+		s.quitOnce.Do(func() { close(s.quit) })
+		b, _ := json.Marshal(shareEnd{})
+		var mu sync.Mutex
+		_ = writeFrame(c, &mu, frameEnd, b)
 		return
 	}
 	ctx, cancel := context.WithCancelCause(context.Background())
@@ -192,6 +368,14 @@ func (s *shareServer) handle(c net.Conn) {
 	}()
 	stdout := &frameWriter{w: c, mu: &mu, typ: frameStdout}
 	stderr := &frameWriter{w: c, mu: &mu, typ: frameStderr}
+	// A connection that sat unused may have died (a laptop asleep, a
+	// server restarted): check it, and log in again if it did.
+	s.mu.Lock()
+	idle := time.Since(s.lastUsed)
+	s.mu.Unlock()
+	if idle > idleCheck {
+		s.t.dropIfDead(2 * time.Second)
+	}
 	client, err := s.t.connect(ctx)
 	if err == nil {
 		if req.Exec {
@@ -214,7 +398,8 @@ func (s *shareServer) handle(c net.Conn) {
 	_ = writeFrame(c, &mu, frameEnd, b)
 }
 
-// shareTransport runs scripts through a running watch's connection.
+// shareTransport runs scripts through the connection of a running watch
+// or holder.
 type shareTransport struct {
 	path string
 	// own is a connection of the command's own, for what the watch does
@@ -222,9 +407,12 @@ type shareTransport struct {
 	own *sshTransport
 }
 
-// dialShare connects to a running watch of the sidecar, if any.
+// dialShare connects to a running watch or holder of the sidecar, if any.
 func dialShare(stateDir string) (*shareTransport, bool) {
 	path := sharePath(stateDir)
+	if path == "" {
+		return nil, false
+	}
 	c, err := net.DialTimeout("unix", path, time.Second)
 	if err != nil {
 		return nil, false
@@ -236,21 +424,42 @@ func dialShare(stateDir string) (*shareTransport, bool) {
 func (t *shareTransport) close() error { return t.own.close() }
 
 func (t *shareTransport) run(ctx context.Context, script string, stdin io.Reader, stdout, stderr io.Writer) error {
-	return t.do(ctx, shareRequest{Script: script}, stdin, stdout, stderr)
+	err := t.do(ctx, shareRequest{Script: script}, stdin, stdout, stderr)
+	var gone *errShareGone
+	if errors.As(err, &gone) && t.own != nil {
+		// The server ended between our look and our request (a holder
+		// idle for long enough): nothing was sent, log in ourselves.
+		return t.own.run(ctx, script, stdin, stdout, stderr)
+	}
+	return err
 }
+
+// errShareGone is a shared connection that could not be reached: nothing
+// of the request was sent.
+type errShareGone struct{ err error }
+
+func (e *errShareGone) Error() string {
+	return "reach the shared connection: " + e.err.Error()
+}
+func (e *errShareGone) Unwrap() error { return e.err }
 
 func (t *shareTransport) exec(ctx context.Context, script string, o execIO) error {
 	if o.tty >= 2 || (o.tty == 1 && o.terminal != nil) {
 		return t.own.exec(ctx, script, o)
 	}
-	return t.do(ctx, shareRequest{Exec: true, Script: script}, o.stdin, o.stdout, o.stderr)
+	err := t.do(ctx, shareRequest{Exec: true, Script: script}, o.stdin, o.stdout, o.stderr)
+	var gone *errShareGone
+	if errors.As(err, &gone) && t.own != nil {
+		return t.own.exec(ctx, script, o)
+	}
+	return err
 }
 
 func (t *shareTransport) do(ctx context.Context, req shareRequest, stdin io.Reader, stdout, stderr io.Writer) error {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", t.path)
 	if err != nil {
-		return fmt.Errorf("reach the running watch's connection: %w", err)
+		return &errShareGone{err}
 	}
 	defer c.Close()
 	if stdout == nil {
@@ -261,7 +470,7 @@ func (t *shareTransport) do(ctx context.Context, req shareRequest, stdin io.Read
 	}
 	b, _ := json.Marshal(req)
 	if _, err := c.Write(append(b, '\n')); err != nil {
-		return fmt.Errorf("reach the running watch's connection: %w", err)
+		return &errShareGone{err}
 	}
 	var mu sync.Mutex
 	if stdin != nil {

@@ -110,6 +110,10 @@ type sshTransport struct {
 	// mu guards client: a watch shares it with other commands' scripts.
 	mu     sync.Mutex
 	client *sshx.Client
+	// logged is set once a login succeeded; afterLogin, if set, runs
+	// when a transport that logged in is closed.
+	logged     bool
+	afterLogin func()
 }
 
 // connect returns the connection, dialling it first if needed.
@@ -122,6 +126,7 @@ func (t *sshTransport) connect(ctx context.Context) (*sshx.Client, error) {
 			return nil, err
 		}
 		t.client = c
+		t.logged = true
 	}
 	return t.client, nil
 }
@@ -155,11 +160,19 @@ func (t *sshTransport) dropIfDead(timeout time.Duration) bool {
 
 func (t *sshTransport) close() error {
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.client == nil {
-		return nil
+	var err error
+	if t.client != nil {
+		err = t.client.Close()
+		t.client = nil
 	}
-	err := t.client.Close()
-	t.client = nil
+	after := t.afterLogin
+	if !t.logged {
+		after = nil
+	}
+	t.afterLogin = nil
+	t.mu.Unlock()
+	if after != nil {
+		after()
+	}
 	return err
 }

@@ -55,8 +55,13 @@ func (c *watchCmd) Run(a *app) error {
 	e.applyFirst = true
 	if t, ok := e.tr.(*sshTransport); ok {
 		// Other commands run their scripts over this connection while
-		// the watch runs.
-		defer serveShare(e.r.stateDir(e.name), t, a.logf).close()
+		// the watch runs; a connection kept after a command ends now.
+		if l, ok := takeShareLock(a.ctx, e.r.stateDir(e.name)); ok {
+			defer l.unlock()
+			defer serveShare(e.r.stateDir(e.name), t, a.logf).close()
+		} else {
+			a.logf("watch: not sharing the connection: another watch of this sidecar does")
+		}
 	}
 	w, err := newTreeWatcher(a.ctx, e.r, a.logf)
 	if err != nil {

@@ -251,6 +251,9 @@ func (s *Server) start(path string) error {
 	cmd := exec.Command(SSHDPath, "-D", "-e", "-f", cfgFile)
 	cmd.Stdout = s.log
 	cmd.Stderr = s.log
+	// The sshd of a connection a client keeps open holds the log pipe:
+	// Close ends those too, and does not wait on the pipe for ever.
+	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start sshd: %w", err)
 	}
@@ -434,10 +437,37 @@ func (s *Server) Close() error {
 	if s.cmd == nil {
 		return nil
 	}
+	// Each connection's sshd is a child in a session of its own: end
+	// them first, so that clients that keep a connection see it close.
+	killChildren(s.cmd.Process.Pid)
 	_ = s.cmd.Process.Kill()
 	<-s.done
 	s.cmd = nil
 	return nil
+}
+
+// killChildren kills the processes whose parent is pid.
+func killChildren(pid int) {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...; comm may hold spaces and parentheses.
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			_ = syscall.Kill(child, syscall.SIGKILL)
+		}
+	}
 }
 
 func freePort() (int, error) {

@@ -126,6 +126,8 @@ type Client struct {
 	via       []*Client
 	closed    chan struct{}
 	closeOnce sync.Once
+	ended     chan struct{}
+	endedOnce sync.Once
 	deadMu    sync.Mutex
 	dead      error
 }
@@ -138,6 +140,18 @@ func (c *Client) Close() error {
 		c.via[i].Close()
 	}
 	return err
+}
+
+// Done is closed once the connection has ended, whichever side ended it.
+func (c *Client) Done() <-chan struct{} {
+	c.endedOnce.Do(func() {
+		c.ended = make(chan struct{})
+		go func() {
+			_ = c.conn.Wait()
+			close(c.ended)
+		}()
+	})
+	return c.ended
 }
 
 // lost is why the connection was given up (no answer to keepalives), or

@@ -1,0 +1,86 @@
+package sidecar_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// logins counts the SSH logins sshd accepted; closed counts the
+// connections that ended.
+func (w *world) logins() int { return strings.Count(w.sshd.Log(), "Accepted publickey") }
+func (w *world) closed() int { return strings.Count(w.sshd.Log(), "Transferred: sent") }
+
+// TestConnectionPersists: after a command logs in, the next ones reuse a
+// connection kept in the background (as OpenSSH's ControlPersist does),
+// until it has been idle for sidecar.persist, or the sidecar is removed.
+// sidecar.persist=no keeps none, and a bad value is one clear line.
+func TestConnectionPersists(t *testing.T) {
+	for _, name := range []string{"dev", strings.Repeat("long-name-", 6)} {
+		t.Run(map[bool]string{true: "long-path", false: "short-path"}[len(name) > 10], func(t *testing.T) {
+			t.Parallel()
+			w := newWorld(t, overSSH, "")
+			w.write("a.txt", "a\n")
+			w.commitAll("a")
+			w.mustSidecar("add", name, w.dest)
+			out := w.mustSidecar("setup", "-v")
+			require.Contains(t, out, "keeping a connection open for 10m0s")
+			// setup's own login, then the kept connection's.
+			require.Eventually(t, func() bool { return w.logins() == 2 }, time.Minute, 20*time.Millisecond, w.sshd.Log())
+
+			w.write("b.txt", "b\n")
+			out = w.sync("-v")
+			require.Contains(t, out, "using the shared connection")
+			stdout, _, err := w.sidecar("exec", "--no-sync", "--", "cat", "b.txt")
+			require.NoError(t, err)
+			require.Equal(t, "b\n", stdout)
+			stdout, _, err = w.sidecar("status")
+			require.NoError(t, err)
+			require.Contains(t, stdout, "state:     in sync")
+			require.Equal(t, 2, w.logins(), "a command logged in although a connection is kept")
+
+			// Removing the sidecar ends the kept connection.
+			closed := w.closed()
+			w.mustSidecar("remove", name)
+			require.Eventually(t, func() bool { return w.closed() > closed }, 10*time.Second, 20*time.Millisecond,
+				"the kept connection outlived its sidecar:\n%s", w.sshd.Log())
+		})
+	}
+}
+
+func TestConnectionPersistSetting(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, overSSH, "")
+	w.write("a.txt", "a\n")
+	w.commitAll("a")
+	w.mustSidecar("add", "dev", w.dest)
+
+	// no: every command logs in, and nothing is left behind.
+	w.git(w.repo, "config", "sidecar.dev.persist", "no")
+	out := w.mustSidecar("setup", "-v")
+	require.NotContains(t, out, "keeping a connection")
+	w.write("b.txt", "b\n")
+	out = w.sync("-v")
+	require.NotContains(t, out, "using the shared connection")
+	require.Equal(t, 2, w.logins())
+
+	// A number is seconds: the connection ends once idle that long.
+	w.git(w.repo, "config", "sidecar.dev.persist", "1")
+	closed := w.closed()
+	w.write("c.txt", "c\n")
+	out = w.sync("-v")
+	require.Contains(t, out, "keeping a connection open for 1s")
+	require.Eventually(t, func() bool { return w.logins() == 4 }, time.Minute, 20*time.Millisecond, w.sshd.Log())
+	require.Eventually(t, func() bool { return w.closed() >= closed+2 }, 30*time.Second, 20*time.Millisecond,
+		"the kept connection did not end once idle:\n%s", w.sshd.Log())
+
+	// The per-sidecar setting wins over sidecar.persist; a bad value
+	// stops the command with one line naming the key.
+	w.git(w.repo, "config", "sidecar.persist", "yes")
+	w.git(w.repo, "config", "sidecar.dev.persist", "for ever")
+	_, errOut, err := w.sidecar("sync")
+	require.Error(t, err)
+	require.Equal(t, `git sidecar: bad sidecar.dev.persist "for ever": want no, yes, seconds or a duration such as 10m`, strings.TrimSpace(errOut))
+}
