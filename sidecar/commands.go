@@ -1,6 +1,7 @@
 package sidecar
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -58,6 +59,7 @@ func (a *app) newEngine(r *repo, cfg sidecarConfig, name string, acceptNew bool)
 			a.logf("using the shared connection (of a running `git sidecar watch`, or kept for sidecar.persist)")
 			sh.own = t
 			e.tr = sh
+			e.takeDirty = func(ctx context.Context) ([]string, bool, func()) { return sh.takeDirty(ctx, r.top) }
 			return e, nil
 		}
 		persist, err := cfg.persistFor(name)

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -118,7 +119,8 @@ func (c *holdCmd) Run(a *app) error {
 	defer lock.unlock()
 	t := &sshTransport{dest: d, opts: sshx.Options{}}
 	defer t.close()
-	srv := serveShare(stateDir, t, a.logf)
+	takes := make(chan takeRequest)
+	srv := serveShare(stateDir, t, takes, a.logf)
 	if srv == nil {
 		return nil
 	}
@@ -128,6 +130,29 @@ func (c *holdCmd) Run(a *app) error {
 	if err != nil {
 		return err
 	}
+	// Watch the work tree, so that the next sync looks at what changed
+	// and not at every file. Nothing was watched before now: the first
+	// take says so (full).
+	dirty := &dirtyTracker{full: true}
+	tw, err := newTreeWatcher(a.ctx, r, a.logf)
+	if err != nil {
+		dirty.broken = true
+	} else {
+		defer tw.close()
+	}
+	var events <-chan struct{}
+	var werrs <-chan error
+	if tw != nil {
+		events, werrs = tw.events, tw.errs
+	}
+	drain := func() {
+		b, err := tw.drain(a.ctx, nil)
+		if err != nil {
+			dirty.broken = true
+			return
+		}
+		dirty.add(b.paths, b.full)
+	}
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -136,6 +161,37 @@ func (c *holdCmd) Run(a *app) error {
 			return nil
 		case <-srv.quit:
 			return nil
+		case <-events:
+			drain()
+		case <-werrs:
+			dirty.broken, events, werrs = true, nil, nil
+		case tr := <-takes:
+			switch {
+			case tr.ack != 0:
+				dirty.ack(tr.ack)
+				tr.reply <- takeReply{}
+			case tr.top != r.top || dirty.broken:
+				// Another worktree's files, or no watch: no idea.
+				tr.reply <- takeReply{Full: true}
+			default:
+				// Every event before the barrier's is read once its
+				// own are: what was saved before the take is in it.
+				tw.barrier = filepath.Join(r.gitDir, "sidecar-barrier."+strconv.Itoa(os.Getpid()))
+				tw.sawBarrier = false
+				_ = os.WriteFile(tw.barrier, nil, 0o600)
+				_ = os.Remove(tw.barrier)
+				deadline := time.After(2 * time.Second)
+				for !tw.sawBarrier && !dirty.broken {
+					select {
+					case <-events:
+						drain()
+					case <-deadline:
+						dirty.full = true
+						tw.sawBarrier = true
+					}
+				}
+				tr.reply <- dirty.take()
+			}
 		case <-client.Done():
 			// As OpenSSH's master does, end with the connection; the
 			// next command logs in and leaves a new one.
@@ -151,4 +207,59 @@ func (c *holdCmd) Run(a *app) error {
 func exists(path string) bool {
 	_, err := os.Lstat(path)
 	return err == nil
+}
+
+// dirtyTracker is what a holder knows of the work tree's changes: the
+// paths changed since the last take, or full when it cannot list them.
+// A take's paths stay in flight until its sync acks them; a take that
+// was never acked (a sync that failed) is taken again with the next.
+type dirtyTracker struct {
+	paths    map[string]bool
+	full     bool
+	broken   bool // the watch failed: every take is full from now on
+	inflight map[string]bool
+	inFull   bool
+	gen      int
+}
+
+func (d *dirtyTracker) add(paths []string, full bool) {
+	if d.paths == nil {
+		d.paths = map[string]bool{}
+	}
+	for _, p := range paths {
+		d.paths[p] = true
+	}
+	d.full = d.full || full
+	if len(d.paths) > maxDirtyPaths {
+		d.full, d.paths = true, nil
+	}
+}
+
+func (d *dirtyTracker) take() takeReply {
+	if d.inflight != nil || d.inFull {
+		for p := range d.inflight {
+			d.add([]string{p}, false)
+		}
+		d.full = d.full || d.inFull
+	}
+	d.gen++
+	r := takeReply{Full: d.full || d.broken, Gen: d.gen}
+	if !r.Full {
+		for p := range d.paths {
+			r.Paths = append(r.Paths, p)
+		}
+		sort.Strings(r.Paths)
+	}
+	d.inflight, d.inFull = d.paths, d.full
+	if d.inflight == nil {
+		d.inflight = map[string]bool{}
+	}
+	d.paths, d.full = nil, false
+	return r
+}
+
+func (d *dirtyTracker) ack(gen int) {
+	if gen == d.gen {
+		d.inflight, d.inFull = nil, false
+	}
 }

@@ -2,6 +2,7 @@ package sidecar
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -43,6 +44,25 @@ type shareRequest struct {
 	// Quit asks a connection kept by `git-sidecar hold` to end (a
 	// watch is starting, which shares its own).
 	Quit bool `json:"quit,omitempty"`
+	// Take asks a holder for the paths changed in the work tree at this
+	// top since the last take (see dirtyTracker); Ack confirms the take
+	// of that generation, whose sync succeeded.
+	Take string `json:"take,omitempty"`
+	Ack  int    `json:"ack,omitempty"`
+}
+
+// takeReply answers a Take: Full when the paths are not the whole story.
+type takeReply struct {
+	Paths []string `json:"paths,omitempty"`
+	Full  bool     `json:"full,omitempty"`
+	Gen   int      `json:"gen,omitempty"`
+}
+
+// takeRequest is a Take or an Ack handed to the holder's loop.
+type takeRequest struct {
+	top   string
+	ack   int
+	reply chan takeReply
 }
 
 type shareEnd struct {
@@ -223,11 +243,15 @@ type shareServer struct {
 	quit     chan struct{}
 	quitOnce sync.Once
 	served   chan struct{} // closed when serve returns
+	// takes, when set (a holder that watches the work tree), gets the
+	// Take and Ack requests.
+	takes chan takeRequest
 }
 
 // serveShare starts sharing t's connection on the sidecar's socket, or
-// returns nil when it cannot (no path will do for a socket).
-func serveShare(stateDir string, t *sshTransport, logf func(string, ...any)) *shareServer {
+// returns nil when it cannot (no path will do for a socket). takes, if
+// not nil, gets the Take and Ack requests.
+func serveShare(stateDir string, t *sshTransport, takes chan takeRequest, logf func(string, ...any)) *shareServer {
 	path := sharePath(stateDir)
 	if path == "" {
 		logf("not sharing the connection: no short enough private path for a socket")
@@ -246,7 +270,7 @@ func serveShare(stateDir string, t *sshTransport, logf func(string, ...any)) *sh
 		return nil
 	}
 	ln.(*net.UnixListener).SetUnlinkOnClose(false)
-	s := &shareServer{ln: ln, path: path, t: t, logf: logf, lastUsed: time.Now(), quit: make(chan struct{}), served: make(chan struct{})}
+	s := &shareServer{ln: ln, path: path, t: t, logf: logf, lastUsed: time.Now(), quit: make(chan struct{}), served: make(chan struct{}), takes: takes}
 	if fi, err := os.Lstat(path); err == nil {
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 			s.ino = st.Ino
@@ -339,6 +363,10 @@ func (s *shareServer) handle(c net.Conn) {
 		_ = writeFrame(c, &mu, frameEnd, b)
 		return
 	}
+	if req.Take != "" || req.Ack != 0 {
+		s.answerTake(c, req)
+		return
+	}
 	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
 	var mu sync.Mutex
@@ -396,6 +424,47 @@ func (s *shareServer) handle(c net.Conn) {
 	}
 	b, _ := json.Marshal(end)
 	_ = writeFrame(c, &mu, frameEnd, b)
+}
+
+// answerTake hands a Take or Ack to the holder's loop and sends back
+// its answer; without one (a watch), the answer is Full.
+func (s *shareServer) answerTake(c net.Conn, req shareRequest) {
+	ans := takeReply{Full: true}
+	if s.takes != nil {
+		tr := takeRequest{top: req.Take, ack: req.Ack, reply: make(chan takeReply, 1)}
+		select {
+		case s.takes <- tr:
+			select {
+			case ans = <-tr.reply:
+			case <-time.After(5 * time.Second):
+			}
+		case <-time.After(5 * time.Second):
+		}
+	}
+	var mu sync.Mutex
+	b, _ := json.Marshal(ans)
+	_ = writeFrame(c, &mu, frameStdout, b)
+	b, _ = json.Marshal(shareEnd{})
+	_ = writeFrame(c, &mu, frameEnd, b)
+}
+
+// takeDirty asks the holder what changed in the work tree at top since
+// the last take; known is false when it cannot tell. ack, once the sync
+// succeeded, lets the holder forget those paths.
+func (t *shareTransport) takeDirty(ctx context.Context, top string) (paths []string, known bool, ack func()) {
+	var out bytes.Buffer
+	if err := t.do(ctx, shareRequest{Take: top}, nil, &out, nil); err != nil {
+		return nil, false, func() {}
+	}
+	var r takeReply
+	if json.Unmarshal(out.Bytes(), &r) != nil {
+		return nil, false, func() {}
+	}
+	ack = func() {}
+	if r.Gen != 0 {
+		ack = func() { _ = t.do(context.WithoutCancel(ctx), shareRequest{Ack: r.Gen}, nil, nil, nil) }
+	}
+	return r.Paths, !r.Full, ack
 }
 
 // shareTransport runs scripts through the connection of a running watch

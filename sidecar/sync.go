@@ -41,6 +41,9 @@ type engine struct {
 	// snapshot looks at those alone when it can.
 	dirty      []string
 	dirtyKnown bool
+	// takeDirty, when set (a kept connection whose holder watches the
+	// work tree), gives dirty before a sync; ack, after it succeeded.
+	takeDirty func(ctx context.Context) (paths []string, known bool, ack func())
 	// applyFirst moves the workspace's files before scanning it (see
 	// applyScript): a watch's syncs land sooner.
 	applyFirst bool
@@ -143,11 +146,20 @@ func (e *engine) staleReason(ctx context.Context, head, branch string) (string, 
 // whatever the state. A sync whose objects the workspace could not store
 // changed nothing there, and is tried once more.
 func (e *engine) sync(ctx context.Context, force bool) (*syncResult, error) {
+	ack := func() {}
+	if e.takeDirty != nil && !force {
+		// What the kept connection's holder saw change since the last
+		// sync: the snapshot looks at those paths alone.
+		e.dirty, e.dirtyKnown, ack = e.takeDirty(ctx)
+	}
 	res, err := e.syncOnce(ctx, force)
 	var sf *errStoreFailed
 	if errors.As(err, &sf) && ctx.Err() == nil {
 		e.logf("the workspace could not store what was sent (%v); trying once more", err)
 		res, err = e.syncOnce(ctx, force)
+	}
+	if err == nil {
+		ack()
 	}
 	return res, err
 }

@@ -58,7 +58,7 @@ func (c *watchCmd) Run(a *app) error {
 		// the watch runs; a connection kept after a command ends now.
 		if l, ok := takeShareLock(a.ctx, e.r.stateDir(e.name)); ok {
 			defer l.unlock()
-			defer serveShare(e.r.stateDir(e.name), t, a.logf).close()
+			defer serveShare(e.r.stateDir(e.name), t, nil, a.logf).close()
 		} else {
 			a.logf("watch: not sharing the connection: another watch of this sidecar does")
 		}
@@ -197,6 +197,11 @@ type treeWatcher struct {
 	changed  chan string
 	overflow chan struct{}
 	done     chan struct{}
+	// barrier is a file that drain does not report but notes as seen
+	// (sawBarrier): written and removed, its events tell that every
+	// event before them has been read.
+	barrier    string
+	sawBarrier bool
 }
 
 func newTreeWatcher(ctx context.Context, r *repo, logf func(string, ...any)) (*treeWatcher, error) {
@@ -377,6 +382,10 @@ func (w *treeWatcher) drain(ctx context.Context, e *engine) (b batch, err error)
 	var tree []string // relative to the top
 	gitEvent := false
 	for _, p := range paths {
+		if w.barrier != "" && p == w.barrier {
+			w.sawBarrier = true
+			continue
+		}
 		rel, err := filepath.Rel(w.r.top, p)
 		if err != nil || rel == ".." || strings.HasPrefix(rel, "../") || inGitDir(rel) || w.inGitDirs(p) {
 			gitEvent = true
@@ -410,7 +419,7 @@ func (w *treeWatcher) drain(ctx context.Context, e *engine) (b batch, err error)
 		b.sync = true
 		return b, nil
 	}
-	if gitEvent {
+	if gitEvent && e != nil {
 		moved, err := w.headMoved(ctx, e)
 		if err != nil {
 			return b, err

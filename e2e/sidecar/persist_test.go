@@ -1,6 +1,8 @@
 package sidecar_test
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -83,4 +85,46 @@ func TestConnectionPersistSetting(t *testing.T) {
 	_, errOut, err := w.sidecar("sync")
 	require.Error(t, err)
 	require.Equal(t, `git sidecar: bad sidecar.dev.persist "for ever": want no, yes, seconds or a duration such as 10m`, strings.TrimSpace(errOut))
+}
+
+// TestKeptConnectionWatchesTheTree: the holder of a kept connection
+// watches the work tree, so that a sync right after a save looks at the
+// changed paths alone, and falls back to listing everything whenever
+// that is not enough (its first sync, a new folder, git's index moved).
+// Every sync leaves the workspace identical, byte for byte.
+func TestKeptConnectionWatchesTheTree(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, overSSH, "")
+	w.write("a.txt", "a\n")
+	w.commitAll("a")
+	w.mustSidecar("add", "dev", w.dest)
+	w.mustSidecar("setup")
+	require.Eventually(t, func() bool { return w.logins() == 2 }, time.Minute, 20*time.Millisecond, w.sshd.Log())
+	fromWatch := "from the watch"
+
+	w.write("a.txt", "a2\n")
+	out := w.sync("-v")
+	require.NotContains(t, out, fromWatch, "nothing was watched before the holder started")
+	for i, step := range []struct {
+		change func()
+		watch  bool
+	}{
+		{func() { w.write("b.txt", "b\n") }, true},
+		{func() { w.write("a.txt", "a3\n") }, true},
+		{func() { require.NoError(t, os.Remove(filepath.Join(w.repo, "b.txt"))) }, true},
+		{func() { w.write("d/e/f.txt", "f\n") }, false},
+		{func() { w.write("d/e/g.txt", "g\n") }, true},
+		{func() { w.write(".gitignore", "*.log\n"); w.write("x.log", "ignored\n") }, false},
+		{func() { w.git(w.repo, "add", "-A") }, false},
+		{func() { w.write("a.txt", "a4\n") }, true},
+	} {
+		step.change()
+		out := w.sync("-v")
+		if step.watch {
+			require.Contains(t, out, fromWatch, "step %d", i)
+		} else {
+			require.NotContains(t, out, fromWatch, "step %d", i)
+		}
+	}
+	require.Equal(t, 2, w.logins())
 }
