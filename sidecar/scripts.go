@@ -295,19 +295,23 @@ if [ "$first" = 1 ]; then
     applied=1; echo early
   fi
 fi
+cur=
 if [ -n "$got" ]; then
   git add -A </dev/null >/dev/null || die 'cannot scan the workspace (git add -A)'
 else
   # The scan runs while the objects arrive and are stored: they touch
   # neither each other's files nor the index. Whatever happens, the script
   # ends only after the scan, so that its index.lock is gone.
-  git add -A </dev/null >/dev/null & scan=$!
-  trap 'wait' EXIT
+  sc="$gd/sidecar-scan.$$"
+  { git add -A </dev/null >/dev/null && git write-tree </dev/null >"$sc"; } & scan=$!
+  trap 'wait; rm -f "$sc"' EXIT
   receive
-  wait "$scan" || die 'cannot scan the workspace (git add -A)'
+  wait "$scan" || die 'cannot scan the workspace (git add -A, git write-tree)'
+  read -r cur <"$sc" && [ -n "$cur" ] || die 'cannot record the workspace (git write-tree)'
+  rm -f "$sc"
   trap - EXIT
 fi
-cur=$(git write-tree </dev/null) || die 'cannot record the workspace (git write-tree)'
+[ -n "$cur" ] || cur=$(git write-tree </dev/null) || die 'cannot record the workspace (git write-tree)'
 expect=$last
 [ -n "$applied" ] && expect=$new
 if [ -z "$expect" ]; then
