@@ -45,6 +45,24 @@ func (a *app) newEngine(r *repo, cfg sidecarConfig, name string, acceptNew bool)
 	e := &engine{r: r, name: name, dest: d, st: st, snap: snap, logf: a.logf}
 	if d.Local {
 		e.tr = localTransport{}
+		if a.ownConnection {
+			return e, nil
+		}
+		// No connection to keep, but a holder watches the work tree for
+		// the next sync all the same.
+		if sh, ok := dialShare(r.stateDir(name)); ok {
+			e.takeDirty = func(ctx context.Context) ([]string, bool, func()) { return sh.takeDirty(ctx, r.top) }
+			return e, nil
+		}
+		persist, err := cfg.persistFor(name)
+		if err != nil {
+			return nil, err
+		}
+		if persist > 0 {
+			if err := startHolder(r, name); err != nil {
+				a.logf("not watching the work tree for the next sync: %v", err)
+			}
+		}
 	} else {
 		opts := sshx.Options{AcceptNew: acceptNew}
 		if a.verbose {

@@ -108,7 +108,7 @@ func (c *holdCmd) Run(a *app) error {
 		return err
 	}
 	d, err := ParseDest(cfg.dests[name], r.top)
-	if err != nil || d.Local {
+	if err != nil {
 		return err
 	}
 	stateDir := r.stateDir(name)
@@ -117,18 +117,28 @@ func (c *holdCmd) Run(a *app) error {
 		return err // another holder or a watch shares it already
 	}
 	defer lock.unlock()
-	t := &sshTransport{dest: d, opts: sshx.Options{}}
-	defer t.close()
+	// A workspace on a local path has no connection to keep: its holder
+	// only watches the work tree.
+	var t *sshTransport
+	if !d.Local {
+		t = &sshTransport{dest: d, opts: sshx.Options{}}
+		defer t.close()
+	}
 	takes := make(chan takeRequest)
 	srv := serveShare(stateDir, t, takes, a.logf)
 	if srv == nil {
 		return nil
 	}
 	defer srv.close()
-	// Log in now, so that the next command finds the connection ready.
-	client, err := t.connect(a.ctx)
-	if err != nil {
-		return err
+	var ended <-chan struct{}
+	if t != nil {
+		// Log in now, so that the next command finds the connection
+		// ready.
+		client, err := t.connect(a.ctx)
+		if err != nil {
+			return err
+		}
+		ended = client.Done()
 	}
 	// Watch the work tree, so that the next sync looks at what changed
 	// and not at every file. Nothing was watched before now: the first
@@ -192,7 +202,7 @@ func (c *holdCmd) Run(a *app) error {
 				}
 				tr.reply <- dirty.take()
 			}
-		case <-client.Done():
+		case <-ended:
 			// As OpenSSH's master does, end with the connection; the
 			// next command logs in and leaves a new one.
 			return nil

@@ -396,6 +396,11 @@ func (s *shareServer) handle(c net.Conn) {
 	}()
 	stdout := &frameWriter{w: c, mu: &mu, typ: frameStdout}
 	stderr := &frameWriter{w: c, mu: &mu, typ: frameStderr}
+	if s.t == nil {
+		b, _ := json.Marshal(shareEnd{Error: "this holder keeps no connection (the workspace is on a local path)"})
+		_ = writeFrame(c, &mu, frameEnd, b)
+		return
+	}
 	// A connection that sat unused may have died (a laptop asleep, a
 	// server restarted): check it, and log in again if it did.
 	s.mu.Lock()

@@ -53,15 +53,16 @@ func (c *watchCmd) Run(a *app) error {
 	}
 	defer func() { e.tr.close() }()
 	e.applyFirst = true
-	if t, ok := e.tr.(*sshTransport); ok {
-		// Other commands run their scripts over this connection while
-		// the watch runs; a connection kept after a command ends now.
-		if l, ok := takeShareLock(a.ctx, e.r.stateDir(e.name)); ok {
-			defer l.unlock()
+	// A holder left by an earlier command ends now. Over SSH, other
+	// commands run their scripts over this connection while the watch
+	// runs.
+	if l, ok := takeShareLock(a.ctx, e.r.stateDir(e.name)); ok {
+		defer l.unlock()
+		if t, ok := e.tr.(*sshTransport); ok {
 			defer serveShare(e.r.stateDir(e.name), t, nil, a.logf).close()
-		} else {
-			a.logf("watch: not sharing the connection: another watch of this sidecar does")
 		}
+	} else {
+		a.logf("watch: not sharing the connection: another watch of this sidecar does")
 	}
 	w, err := newTreeWatcher(a.ctx, e.r, a.logf)
 	if err != nil {
