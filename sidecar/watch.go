@@ -2,11 +2,14 @@ package sidecar
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -203,6 +206,10 @@ type treeWatcher struct {
 	// event before them has been read.
 	barrier    string
 	sawBarrier bool
+	// hashLen is the repository's object id size; indexNames identifies
+	// the set of paths git's index lists, as last read.
+	hashLen    int
+	indexNames string
 }
 
 func newTreeWatcher(ctx context.Context, r *repo, logf func(string, ...any)) (*treeWatcher, error) {
@@ -217,6 +224,10 @@ func newTreeWatcher(ctx context.Context, r *repo, logf func(string, ...any)) (*t
 		changed:  make(chan string, 1<<16),
 		overflow: make(chan struct{}, 1),
 		done:     make(chan struct{}),
+	}
+	if f, err := r.objectFormat(ctx); err == nil {
+		w.hashLen = f.hashLen
+		w.indexNames = w.readIndexNames()
 	}
 	ignored, err := ignoredDirs(ctx, r)
 	if err != nil {
@@ -381,8 +392,11 @@ func (w *treeWatcher) drain(ctx context.Context, e *engine) (b batch, err error)
 		return batch{sync: true, full: true}, w.addTree(w.r.top, ignored)
 	}
 	var tree []string // relative to the top
-	gitEvent := false
+	gitEvent, indexEvent := false, false
 	for _, p := range paths {
+		if p == filepath.Join(w.r.gitDir, "index") {
+			indexEvent = true
+		}
 		if w.barrier != "" && p == w.barrier {
 			w.sawBarrier = true
 			continue
@@ -426,7 +440,21 @@ func (w *treeWatcher) drain(ctx context.Context, e *engine) (b batch, err error)
 			return b, err
 		}
 		if moved {
+			if indexEvent && w.hashLen != 0 {
+				w.indexNames = w.readIndexNames()
+			}
 			w.logf("watch: syncing: HEAD moved")
+			b.sync = true
+			return b, nil
+		}
+	}
+	if indexEvent && w.hashLen != 0 {
+		// git add -f, git rm --cached: the index lists other paths, and
+		// other files are visible. A git status rewrites the index with
+		// the same paths, which calls for nothing.
+		if names := w.readIndexNames(); names != w.indexNames {
+			w.indexNames = names
+			w.logf("watch: syncing: the index lists other paths")
 			b.sync = true
 			return b, nil
 		}
@@ -443,6 +471,26 @@ type batch struct {
 	// top; full says they are not the whole story.
 	paths []string
 	full  bool
+}
+
+// readIndexNames identifies the set of paths git's index lists: a hash
+// of them in order, or "" when the index cannot be read.
+func (w *treeWatcher) readIndexNames() string {
+	entries, _, err := readIndex(filepath.Join(w.r.gitDir, "index"), w.hashLen)
+	if err != nil {
+		return ""
+	}
+	names := make([]string, 0, len(entries))
+	for p := range entries {
+		names = append(names, p)
+	}
+	sort.Strings(names)
+	h := sha256.New()
+	for _, p := range names {
+		h.Write([]byte(p))
+		h.Write([]byte{0})
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // inGitDir reports whether rel (relative to the top) is inside a .git

@@ -138,6 +138,18 @@ func TestWatchSyncsSavedFiles(t *testing.T) {
 			require.NoFileExists(t, filepath.Join(w.ws, "debug.log"))
 			require.NoFileExists(t, filepath.Join(w.ws, "build/out.o"))
 
+			// The index alone changing what is visible syncs too: an
+			// ignored file added with -f, a tracked file dropped from
+			// the index while ignored. A git status, which rewrites the
+			// index with the same paths, does not.
+			w.git(w.repo, "add", "-f", "debug.log")
+			wt.eventually(time.Minute, "debug.log added with -f", func() bool { return w.workspaceHas("debug.log", "ignored\n") })
+			w.git(w.repo, "rm", "-q", "--cached", "debug.log")
+			wt.eventually(time.Minute, "debug.log dropped from the index", func() bool {
+				_, err := os.Lstat(filepath.Join(w.ws, "debug.log"))
+				return errors.Is(err, os.ErrNotExist)
+			})
+
 			// A commit (no file changed) syncs too, so that the state
 			// follows HEAD.
 			moved := strings.Count(wt.output(), "syncing: HEAD moved")
