@@ -141,20 +141,23 @@ func (c *holdCmd) Run(a *app) error {
 		ended = client.Done()
 	}
 	// Watch the work tree, so that the next sync looks at what changed
-	// and not at every file. Nothing was watched before now: the first
-	// take says so (full).
+	// and not at every file. The events wait for a take to be looked
+	// at: the holder runs no git while nobody asks (none while the
+	// repository is being deleted, say, which git could write into: a
+	// sparse index makes even ls-files write trees). A folder made
+	// meanwhile is among them, and a take that holds a folder lists
+	// everything.
 	dirty := &dirtyTracker{full: true}
-	tw, err := newTreeWatcher(a.ctx, r, a.logf)
-	if err != nil {
-		dirty.broken = true
-	} else {
-		defer tw.close()
-	}
+	// The watch starts with the first take, which lists everything
+	// anyway: a holder nobody asks runs no git at all.
+	var tw *treeWatcher
 	var events <-chan struct{}
 	var werrs <-chan error
-	if tw != nil {
-		events, werrs = tw.events, tw.errs
-	}
+	defer func() {
+		if tw != nil {
+			tw.close()
+		}
+	}()
 	drain := func() {
 		b, err := tw.drain(a.ctx, nil)
 		if err != nil {
@@ -171,8 +174,6 @@ func (c *holdCmd) Run(a *app) error {
 			return nil
 		case <-srv.quit:
 			return nil
-		case <-events:
-			drain()
 		case <-werrs:
 			dirty.broken, events, werrs = true, nil, nil
 		case tr := <-takes:
@@ -183,6 +184,14 @@ func (c *holdCmd) Run(a *app) error {
 			case tr.top != r.top || dirty.broken:
 				// Another worktree's files, or no watch: no idea.
 				tr.reply <- takeReply{Full: true}
+			case tw == nil:
+				w, err := newTreeWatcher(a.ctx, r, a.logf)
+				if err != nil {
+					dirty.broken = true
+				} else {
+					tw, events, werrs = w, w.events, w.errs
+				}
+				tr.reply <- dirty.take() // full: nothing was watched before
 			default:
 				// Every event before the barrier's is read once its
 				// own are: what was saved before the take is in it.
