@@ -47,6 +47,8 @@ const (
 func newWorld(t *testing.T, kind transportKind, noise string) *world {
 	t.Helper()
 	root := t.TempDir()
+	// Runs just before root is removed (cleanups run last first).
+	t.Cleanup(func() { stopHolders(root) })
 	w := &world{t: t, root: root, home: filepath.Join(root, "home")}
 	require.NoError(t, os.MkdirAll(w.home, 0o755))
 	bin, err := oldGitBin(root)

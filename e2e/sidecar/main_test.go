@@ -4,13 +4,16 @@
 package sidecar_test
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/rogpeppe/go-internal/testscript"
+	"golang.org/x/sys/unix"
 
 	"github.com/git-relay/git-relay/internal/gittest"
 	"github.com/git-relay/git-relay/internal/sshtest"
@@ -56,6 +59,7 @@ func TestScripts(t *testing.T) {
 		Dir:                 "testdata",
 		RequireExplicitExec: true,
 		Setup: func(env *testscript.Env) error {
+			env.Defer(func() { stopHolders(env.WorkDir) })
 			home := filepath.Join(env.WorkDir, "home")
 			if err := os.MkdirAll(home, 0o755); err != nil {
 				return err
@@ -77,3 +81,32 @@ func TestScripts(t *testing.T) {
 }
 
 func cut(kv string) (string, string, bool) { return strings.Cut(kv, "=") }
+
+// stopHolders kills the `git-sidecar hold` processes working in dir (the
+// connections and tree watches that commands leave behind) and waits
+// until they are gone, so that removing dir races with none of them.
+func stopHolders(dir string) {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmd, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || !bytes.HasPrefix(cmd, []byte("git-sidecar\x00hold\x00")) {
+			continue
+		}
+		cwd, err := os.Readlink(filepath.Join("/proc", e.Name(), "cwd"))
+		if err != nil || (cwd != dir && !strings.HasPrefix(cwd, dir+"/")) {
+			continue
+		}
+		// A pidfd turns readable when the process has exited.
+		fd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			continue
+		}
+		_ = unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0)
+		_, _ = unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 10_000)
+		unix.Close(fd)
+	}
+}
