@@ -38,6 +38,8 @@ type InProcess struct {
 	listener net.Listener
 	config   *ssh.ServerConfig
 	wg       sync.WaitGroup
+	mu       sync.Mutex
+	conns    map[net.Conn]bool // open connections, closed when the test ends
 }
 
 // StartInProcess starts a server that stops when the test ends.
@@ -86,6 +88,13 @@ func StartInProcess(t testing.TB, o Options) *InProcess {
 	go s.serve()
 	t.Cleanup(func() {
 		s.listener.Close()
+		// A client may keep its connection open past the test (a kept
+		// connection's holder): end them all.
+		s.mu.Lock()
+		for c := range s.conns {
+			c.Close()
+		}
+		s.mu.Unlock()
 		s.wg.Wait()
 	})
 	return s
@@ -109,10 +118,19 @@ func (s *InProcess) serve() {
 		if err != nil {
 			return
 		}
+		s.mu.Lock()
+		if s.conns == nil {
+			s.conns = map[net.Conn]bool{}
+		}
+		s.conns[nc] = true
+		s.mu.Unlock()
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
 			s.handle(nc)
+			s.mu.Lock()
+			delete(s.conns, nc)
+			s.mu.Unlock()
 		}()
 	}
 }
