@@ -43,57 +43,52 @@ func (a *app) newEngine(r *repo, cfg sidecarConfig, name string, acceptNew bool)
 		return nil, err
 	}
 	e := &engine{r: r, name: name, dest: d, st: st, snap: snap, logf: a.logf}
+	var ssh *sshTransport
 	if d.Local {
 		e.tr = localTransport{}
-		if a.ownConnection {
-			return e, nil
-		}
-		// No connection to keep, but a holder watches the work tree for
-		// the next sync all the same.
-		if sh, ok := dialShare(r.stateDir(name)); ok {
-			e.takeDirty = func(ctx context.Context) ([]string, bool, func()) { return sh.takeDirty(ctx, r.top) }
-			return e, nil
-		}
-		persist, err := cfg.persistFor(name)
-		if err != nil {
-			return nil, err
-		}
-		if persist > 0 {
-			if err := startHolder(r, name); err != nil {
-				a.logf("not watching the work tree for the next sync: %v", err)
-			}
-		}
 	} else {
 		opts := sshx.Options{AcceptNew: acceptNew}
 		if a.verbose {
 			opts.Log = a.stderr
 		}
-		t := &sshTransport{dest: d, opts: opts}
-		e.tr = t
-		if a.ownConnection {
-			return e, nil
-		}
-		if sh, ok := dialShare(r.stateDir(name)); ok {
+		ssh = &sshTransport{dest: d, opts: opts}
+		e.tr = ssh
+	}
+	if a.ownConnection {
+		return e, nil
+	}
+	// A running watch or holder (see persist.go) shares its connection
+	// and knows what changed in the work tree.
+	if sh, ok := dialShare(r.stateDir(name)); ok {
+		e.takeDirty = func(ctx context.Context) ([]string, bool, func()) { return sh.takeDirty(ctx, r.top) }
+		if ssh != nil {
 			a.logf("using the shared connection (of a running `git sidecar watch`, or kept for sidecar.persist)")
-			sh.own = t
+			sh.own = ssh
 			e.tr = sh
-			e.takeDirty = func(ctx context.Context) ([]string, bool, func()) { return sh.takeDirty(ctx, r.top) }
-			return e, nil
 		}
-		persist, err := cfg.persistFor(name)
-		if err != nil {
-			return nil, err
+		return e, nil
+	}
+	persist, err := cfg.persistFor(name)
+	if err != nil {
+		return nil, err
+	}
+	if persist <= 0 {
+		return e, nil
+	}
+	if ssh == nil {
+		// No connection to keep, but a holder watches the work tree for
+		// the next sync all the same.
+		if err := startHolder(r, name); err != nil {
+			a.logf("not watching the work tree for the next sync: %v", err)
 		}
-		if persist > 0 {
-			// Having logged in, leave a connection behind for the next
-			// command (see persist.go).
-			t.afterLogin = func() {
-				if err := startHolder(r, name); err != nil {
-					a.logf("not keeping the connection: %v", err)
-				} else {
-					a.logf("keeping a connection open for %s (sidecar.persist)", persist)
-				}
-			}
+		return e, nil
+	}
+	// Having logged in, leave a connection behind for the next command.
+	ssh.afterLogin = func() {
+		if err := startHolder(r, name); err != nil {
+			a.logf("not keeping the connection: %v", err)
+		} else {
+			a.logf("keeping a connection open for %s (sidecar.persist)", persist)
 		}
 	}
 	return e, nil

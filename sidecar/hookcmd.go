@@ -160,13 +160,9 @@ func (r *repo) rebasing() bool {
 	return false
 }
 
-// startWorker starts `git-sidecar sync --background NAME` in its own
-// session with every descriptor redirected, and does not wait for it.
+// startWorker starts `git-sidecar sync --background NAME`, its output
+// going to the sidecar's sync log.
 func startWorker(r *repo, name string) error {
-	exe, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("find git-sidecar: %w", err)
-	}
 	logPath := filepath.Join(r.stateDir(name), "sync.log")
 	if st, err := os.Stat(logPath); err == nil && st.Size() > 1<<20 {
 		_ = os.Rename(logPath, logPath+".old")
@@ -176,17 +172,32 @@ func startWorker(r *repo, name string) error {
 		return fmt.Errorf("open sync log: %w", err)
 	}
 	defer logf.Close()
-	cmd := exec.Command(exe, "sync", "--background", name)
+	if err := startDetached(r, logf, "sync", "--background", name); err != nil {
+		return fmt.Errorf("start background sync: %w", err)
+	}
+	return nil
+}
+
+// startDetached starts git-sidecar with args in the repository's top, in
+// its own session, with out (or /dev/null) as its output, and does not
+// wait for it.
+func startDetached(r *repo, out *os.File, args ...string) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find git-sidecar: %w", err)
+	}
+	cmd := exec.Command(exe, args...)
 	// Named as on PATH, which is also how a test binary standing in for
 	// git-sidecar knows what to run.
 	cmd.Args[0] = "git-sidecar"
 	cmd.Dir = r.top
 	cmd.Env = gitx.CleanEnv(os.Environ())
-	cmd.Stdout = logf
-	cmd.Stderr = logf
+	if out != nil {
+		cmd.Stdout, cmd.Stderr = out, out
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start background sync: %w", err)
+		return err
 	}
 	return cmd.Process.Release()
 }

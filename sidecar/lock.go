@@ -36,14 +36,24 @@ func tryLock(stateDir string) (*syncLock, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
+	ok, err := tryFlock(f)
+	if err != nil || !ok {
+		return nil, false, err
+	}
+	return &syncLock{f: f}, true, nil
+}
+
+// tryFlock takes an exclusive flock on f if it is free, and closes f
+// when it does not.
+func tryFlock(f *os.File) (bool, error) {
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, false, nil
+			return false, nil
 		}
-		return nil, false, fmt.Errorf("take sync lock: %w", err)
+		return false, fmt.Errorf("take lock %s: %w", f.Name(), err)
 	}
-	return &syncLock{f: f}, true, nil
+	return true, nil
 }
 
 // waitLock takes the lock, waiting for another sync to finish; it says so

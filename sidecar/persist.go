@@ -4,15 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
-	"github.com/git-relay/git-relay/internal/gitx"
 	"github.com/git-relay/git-relay/internal/sshx"
 )
 
@@ -72,22 +69,9 @@ func (c sidecarConfig) persistFor(name string) (time.Duration, error) {
 	return d, nil
 }
 
-// startHolder starts `git-sidecar hold NAME` in its own session with
-// every descriptor on /dev/null, and does not wait for it.
+// startHolder starts `git-sidecar hold NAME` in the background.
 func startHolder(r *repo, name string) error {
-	exe, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	cmd := exec.Command(exe, "hold", name)
-	cmd.Args[0] = "git-sidecar" // as startWorker does
-	cmd.Dir = r.top
-	cmd.Env = gitx.CleanEnv(os.Environ())
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	return cmd.Process.Release()
+	return startDetached(r, nil, "hold", name)
 }
 
 type holdCmd struct {

@@ -131,11 +131,8 @@ func tryShareLock(stateDir string) (*shareLock, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, false, nil
-		}
+	ok, err := tryFlock(f)
+	if err != nil || !ok {
 		return nil, false, err
 	}
 	return &shareLock{f: f}, true, nil
