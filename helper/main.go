@@ -159,6 +159,11 @@ func newHelper(ctx context.Context, name, addr string, stderr io.Writer) (*Helpe
 	if caFile == "" {
 		caFile = expandHome(h.config["http.sslcainfo"])
 	}
+	if !strings.HasPrefix(base, "https://") {
+		// Only TLS needs roots, and loading them (the system's and the
+		// file's) costs tens of milliseconds at every start.
+		caFile = ""
+	}
 	hc, err := wire.NewHTTPClient(caFile)
 	if err != nil {
 		return nil, err

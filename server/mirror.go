@@ -36,6 +36,51 @@ type mirror struct {
 	refreshing sync.Mutex
 	refreshed  time.Time
 	refs       *upstream.Refs
+	// admitting counts pushed packs on their way into the mirror after
+	// their push (admitLater): a refresh waits for them.
+	admitting pending
+}
+
+// pending counts work in flight that others can wait for.
+type pending struct {
+	mu   sync.Mutex
+	n    int
+	idle chan struct{} // closed when n drops to 0; nil while n is 0
+}
+
+func (p *pending) add() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.n == 0 {
+		p.idle = make(chan struct{})
+	}
+	p.n++
+}
+
+func (p *pending) done() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.n--
+	if p.n == 0 {
+		close(p.idle)
+		p.idle = nil
+	}
+}
+
+// wait waits until nothing is pending, or ctx ends.
+func (p *pending) wait(ctx context.Context) error {
+	p.mu.Lock()
+	idle := p.idle
+	p.mu.Unlock()
+	if idle == nil {
+		return nil
+	}
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // mirrors hands out one mirror per repository.
@@ -87,6 +132,9 @@ func (s *Server) upstreamErr(m *mirror, err error) error {
 // refs and fetches a moment later, and the second need not ask upstream
 // again.
 func (s *Server) refresh(ctx context.Context, m *mirror, maxAge time.Duration) (*upstream.Refs, error) {
+	if err := m.admitting.wait(ctx); err != nil {
+		return nil, err
+	}
 	m.refreshing.Lock()
 	defer m.refreshing.Unlock()
 	if m.refs != nil && time.Since(m.refreshed) < maxAge {

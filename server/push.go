@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -131,7 +133,12 @@ func (s *Server) push(ctx context.Context, e *exch) ([]wire.RefResult, error) {
 	p := &pushPlan{m: m, man: man, refs: l.refs, results: map[string]*wire.RefResult{}}
 	s.plan(p)
 	m.rw.RLock()
-	defer m.rw.RUnlock()
+	locked := true
+	defer func() {
+		if locked {
+			m.rw.RUnlock()
+		}
+	}()
 
 	_, peekErr := br.Peek(1)
 	hasBundle := peekErr == nil
@@ -165,25 +172,71 @@ func (s *Server) push(ctx context.Context, e *exch) ([]wire.RefResult, error) {
 		e.mu.Unlock()
 	}()
 	res, g, err := s.sendUpstream(ctx, e, p, pack)
-	if g != nil {
-		defer g.close()
-	}
 	if err != nil {
+		if g != nil {
+			g.close()
+		}
 		return nil, err
 	}
 	s.record(ctx, p, res)
-	if allOK(p.results) {
+	m.rw.RUnlock()
+	locked = false
+	switch {
+	case !allOK(p.results):
+		if g != nil {
+			g.close()
+		}
+	case g != nil && g.spool != nil:
+		// The pack was kept, not indexed: the mirror catches up after
+		// the client has its answer (see admitLater).
+		s.admitLater(p, g)
+	default:
 		// The mirror follows upstream: it has the objects (or admits the
 		// pushed pack now), and moves its refs as upstream did, so that
 		// the next listing needs no fetch.
+		m.rw.RLock()
 		if err := s.admitPush(ctx, p, g); err != nil {
 			s.log.Warn("update the mirror", "repo", m.name, "err", err)
+		}
+		m.rw.RUnlock()
+		if g != nil {
+			g.close()
 		}
 	}
 	m.refreshing.Lock()
 	m.refs = nil // upstream moved: the next use lists it again
 	m.refreshing.Unlock()
 	return ordered(man.Updates, p.results), nil
+}
+
+// admitLater brings the pushed pack into the mirror in the background,
+// at the lowest CPU priority, once upstream has accepted it. A push whose
+// policy needs no object (only creations and deletions, or moves whose
+// ids upstream had) keeps its pack in a file instead of indexing it on
+// the way: indexing it there too would double the server's work while
+// the user waits, since upstream indexes the same pack at the same time.
+// Until the pack is in, a refresh of the mirror waits for it rather than
+// fetching the same objects from upstream.
+func (s *Server) admitLater(p *pushPlan, g *gate) {
+	m := p.m
+	m.admitting.add()
+	s.bgWork.Add(1)
+	go func() {
+		defer s.bgWork.Done()
+		defer m.admitting.done()
+		defer g.close()
+		start := time.Now()
+		m.rw.RLock()
+		err := s.admitPush(s.ctx, p, g)
+		m.rw.RUnlock()
+		if err != nil {
+			if s.ctx.Err() == nil {
+				s.log.Warn("update the mirror", "repo", m.name, "err", err)
+			}
+			return
+		}
+		s.log.Debug("pushed pack admitted to the mirror", "repo", m.name, "took", time.Since(start).Round(time.Millisecond))
+	}()
 }
 
 // pushListAge is how old a listing of upstream a push may judge by when
@@ -487,6 +540,7 @@ type gate struct {
 	src      io.Reader
 	idx      *gitx.Cmd
 	idxIn    io.WriteCloser
+	spool    *os.File // the pack, kept for admitLater instead of indexed
 	idxDone  chan error
 	idxErr   error
 	buf      []byte // read ahead, not yet passed on
@@ -500,6 +554,15 @@ type gate struct {
 const holdBack = 4096
 
 func (s *Server) newGate(ctx context.Context, e *exch, p *pushPlan, q *quarantine, src io.Reader) (*gate, error) {
+	if len(p.ancestry) == 0 {
+		f, err := os.Create(filepath.Join(q.dir, "pushed.pack"))
+		if err != nil {
+			return nil, err
+		}
+		done := make(chan error, 1)
+		done <- nil
+		return &gate{s: s, e: e, p: p, q: q, src: src, idxIn: f, spool: f, idxDone: done, ctx: ctx}, nil
+	}
 	c := q.git.Command(ctx, "index-pack", "--stdin", "--fix-thin")
 	c.Stdout = io.Discard // set before the pipe: the command is built then
 	in, err := c.StdinPipe()
@@ -554,6 +617,10 @@ func (g *gate) Read(b []byte) (int, error) {
 					// mirror; its failure is reported when it matters.
 					g.idxIn.Close()
 					g.idxIn = nil
+					if g.spool != nil {
+						g.idxDone = make(chan error, 1)
+						g.idxDone <- fmt.Errorf("keep the pushed pack: %w", werr)
+					}
 				}
 			}
 			g.buf = append(g.buf, chunk[:n]...)
@@ -684,6 +751,20 @@ func (s *Server) admitPush(ctx context.Context, p *pushPlan, g *gate) error {
 	if g != nil {
 		if err := g.waitIndex(); err != nil {
 			return fmt.Errorf("index the pushed pack: %w", err)
+		}
+		if g.spool != nil {
+			f, err := os.Open(g.spool.Name())
+			if err != nil {
+				return err
+			}
+			c := g.q.git.Command(ctx, "index-pack", "--stdin", "--fix-thin")
+			c.Stdin, c.Stdout, c.Background = f, io.Discard, true
+			err = c.Run()
+			f.Close()
+			os.Remove(f.Name())
+			if err != nil {
+				return fmt.Errorf("index the pushed pack: %w", err)
+			}
 		}
 		if err := g.q.admit(p.m); err != nil {
 			return err

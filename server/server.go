@@ -98,6 +98,7 @@ type Server struct {
 	cancel   context.CancelFunc
 	stopping atomic.Bool // set when the shutdown begins
 	work     sync.WaitGroup
+	bgWork   sync.WaitGroup // work nobody waits for, cut short by a shutdown
 
 	mu   sync.Mutex
 	live map[string]*exch // the exchanges this instance has in hand
@@ -256,6 +257,7 @@ func (s *Server) Close() {
 	s.mu.Unlock()
 	s.work.Wait()
 	s.cancel()
+	s.bgWork.Wait()
 }
 
 // Handler serves /healthz and the API under /api/gr/. Routes are relative

@@ -417,11 +417,19 @@ func (b *bench) ensureBase(ctx context.Context) error {
 	return nil
 }
 
+// initBare makes an empty upstream repository. Every one checks the
+// objects pushed to it (receive.fsckObjects), as GitHub does: the relay
+// asks a file:// upstream for that check whatever its configuration
+// (internal/upstream), so the direct side's upstream does it too, and both
+// sides push to the same kind of upstream.
 func (b *bench) initBare(ctx context.Context, dir string) error {
 	if err := os.RemoveAll(dir); err != nil {
 		return err
 	}
-	_, err := b.git(ctx, "", "init", "-q", "--bare", "-b", "master", dir)
+	if _, err := b.git(ctx, "", "init", "-q", "--bare", "-b", "master", dir); err != nil {
+		return err
+	}
+	_, err := b.git(ctx, "", "--git-dir="+dir, "config", "receive.fsckObjects", "true")
 	return err
 }
 
