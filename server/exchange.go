@@ -338,7 +338,11 @@ var errEnded = errors.New("the exchange has ended")
 func (s *Server) wait(ctx context.Context, e *exch, d time.Duration, ok func(st state) bool) {
 	t := time.NewTimer(d)
 	defer t.Stop()
-	poll := time.NewTicker(200 * time.Millisecond)
+	// The store is read again soon at first, then less often: what the
+	// client waits for (the next chunk of an answer another instance is
+	// writing) usually comes within milliseconds.
+	every := 20 * time.Millisecond
+	poll := time.NewTimer(every)
 	defer poll.Stop()
 	for {
 		st, changed := e.snapshot()
@@ -348,6 +352,8 @@ func (s *Server) wait(ctx context.Context, e *exch, d time.Duration, ok func(st 
 		select {
 		case <-changed:
 		case <-poll.C:
+			every = min(2*every, 200*time.Millisecond)
+			poll.Reset(every)
 			e.mu.Lock()
 			local := e.working
 			e.mu.Unlock()

@@ -132,6 +132,7 @@ func (s *Server) janitor(ctx context.Context) {
 // recounts the bytes kept, and forgets what this instance no longer needs
 // in memory.
 func (s *Server) sweep(ctx context.Context, now time.Time) {
+	s.sweepSeeds(ctx, now)
 	// The newest write to anything of an exchange says when it was last
 	// touched; the chunks say how many bytes it holds.
 	latest := map[string]time.Time{}

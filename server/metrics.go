@@ -22,6 +22,7 @@ type metrics struct {
 	chunksIn       prometheus.Counter
 	chunksOut      prometheus.Counter
 	upstreamErrors prometheus.Counter
+	mirrorUpdates  *prometheus.CounterVec
 	open           prometheus.Gauge
 }
 
@@ -49,10 +50,13 @@ func newMetrics() *metrics {
 		chunksIn:       prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_upload_chunks_total", Help: "Upload chunks stored."}),
 		chunksOut:      prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_download_chunks_total", Help: "Download chunks written."}),
 		upstreamErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_upstream_errors_total", Help: "Failures to reach or use upstream."}),
-		open:           prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_sessions_open", Help: "Unfinished exchanges this instance knows of."}),
+		mirrorUpdates: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_mirror_updates_total", Help: "Objects brought into this instance's mirrors, by source: upstream (a fetch), or push (the pack of a push that landed through another instance sharing the store).",
+		}, []string{"from"}),
+		open: prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_sessions_open", Help: "Unfinished exchanges this instance knows of."}),
 	}
 	m.reg.MustRegister(m.requests, m.opened, m.finished, m.refusals, m.phase, m.bytesIn, m.bytesOut,
-		m.chunksIn, m.chunksOut, m.upstreamErrors, m.open,
+		m.chunksIn, m.chunksOut, m.upstreamErrors, m.mirrorUpdates, m.open,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

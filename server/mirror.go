@@ -162,8 +162,15 @@ func (s *Server) refresh(ctx context.Context, m *mirror, maxAge time.Duration) (
 		}
 	}
 	if !same {
+		s.seed(ctx, m, refs)
+		if !s.shared() || m.lacks(ctx, refs) {
+			s.metrics.mirrorUpdates.WithLabelValues("upstream").Inc()
+		}
+		// The fetched pack is kept as it came (fetch.unpackLimit=1), not
+		// exploded into loose objects: upload-pack then sends its objects
+		// as they are stored instead of compressing each one again.
 		m.rw.RLock()
-		_, err = m.git.Run(ctx, "fetch", "--prune", "--quiet", "--no-write-fetch-head", "--no-tags",
+		_, err = m.git.Run(ctx, "-c", "fetch.unpackLimit=1", "fetch", "--prune", "--quiet", "--no-write-fetch-head", "--no-tags",
 			m.remote.String(), "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
 		m.rw.RUnlock()
 		if err != nil {
@@ -206,28 +213,42 @@ func (s *Server) ensureMirror(ctx context.Context, m *mirror) error {
 	if _, err := (gitx.Repo{}).Run(ctx, "init", "--bare", "-q", tmp); err != nil {
 		return fmt.Errorf("create mirror: %w", err)
 	}
-	t := gitx.Repo{GitDir: tmp}
-	for _, kv := range [][2]string{
-		{"gc.auto", "0"},
-		{"core.logAllRefUpdates", "false"},
-		{"fetch.fsckObjects", "true"},
-		{"transfer.fsckObjects", "true"},
-		// Partial clones ask for filters; any object's id may be wanted,
-		// which is safe because the mirror holds only what upstream
-		// serves (see prune).
-		{"uploadpack.allowFilter", "true"},
-		{"uploadpack.allowAnySHA1InWant", "true"},
-		{"repack.writeBitmaps", "true"},
-	} {
-		if _, err := t.Run(ctx, "config", kv[0], kv[1]); err != nil {
-			return err
-		}
+	// Appended to the config file that init wrote, rather than set by one
+	// git config each: a cold mirror is on a clone's critical path.
+	f, err := os.OpenFile(filepath.Join(tmp, "config"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return fmt.Errorf("create mirror: %w", err)
+	}
+	_, err = f.WriteString(mirrorConfig)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("create mirror: %w", err)
 	}
 	if err := os.Rename(tmp, m.dir); err != nil && !os.IsExist(err) {
 		return fmt.Errorf("create mirror: %w", err)
 	}
 	return nil
 }
+
+// mirrorConfig is the mirror's own configuration. Partial clones ask
+// for filters; any object's id may be wanted, which is safe because the
+// mirror holds only what upstream serves (see prune).
+const mirrorConfig = `[gc]
+	auto = 0
+[core]
+	logAllRefUpdates = false
+[fetch]
+	fsckObjects = true
+[transfer]
+	fsckObjects = true
+[uploadpack]
+	allowFilter = true
+	allowAnySHA1InWant = true
+[repack]
+	writeBitmaps = true
+`
 
 func (m *mirror) localRefs(ctx context.Context) (map[string]string, error) {
 	out, err := m.git.Run(ctx, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/", "refs/tags/")

@@ -72,7 +72,19 @@ func (s *Server) runPush(ctx context.Context, e *exch) {
 	bg := context.WithoutCancel(ctx)
 	s.finish(bg, e, results, err)
 	s.metrics.phase.WithLabelValues("push").Observe(time.Since(start).Seconds())
+	if err == nil && allLanded(results) && s.markSeed(bg, e) {
+		return // the chunks stay for the other instances' mirrors (seedKeep)
+	}
 	s.dropChunks(bg, e.id)
+}
+
+func allLanded(results []wire.RefResult) bool {
+	for _, r := range results {
+		if !r.OK {
+			return false
+		}
+	}
+	return len(results) > 0
 }
 
 // pushPlan is a push once its manifest is read and checked.

@@ -51,14 +51,16 @@ const (
 )
 
 type options struct {
-	keep   bool
-	rounds int
-	size   int // bytes of data per repository
+	keep      bool
+	serverLog bool
+	rounds    int
+	size      int // bytes of data per repository
 }
 
 func main() {
 	var o options
 	flag.BoolVar(&o.keep, "keep", false, "keep the work folder (repositories, logs) and print where it is")
+	flag.BoolVar(&o.serverLog, "server-v", false, "run the servers with -v (their logs, kept with -keep, then time each exchange's phases)")
 	flag.IntVar(&o.rounds, "rounds", 3, "rounds of each comparison; the median time of each side is reported")
 	flag.IntVar(&o.size, "mib", 12, "MiB of (mostly incompressible) data in each of the six repositories")
 	flag.Parse()
@@ -119,7 +121,7 @@ func run(o options) error {
 	if out, err := exec.CommandContext(ctx, "git-relay-server", "keygen", "-o", keyFile).CombinedOutput(); err != nil {
 		return fmt.Errorf("git-relay-server keygen: %w: %s", err, out)
 	}
-	local, err := startSide(ctx, work, "local", 1, keyFile, nil)
+	local, err := startSide(ctx, work, "local", 1, keyFile, nil, o.serverLog)
 	if err != nil {
 		return err
 	}
@@ -129,7 +131,7 @@ func run(o options) error {
 		return err
 	}
 	defer s3stop()
-	shared, err := startSide(ctx, work, "s3", 2, keyFile, s3)
+	shared, err := startSide(ctx, work, "s3", 2, keyFile, s3, o.serverLog)
 	if err != nil {
 		return err
 	}
@@ -247,7 +249,7 @@ type phaseStats struct {
 
 // startSide starts n instances: on the S3 store when s3 is set, else on
 // each one's folder store; and haproxy in front of them.
-func startSide(ctx context.Context, work, name string, n int, keyFile string, s3 *s3test.Server) (*side, error) {
+func startSide(ctx context.Context, work, name string, n int, keyFile string, s3 *s3test.Server, verbose bool) (*side, error) {
 	bin, err := exec.LookPath("git-relay-server")
 	if err != nil {
 		return nil, err
@@ -270,6 +272,9 @@ func startSide(ctx context.Context, work, name string, n int, keyFile string, s3
 		}
 		if s3 != nil {
 			args = append(args, "--store", s3.URL("bench"))
+		}
+		if verbose {
+			args = append(args, "-v")
 		}
 		in, err := clustertest.Start(clustertest.Spec{Bin: bin, Name: iname, Args: args, Env: env, LogPath: filepath.Join(s.work, iname+".log")})
 		if err != nil {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -80,6 +81,38 @@ func TestPushCloneThroughBalancer(t *testing.T) {
 	c.git(src, "pull", "-q", "relay::owner/repo", "master")
 	require.Equal(t, next, c.git(src, "rev-parse", "HEAD"))
 	require.Equal(t, 2, c.moves("owner/repo", "refs/heads/master"))
+}
+
+// TestMirrorsSeededFromThePush pushes through one instance and clones
+// through both: the instance that did not run the push takes the pushed
+// pack from the store into its mirror, and no instance fetches those
+// objects from upstream again. A second push, which builds on the first,
+// is seeded the same way.
+func TestMirrorsSeededFromThePush(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, options{instances: 2, maxBody: chunkBody})
+	c.upstreamInit("owner/repo")
+	src := c.newRepo("src")
+	heads := []string{c.commitRandom(src, "blob.bin", 1<<20, 1)}
+	c.git(src, "push", "relay::owner/repo", "master")
+	heads = append(heads, c.commitRandom(src, "more.bin", 1<<20, 2))
+	c.git(src, "push", "relay::owner/repo", "master")
+	require.Equal(t, heads[1], c.upstreamRev("owner/repo", "refs/heads/master"))
+
+	// Each clone's requests (capabilities, listing, fetch) alternate
+	// between the two instances, so both mirrors serve.
+	for i := range 2 {
+		clone := filepath.Join(c.work, "clone"+strconv.Itoa(i))
+		c.git("", "clone", "-q", "relay::owner/repo", clone)
+		require.Equal(t, heads[1], c.git(clone, "rev-parse", "HEAD"))
+		got, err := os.ReadFile(filepath.Join(clone, "more.bin"))
+		require.NoError(t, err)
+		require.True(t, bytes.Equal(randomBytes(1<<20, 2), got), "the cloned more.bin has the pushed bytes")
+		c.git(clone, "fsck", "--strict")
+	}
+	ms := c.metrics()
+	assert.GreaterOrEqual(t, sum(ms, "relay_mirror_updates_total", "from", "push"), 1.0, "packs seeded from pushes")
+	assert.Zero(t, sum(ms, "relay_mirror_updates_total", "from", "upstream"), "mirror fetches that brought objects from upstream")
 }
 
 // TestKillInstanceMidUpload kills (SIGKILL) the instance running a push
