@@ -153,11 +153,16 @@ type downloader struct {
 	moved  int64
 	start  time.Time
 	window uint32
+
+	free    chan []byte // chunk buffers to use again
+	bufSize int
+	lent    []byte // the buffer of the chunk the reader has
 }
 
 type downChunk struct {
 	plain []byte
 	final bool
+	buf   []byte // the buffer plain lies in, nil if not ours to reuse
 }
 
 // download returns the answer's plaintext as a stream: inline, or
@@ -186,7 +191,8 @@ func (x *exchange) download(ctx context.Context, st *wire.Status, tail []byte, l
 	if err != nil {
 		return nil, err
 	}
-	d := &downloader{x: x, stream: stream, cache: cache, got: map[uint32]downChunk{}, final: -1, start: time.Now(), window: chunkWorkers}
+	d := &downloader{x: x, stream: stream, cache: cache, got: map[uint32]downChunk{}, final: -1, start: time.Now(), window: chunkWorkers,
+		free: make(chan []byte, 2*chunkWorkers+1), bufSize: int(x.h.maxBdy)}
 	d.cond = sync.NewCond(&d.mu)
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -276,6 +282,7 @@ var errPastEnd = errors.New("past the final chunk")
 // from the server (which waits a while for a chunk not written yet).
 func (d *downloader) fetch(ctx context.Context, i uint32) (downChunk, error) {
 	q := url.Values{"id": {d.x.id}, "i": {strconv.FormatUint(uint64(i), 10)}}
+	var into []byte
 	for attempt := 0; ; attempt++ {
 		var b []byte
 		var err error
@@ -286,7 +293,10 @@ func (d *downloader) fetch(ctx context.Context, i uint32) (downChunk, error) {
 			}
 		}
 		if b == nil {
-			b, err = d.x.h.client.Get(ctx, wire.Request{Method: http.MethodGet, Path: wire.PathDown, Query: q, What: fmt.Sprintf("download chunk %d", i+1)})
+			if into == nil {
+				into = d.getBuf()
+			}
+			b, err = d.x.h.client.Get(ctx, wire.Request{Method: http.MethodGet, Path: wire.PathDown, Query: q, What: fmt.Sprintf("download chunk %d", i+1), Into: into})
 		}
 		var api *wire.APIError
 		switch {
@@ -325,7 +335,33 @@ func (d *downloader) fetch(ctx context.Context, i uint32) (downChunk, error) {
 			}
 			continue
 		}
-		return downChunk{plain: plain, final: final}, nil
+		c := downChunk{plain: plain, final: final}
+		if !fromCache {
+			c.buf = into
+		}
+		return c, nil
+	}
+}
+
+// getBuf hands out a chunk buffer: one that the payload reader is done
+// with, or a new one.
+func (d *downloader) getBuf() []byte {
+	select {
+	case b := <-d.free:
+		return b
+	default:
+		return make([]byte, 0, d.bufSize+bytes.MinRead)
+	}
+}
+
+// putBuf takes a buffer back, unless enough are kept already.
+func (d *downloader) putBuf(b []byte) {
+	if b == nil {
+		return
+	}
+	select {
+	case d.free <- b[:0]:
+	default:
 	}
 }
 
@@ -338,6 +374,10 @@ func (d *downloader) nextChunk() ([]byte, bool, error) {
 			delete(d.got, d.next)
 			d.next++
 			d.cond.Broadcast()
+			// The payload reader asks for a chunk only once it is done
+			// with the one before, whose buffer serves again.
+			d.putBuf(d.lent)
+			d.lent = c.buf
 			return c.plain, c.final, nil
 		}
 		if d.err != nil {

@@ -293,7 +293,7 @@ func (s *Server) writeAnswer(ctx context.Context, e *exch, r io.Reader) error {
 			}
 		}
 		obj := append(chunk, flagOf(final))
-		if _, err := s.store.Put(ctx, downKey(e.id, i), obj, store.PutOptions{}); err != nil {
+		if _, err := s.store.Put(ctx, downKey(e.id, i), obj, store.PutOptions{Volatile: true}); err != nil {
 			return fmt.Errorf("keep answer chunk %d: %w", i, err)
 		}
 		s.metrics.chunksOut.Inc()

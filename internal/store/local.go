@@ -130,7 +130,7 @@ func (l *Local) Put(ctx context.Context, key string, data []byte, opt PutOptions
 	if err := ctx.Err(); err != nil {
 		return "", err
 	}
-	tmp, etag, err := l.prepare(data)
+	tmp, etag, err := l.prepare(data, !opt.Volatile)
 	if err != nil {
 		return "", fmt.Errorf("put %q: %w", key, err)
 	}
@@ -146,14 +146,18 @@ func (l *Local) Put(ctx context.Context, key string, data []byte, opt PutOptions
 	// before this sync loses it, as if Put had not returned. A folder
 	// that is gone was emptied by a Delete of this very key meanwhile:
 	// nothing is left to make durable.
+	if opt.Volatile {
+		return etag, nil
+	}
 	if err := syncDir(filepath.Dir(target)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return "", fmt.Errorf("put %q: %w", key, err)
 	}
 	return etag, nil
 }
 
-// prepare writes header and data to a new file in .tmp and syncs it.
-func (l *Local) prepare(data []byte) (path string, etag ETag, err error) {
+// prepare writes header and data to a new file in .tmp, and syncs it
+// unless told not to.
+func (l *Local) prepare(data []byte, sync bool) (path string, etag ETag, err error) {
 	f, err := os.CreateTemp(filepath.Join(l.dir, localTmpDir), "put-*")
 	if err != nil {
 		return "", "", err
@@ -163,7 +167,7 @@ func (l *Local) prepare(data []byte) (path string, etag ETag, err error) {
 	if err == nil {
 		_, err = f.Write(data)
 	}
-	if err == nil {
+	if err == nil && sync {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {

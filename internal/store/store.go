@@ -34,6 +34,11 @@ type PutOptions struct {
 	IfNoneMatch bool
 	// IfMatch replaces the object only if it is at this version.
 	IfMatch ETag
+	// Volatile objects may be lost in a crash of the machine: the store
+	// need not wait for the disk before it returns (the folder store
+	// skips its fsyncs). For what can be made again, such as the chunks
+	// of an answer, which a client asks for anew if they are gone.
+	Volatile bool
 }
 
 // Info describes one object.

@@ -52,6 +52,10 @@ type Request struct {
 	Raw []byte
 	// What names the request in messages ("upload chunk 3").
 	What string
+	// Into, when it has room, receives the answer's body instead of a
+	// new buffer: a caller that downloads chunk after chunk reuses a few
+	// buffers rather than allocating (and clearing) megabytes for each.
+	Into []byte
 }
 
 // APIError is an authenticated error answer from the server.
@@ -206,7 +210,7 @@ func (c *Client) once(ctx context.Context, req Request, what string, ok func(int
 	dog.poke()
 	// Chunk answers are megabytes: read them into a buffer of their
 	// declared size rather than one that grows by doubling.
-	var buf bytes.Buffer
+	buf := bytes.NewBuffer(req.Into[:0])
 	if resp.ContentLength > 0 && resp.ContentLength <= c.maxBody() {
 		buf.Grow(int(resp.ContentLength) + bytes.MinRead)
 	}

@@ -60,6 +60,7 @@ func RunWith(t *testing.T, newStore Factory, opt Options) {
 		{"PutGetStat", testPutGetStat},
 		{"Overwrite", testOverwrite},
 		{"EmptyObject", testEmptyObject},
+		{"Volatile", testVolatile},
 		{"GetReusesBuffer", testGetReusesBuffer},
 		{"NotFound", testNotFound},
 		{"Delete", testDelete},
@@ -167,6 +168,24 @@ func testEmptyObject(t *testing.T, s store.Store) {
 	require.NoError(t, err)
 	require.Zero(t, info.Size)
 	require.Equal(t, []string{"empty"}, keys(t, s, ""))
+}
+
+// testVolatile: a volatile write is an ordinary one until a crash: seen
+// whole, listed, replaced by a later write, and conditional as asked.
+func testVolatile(t *testing.T, s store.Store) {
+	data := randomBytes(1 << 20)
+	etag, err := s.Put(t.Context(), "dn/x/1", data, store.PutOptions{Volatile: true, IfNoneMatch: true})
+	require.NoError(t, err)
+	got, getTag := get(t, s, "dn/x/1")
+	require.Equal(t, data, got)
+	require.Equal(t, etag, getTag)
+	_, err = s.Put(t.Context(), "dn/x/1", []byte("again"), store.PutOptions{Volatile: true, IfNoneMatch: true})
+	require.ErrorIs(t, err, store.ErrPrecondition)
+	_, err = s.Put(t.Context(), "dn/x/1", []byte("again"), store.PutOptions{Volatile: true})
+	require.NoError(t, err)
+	got, _ = get(t, s, "dn/x/1")
+	require.Equal(t, []byte("again"), got)
+	require.Equal(t, []string{"dn/x/1"}, keys(t, s, "dn/"))
 }
 
 func testGetReusesBuffer(t *testing.T, s store.Store) {
