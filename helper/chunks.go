@@ -19,6 +19,25 @@ type chunk struct {
 	i     uint32
 	final bool
 	buf   []byte
+	// after and sent put uploads in turn (see inTurn).
+	after <-chan struct{}
+	sent  func()
+}
+
+// inTurn chains uploads so that each chunk's body goes out only once the
+// chunk before it has gone whole: on a link that bandwidth limits, chunks
+// sent side by side would each crawl at a fraction of its rate, and the
+// relay, which passes a chunk on only once it is whole, would get them
+// late and all at once. Their answers still overlap, which hides the
+// round trips. Call it on each chunk in order.
+type inTurn struct{ prev chan struct{} }
+
+func (t *inTurn) next(c chunk) chunk {
+	done := make(chan struct{})
+	var once sync.Once
+	c.after, c.sent = t.prev, func() { once.Do(func() { close(done) }) }
+	t.prev = done
+	return c
 }
 
 // moveChunks runs move for every chunk that feed sends, chunkWorkers at a

@@ -225,7 +225,7 @@ func (h *Helper) ask(ctx context.Context, x *exchange, request []byte) (*wire.St
 	var tail []byte
 	_, err = payload.SplitRamp(bytes.NewReader(request), size, free, func(i uint32, final bool, buf []byte) error {
 		defer func() { free <- buf[:0] }()
-		s, t, err := x.upChunk(ctx, i, final, x.up.Seal(buf[:0], i, final, buf))
+		s, t, err := x.upChunk(ctx, chunk{i: i, final: final}, x.up.Seal(buf[:0], i, final, buf))
 		if final {
 			last, tail = s, t
 		}

@@ -122,14 +122,15 @@ func (x *exchange) cancel() {
 
 // upChunk uploads one sealed chunk; the final chunk's answer waits for
 // the outcome, which it returns.
-func (x *exchange) upChunk(ctx context.Context, i uint32, final bool, sealed []byte) (*wire.Status, []byte, error) {
+func (x *exchange) upChunk(ctx context.Context, c chunk, sealed []byte) (*wire.Status, []byte, error) {
+	i := c.i
 	q := url.Values{"id": {x.id}, "i": {strconv.FormatUint(uint64(i), 10)}}
-	if final {
+	if c.final {
 		q.Set("final", "1")
 	}
 	var st wire.Status
 	tail, err := x.h.client.Call(ctx, wire.Request{Method: http.MethodPut, Path: wire.PathUp, Query: q, Raw: sealed,
-		What: fmt.Sprintf("upload chunk %d", i+1)}, &st)
+		What: fmt.Sprintf("upload chunk %d", i+1), After: c.after, Sent: c.sent}, &st)
 	if err != nil {
 		return nil, nil, fmt.Errorf("upload chunk %d: %w", i+1, x.h.explain(err))
 	}

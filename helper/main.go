@@ -123,7 +123,10 @@ type Helper struct {
 	pushOptions []string
 	cas         map[string]string
 
-	refs   *refList // upstream's refs, from the last list
+	refs *refList // upstream's refs, from the last list
+	// have maps the object names a push's check looked up (upstream's
+	// tips among them) to the ids this repository has for them.
+	have   map[string]string
 	config map[string]string
 }
 

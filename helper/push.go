@@ -53,7 +53,7 @@ func (h *Helper) list(ctx context.Context) (*refList, error) {
 	if err != nil {
 		return nil, err
 	}
-	h.refs = l
+	h.refs, h.have = l, nil
 	return l, nil
 }
 
@@ -183,10 +183,19 @@ func (h *Helper) check(ctx context.Context, ups []*refUpdate) error {
 			names = append(names, old)
 		}
 	}
+	// Upstream's other tips too, in the same git: the bundle's
+	// prerequisites are those this repository has (bundleRevs).
+	for _, id := range h.refs.Refs {
+		if !seen[id] {
+			seen[id] = true
+			names = append(names, id)
+		}
+	}
 	more, err := h.git.Exists(ctx, names)
 	if err != nil {
 		return fmt.Errorf("look up the pushed objects: %w", err)
 	}
+	h.have = more
 	for n, id := range more {
 		found[n] = id
 	}
@@ -491,6 +500,7 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 		held[i] = true
 	}
 	var last *wire.Status
+	var turn inTurn
 	feed := func(ctx context.Context, send func(chunk) error) error {
 		next := first
 		for {
@@ -507,7 +517,7 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 			}
 			if same && held[next.c.i] && !next.c.final {
 				free <- next.c.buf[:0]
-			} else if err := send(next.c); err != nil {
+			} else if err := send(turn.next(next.c)); err != nil {
 				return err
 			}
 			select {
@@ -520,7 +530,8 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 	err = h.moveChunks(ctx, "upload", feed, func(ctx context.Context, _ int, c chunk) (int64, error) {
 		defer func() { free <- c.buf[:0] }()
 		sealed := x.up.Seal(c.buf[:0], c.i, c.final, c.buf)
-		st, _, err := x.upChunk(ctx, c.i, c.final, sealed)
+		st, _, err := x.upChunk(ctx, c, sealed)
+		c.sent() // also when the request never read its body
 		if err != nil {
 			return 0, err
 		}
@@ -612,9 +623,12 @@ func (h *Helper) bundleRevs(ctx context.Context, ups []*refUpdate) (string, func
 			ids = append(ids, id)
 		}
 	}
-	have, err := h.git.Exists(ctx, ids)
-	if err != nil {
-		return "", nothing, err
+	have := h.have
+	if have == nil {
+		var err error
+		if have, err = h.git.Exists(ctx, ids); err != nil {
+			return "", nothing, err
+		}
 	}
 	var prereqs []string
 	for _, id := range ids {

@@ -187,7 +187,7 @@ func (s *Server) refresh(ctx context.Context, m *mirror, maxAge time.Duration) (
 			}
 		}
 	}
-	if refs.Head != "" {
+	if head, _ := os.ReadFile(filepath.Join(m.dir, "HEAD")); refs.Head != "" && string(head) != "ref: "+refs.Head+"\n" {
 		if _, err := m.git.Run(ctx, "symbolic-ref", "HEAD", refs.Head); err != nil {
 			return nil, fmt.Errorf("set the mirror's HEAD: %w", err)
 		}

@@ -193,27 +193,11 @@ func (s *Server) push(ctx context.Context, e *exch) ([]wire.RefResult, error) {
 	s.record(ctx, p, res)
 	m.rw.RUnlock()
 	locked = false
-	switch {
-	case !allOK(p.results):
-		if g != nil {
-			g.close()
-		}
-	case g != nil && g.spool != nil:
-		// The pack was kept, not indexed: the mirror catches up after
-		// the client has its answer (see admitLater).
+	if allOK(p.results) {
+		// The mirror follows upstream, after the client has its answer.
 		s.admitLater(p, g)
-	default:
-		// The mirror follows upstream: it has the objects (or admits the
-		// pushed pack now), and moves its refs as upstream did, so that
-		// the next listing needs no fetch.
-		m.rw.RLock()
-		if err := s.admitPush(ctx, p, g); err != nil {
-			s.log.Warn("update the mirror", "repo", m.name, "err", err)
-		}
-		m.rw.RUnlock()
-		if g != nil {
-			g.close()
-		}
+	} else if g != nil {
+		g.close()
 	}
 	m.refreshing.Lock()
 	m.refs = nil // upstream moved: the next use lists it again
@@ -221,14 +205,17 @@ func (s *Server) push(ctx context.Context, e *exch) ([]wire.RefResult, error) {
 	return ordered(man.Updates, p.results), nil
 }
 
-// admitLater brings the pushed pack into the mirror in the background,
-// at the lowest CPU priority, once upstream has accepted it. A push whose
-// policy needs no object (only creations and deletions, or moves whose
-// ids upstream had) keeps its pack in a file instead of indexing it on
-// the way: indexing it there too would double the server's work while
-// the user waits, since upstream indexes the same pack at the same time.
-// Until the pack is in, a refresh of the mirror waits for it rather than
-// fetching the same objects from upstream.
+// admitLater brings what a push landed into the mirror in the
+// background, once upstream has accepted it and the client has its
+// answer: the pushed pack, and the refs as upstream moved them, so that
+// the next listing needs no fetch. A push whose policy needs no object
+// (only creations and deletions, or moves whose ids upstream had) keeps
+// its pack in a file instead of indexing it on the way, and it is indexed
+// here at the lowest CPU priority: indexing it on the way too would
+// double the server's work while the user waits, since upstream indexes
+// the same pack at the same time. Until the mirror is up to date, a
+// refresh waits for it rather than fetching the same objects from
+// upstream.
 func (s *Server) admitLater(p *pushPlan, g *gate) {
 	m := p.m
 	m.admitting.add()
@@ -236,7 +223,9 @@ func (s *Server) admitLater(p *pushPlan, g *gate) {
 	go func() {
 		defer s.bgWork.Done()
 		defer m.admitting.done()
-		defer g.close()
+		if g != nil {
+			defer g.close()
+		}
 		start := time.Now()
 		m.rw.RLock()
 		err := s.admitPush(s.ctx, p, g)
@@ -247,7 +236,7 @@ func (s *Server) admitLater(p *pushPlan, g *gate) {
 			}
 			return
 		}
-		s.log.Debug("pushed pack admitted to the mirror", "repo", m.name, "took", time.Since(start).Round(time.Millisecond))
+		s.log.Debug("push admitted to the mirror", "repo", m.name, "took", time.Since(start).Round(time.Millisecond))
 	}()
 }
 

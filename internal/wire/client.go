@@ -52,6 +52,12 @@ type Request struct {
 	Raw []byte
 	// What names the request in messages ("upload chunk 3").
 	What string
+	// After, when set, holds the body back until it is closed, and Sent
+	// is called once the whole body has gone to the connection: chunks
+	// uploaded side by side then cross a narrow link one after the other,
+	// each at the link's full rate, while their answers overlap.
+	After <-chan struct{}
+	Sent  func()
 	// Into, when it has room, receives the answer's body instead of a
 	// new buffer: a caller that downloads chunk after chunk reuses a few
 	// buffers rather than allocating (and clearing) megabytes for each.
@@ -186,7 +192,7 @@ func (c *Client) once(ctx context.Context, req Request, what string, ok func(int
 	defer cancel(nil)
 	dog := c.watch(ctx, cancel, what)
 	defer dog.stop()
-	hreq, err := http.NewRequestWithContext(ctx, req.Method, u, &progressReader{r: bytes.NewReader(body), dog: dog})
+	hreq, err := http.NewRequestWithContext(ctx, req.Method, u, &progressReader{r: bytes.NewReader(body), dog: dog, ctx: ctx, after: req.After, sent: req.Sent})
 	if err != nil {
 		return err
 	}
@@ -322,14 +328,30 @@ func (d *watchdog) stop() { close(d.done) }
 
 // progressReader pokes the watchdog whenever bytes move.
 type progressReader struct {
-	r   io.Reader
-	dog *watchdog
+	r     io.Reader
+	dog   *watchdog
+	ctx   context.Context
+	after <-chan struct{} // the body waits for it (Request.After)
+	sent  func()          // called at the body's end (Request.Sent)
 }
 
 func (p *progressReader) Read(b []byte) (int, error) {
+	if p.after != nil {
+		select {
+		case <-p.after:
+			p.after = nil
+			p.dog.poke()
+		case <-p.ctx.Done():
+			return 0, context.Cause(p.ctx)
+		}
+	}
 	n, err := p.r.Read(b)
 	if n > 0 {
 		p.dog.poke()
+	}
+	if err == io.EOF && p.sent != nil {
+		p.sent()
+		p.sent = nil
 	}
 	return n, err
 }
