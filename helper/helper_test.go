@@ -41,6 +41,7 @@ func setup(t *testing.T) (work, upstream string) {
 	s, err := server.New(server.Config{DataDir: filepath.Join(root, "data"), Ring: keyring.NewRing(key),
 		Upstream: "file://" + filepath.Join(root, "up") + "/{repo}.git"})
 	require.NoError(t, err)
+	t.Cleanup(s.Close) // after hs.Close: the server's background work ends before the folder goes
 	hs := httptest.NewServer(s.Handler())
 	t.Cleanup(hs.Close)
 	gittest.Git(t, work, "config", "relay.url", hs.URL+"/api/gr")

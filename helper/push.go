@@ -144,6 +144,9 @@ func (h *Helper) push(ctx context.Context, specs []string) ([]string, error) {
 	return out, nil
 }
 
+// fewRefs is how many pushed refs check looks up one by one.
+const fewRefs = 32
+
 // check validates the updates against upstream's refs and the local
 // repository, with one git for all the names and one per branch that
 // moves. git does not check for a helper that upstream's tip is in the
@@ -162,7 +165,9 @@ func (h *Helper) check(ctx context.Context, ups []*refUpdate) error {
 			byRef = true
 		}
 	}
-	if byRef {
+	// A few names are looked up by cat-file with the rest; many (--mirror,
+	// --tags) in one listing of every ref.
+	if byRef && len(ups) > fewRefs {
 		out, err := h.git.Run(ctx, "for-each-ref", "--format=%(objectname) %(refname)")
 		if err != nil {
 			return fmt.Errorf("list the local refs: %w", err)

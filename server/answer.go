@@ -51,10 +51,13 @@ func (s *Server) answer(ctx context.Context, e *exch) error {
 	}
 	switch e.open.Kind {
 	case wire.KindRefs:
-		refs, err := s.refresh(ctx, m, 0)
+		// Upstream's refs as they are now; the mirror follows them in
+		// the background, while the client prepares its push.
+		refs, err := m.remote.List(ctx)
 		if err != nil {
-			return err
+			return s.upstreamErr(m, err)
 		}
+		s.refreshLater(m, refs)
 		var b bytes.Buffer
 		hdr, _ := json.Marshal(wire.RefsHeader{Head: refs.Head, AllowForce: s.cfg.AllowForce, MaxRefs: s.cfg.MaxRefs})
 		b.Write(hdr)

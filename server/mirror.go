@@ -140,19 +140,51 @@ func (s *Server) refresh(ctx context.Context, m *mirror, maxAge time.Duration) (
 	if m.refs != nil && time.Since(m.refreshed) < maxAge {
 		return m.refs, nil
 	}
-	start := time.Now()
 	refs, err := m.remote.List(ctx)
 	if err != nil {
 		return nil, s.upstreamErr(m, err)
 	}
-	if err := s.ensureMirror(ctx, m); err != nil {
+	if err := s.refreshTo(ctx, m, refs); err != nil {
 		return nil, err
+	}
+	return refs, nil
+}
+
+// refreshLater brings the mirror to refs, which upstream listed a moment
+// ago, in the background: a push's listing is answered at once, and the
+// push that follows waits for the mirror (refresh) only if it comes
+// before the mirror is done.
+func (s *Server) refreshLater(m *mirror, refs *upstream.Refs) {
+	// Taken here, so that the push's refresh waits; one under way already
+	// will do.
+	if !m.refreshing.TryLock() {
+		return
+	}
+	s.bgWork.Add(1)
+	go func() {
+		defer s.bgWork.Done()
+		defer m.refreshing.Unlock()
+		if m.admitting.wait(s.ctx) != nil {
+			return
+		}
+		if err := s.refreshTo(s.ctx, m, refs); err != nil && s.ctx.Err() == nil {
+			s.log.Warn("refresh the mirror", "repo", m.name, "err", s.redact(err.Error()))
+		}
+	}()
+}
+
+// refreshTo brings the mirror to refs, upstream's as just listed. The
+// caller holds m.refreshing.
+func (s *Server) refreshTo(ctx context.Context, m *mirror, refs *upstream.Refs) error {
+	start := time.Now()
+	if err := s.ensureMirror(ctx, m); err != nil {
+		return err
 	}
 	m.rw.RLock()
 	have, err := m.localRefs(ctx)
 	m.rw.RUnlock()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	same := len(have) == len(refs.Refs)
 	for name, id := range refs.Refs {
@@ -174,27 +206,27 @@ func (s *Server) refresh(ctx context.Context, m *mirror, maxAge time.Duration) (
 			m.remote.String(), "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
 		m.rw.RUnlock()
 		if err != nil {
-			return nil, s.upstreamErr(m, fmt.Errorf("refresh the mirror: %w", err))
+			return s.upstreamErr(m, fmt.Errorf("refresh the mirror: %w", err))
 		}
 		if err := m.packRefs(ctx, len(refs.Refs)); err != nil {
-			return nil, err
+			return err
 		}
 		if dropped, err := m.dropped(ctx, have, refs.Refs); err != nil {
-			return nil, err
+			return err
 		} else if dropped {
 			if err := s.prune(ctx, m); err != nil {
-				return nil, err
+				return err
 			}
 		}
 	}
 	if head, _ := os.ReadFile(filepath.Join(m.dir, "HEAD")); refs.Head != "" && string(head) != "ref: "+refs.Head+"\n" {
 		if _, err := m.git.Run(ctx, "symbolic-ref", "HEAD", refs.Head); err != nil {
-			return nil, fmt.Errorf("set the mirror's HEAD: %w", err)
+			return fmt.Errorf("set the mirror's HEAD: %w", err)
 		}
 	}
 	m.refs, m.refreshed = refs, time.Now()
 	s.log.Debug("mirror refreshed", "repo", m.name, "fetched", !same, "took", time.Since(start).Round(time.Millisecond))
-	return refs, nil
+	return nil
 }
 
 // ensureMirror creates the mirror the first time.
