@@ -112,7 +112,19 @@ func (ms *mirrors) get(repo string) (*mirror, error) {
 		ms.m = map[string]*mirror{}
 	}
 	ms.m[repo] = m
+	m.dropDebris(ms.s.verifier.Start)
 	return m, nil
+}
+
+// dropDebris removes the quarantines (pushed packs on their way into the
+// mirror) that a server which stopped before started left behind.
+func (m *mirror) dropDebris(started time.Time) {
+	dirs, _ := filepath.Glob(filepath.Join(m.objectDir(), "incoming-*"))
+	for _, d := range dirs {
+		if fi, err := os.Stat(d); err == nil && fi.ModTime().Before(started) {
+			os.RemoveAll(d)
+		}
+	}
 }
 
 // upstreamErr turns a failure to reach upstream into what the client sees.

@@ -381,3 +381,30 @@ func TestReadManifestAllocatesWhatComes(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "# v2 git bundle\n", string(rest))
 }
+
+// TestQuarantineDebrisIsDropped: a pushed pack on its way into a mirror
+// that a stopped server left behind is removed when the mirror is next
+// used; one made since this server started stays.
+func TestQuarantineDebrisIsDropped(t *testing.T) {
+	f := newFixture(t, Config{})
+	m, err := f.srv.mirrors.get("acme/widgets")
+	require.NoError(t, err)
+	require.NoError(t, f.srv.ensureMirror(t.Context(), m))
+	old := filepath.Join(m.objectDir(), "incoming-old")
+	require.NoError(t, os.MkdirAll(filepath.Join(old, "pack"), 0o700))
+	require.NoError(t, os.WriteFile(filepath.Join(old, "pushed.pack"), []byte("PACK"), 0o600))
+	before := f.srv.verifier.Start.Add(-time.Minute)
+	require.NoError(t, os.Chtimes(old, before, before))
+	q, err := m.newQuarantine()
+	require.NoError(t, err)
+	defer q.drop()
+
+	// A new server process starts with no mirror in memory.
+	f.srv.mirrors.mu.Lock()
+	delete(f.srv.mirrors.m, "acme/widgets")
+	f.srv.mirrors.mu.Unlock()
+	_, err = f.srv.mirrors.get("acme/widgets")
+	require.NoError(t, err)
+	require.NoDirExists(t, old)
+	require.DirExists(t, q.dir)
+}
