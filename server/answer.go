@@ -147,21 +147,7 @@ func (s *Server) fetch(ctx context.Context, e *exch, m *mirror) error {
 // request wants (or cannot tell, having none yet).
 func (s *Server) lacksWants(ctx context.Context, m *mirror, req []byte) bool {
 	wants := requestWants(req)
-	if len(wants) == 0 {
-		return false
-	}
-	m.rw.RLock()
-	have, err := m.git.Exists(ctx, wants)
-	m.rw.RUnlock()
-	if err != nil {
-		return true
-	}
-	for _, id := range wants {
-		if have[id] == "" {
-			return true
-		}
-	}
-	return false
+	return len(wants) > 0 && m.lacksAny(ctx, wants)
 }
 
 // requestWants returns the ids that the "want" lines of a protocol v2

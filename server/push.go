@@ -120,12 +120,8 @@ func (s *Server) push(ctx context.Context, e *exch) ([]wire.RefResult, error) {
 		refs, err := s.refresh(ctx, m, pushListAge)
 		listed <- listing{refs, err}
 	}()
-	next, release := s.upChunks(ctx, e)
-	defer release()
-	r := payload.NewReader(next, s.cfg.MaxPushSize+maxManifest)
-	defer r.Close()
-	br := bufio.NewReaderSize(r, 64<<10)
-	man, err := readManifest(br, s.cfg.MaxRefs)
+	br, man, done, err := s.pushPayload(ctx, e)
+	defer done()
 	if err != nil {
 		return nil, err
 	}
@@ -238,6 +234,21 @@ func (s *Server) admitLater(p *pushPlan, g *gate) {
 		}
 		s.log.Debug("push admitted to the mirror", "repo", m.name, "took", time.Since(start).Round(time.Millisecond))
 	}()
+}
+
+// pushPayload reads a push's payload from its chunks, as they come and
+// authenticate, up to the end of its manifest; br holds the rest (the
+// bundle, if any). done releases it, whatever the error.
+func (s *Server) pushPayload(ctx context.Context, e *exch) (br *bufio.Reader, man wire.PushManifest, done func(), err error) {
+	next, release := s.upChunks(ctx, e)
+	r := payload.NewReader(next, s.cfg.MaxPushSize+maxManifest)
+	done = func() {
+		r.Close()
+		release()
+	}
+	br = bufio.NewReaderSize(r, 64<<10)
+	man, err = readManifest(br, s.cfg.MaxRefs)
+	return br, man, done, err
 }
 
 // pushListAge is how old a listing of upstream a push may judge by when

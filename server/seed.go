@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -14,7 +13,6 @@ import (
 	"time"
 
 	"github.com/git-relay/git-relay/internal/bundle"
-	"github.com/git-relay/git-relay/internal/payload"
 	"github.com/git-relay/git-relay/internal/store"
 	"github.com/git-relay/git-relay/internal/upstream"
 	"github.com/git-relay/git-relay/internal/wire"
@@ -134,12 +132,8 @@ func (s *Server) seedOne(ctx context.Context, m *mirror, refs *upstream.Refs, id
 	if e.open.Kind != wire.KindPush || e.open.Repo != m.name {
 		return false, errors.New("not a push of this repository")
 	}
-	next, release := s.upChunks(ctx, e)
-	defer release()
-	r := payload.NewReader(next, s.cfg.MaxPushSize+maxManifest)
-	defer r.Close()
-	br := bufio.NewReaderSize(r, 64<<10)
-	man, err := readManifest(br, s.cfg.MaxRefs)
+	br, man, done, err := s.pushPayload(ctx, e)
+	defer done()
 	if err != nil {
 		return false, err
 	}
@@ -156,19 +150,11 @@ func (s *Server) seedOne(ctx context.Context, m *mirror, refs *upstream.Refs, id
 	if len(news) == 0 {
 		return false, errSeedStale
 	}
-	m.rw.RLock()
-	defer m.rw.RUnlock()
-	have, err := m.git.Exists(ctx, news)
-	if err != nil {
-		return false, err
-	}
-	missing := false
-	for _, id := range news {
-		missing = missing || have[id] == ""
-	}
-	if !missing {
+	if !m.lacksAny(ctx, news) {
 		return false, errSeedStale
 	}
+	m.rw.RLock()
+	defer m.rw.RUnlock()
 	if _, err := br.Peek(1); err != nil {
 		return false, errors.New("the push carried no pack")
 	}
@@ -203,6 +189,11 @@ func (m *mirror) lacks(ctx context.Context, refs *upstream.Refs) bool {
 			ids = append(ids, id)
 		}
 	}
+	return m.lacksAny(ctx, ids)
+}
+
+// lacksAny says whether the mirror lacks one of ids (or cannot tell).
+func (m *mirror) lacksAny(ctx context.Context, ids []string) bool {
 	m.rw.RLock()
 	have, err := m.git.Exists(ctx, ids)
 	m.rw.RUnlock()
