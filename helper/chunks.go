@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/git-relay/git-relay/internal/payload"
 )
 
 // chunkWorkers is how many chunks are on their way at once, in either
@@ -105,4 +107,102 @@ func (h *Helper) moveChunks(ctx context.Context, verb string, feed func(ctx cont
 	}
 	h.ui.done("%s %s chunks, %s, %s, done.", verb, of(), humanBytes(moved), rate(moved, time.Since(start)))
 	return nil
+}
+
+// chunkTime is about how long an upload chunk should take on the link.
+// The relay passes a chunk on only once the whole of it has come and
+// opened, so a push lags its upload by the time its largest chunk takes:
+// on a link that limits the rate, chunks are cut to about this long.
+const chunkTime = 200 * time.Millisecond
+
+// minCutChunk is the least the sizer cuts a chunk to, however slow the
+// link: smaller ones would cost more in round trips than they save.
+const minCutChunk = 1 << 20
+
+// chunkSizer cuts a push's payload into chunks that suit the link: the
+// first ones ramped (payload.Ramp), each later one about chunkTime of the
+// rate the upload has had so far, up to the full chunk size. The size of
+// chunk i is settled once chunk i-2 has been answered, so that it rests
+// on a measurement, while chunk i-1 keeps the link busy. Chunks an
+// interrupted run sealed are cut as that run cut them.
+type chunkSizer struct {
+	stop  <-chan struct{} // the splitter's end: sizes stops waiting
+	fixed []int           // sizes an interrupted run cut its chunks to
+	now   func() time.Time
+
+	mu      sync.Mutex
+	rate    float64 // bytes per second, 0 until measured
+	settled map[uint32]chan struct{}
+	sentAt  map[uint32]time.Time
+}
+
+func newChunkSizer(stop <-chan struct{}, fixed []int) *chunkSizer {
+	return &chunkSizer{stop: stop, fixed: fixed, now: time.Now, settled: map[uint32]chan struct{}{}, sentAt: map[uint32]time.Time{}}
+}
+
+func (s *chunkSizer) settledCh(i uint32) chan struct{} {
+	ch, ok := s.settled[i]
+	if !ok {
+		ch = make(chan struct{})
+		s.settled[i] = ch
+	}
+	return ch
+}
+
+// size is payload.SplitRamp's sizes.
+func (s *chunkSizer) size(i uint32, chunkSize int) int {
+	if int(i) < len(s.fixed) {
+		return s.fixed[i]
+	}
+	ramp := payload.Ramp(i, chunkSize)
+	if i < 2 {
+		return ramp
+	}
+	s.mu.Lock()
+	ch := s.settledCh(i - 2)
+	s.mu.Unlock()
+	select {
+	case <-ch:
+	case <-s.stop:
+		return ramp
+	}
+	s.mu.Lock()
+	rate := s.rate
+	s.mu.Unlock()
+	if rate <= 0 {
+		return ramp
+	}
+	return max(min(int(rate*chunkTime.Seconds()), ramp), min(minCutChunk, ramp))
+}
+
+// sent notes when chunk i's body went whole: the next chunk's begins.
+func (s *chunkSizer) sent(i uint32) {
+	s.mu.Lock()
+	if _, ok := s.sentAt[i]; !ok {
+		s.sentAt[i] = s.now()
+	}
+	s.mu.Unlock()
+}
+
+// settle notes that chunk i is done with: n bytes answered after its
+// request began at began (a zero n for a chunk not measured).
+func (s *chunkSizer) settle(i uint32, n int, began time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n > 0 {
+		// Chunks go in turn: this body began once the one before it had
+		// gone (see inTurn).
+		if prev, ok := s.sentAt[i-1]; ok && i > 0 && prev.After(began) {
+			began = prev
+		}
+		if d := s.now().Sub(began); d > 0 {
+			s.rate = float64(n) / d.Seconds()
+		}
+	}
+	ch := s.settledCh(i)
+	select {
+	case <-ch:
+	default:
+		close(ch)
+	}
 }

@@ -4,22 +4,36 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/git-relay/git-relay/internal/gittest"
 	"github.com/git-relay/git-relay/internal/keyring"
+	"github.com/git-relay/git-relay/internal/payload"
+	"github.com/git-relay/git-relay/internal/shape"
 	"github.com/git-relay/git-relay/server"
 )
 
 // setup makes an upstream with one commit, a relay server in front of it,
 // and a local clone configured for the relay; it returns the clone's dir.
 func setup(t *testing.T) (work, upstream string) {
+	t.Helper()
+	return setupLink(t, shape.Link{}, nil)
+}
+
+// setupLink is setup with the link to the relay shaped in the upload
+// direction, and watch (when set) seeing every request before the relay.
+func setupLink(t *testing.T, up shape.Link, watch func(*http.Request)) (work, upstream string) {
 	t.Helper()
 	gittest.Setenv(t)
 	t.Setenv("GIT_RELAY_URL", "")
@@ -42,7 +56,17 @@ func setup(t *testing.T) (work, upstream string) {
 		Upstream: "file://" + filepath.Join(root, "up") + "/{repo}.git"})
 	require.NoError(t, err)
 	t.Cleanup(s.Close) // after hs.Close: the server's background work ends before the folder goes
-	hs := httptest.NewServer(s.Handler())
+	h := s.Handler()
+	if watch != nil {
+		inner := h
+		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			watch(r)
+			inner.ServeHTTP(w, r)
+		})
+	}
+	hs := httptest.NewUnstartedServer(h)
+	hs.Listener = shape.Listener(hs.Listener, up, shape.Link{})
+	hs.Start()
 	t.Cleanup(hs.Close)
 	gittest.Git(t, work, "config", "relay.url", hs.URL+"/api/gr")
 	gittest.Git(t, work, "config", "relay.keyFile", keyFile)
@@ -156,4 +180,107 @@ func TestPushBatchCutShortPushesNothing(t *testing.T) {
 	require.Error(t, err)
 	require.Contains(t, stderr, "without its blank line")
 	require.Equal(t, before, gittest.Git(t, work, "--git-dir", upstream, "rev-parse", "master"))
+}
+
+// On a link that limits the rate, the helper cuts its upload into chunks
+// of about chunkTime of that rate rather than full ones, so that the
+// relay, which passes a chunk on once it is whole, lags little behind;
+// the push lands all the same.
+func TestSlowLinkGetsSmallerChunks(t *testing.T) {
+	var mu sync.Mutex
+	sizes := map[int]int64{} // chunk index: body bytes
+	finalAt := -1
+	work, upstream := setupLink(t, shape.Link{Rate: 40 * shape.Mbit}, func(r *http.Request) {
+		if r.Method != http.MethodPut {
+			return
+		}
+		i, err := strconv.Atoi(r.URL.Query().Get("i"))
+		require.NoError(t, err)
+		mu.Lock()
+		defer mu.Unlock()
+		sizes[i] = r.ContentLength
+		if r.URL.Query().Get("final") == "1" {
+			finalAt = i
+		}
+	})
+	big := make([]byte, 6<<20) // more than one request's worth
+	_, _ = rand.Read(big)
+	require.NoError(t, os.WriteFile(filepath.Join(work, "big.bin"), big, 0o644))
+	gittest.Git(t, work, "add", ".")
+	gittest.Git(t, work, "commit", "-qm", "big")
+	out, stderr, err := talk(t, "acme/widgets", "list for-push\npush refs/heads/master:refs/heads/master\n\n")
+	require.NoError(t, err, stderr)
+	require.Contains(t, out, "ok refs/heads/master\n")
+	require.Equal(t, gittest.Git(t, work, "rev-parse", "master"), gittest.Git(t, work, "--git-dir", upstream, "rev-parse", "master"))
+
+	mu.Lock()
+	defer mu.Unlock()
+	require.Greater(t, finalAt, 2, "chunk sizes %v", sizes)
+	for i := 2; i < finalAt; i++ {
+		// 40 Mbit/s is 5 MB/s: chunks of about 1 MB, not 4.
+		require.Less(t, sizes[i], int64(2<<20), "chunk %d of %v", i, sizes)
+		require.GreaterOrEqual(t, sizes[i], int64(minCutChunk), "chunk %d of %v", i, sizes)
+	}
+}
+
+func TestChunkSizer(t *testing.T) {
+	const size = 4 << 20
+	stop := make(chan struct{})
+	s := newChunkSizer(stop, nil)
+	require.Equal(t, payload.Ramp(0, size), s.size(0, size))
+	require.Equal(t, payload.Ramp(1, size), s.size(1, size))
+
+	// Chunk 2 waits for chunk 0's answer: 1 MiB answered after 2 s is
+	// 0.5 MiB/s, and a chunk is never cut below minCutChunk.
+	got := make(chan int)
+	go func() { got <- s.size(2, size) }()
+	s.settle(0, 1<<20, time.Now().Add(-2*time.Second))
+	require.Equal(t, minCutChunk, <-got)
+
+	// A fast link: full chunks.
+	s.settle(1, 64<<20, time.Now().Add(-time.Second))
+	require.Equal(t, size, s.size(3, size))
+
+	// In between: about chunkTime of the rate. The body of chunk 2 began
+	// once chunk 1's had gone, not when its request did.
+	now := time.Now()
+	s.now = func() time.Time { return now }
+	s.sent(1)
+	now = now.Add(time.Second)
+	s.settle(2, 10<<20, now.Add(-time.Hour))
+	require.Equal(t, int(float64(10<<20)*chunkTime.Seconds()), s.size(4, size))
+
+	// Sizes an interrupted run cut to come out the same.
+	r := newChunkSizer(stop, []int{256 << 10, 300 << 10, 2 << 20})
+	require.Equal(t, []int{256 << 10, 300 << 10, 2 << 20}, []int{r.size(0, size), r.size(1, size), r.size(2, size)})
+
+	// The splitter's end ends a wait.
+	close(stop)
+	require.Equal(t, payload.Ramp(5, size), r.size(5, size))
+}
+
+func TestPushResumeRecordsSizes(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "push-x")
+	p, err := newPushResume(dir, []byte("open"))
+	require.NoError(t, err)
+	for i, n := range []int{256 << 10, 1 << 20, 300 << 10} {
+		same, err := p.seal(uint32(i), make([]byte, n))
+		require.NoError(t, err)
+		require.False(t, same)
+	}
+	p.f.Close()
+	got := findPushResume(dir)
+	require.NotNil(t, got)
+	require.Equal(t, []byte("open"), got.open)
+	require.Equal(t, []int{256 << 10, 1 << 20, 300 << 10}, got.cutTo())
+	same, err := got.seal(1, make([]byte, 1<<20))
+	require.NoError(t, err)
+	require.True(t, same)
+	_, err = got.seal(2, make([]byte, 1<<20))
+	require.ErrorIs(t, err, errDiverged)
+
+	// An older helper's record holds no sizes: it is dropped, not resumed.
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "sealed"), make([]byte, 64), 0o600))
+	require.Nil(t, findPushResume(dir))
+	require.NoDirExists(t, dir)
 }

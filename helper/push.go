@@ -448,10 +448,11 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 			b.stop()
 		}
 	}()
+	// The first chunks are small, so that the relay starts pushing to
+	// upstream a moment after the upload begins; the rest suit the link.
+	sizer := newChunkSizer(splitCtx.Done(), resumed.cutTo())
 	go func() {
 		defer close(splitDone)
-		// The first chunks are small, so that the relay starts pushing to
-		// upstream a moment after the upload begins.
 		t, err := payload.SplitRamp(src, chunkSize, free, func(i uint32, final bool, buf []byte) error {
 			select {
 			case chunks <- split{c: chunk{i: i, final: final, buf: buf}}:
@@ -459,7 +460,7 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 			case <-splitCtx.Done():
 				return splitCtx.Err()
 			}
-		}, payload.Ramp)
+		}, sizer.size)
 		if err == nil && b != nil {
 			err = b.wait()
 		}
@@ -522,8 +523,14 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 			}
 			if same && held[next.c.i] && !next.c.final {
 				free <- next.c.buf[:0]
-			} else if err := send(turn.next(next.c)); err != nil {
-				return err
+				sizer.settle(next.c.i, 0, time.Time{})
+			} else {
+				c := turn.next(next.c)
+				sent := c.sent
+				c.sent = func() { sizer.sent(c.i); sent() }
+				if err := send(c); err != nil {
+					return err
+				}
 			}
 			select {
 			case next = <-chunks:
@@ -535,6 +542,7 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 	err = h.moveChunks(ctx, "upload", feed, func(ctx context.Context, _ int, c chunk) (int64, error) {
 		defer func() { free <- c.buf[:0] }()
 		sealed := x.up.Seal(c.buf[:0], c.i, c.final, c.buf)
+		began := time.Now()
 		st, _, err := x.upChunk(ctx, c, sealed)
 		c.sent() // also when the request never read its body
 		if err != nil {
@@ -542,6 +550,8 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 		}
 		if c.final {
 			last = st
+		} else {
+			sizer.settle(c.i, len(sealed), began)
 		}
 		return int64(len(sealed)), nil
 	})

@@ -2,6 +2,7 @@ package helper
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"os"
@@ -12,8 +13,8 @@ import (
 )
 
 // The helper keeps what it needs to resume an interrupted exchange under
-// <git dir>/relay/: for a push, its Open message and the hash of every
-// chunk it sealed; for a fetch whose answer comes in chunks, the Open and
+// <git dir>/relay/: for a push, its Open message and the hash and size
+// of every chunk it sealed; for a fetch whose answer comes in chunks, the Open and
 // the chunks as they came. Each goes when its exchange ends, whatever the
 // outcome; what an interrupted run left is reused by the next run that
 // does the same, or removed by any run a day later.
@@ -55,9 +56,16 @@ type pushResume struct {
 	dir    string
 	open   []byte     // the exchange's Open bytes
 	sealed [][32]byte // hashes of the chunks sealed in earlier runs
-	f      *os.File   // appends this run's hashes
+	sizes  []int      // and their sizes, which this run cuts them to again
+	f      *os.File   // appends this run's records
 	n      int        // chunks sealed in this run
 }
+
+// The record of each sealed chunk: its SHA-256 and its size.
+const (
+	sealedFile = "chunks"
+	sealedLen  = 32 + 4
+)
 
 // findPushResume returns the record of an interrupted push that did the
 // same, or nil.
@@ -66,13 +74,29 @@ func findPushResume(dir string) *pushResume {
 	if err != nil {
 		return nil
 	}
-	hashes, _ := os.ReadFile(filepath.Join(dir, "sealed"))
+	if _, err := os.Stat(filepath.Join(dir, "sealed")); err == nil {
+		// An older helper's record, without the sizes: its chunks can't
+		// be cut the same way again, so its exchange is not resumed.
+		os.RemoveAll(dir)
+		return nil
+	}
+	recs, _ := os.ReadFile(filepath.Join(dir, sealedFile))
 	p := &pushResume{dir: dir, open: open}
-	for len(hashes) >= 32 {
-		p.sealed = append(p.sealed, [32]byte(hashes[:32]))
-		hashes = hashes[32:]
+	for len(recs) >= sealedLen {
+		p.sealed = append(p.sealed, [32]byte(recs[:32]))
+		p.sizes = append(p.sizes, int(binary.BigEndian.Uint32(recs[32:sealedLen])))
+		recs = recs[sealedLen:]
 	}
 	return p
+}
+
+// cutTo returns the sizes an earlier run cut its chunks to (nil for a
+// nil record).
+func (p *pushResume) cutTo() []int {
+	if p == nil {
+		return nil
+	}
+	return p.sizes
 }
 
 // newPushResume starts a record for a push.
@@ -107,13 +131,21 @@ func (p *pushResume) seal(i uint32, plain []byte) (bool, error) {
 		return false, errDiverged // chunks come in order; anything else is a bug
 	}
 	if p.f == nil {
-		f, err := os.OpenFile(filepath.Join(p.dir, "sealed"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+		f, err := os.OpenFile(filepath.Join(p.dir, sealedFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 		if err != nil {
+			return false, err
+		}
+		// Whole records only, after whatever an earlier run cut short.
+		if err := f.Truncate(int64(len(p.sealed) * sealedLen)); err != nil {
+			f.Close()
 			return false, err
 		}
 		p.f = f
 	}
-	if _, err := p.f.Write(sum[:]); err != nil {
+	// One write per record: a run cut off leaves whole records, or a
+	// partial last one that findPushResume ignores.
+	rec := binary.BigEndian.AppendUint32(sum[:], uint32(len(plain)))
+	if _, err := p.f.Write(rec); err != nil {
 		return false, err
 	}
 	p.n++

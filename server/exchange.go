@@ -614,17 +614,20 @@ func (s *Server) handleUp(c *call) {
 	if !ok {
 		return
 	}
-	// In int64, with both factors below 2^32: no overflow.
-	if int64(i)*int64(size) >= s.cfg.MaxPushSize {
+	// Every chunk before i holds at least MinChunk bytes. In int64, with
+	// both factors below 2^32: no overflow.
+	if int64(i)*payload.MinChunk >= s.cfg.MaxPushSize {
 		c.failErr(tooLarge("the upload is larger than this relay accepts (%d bytes)", s.cfg.MaxPushSize))
 		return
 	}
 	final := q.Get("final") == "1"
-	// Every chunk but the final one has its ramped size exactly (see
-	// payload.Ramp): no way to split a payload into a flood of tiny ones.
-	full := payload.Ramp(i, size) + seal.Overhead
-	if n := len(c.body); n < seal.Overhead || n > full || (!final && n != full) {
-		c.failErr(badRequest("chunk %d: %d bytes, expected %d", i, n, full))
+	// No chunk is larger than its ramped size, and none but the final
+	// one smaller than payload.MinChunk: no way to split a payload into a
+	// flood of tiny ones.
+	if n := len(c.body) - seal.Overhead; !payload.Fits(i, size, n, final) {
+		most := payload.Ramp(i, size)
+		c.failErr(badRequest("chunk %d: %d bytes, but chunk %d holds %d to %d bytes (fewer only if it is the final one)",
+			i, len(c.body), i, min(most, payload.MinChunk)+seal.Overhead, most+seal.Overhead))
 		return
 	}
 	if st, _ := e.snapshot(); wire.Ended(st.Phase) {

@@ -91,6 +91,12 @@ func randomID(n int) string {
 // chunkSize 0 sends the payload inline.
 func (f *fixture) pushRaw(t *testing.T, man wire.PushManifest, bundle []byte, chunkSize int) (*wire.Status, error) {
 	t.Helper()
+	return f.pushCut(t, man, bundle, chunkSize, func(uint32, int) int { return chunkSize })
+}
+
+// pushCut is pushRaw with chunk i cut to sizes(i, chunkSize) bytes.
+func (f *fixture) pushCut(t *testing.T, man wire.PushManifest, bundle []byte, chunkSize int, sizes func(i uint32, chunkSize int) int) (*wire.Status, error) {
+	t.Helper()
 	js, err := json.Marshal(man)
 	require.NoError(t, err)
 	plain := append(binary.BigEndian.AppendUint32(nil, uint32(len(js))), js...)
@@ -118,7 +124,7 @@ func (f *fixture) pushRaw(t *testing.T, man wire.PushManifest, bundle []byte, ch
 	}
 	free := make(chan []byte, 1)
 	free <- make([]byte, 0, chunkSize+seal.Overhead)
-	_, err = payload.Split(bytes.NewReader(plain), chunkSize, free, func(i uint32, final bool, c []byte) error {
+	_, err = payload.SplitRamp(bytes.NewReader(plain), chunkSize, free, func(i uint32, final bool, c []byte) error {
 		defer func() { free <- c[:0] }()
 		q := url.Values{"id": {o.ID}, "i": {strconv.Itoa(int(i))}}
 		if final {
@@ -126,7 +132,7 @@ func (f *fixture) pushRaw(t *testing.T, man wire.PushManifest, bundle []byte, ch
 		}
 		_, err := f.client.Call(ctx, wire.Request{Method: "PUT", Path: wire.PathUp, Query: q, Raw: st.Seal(c[:0], i, final, c)}, &status)
 		return err
-	})
+	}, sizes)
 	if err != nil {
 		return nil, err
 	}
@@ -177,6 +183,49 @@ func TestPushLands(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, wire.PhaseDone, st.Phase, st.Message)
 	require.Equal(t, third, f.upstreamMaster(t))
+}
+
+// A client may cut its chunks smaller than their ramped size, to suit a
+// slow link, but not below payload.MinChunk (but the final one), nor
+// larger than ramped: a refused chunk names itself, and upstream is left
+// as it was.
+func TestChunkSizes(t *testing.T) {
+	f := newFixture(t, Config{})
+	big := make([]byte, 1536<<10)
+	_, _ = rand.Read(big)
+	require.NoError(t, os.WriteFile(filepath.Join(f.work, "big.bin"), big, 0o644))
+	gittest.Git(t, f.work, "add", ".")
+	gittest.Git(t, f.work, "commit", "-qm", "big")
+	tip := gittest.Git(t, f.work, "rev-parse", "HEAD")
+	man := wire.PushManifest{Updates: []wire.Update{{Ref: "refs/heads/master", Old: f.first, New: tip}}}
+	bundle := f.bundle(t, "master", "^"+f.first)
+	const chunkSize = 1 << 20
+	cut := func(sizes ...int) func(uint32, int) int {
+		return func(i uint32, chunkSize int) int {
+			if int(i) < len(sizes) {
+				return sizes[i]
+			}
+			return payload.Ramp(i, chunkSize)
+		}
+	}
+
+	for _, c := range []struct {
+		name  string
+		sizes []int
+		chunk string
+	}{
+		{"below the least", []int{256 << 10, payload.MinChunk - 1}, "chunk 1: "},
+		{"above its ramped size", []int{256<<10 + 1}, "chunk 0: "},
+	} {
+		_, err := f.pushCut(t, man, bundle, chunkSize, cut(c.sizes...))
+		require.ErrorContains(t, err, c.chunk, c.name)
+		require.Equal(t, f.first, f.upstreamMaster(t), c.name)
+	}
+
+	st, err := f.pushCut(t, man, bundle, chunkSize, cut(256<<10, payload.MinChunk, 300<<10))
+	require.NoError(t, err)
+	require.Equal(t, wire.PhaseDone, st.Phase, st.Message)
+	require.Equal(t, tip, f.upstreamMaster(t))
 }
 
 // A key holder's own client sends a bundle that replaces master with an

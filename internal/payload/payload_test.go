@@ -206,3 +206,31 @@ func TestReaderRefusesALargeZstdWindow(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, bytes.Equal(text, back))
 }
+
+func TestFits(t *testing.T) {
+	const size = 4_000_000
+	for _, c := range []struct {
+		i     uint32
+		n     int
+		final bool
+		fits  bool
+	}{
+		{0, 256 << 10, false, true},
+		{0, 256<<10 - 1, false, false}, // below its ramped size, which is MinChunk
+		{0, 256<<10 + 1, false, false},
+		{0, 1, true, true},
+		{1, MinChunk, false, true}, // cut smaller than Ramp(1) for a slow link
+		{1, MinChunk - 1, false, false},
+		{1, 1 << 20, false, true},
+		{1, 1<<20 + 1, true, false},
+		{5, size, false, true},
+		{5, size + 1, false, false},
+		{5, 0, true, true},
+		{5, -1, true, false},
+	} {
+		require.Equal(t, c.fits, Fits(c.i, size, c.n, c.final), "chunk %d of %d bytes, final %v", c.i, c.n, c.final)
+	}
+	// A chunk size below MinChunk: every chunk but the final one is full.
+	require.True(t, Fits(3, 64<<10, 64<<10, false))
+	require.False(t, Fits(3, 64<<10, 64<<10-1, false))
+}

@@ -41,8 +41,27 @@ func Ramp(i uint32, chunkSize int) int {
 	return min(chunkSize, rampStart<<(2*i))
 }
 
-// SplitRamp is Split with chunk i at most sizes(i, chunkSize) bytes (see
-// Ramp); every chunk but the final one is exactly that size.
+// MinChunk is the least a chunk but the final one may hold, unless its
+// ramped size is less: a payload can't be split into a flood of tiny
+// chunks, yet a sender may cut chunks smaller than Ramp to suit a slow
+// link (see Fits).
+const MinChunk = rampStart
+
+// Fits reports whether n bytes may be chunk i of a payload cut for
+// chunkSize: never more than Ramp(i, chunkSize), and, unless final, at
+// least MinChunk or that ramped size, whichever is less.
+func Fits(i uint32, chunkSize, n int, final bool) bool {
+	most := Ramp(i, chunkSize)
+	if final {
+		return n >= 0 && n <= most
+	}
+	return n >= min(most, MinChunk) && n <= most
+}
+
+// SplitRamp is Split with chunk i sizes(i, chunkSize) bytes (kept
+// between TrailerSize+1 and chunkSize), but the final one, which holds
+// what is left. sizes is called as each chunk is begun, so it may depend
+// on how the chunks before went.
 func SplitRamp(r io.Reader, chunkSize int, free chan []byte, emit func(i uint32, final bool, chunk []byte) error, sizes func(i uint32, chunkSize int) int) (*Totals, error) {
 	if chunkSize <= TrailerSize+1 {
 		return nil, fmt.Errorf("chunk size %d is too small", chunkSize)
