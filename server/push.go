@@ -552,6 +552,7 @@ type gate struct {
 	src      io.Reader
 	idx      *gitx.Cmd
 	idxIn    io.WriteCloser
+	chunk    []byte // what src is read into, gateRead bytes
 	spool    *os.File // the pack, kept for admitLater instead of indexed
 	idxDone  chan error
 	idxErr   error
@@ -589,6 +590,9 @@ func (s *Server) newGate(ctx context.Context, e *exch, p *pushPlan, q *quarantin
 	return g, nil
 }
 
+// gateRead is how much the gate reads from the payload at a time.
+const gateRead = 256 << 10
+
 func (g *gate) Read(b []byte) (int, error) {
 	for {
 		if g.err != nil {
@@ -620,7 +624,10 @@ func (g *gate) Read(b []byte) (int, error) {
 			g.released = true
 			continue
 		}
-		chunk := make([]byte, 64<<10)
+		if g.chunk == nil {
+			g.chunk = make([]byte, gateRead)
+		}
+		chunk := g.chunk
 		n, err := g.src.Read(chunk)
 		if n > 0 {
 			if g.idxIn != nil {

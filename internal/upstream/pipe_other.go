@@ -1,0 +1,7 @@
+//go:build !linux
+
+package upstream
+
+import "os"
+
+func widenPipe(*os.File) {}
