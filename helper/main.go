@@ -21,7 +21,6 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
-	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -82,16 +81,6 @@ func (g *grammar) Run() error {
 func Main() int {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(softMemoryLimit)
-	}
-	// GIT_RELAY_CPUPROFILE=FILE writes a CPU profile of this run, for
-	// `go tool pprof`: where a push or a fetch spends the helper's time.
-	if path := os.Getenv("GIT_RELAY_CPUPROFILE"); path != "" {
-		if f, err := os.Create(path); err == nil && pprof.StartCPUProfile(f) == nil {
-			defer func() {
-				pprof.StopCPUProfile()
-				f.Close()
-			}()
-		}
 	}
 	return cli.Run(&grammar{}, os.Args[1:], cli.Options{
 		Name:        "git-remote-relay",

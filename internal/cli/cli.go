@@ -9,7 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"runtime/debug"
+	"runtime/pprof"
 	"strings"
 
 	"github.com/alecthomas/kong"
@@ -102,7 +104,11 @@ type kongExit int
 // Run parses args into grammar, runs the selected command and returns the
 // exit status: 0, the ExitCoder's status, 2 for a usage error, 130 after
 // an interrupt, 1 for any other error (printed as "<name>: <error>").
+//
+// GIT_RELAY_CPUPROFILE=FILE writes a CPU profile of the run to FILE, for
+// `go tool pprof`: where a push, a fetch or a server spends its time.
 func Run(grammar any, args []string, o Options) (code int) {
+	defer cpuProfile(os.Getenv("GIT_RELAY_CPUPROFILE"))()
 	prefix := o.Name + ": "
 	opts := []kong.Option{
 		kong.Name(o.Name),
@@ -163,4 +169,24 @@ func Report(err error, stderr io.Writer, prefix string) int {
 // OneLine joins a message's lines with "; ".
 func OneLine(s string) string {
 	return strings.ReplaceAll(strings.TrimSpace(s), "\n", "; ")
+}
+
+// cpuProfile starts a CPU profile into path, if set, and returns what
+// stops it.
+func cpuProfile(path string) func() {
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return func() {}
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}
 }
