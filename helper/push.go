@@ -399,9 +399,13 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 	}
 	chunkSize := payload.ChunkSize(h.maxBdy, 0)
 	resumed := findPushResume(dir)
-	// A push whose whole payload fits one message goes in one request,
-	// which the server answers with the outcome: read that much first.
-	pre := make([]byte, inlineMax(h.maxBdy)-1-payload.TrailerSize+1)
+	// A push whose whole payload fits the first chunk goes in one
+	// request, which the server answers with the outcome: read that much
+	// first. A larger one opens its exchange at once, so that the relay
+	// starts pushing to upstream while git is still writing the bundle;
+	// waiting to see whether all of a body's worth comes would hold
+	// upstream back by the time git takes to write megabytes.
+	pre := make([]byte, min(inlineMax(h.maxBdy), payload.MinChunk)-1-payload.TrailerSize+1)
 	n, err := io.ReadFull(src, pre)
 	switch {
 	case (err == io.EOF || err == io.ErrUnexpectedEOF) && resumed == nil:
