@@ -118,6 +118,7 @@ type exch struct {
 	down      downProgress
 	seen      time.Time // the last request for it here began or ended
 	busy      int       // its requests in progress here
+	followed  bool      // see Server.follow
 }
 
 // use marks a request for the exchange as in progress, until the
@@ -676,6 +677,7 @@ func (s *Server) handleUp(c *call) {
 	e.mu.Unlock()
 	s.metrics.chunksIn.Inc()
 	s.start(e)
+	s.follow(e)
 	if final {
 		// The last chunk's answer waits for the outcome, so that a push
 		// that lands while it uploads costs no extra round trip.

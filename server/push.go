@@ -70,12 +70,15 @@ func (s *Server) runPush(ctx context.Context, e *exch) {
 		s.log.Info("push done", "id", e.id, "took", time.Since(start).Round(time.Millisecond), "refs", summarize(results))
 	}
 	bg := context.WithoutCancel(ctx)
+	// Marked before the outcome is known, so that an instance that learns
+	// of it finds the pack (see follow).
+	keep := err == nil && allLanded(results) && s.markSeed(bg, e)
 	s.finish(bg, e, results, err)
 	s.metrics.phase.WithLabelValues("push").Observe(time.Since(start).Seconds())
-	if err == nil && allLanded(results) && s.markSeed(bg, e) {
-		return // the chunks stay for the other instances' mirrors (seedKeep)
+	if !keep {
+		s.dropChunks(bg, e.id)
 	}
-	s.dropChunks(bg, e.id)
+	// Otherwise the chunks stay for the other instances' mirrors (seedKeep).
 }
 
 func allLanded(results []wire.RefResult) bool {

@@ -207,3 +207,60 @@ func (m *mirror) lacksAny(ctx context.Context, ids []string) bool {
 	}
 	return false
 }
+
+// follow watches, in the background, a push that this instance took a
+// chunk of, and when it lands through another instance brings this
+// instance's mirror up to it at once, from the pack the push left in the
+// store: the first clone or fetch through this instance then finds its
+// objects at hand, rather than waiting while they are indexed.
+func (s *Server) follow(e *exch) {
+	if !s.shared() || e.open.Kind != wire.KindPush || e.open.Inline {
+		return
+	}
+	e.mu.Lock()
+	if e.followed {
+		e.mu.Unlock()
+		return
+	}
+	e.followed = true
+	e.mu.Unlock()
+	s.bgWork.Add(1)
+	go func() {
+		defer s.bgWork.Done()
+		ctx, cancel := context.WithTimeout(s.ctx, seedKeep)
+		defer cancel()
+		poll := time.NewTicker(followEvery)
+		defer poll.Stop()
+		for {
+			st, changed := e.snapshot()
+			if wire.Ended(st.Phase) {
+				if st.Phase != wire.PhaseDone || st.Owner == s.instance || !allLanded(st.Results) {
+					return // not landed, or landed here: admitLater has it
+				}
+				break
+			}
+			select {
+			case <-changed:
+			case <-poll.C:
+				e.mu.Lock()
+				local := e.working
+				e.mu.Unlock()
+				if !local && s.reload(ctx, e) != nil {
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+		m, err := s.mirrors.get(e.open.Repo)
+		if err != nil {
+			return
+		}
+		if _, err := s.refresh(ctx, m, 0); err != nil && ctx.Err() == nil {
+			s.log.Warn("bring the mirror up to a push through another instance", "repo", m.name, "err", s.redact(err.Error()))
+		}
+	}()
+}
+
+// followEvery is how often follow reads a push's state from the store.
+const followEvery = 200 * time.Millisecond

@@ -99,6 +99,15 @@ func TestMirrorsSeededFromThePush(t *testing.T) {
 	c.git(src, "push", "relay::owner/repo", "master")
 	require.Equal(t, heads[1], c.upstreamRev("owner/repo", "refs/heads/master"))
 
+	// The instance that did not run a push learns of it from the chunks
+	// it took, and takes its pack into its mirror before anyone asks: each
+	// push's pack goes into the other mirror (the second push's listing
+	// alone would bring only the first's).
+	for deadline := time.Now().Add(30 * time.Second); sum(c.metrics(), "relay_mirror_updates_total", "from", "push") < 2; {
+		require.True(t, time.Now().Before(deadline), "the mirrors did not take both pushes' packs within 30 s")
+		time.Sleep(50 * time.Millisecond)
+	}
+
 	// Each clone's requests (capabilities, listing, fetch) alternate
 	// between the two instances, so both mirrors serve.
 	for i := range 2 {
