@@ -265,20 +265,26 @@ func (s *Server) writeAnswer(ctx context.Context, e *exch, r io.Reader) error {
 			if stream, err = seal.New(e.key, keyring.LabelDownload, salt, wire.Hash(e.openRaw)); err != nil {
 				return err
 			}
-			if err := s.persist(ctx, e); err != nil {
-				return err
-			}
 			e.mu.Lock()
 			e.down.stream = stream
 			e.mu.Unlock()
-			if err := s.update(ctx, e, func(st *state) error {
+			setDown := func(st *state) error {
 				if wire.Ended(st.Phase) {
 					return errEnded
 				}
 				st.Down = &wire.Down{Salt: hex.EncodeToString(salt), ChunkSize: size}
 				return nil
-			}); err != nil {
+			}
+			// An exchange not kept yet goes to the store with its answer's
+			// terms, in one write; one kept already is updated.
+			wrote, err := s.persistWith(ctx, e, setDown)
+			if err != nil {
 				return err
+			}
+			if !wrote {
+				if err := s.update(ctx, e, setDown); err != nil {
+					return err
+				}
 			}
 		}
 		obj := append(chunk, flagOf(final))

@@ -231,27 +231,44 @@ func (s *Server) loadState(ctx context.Context, id string) (*state, store.ETag, 
 
 // persist writes a new exchange's state to the store, once.
 func (s *Server) persist(ctx context.Context, e *exch) error {
+	_, err := s.persistWith(ctx, e, nil)
+	return err
+}
+
+// persistWith is persist with f applied to the state that goes to the
+// store, in the same write; it says whether it wrote (false: the exchange
+// was kept already, and f was not applied).
+func (s *Server) persistWith(ctx context.Context, e *exch, f func(*state) error) (bool, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.persisted {
-		return nil
+		return false, nil
 	}
-	e.st.Updated = time.Now().UTC()
-	if e.st.Owner == s.instance {
+	next := e.st
+	if f != nil {
+		if err := f(&next); err != nil {
+			return false, err
+		}
+	}
+	next.Updated = time.Now().UTC()
+	if next.Owner == s.instance {
 		// Kept late (an answer slower than a long-poll): the lease taken
 		// when it opened may have run out meanwhile.
-		e.st.Lease = e.st.Updated.Add(leaseTTL)
+		next.Lease = next.Updated.Add(leaseTTL)
 	}
-	b, err := json.Marshal(e.st)
+	b, err := json.Marshal(next)
 	if err != nil {
-		return err
+		return false, err
 	}
 	etag, err := s.store.Put(ctx, stateKey(e.id), b, store.PutOptions{IfNoneMatch: true})
 	if err != nil {
-		return fmt.Errorf("keep exchange %s: %w", e.id, err)
+		return false, fmt.Errorf("keep exchange %s: %w", e.id, err)
 	}
-	e.etag, e.persisted = etag, true
-	return nil
+	e.st, e.etag, e.persisted = next, etag, true
+	if f != nil {
+		e.notify()
+	}
+	return true, nil
 }
 
 // update changes an exchange's state: in memory, and in the store by
