@@ -555,7 +555,7 @@ type gate struct {
 	src      io.Reader
 	idx      *gitx.Cmd
 	idxIn    io.WriteCloser
-	chunk    []byte // what src is read into, gateRead bytes
+	chunk    []byte   // what src is read into, gateRead bytes
 	spool    *os.File // the pack, kept for admitLater instead of indexed
 	idxDone  chan error
 	idxErr   error
