@@ -168,7 +168,7 @@ func (s *Server) seedOne(ctx context.Context, m *mirror, refs *upstream.Refs, id
 	}
 	defer q.drop()
 	c := q.git.Command(ctx, "index-pack", "--stdin", "--fix-thin")
-	c.Stdin, c.Stdout = pack, io.Discard
+	c.Stdin, c.Stdout, c.Background = pack, io.Discard, isBackground(ctx)
 	if err := c.Run(); err != nil {
 		return false, fmt.Errorf("index the push's pack: %w", err)
 	}
@@ -256,7 +256,7 @@ func (s *Server) follow(e *exch) {
 		if err != nil {
 			return
 		}
-		if _, err := s.refresh(ctx, m, 0); err != nil && ctx.Err() == nil {
+		if _, err := s.refresh(inBackground(ctx), m, 0); err != nil && ctx.Err() == nil {
 			s.log.Warn("bring the mirror up to a push through another instance", "repo", m.name, "err", s.redact(err.Error()))
 		}
 	}()
@@ -264,3 +264,17 @@ func (s *Server) follow(e *exch) {
 
 // followEvery is how often follow reads a push's state from the store.
 const followEvery = 200 * time.Millisecond
+
+type backgroundKey struct{}
+
+// inBackground marks work that nobody waits for: the packs it indexes are
+// indexed at the lowest CPU priority, behind the pushes and fetches that
+// somebody does wait for.
+func inBackground(ctx context.Context) context.Context {
+	return context.WithValue(ctx, backgroundKey{}, true)
+}
+
+func isBackground(ctx context.Context) bool {
+	b, _ := ctx.Value(backgroundKey{}).(bool)
+	return b
+}
