@@ -10,6 +10,7 @@ import (
 	"io"
 	"sort"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/git-relay/git-relay/internal/gitx"
@@ -229,16 +230,51 @@ const inlineMax = 1 << 20
 // client downloads while the rest is still being written.
 func (s *Server) writeAnswer(ctx context.Context, e *exch, r io.Reader) error {
 	size := s.downChunkSize(e.open.MaxBody)
-	// One buffer: each chunk is stored before the next is read.
-	bp := s.getBuf(size + 1)
-	defer s.putBuf(bp)
-	free := make(chan []byte, 1)
-	free <- (*bp)[:0]
+	// On the folder store one buffer does: a chunk is written in a few
+	// milliseconds, and the next is read once it is stored. A store that
+	// instances share is across the network, and a chunk's write takes a
+	// round trip and its transfer: a second buffer takes the next chunk
+	// from upload-pack meanwhile.
+	nbuf := 1
+	if s.shared() {
+		nbuf = 2
+	}
+	free := make(chan []byte, nbuf)
+	for range nbuf {
+		bp := s.getBuf(size + 1)
+		defer s.putBuf(bp)
+		free <- (*bp)[:0]
+	}
+	// One goroutine stores the chunks, in order.
+	type job struct {
+		i     uint32
+		final bool
+		chunk []byte
+	}
+	jobs := make(chan job, nbuf)
+	var (
+		storeErr error
+		failed   atomic.Bool
+	)
+	stored := make(chan struct{})
+	go func() {
+		defer close(stored)
+		for j := range jobs {
+			if storeErr == nil {
+				if storeErr = s.storeDown(ctx, e, j.i, j.final, j.chunk); storeErr != nil {
+					failed.Store(true)
+				}
+			}
+			free <- j.chunk[:0]
+		}
+	}()
 	var stream *seal.Stream
 	// The first chunks are small: the client has something to hand git
 	// a moment after upload-pack begins.
 	_, err := payload.SplitRamp(r, size, free, func(i uint32, final bool, chunk []byte) error {
-		defer func() { free <- chunk[:0] }()
+		if failed.Load() {
+			return errStoreFailed
+		}
 		if i == 0 && final && len(chunk) <= min(inlineMax, int(min(e.open.MaxBody, s.cfg.MaxBody))-8<<10) {
 			// An answer that goes in a reply lives in this instance's
 			// memory alone, so only an exchange not kept in the store
@@ -287,22 +323,39 @@ func (s *Server) writeAnswer(ctx context.Context, e *exch, r io.Reader) error {
 				}
 			}
 		}
-		obj := append(chunk, flagOf(final))
-		if _, err := s.store.Put(ctx, downKey(e.id, i), obj, store.PutOptions{Volatile: true}); err != nil {
-			return fmt.Errorf("keep answer chunk %d: %w", i, err)
-		}
-		s.metrics.chunksOut.Inc()
-		e.mu.Lock()
-		e.down.chunks, e.down.final = i+1, final
-		e.notify()
-		e.mu.Unlock()
-		if final {
-			return s.update(ctx, e, func(st *state) error {
-				st.Down.Chunks, st.Down.Final = i+1, true
-				return nil
-			})
-		}
+		jobs <- job{i, final, chunk}
 		return nil
 	}, payload.Ramp)
+	// Before the buffers go back to the pool.
+	close(jobs)
+	<-stored
+	if storeErr != nil {
+		return storeErr
+	}
 	return err
+}
+
+// errStoreFailed stops an answer whose chunk could not be stored; the
+// store's error is the one reported.
+var errStoreFailed = errors.New("an answer chunk could not be stored")
+
+// storeDown keeps answer chunk i in the store and tells whoever waits
+// for it.
+func (s *Server) storeDown(ctx context.Context, e *exch, i uint32, final bool, chunk []byte) error {
+	obj := append(chunk, flagOf(final))
+	if _, err := s.store.Put(ctx, downKey(e.id, i), obj, store.PutOptions{Volatile: true}); err != nil {
+		return fmt.Errorf("keep answer chunk %d: %w", i, err)
+	}
+	s.metrics.chunksOut.Inc()
+	e.mu.Lock()
+	e.down.chunks, e.down.final = i+1, final
+	e.notify()
+	e.mu.Unlock()
+	if final {
+		return s.update(ctx, e, func(st *state) error {
+			st.Down.Chunks, st.Down.Final = i+1, true
+			return nil
+		})
+	}
+	return nil
 }
