@@ -719,9 +719,15 @@ func (s *Server) handleDown(c *call) {
 	if !ok {
 		return
 	}
-	bp := s.getBuf(int(s.cfg.MaxBody) + 1)
-	defer s.putBuf(bp)
-	obj := (*bp)[:0]
+	// A buffer is taken only to read the chunk: a request waiting for a
+	// chunk not written yet holds none.
+	var bp *[]byte
+	defer func() {
+		if bp != nil {
+			s.putBuf(bp)
+		}
+	}()
+	var obj []byte
 	found := false
 	s.wait(ctx, e, longPoll, func(st state) bool {
 		if st.Phase == wire.PhaseFailed || st.Phase == wire.PhaseCancelled {
@@ -737,11 +743,16 @@ func (s *Server) handleDown(c *call) {
 			return false // this instance writes it, and its notice wakes us
 		}
 		// Read after the first byte, which the answer's flag takes.
+		if bp == nil {
+			bp = s.getBuf(int(s.cfg.MaxBody) + 1)
+		}
 		b, _, err := s.store.Get(ctx, downKey(e.id, i), (*bp)[1:1])
 		if err == nil && len(b) > 0 {
 			obj, found = (*bp)[:1+len(b)], true
 			return true
 		}
+		s.putBuf(bp)
+		bp = nil
 		return false
 	})
 	st, _ := e.snapshot()
