@@ -217,8 +217,9 @@ func TestSlowLinkGetsSmallerChunks(t *testing.T) {
 	defer mu.Unlock()
 	require.Greater(t, finalAt, 2, "chunk sizes %v", sizes)
 	for i := 2; i < finalAt; i++ {
-		// 40 Mbit/s is 5 MB/s: chunks of about 1 MB, not 4.
-		require.Less(t, sizes[i], int64(2<<20), "chunk %d of %v", i, sizes)
+		// 40 Mbit/s is 5 MB/s: chunks of about 1 MB, not 4 (the kernel's
+		// buffers can make a chunk look faster than the link).
+		require.Less(t, sizes[i], int64(3<<20), "chunk %d of %v", i, sizes)
 		require.GreaterOrEqual(t, sizes[i], int64(minCutChunk), "chunk %d of %v", i, sizes)
 	}
 }
