@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -73,6 +75,14 @@ func (s *Server) answer(ctx context.Context, e *exch) error {
 		}
 		return s.writeAnswer(ctx, e, &b)
 	case wire.KindCaps:
+		m.capsMu.Lock()
+		caps := m.caps
+		m.capsMu.Unlock()
+		if caps != nil {
+			return s.writeAnswer(ctx, e, bytes.NewReader(caps))
+		}
+		// The first time, upstream is asked too: a repository it does not
+		// have is said so at once, and gets no mirror.
 		if _, err := s.refresh(ctx, m, 5*time.Second); err != nil {
 			return err
 		}
@@ -85,6 +95,9 @@ func (s *Server) answer(ctx context.Context, e *exch) error {
 		if err := c.Run(); err != nil {
 			return fmt.Errorf("ask upload-pack for its capabilities: %w", err)
 		}
+		m.capsMu.Lock()
+		m.caps = bytes.Clone(out.Bytes())
+		m.capsMu.Unlock()
 		return s.writeAnswer(ctx, e, &out)
 	case wire.KindFetch:
 		return s.fetch(ctx, e, m)
@@ -148,7 +161,27 @@ func (s *Server) fetch(ctx context.Context, e *exch, m *mirror) error {
 // request wants (or cannot tell, having none yet).
 func (s *Server) lacksWants(ctx context.Context, m *mirror, req []byte) bool {
 	wants := requestWants(req)
-	return len(wants) > 0 && m.lacksAny(ctx, wants)
+	if len(wants) == 0 {
+		return false
+	}
+	// The branches and tags of the last refresh are in the mirror: a
+	// fetch of what the listing just before it showed (a clone) needs no
+	// lookup.
+	m.refreshing.Lock()
+	refs := m.refs
+	m.refreshing.Unlock()
+	if refs != nil {
+		tips := make(map[string]bool, len(refs.Refs))
+		for name, id := range refs.Refs {
+			if strings.HasPrefix(name, "refs/heads/") || strings.HasPrefix(name, "refs/tags/") {
+				tips[id] = true
+			}
+		}
+		if !slices.ContainsFunc(wants, func(w string) bool { return !tips[w] }) {
+			return false
+		}
+	}
+	return m.lacksAny(ctx, wants)
 }
 
 // requestWants returns the ids that the "want" lines of a protocol v2

@@ -39,6 +39,12 @@ type mirror struct {
 	// admitting counts pushed packs on their way into the mirror after
 	// their push (admitLater): a refresh waits for them.
 	admitting pending
+
+	// caps is upload-pack's capability advertisement here, kept once
+	// made: it depends on git and the repository's object format, not on
+	// its refs, and git asks for it before every fetch.
+	capsMu sync.Mutex
+	caps   []byte
 }
 
 // pending counts work in flight that others can wait for.
