@@ -157,6 +157,18 @@ func (f *fixture) bundle(t *testing.T, revs ...string) []byte {
 	return b
 }
 
+// commitRandom commits size random bytes as name in the work
+// repository and returns the commit.
+func (f *fixture) commitRandom(t *testing.T, name string, size int) string {
+	t.Helper()
+	b := make([]byte, size)
+	_, _ = rand.Read(b)
+	require.NoError(t, os.WriteFile(filepath.Join(f.work, name), b, 0o644))
+	gittest.Git(t, f.work, "add", ".")
+	gittest.Git(t, f.work, "commit", "-qm", "add "+name)
+	return gittest.Git(t, f.work, "rev-parse", "HEAD")
+}
+
 func (f *fixture) upstreamMaster(t *testing.T) string {
 	return gittest.Git(t, f.work, "--git-dir", f.upstream, "rev-parse", "master")
 }
@@ -172,12 +184,7 @@ func TestPushLands(t *testing.T) {
 	require.Equal(t, f.second, f.upstreamMaster(t))
 
 	// In chunks.
-	big := make([]byte, 200<<10)
-	_, _ = rand.Read(big)
-	require.NoError(t, os.WriteFile(filepath.Join(f.work, "big.bin"), big, 0o644))
-	gittest.Git(t, f.work, "add", ".")
-	gittest.Git(t, f.work, "commit", "-qm", "third")
-	third := gittest.Git(t, f.work, "rev-parse", "HEAD")
+	third := f.commitRandom(t, "big.bin", 200<<10)
 	man = wire.PushManifest{Updates: []wire.Update{{Ref: "refs/heads/master", Old: f.second, New: third}}}
 	st, err = f.pushRaw(t, man, f.bundle(t, "master", "^"+f.second), 64<<10-seal.Overhead)
 	require.NoError(t, err)
@@ -191,12 +198,7 @@ func TestPushLands(t *testing.T) {
 // as it was.
 func TestChunkSizes(t *testing.T) {
 	f := newFixture(t, Config{})
-	big := make([]byte, 1536<<10)
-	_, _ = rand.Read(big)
-	require.NoError(t, os.WriteFile(filepath.Join(f.work, "big.bin"), big, 0o644))
-	gittest.Git(t, f.work, "add", ".")
-	gittest.Git(t, f.work, "commit", "-qm", "big")
-	tip := gittest.Git(t, f.work, "rev-parse", "HEAD")
+	tip := f.commitRandom(t, "big.bin", 1536<<10)
 	man := wire.PushManifest{Updates: []wire.Update{{Ref: "refs/heads/master", Old: f.first, New: tip}}}
 	bundle := f.bundle(t, "master", "^"+f.first)
 	const chunkSize = 1 << 20
