@@ -33,7 +33,7 @@ fi
 bindir=$destdir$prefix/bin
 mkdir -p "$bindir"
 version=$(git describe --tags --always --dirty 2>/dev/null || echo devel)
-go build -ldflags "-X github.com/git-relay/git-relay/internal/cli.Version=$version" -o "$bindir/" ./cmd/git-remote-relay ./cmd/git-relay-server ./cmd/git-sidecar
+CGO_ENABLED=0 go build -ldflags "-X github.com/git-relay/git-relay/internal/cli.Version=$version" -o "$bindir/" ./cmd/git-remote-relay ./cmd/git-relay-server ./cmd/git-sidecar
 echo "installed git-remote-relay, git-relay-server and git-sidecar into $bindir"
 
 if [ -z "$server" ]; then
