@@ -119,10 +119,16 @@ func (s *Server) push(ctx context.Context, e *exch) ([]wire.RefResult, error) {
 	// the old ids, refuses it as it would a race. A manifest that disagrees
 	// with that listing makes it list again before judging.
 	listed := make(chan listing, 1)
+	refreshed := make(chan struct{})
 	go func() {
+		defer close(refreshed)
 		refs, err := s.refresh(ctx, m, pushListAge)
 		listed <- listing{refs, err}
 	}()
+	// A push that ends early (cancelled, a bad payload) still waits for
+	// the refresh, which may be creating the mirror: nothing of it runs
+	// on after the push, or after the server has stopped.
+	defer func() { <-refreshed }()
 	br, man, done, err := s.pushPayload(ctx, e)
 	defer done()
 	if err != nil {
