@@ -648,19 +648,28 @@ func (s *Server) handleUp(c *call) {
 			i, len(c.body), i, min(most, payload.MinChunk)+seal.Overhead, most+seal.Overhead))
 		return
 	}
-	if st, _ := e.snapshot(); wire.Ended(st.Phase) {
-		c.failErr(&userError{http.StatusConflict, wire.CodeGone, fmt.Sprintf("exchange %s is %s and takes no more chunks", e.id, st.Phase)})
-		return
-	}
-	if err := s.chargeBytes(e, int64(len(c.body))); err != nil {
-		c.failErr(err)
-		return
-	}
 	// Opened in place: the plaintext takes the ciphertext's place, and
 	// the flag byte the first byte of the tag's.
+	n := len(c.body)
 	plain, err := e.up.Open(c.body[:0], i, final, c.body)
 	if err != nil {
 		c.failErr(badRequest("%v: it was altered on the way or belongs to another exchange", err))
+		return
+	}
+	if st, _ := e.snapshot(); wire.Ended(st.Phase) {
+		if st.Phase == wire.PhaseCancelled {
+			c.failErr(&userError{http.StatusConflict, wire.CodeGone, fmt.Sprintf("exchange %s is %s and takes no more chunks", e.id, st.Phase)})
+			return
+		}
+		// A chunk sent again after the push ended: its client was cut
+		// off, and the relay finished the push from the kept chunks while
+		// the client came back. The answer is the outcome, as the final
+		// chunk's would have been.
+		s.replyStatus(c, e, false)
+		return
+	}
+	if err := s.chargeBytes(e, int64(n)); err != nil {
+		c.failErr(err)
 		return
 	}
 	if final {

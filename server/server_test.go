@@ -43,6 +43,8 @@ type fixture struct {
 	work     string
 	first    string // upstream's master
 	second   string // the work repository's master, one commit on
+	// lastChunk is the last chunk pushCut sent, to send again.
+	lastChunk wire.Request
 }
 
 func newFixture(t *testing.T, cfg Config) *fixture {
@@ -130,7 +132,10 @@ func (f *fixture) pushCut(t *testing.T, man wire.PushManifest, bundle []byte, ch
 		if final {
 			q.Set("final", "1")
 		}
-		_, err := f.client.Call(ctx, wire.Request{Method: "PUT", Path: wire.PathUp, Query: q, Raw: st.Seal(c[:0], i, final, c)}, &status)
+		req := wire.Request{Method: "PUT", Path: wire.PathUp, Query: q, Raw: st.Seal(c[:0], i, final, c)}
+		_, err := f.client.Call(ctx, req, &status)
+		req.Raw = bytes.Clone(req.Raw)
+		f.lastChunk = req
 		return err
 	}, sizes)
 	if err != nil {
@@ -227,6 +232,27 @@ func TestChunkSizes(t *testing.T) {
 	st, err := f.pushCut(t, man, bundle, chunkSize, cut(256<<10, payload.MinChunk, 300<<10))
 	require.NoError(t, err)
 	require.Equal(t, wire.PhaseDone, st.Phase, st.Message)
+	require.Equal(t, tip, f.upstreamMaster(t))
+}
+
+// A chunk that comes again after its push has ended (the client was cut
+// off, and the relay finished the push from the kept chunks while the
+// client came back) is answered with the outcome, not refused: the client
+// reports the push as git expects.
+func TestChunkAfterTheEndGetsTheOutcome(t *testing.T) {
+	f := newFixture(t, Config{})
+	tip := f.commitRandom(t, "big.bin", 200<<10)
+	man := wire.PushManifest{Updates: []wire.Update{{Ref: "refs/heads/master", Old: f.first, New: tip}}}
+	st, err := f.pushRaw(t, man, f.bundle(t, "master", "^"+f.first), 64<<10-seal.Overhead)
+	require.NoError(t, err)
+	require.Equal(t, wire.PhaseDone, st.Phase, st.Message)
+	require.Equal(t, tip, f.upstreamMaster(t))
+
+	var again wire.Status
+	_, err = f.client.Call(t.Context(), f.lastChunk, &again)
+	require.NoError(t, err)
+	require.Equal(t, wire.PhaseDone, again.Phase)
+	require.True(t, again.Results[0].OK)
 	require.Equal(t, tip, f.upstreamMaster(t))
 }
 
