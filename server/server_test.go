@@ -174,6 +174,15 @@ func (f *fixture) commitRandom(t *testing.T, name string, size int) string {
 	return gittest.Git(t, f.work, "rev-parse", "HEAD")
 }
 
+// requireLanded checks that a push went through and moved upstream's
+// master to tip.
+func (f *fixture) requireLanded(t *testing.T, st *wire.Status, err error, tip string) {
+	t.Helper()
+	require.NoError(t, err)
+	require.Equal(t, wire.PhaseDone, st.Phase, st.Message)
+	require.Equal(t, tip, f.upstreamMaster(t))
+}
+
 func (f *fixture) upstreamMaster(t *testing.T) string {
 	return gittest.Git(t, f.work, "--git-dir", f.upstream, "rev-parse", "master")
 }
@@ -192,9 +201,7 @@ func TestPushLands(t *testing.T) {
 	third := f.commitRandom(t, "big.bin", 200<<10)
 	man = wire.PushManifest{Updates: []wire.Update{{Ref: "refs/heads/master", Old: f.second, New: third}}}
 	st, err = f.pushRaw(t, man, f.bundle(t, "master", "^"+f.second), 64<<10-seal.Overhead)
-	require.NoError(t, err)
-	require.Equal(t, wire.PhaseDone, st.Phase, st.Message)
-	require.Equal(t, third, f.upstreamMaster(t))
+	f.requireLanded(t, st, err, third)
 }
 
 // A client may cut its chunks smaller than their ramped size, to suit a
@@ -230,9 +237,7 @@ func TestChunkSizes(t *testing.T) {
 	}
 
 	st, err := f.pushCut(t, man, bundle, chunkSize, cut(256<<10, payload.MinChunk, 300<<10))
-	require.NoError(t, err)
-	require.Equal(t, wire.PhaseDone, st.Phase, st.Message)
-	require.Equal(t, tip, f.upstreamMaster(t))
+	f.requireLanded(t, st, err, tip)
 }
 
 // A chunk that comes again after its push has ended (the client was cut
@@ -244,9 +249,7 @@ func TestChunkAfterTheEndGetsTheOutcome(t *testing.T) {
 	tip := f.commitRandom(t, "big.bin", 200<<10)
 	man := wire.PushManifest{Updates: []wire.Update{{Ref: "refs/heads/master", Old: f.first, New: tip}}}
 	st, err := f.pushRaw(t, man, f.bundle(t, "master", "^"+f.first), 64<<10-seal.Overhead)
-	require.NoError(t, err)
-	require.Equal(t, wire.PhaseDone, st.Phase, st.Message)
-	require.Equal(t, tip, f.upstreamMaster(t))
+	f.requireLanded(t, st, err, tip)
 
 	var again wire.Status
 	_, err = f.client.Call(t.Context(), f.lastChunk, &again)
