@@ -650,7 +650,6 @@ func (s *Server) handleUp(c *call) {
 	}
 	// Opened in place: the plaintext takes the ciphertext's place, and
 	// the flag byte the first byte of the tag's.
-	n := len(c.body)
 	plain, err := e.up.Open(c.body[:0], i, final, c.body)
 	if err != nil {
 		c.failErr(badRequest("%v: it was altered on the way or belongs to another exchange", err))
@@ -668,7 +667,7 @@ func (s *Server) handleUp(c *call) {
 		s.replyStatus(c, e, false)
 		return
 	}
-	if err := s.chargeBytes(e, int64(n)); err != nil {
+	if err := s.chargeBytes(e, int64(len(c.body))); err != nil {
 		c.failErr(err)
 		return
 	}
