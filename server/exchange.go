@@ -121,6 +121,13 @@ type exch struct {
 	followed  bool      // see Server.follow
 }
 
+// volatile says whether the exchange's state may go to the store without
+// waiting for the disk. An inline upload's may: its payload lives in
+// memory only, so that after a crash of the machine its client sends it
+// again in any case, and the push that runs again from it lands once
+// (upstream's compare-and-swap) and reports what it finds upstream.
+func (e *exch) volatile() bool { return e.open.Inline }
+
 // use marks a request for the exchange as in progress, until the
 // returned function is called: an exchange with a request in progress is
 // never pushed out as idle.
@@ -260,7 +267,7 @@ func (s *Server) persistWith(ctx context.Context, e *exch, f func(*state) error)
 	if err != nil {
 		return false, err
 	}
-	etag, err := s.store.Put(ctx, stateKey(e.id), b, store.PutOptions{IfNoneMatch: true})
+	etag, err := s.store.Put(ctx, stateKey(e.id), b, store.PutOptions{IfNoneMatch: true, Volatile: e.volatile()})
 	if err != nil {
 		return false, fmt.Errorf("keep exchange %s: %w", e.id, err)
 	}
@@ -275,6 +282,12 @@ func (s *Server) persistWith(ctx context.Context, e *exch, f func(*state) error)
 // compare-and-swap when it is kept there (reloading and applying f again
 // when another instance changed it meanwhile). f may refuse the change.
 func (s *Server) update(ctx context.Context, e *exch, f func(*state) error) error {
+	return s.change(ctx, e, false, f)
+}
+
+// change is update; a volatile change is kept in the store without
+// waiting for the disk (see store.PutOptions).
+func (s *Server) change(ctx context.Context, e *exch, volatile bool, f func(*state) error) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for attempt := 0; ; attempt++ {
@@ -298,7 +311,7 @@ func (s *Server) update(ctx context.Context, e *exch, f func(*state) error) erro
 		if err != nil {
 			return err
 		}
-		etag, err := s.store.Put(ctx, stateKey(e.id), b, store.PutOptions{IfMatch: e.etag})
+		etag, err := s.store.Put(ctx, stateKey(e.id), b, store.PutOptions{IfMatch: e.etag, Volatile: volatile || e.volatile()})
 		if err == nil {
 			e.st, e.etag = next, etag
 			e.notify()
@@ -336,9 +349,12 @@ func (s *Server) reload(ctx context.Context, e *exch) error {
 	return nil
 }
 
-// enter moves the exchange to phase.
+// enter moves the exchange to phase. A phase is progress to report, and
+// is kept without waiting for the disk: a crash of the machine that loses
+// it leaves the push in an earlier phase, from which it runs again, and
+// the compare-and-swap on the old ids keeps it from landing twice.
 func (s *Server) enter(ctx context.Context, e *exch, phase string) error {
-	return s.update(ctx, e, func(st *state) error {
+	return s.change(ctx, e, true, func(st *state) error {
 		if wire.Ended(st.Phase) {
 			return errEnded
 		}
@@ -930,8 +946,12 @@ func (s *Server) start(e *exch) {
 	}
 	ctx, cancel := context.WithCancel(s.ctx)
 	e.working, e.cancel = true, cancel
+	// An exchange this instance kept a moment ago (when it opened) holds
+	// a fresh claim already: taking it again would cost a durable write
+	// for nothing.
+	claimed := e.persisted && !(e.st.Owner == s.instance && time.Until(e.st.Lease) > leaseTTL*3/4)
 	e.mu.Unlock()
-	if e.persisted {
+	if claimed {
 		err := s.update(ctx, e, func(st *state) error {
 			if wire.Ended(st.Phase) {
 				return errEnded
