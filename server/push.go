@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -402,7 +403,7 @@ func (s *Server) checkBundle(ctx context.Context, p *pushPlan, hdr *bundle.Heade
 			ask = append(ask, id)
 		}
 	}
-	have, err := p.m.git.Exists(ctx, ask)
+	have, err := p.lookup(ctx, ask)
 	if err != nil {
 		return err
 	}
@@ -431,6 +432,34 @@ func (s *Server) checkBundle(ctx context.Context, p *pushPlan, hdr *bundle.Heade
 	return s.checkAncestry(ctx, p.m.git, now, p)
 }
 
+// lookup says which of ids the mirror has (as gitx.Repo.Exists does).
+// The tips of upstream's branches and tags as the push listed them are in
+// the mirror, which the listing brought up to date: only other ids are
+// looked up.
+func (p *pushPlan) lookup(ctx context.Context, ids []string) (map[string]string, error) {
+	tips := map[string]bool{}
+	for name, id := range p.refs.Refs {
+		if strings.HasPrefix(name, "refs/heads/") || strings.HasPrefix(name, "refs/tags/") {
+			tips[id] = true
+		}
+	}
+	have := map[string]string{}
+	var ask []string
+	for _, id := range ids {
+		if tips[id] {
+			have[id] = id
+		} else {
+			ask = append(ask, id)
+		}
+	}
+	more, err := p.m.git.Exists(ctx, ask)
+	if err != nil {
+		return nil, err
+	}
+	maps.Copy(have, more)
+	return have, nil
+}
+
 // checkRefOnly checks a push that carries no bundle: every new id must be
 // upstream's already.
 func (s *Server) checkRefOnly(ctx context.Context, p *pushPlan) error {
@@ -442,7 +471,7 @@ func (s *Server) checkRefOnly(ctx context.Context, p *pushPlan) error {
 			ask = append(ask, u.New)
 		}
 	}
-	have, err := p.m.git.Exists(ctx, ask)
+	have, err := p.lookup(ctx, ask)
 	if err != nil {
 		return err
 	}
@@ -576,6 +605,16 @@ type gate struct {
 const holdBack = 4096
 
 func (s *Server) newGate(ctx context.Context, e *exch, p *pushPlan, q *quarantine, src io.Reader) (*gate, error) {
+	if len(p.ancestry) > 0 && e.open.Inline {
+		// An inline push's pack is small and here already: its own
+		// commits settle most ancestry checks, with no index to wait for.
+		b, err := io.ReadAll(src)
+		if err != nil {
+			return nil, payloadErr(err)
+		}
+		src = bytes.NewReader(b)
+		p.ancestry = packAncestry(b, p.ancestry)
+	}
 	if len(p.ancestry) == 0 {
 		f, err := os.Create(filepath.Join(q.dir, "pushed.pack"))
 		if err != nil {
@@ -707,12 +746,17 @@ func (g *gate) close() {
 func (g *gate) finish() error {
 	if g.err != nil {
 		_ = g.waitIndex()
-		if errors.Is(g.err, payload.ErrMismatch) {
-			return badRequest("the pushed payload does not check out: %v", g.err)
-		}
-		return g.err
+		return payloadErr(g.err)
 	}
 	return nil
+}
+
+// payloadErr tells a payload that does not check out from other failures.
+func payloadErr(err error) error {
+	if errors.Is(err, payload.ErrMismatch) {
+		return badRequest("the pushed payload does not check out: %v", err)
+	}
+	return err
 }
 
 // applying marks a push whose outcome is now upstream's, unless its

@@ -300,6 +300,27 @@ func TestNonFastForwardBundleIsRefusedWithoutForce(t *testing.T) {
 	}
 }
 
+// A commit whose "parent" line comes after its author line is not a
+// child of that parent for git: the relay must not take it for one when it
+// reads a small pack's commits itself (packAncestry).
+func TestMisplacedParentLineIsNoFastForward(t *testing.T) {
+	f := newFixture(t, Config{})
+	tree := gittest.Git(t, f.work, "rev-parse", "master^{tree}")
+	crafted := fmt.Sprintf("tree %s\nauthor A <a@example.com> 1 +0000\ncommitter A <a@example.com> 1 +0000\nparent %s\n\nnot a child\n", tree, f.first)
+	out, err := gittest.Repo(t, filepath.Join(f.work, ".git")).RunInput(t.Context(), strings.NewReader(crafted), "hash-object", "-t", "commit", "-w", "--stdin", "--literally")
+	require.NoError(t, err)
+	fake := strings.TrimSpace(out)
+	gittest.Git(t, f.work, "branch", "fake", fake)
+	before := countObjects(t, f.upstream)
+	man := wire.PushManifest{Updates: []wire.Update{{Ref: "refs/heads/master", Old: f.first, New: fake}}}
+	st, err := f.pushRaw(t, man, f.bundle(t, "fake", "^"+f.first), 0)
+	require.NoError(t, err)
+	require.Equal(t, wire.PhaseFailed, st.Phase)
+	require.Contains(t, st.Message, "non-fast forward")
+	require.Equal(t, f.first, f.upstreamMaster(t))
+	require.Equal(t, before, countObjects(t, f.upstream), "no object reached upstream's store")
+}
+
 // countObjects counts the objects in a repository's store, packed or not.
 func countObjects(t *testing.T, gitDir string) string {
 	out := gittest.Git(t, "", "--git-dir", gitDir, "count-objects", "-v")
