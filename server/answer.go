@@ -272,8 +272,27 @@ func (s *Server) writeAnswer(ctx context.Context, e *exch, r io.Reader) error {
 	if s.shared() {
 		nbuf = 2
 	}
+	// A small answer (a ref listing, capabilities, a short negotiation)
+	// is read whole first, and gets buffers its own size instead of a
+	// chunk's: it is all latency, and megabytes of fresh memory take
+	// milliseconds to touch.
+	split := size
+	head := make([]byte, smallAnswer)
+	n, err := io.ReadFull(r, head)
+	switch {
+	case err == io.EOF || err == io.ErrUnexpectedEOF:
+		r, split = bytes.NewReader(head[:n]), n+2+payload.TrailerSize
+	case err != nil:
+		return err
+	default:
+		r = io.MultiReader(bytes.NewReader(head), r)
+	}
 	free := make(chan []byte, nbuf)
 	for range nbuf {
+		if split < size {
+			free <- make([]byte, 0, split+1)
+			continue
+		}
 		bp := s.getBuf(size + 1)
 		defer s.putBuf(bp)
 		free <- (*bp)[:0]
@@ -304,7 +323,7 @@ func (s *Server) writeAnswer(ctx context.Context, e *exch, r io.Reader) error {
 	var stream *seal.Stream
 	// The first chunks are small: the client has something to hand git
 	// a moment after upload-pack begins.
-	_, err := payload.SplitRamp(r, size, free, func(i uint32, final bool, chunk []byte) error {
+	_, err = payload.SplitRamp(r, split, free, func(i uint32, final bool, chunk []byte) error {
 		if failed.Load() {
 			return errStoreFailed
 		}
@@ -367,6 +386,10 @@ func (s *Server) writeAnswer(ctx context.Context, e *exch, r io.Reader) error {
 	}
 	return err
 }
+
+// smallAnswer is the size up to which an answer is read whole before it
+// is split (see writeAnswer).
+const smallAnswer = 16 << 10
 
 // errStoreFailed stops an answer whose chunk could not be stored; the
 // store's error is the one reported.

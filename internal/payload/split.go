@@ -15,6 +15,11 @@ import (
 // the first chunk.
 const streamSample = 1 << 20
 
+// minCompress is the smallest plaintext worth compressing: below it, the
+// bytes zstd would save take less time to send than making its encoder
+// takes (milliseconds), and a ref listing or a request is all latency.
+const minCompress = 16 << 10
+
 // Split reads a plaintext from r while it is being written and emits its
 // payload in chunks of at most chunkSize bytes, in order, with final set
 // on the last one (an empty plaintext still makes one chunk). Each chunk
@@ -68,15 +73,23 @@ func SplitRamp(r io.Reader, chunkSize int, free chan []byte, emit func(i uint32,
 	}
 	h := sha256.New()
 	plain := &Counter{R: io.TeeReader(r, h)}
-	sample := make([]byte, streamSample)
+	// A small plaintext is read into a small buffer: a megabyte of fresh
+	// memory takes a while to touch.
+	sample := make([]byte, minCompress)
 	n, err := io.ReadFull(plain, sample)
+	if err == nil {
+		sample = append(sample, make([]byte, streamSample-minCompress)...)
+		var m int
+		m, err = io.ReadFull(plain, sample[n:])
+		n += m
+	}
 	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
 		return nil, fmt.Errorf("read: %w", err)
 	}
 	sample = sample[:n]
 	t := &Totals{Compression: None}
 	src := io.MultiReader(bytes.NewReader(sample), plain)
-	if n > 0 && pays(sample) {
+	if n >= minCompress && pays(sample) {
 		t.Compression = Zstd
 		pr, pw := io.Pipe()
 		go func(in io.Reader) {
