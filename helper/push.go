@@ -196,6 +196,7 @@ func (h *Helper) check(ctx context.Context, ups []*refUpdate) error {
 			names = append(names, id)
 		}
 	}
+	ffs := h.startAncestry(ctx, ups)
 	more, err := h.git.Exists(ctx, names)
 	if err != nil {
 		return fmt.Errorf("look up the pushed objects: %w", err)
@@ -205,12 +206,40 @@ func (h *Helper) check(ctx context.Context, ups []*refUpdate) error {
 		found[n] = id
 	}
 	for _, u := range ups {
-		h.checkOne(ctx, u, found)
+		h.checkOne(ctx, u, found, ffs[u])
 	}
 	return nil
 }
 
-func (h *Helper) checkOne(ctx context.Context, u *refUpdate, found map[string]string) {
+// fewMoves is how many branch moves startAncestry checks at once.
+const fewMoves = 4
+
+// startAncestry starts, for a push of a few branch moves, a git per move
+// that says whether it is a fast-forward, while cat-file looks up the
+// names: checkOne takes its answer if it needs one.
+func (h *Helper) startAncestry(ctx context.Context, ups []*refUpdate) map[*refUpdate]<-chan bool {
+	ffs := map[*refUpdate]<-chan bool{}
+	for _, u := range ups {
+		old := h.refs.Refs[u.Ref]
+		if old == "" || u.src == "" || !strings.HasPrefix(u.Ref, "refs/heads/") {
+			continue
+		}
+		if len(ffs) == fewMoves {
+			return ffs
+		}
+		c := make(chan bool, 1)
+		ffs[u] = c
+		go func() {
+			ff, err := h.git.Ok(ctx, "merge-base", "--is-ancestor", old, u.src)
+			c <- ff && err == nil
+		}()
+	}
+	return ffs
+}
+
+// checkOne decides one update; ff, when not nil, says whether it moves a
+// branch forward.
+func (h *Helper) checkOne(ctx context.Context, u *refUpdate, found map[string]string, ff <-chan bool) {
 	if !strings.HasPrefix(u.Ref, "refs/heads/") && !strings.HasPrefix(u.Ref, "refs/tags/") {
 		u.refuse(quote("the relay pushes only branches (refs/heads/*) and tags (refs/tags/*)"))
 		return
@@ -266,7 +295,7 @@ func (h *Helper) checkOne(ctx context.Context, u *refUpdate, found map[string]st
 			u.refuse(string(wire.ReasonAlreadyExists))
 			return
 		}
-	} else if ff, err := h.git.Ok(ctx, "merge-base", "--is-ancestor", old, u.New); err != nil || !ff {
+	} else if !h.fastForward(ctx, old, u.New, ff) {
 		if !u.Force {
 			h.outOfSync(u.Ref, fmt.Sprintf("upstream %s is at %s, which %s does not contain", short(u.Ref), old[:12], u.src))
 			u.refuse(string(wire.ReasonNonFastForward))
@@ -279,6 +308,16 @@ func (h *Helper) checkOne(ctx context.Context, u *refUpdate, found map[string]st
 	if u.Force && !h.refs.AllowForce {
 		u.refuse(quote("forced updates are refused by the relay (the server runs without --allow-force)"))
 	}
+}
+
+// fastForward says whether new contains old: ff's answer when there is
+// one, or git's.
+func (h *Helper) fastForward(ctx context.Context, old, new string, ff <-chan bool) bool {
+	if ff != nil {
+		return <-ff
+	}
+	ok, err := h.git.Ok(ctx, "merge-base", "--is-ancestor", old, new)
+	return ok && err == nil
 }
 
 func (h *Helper) outOfSync(ref, why string) {
@@ -322,7 +361,9 @@ func (h *Helper) send(ctx context.Context, ups []*refUpdate) error {
 				return err
 			}
 			if err := b.wait(); err != nil {
-				return err
+				if _, err := h.bundleFailed(ctx, revs, err); err != nil {
+					return err
+				}
 			}
 		}
 		for _, u := range ups {
@@ -411,7 +452,11 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 	case (err == io.EOF || err == io.ErrUnexpectedEOF) && resumed == nil:
 		if b != nil {
 			if err := b.wait(); err != nil {
-				return nil, err
+				empty, err := h.bundleFailed(ctx, revs, err)
+				if !empty {
+					return nil, err
+				}
+				n = copy(pre, manifestBlock(manJSON))
 			}
 		}
 		return h.sendInline(ctx, payload.Bytes(pre[:n]))
@@ -619,8 +664,9 @@ func manifestBlock(js []byte) []byte {
 }
 
 // bundleRevs returns what `git bundle create --stdin` must be given to
-// bundle what upstream lacks for the updates, or "" when upstream already
-// has every object (a push that only moves refs). Upstream's tips that
+// bundle what upstream lacks for the updates, or "" when every new id is
+// one of upstream's tips (a push that only moves refs; see bundleFailed
+// for the other ways upstream may have every object). Upstream's tips that
 // this repository has are the bundle's prerequisites. cleanup removes the
 // temporary refs it made.
 func (h *Helper) bundleRevs(ctx context.Context, ups []*refUpdate) (string, func(), error) {
@@ -655,20 +701,6 @@ func (h *Helper) bundleRevs(ctx context.Context, ups []*refUpdate) (string, func
 			prereqs = append(prereqs, "^"+id)
 		}
 	}
-	var check strings.Builder
-	for _, n := range news {
-		check.WriteString(n + "\n")
-	}
-	for _, p := range prereqs {
-		check.WriteString(p + "\n")
-	}
-	missing, err := h.git.RunInput(ctx, strings.NewReader(check.String()), "rev-list", "--objects", "-n", "1", "--stdin")
-	if err != nil {
-		return "", nothing, fmt.Errorf("find what upstream lacks: %w", err)
-	}
-	if strings.TrimSpace(missing) == "" {
-		return "", nothing, nil
-	}
 	// Bundle from refs: git records HEAD or a raw id badly in a bundle's
 	// ref list, or refuses it. A source that is a full ref name is used as
 	// it is; anything else gets a temporary ref, all made by one git.
@@ -692,6 +724,9 @@ func (h *Helper) bundleRevs(ctx context.Context, ups []*refUpdate) (string, func
 			revs.WriteString(ref + "\n")
 		}
 	}
+	if len(seen) == 0 {
+		return "", nothing, nil // every new id is one of upstream's tips
+	}
 	cleanup := nothing
 	if make.Len() > 0 {
 		if _, err := h.git.RunInput(ctx, strings.NewReader(make.String()), "update-ref", "--no-deref", "--stdin"); err != nil {
@@ -705,6 +740,19 @@ func (h *Helper) bundleRevs(ctx context.Context, ups []*refUpdate) (string, func
 		revs.WriteString(p + "\n")
 	}
 	return revs.String(), cleanup, nil
+}
+
+// bundleFailed looks into a failed `git bundle create` of revs: it says
+// whether the bundle was empty because upstream has every object (git
+// refuses to create an empty bundle), and otherwise returns err. Only
+// then is it worth a git to ask.
+func (h *Helper) bundleFailed(ctx context.Context, revs string, err error) (empty bool, _ error) {
+	missing, lerr := h.git.RunInput(ctx, strings.NewReader(revs), "rev-list", "--objects", "-n", "1", "--stdin")
+	if lerr == nil && strings.TrimSpace(missing) == "" {
+		h.ui.detail("upstream has every object: updating refs only")
+		return true, nil
+	}
+	return false, err
 }
 
 // bundleRun is `git bundle create` writing to a pipe.
