@@ -11,8 +11,6 @@ import (
 	"io"
 	"maps"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -77,9 +75,27 @@ func (s *Server) runPush(ctx context.Context, e *exch) {
 	s.finish(bg, e, results, err)
 	s.metrics.phase.WithLabelValues("push").Observe(time.Since(start).Seconds())
 	if !keep {
-		s.dropChunks(bg, e.id)
+		s.dropChunksAfter(bg, e)
 	}
 	// Otherwise the chunks stay for the other instances' mirrors (seedKeep).
+}
+
+// dropChunksAfter drops a push's chunks once the mirror has read its pack
+// from them (admitLater).
+func (s *Server) dropChunksAfter(ctx context.Context, e *exch) {
+	e.mu.Lock()
+	admitted := e.admitted
+	e.mu.Unlock()
+	if admitted == nil {
+		s.dropChunks(ctx, e.id)
+		return
+	}
+	s.bgWork.Add(1)
+	go func() {
+		defer s.bgWork.Done()
+		<-admitted
+		s.dropChunks(ctx, e.id)
+	}()
 }
 
 func allLanded(results []wire.RefResult) bool {
@@ -214,20 +230,28 @@ func (s *Server) push(ctx context.Context, e *exch) ([]wire.RefResult, error) {
 // admitLater brings what a push landed into the mirror in the
 // background, once upstream has accepted it and the client has its
 // answer: the pushed pack, and the refs as upstream moved them, so that
-// the next listing needs no fetch. A push whose policy needs no object
-// (only creations and deletions, or moves whose ids upstream had) keeps
-// its pack in a file instead of indexing it on the way, and it is indexed
-// here at the lowest CPU priority: indexing it on the way too would
-// double the server's work while the user waits, since upstream indexes
+// the next listing needs no fetch. The pack of a push whose policy needs
+// no object in the quarantine (creations, deletions, moves whose ids
+// upstream had, moves packAncestry settled) is not indexed on the way:
+// it is read again from the push's chunks and indexed here at the lowest
+// CPU priority. Indexing it on the way, or keeping a copy of it, would
+// add to the server's work while the user waits, since upstream indexes
 // the same pack at the same time. Until the mirror is up to date, a
 // refresh waits for it rather than fetching the same objects from
-// upstream.
+// upstream; the push's chunks are dropped after it (dropChunksAfter).
 func (s *Server) admitLater(p *pushPlan, g *gate) {
 	m := p.m
 	m.admitting.add()
+	done := make(chan struct{})
+	if g != nil && g.later {
+		g.e.mu.Lock()
+		g.e.admitted = done
+		g.e.mu.Unlock()
+	}
 	s.bgWork.Add(1)
 	go func() {
 		defer s.bgWork.Done()
+		defer close(done)
 		defer m.admitting.done()
 		if g != nil {
 			defer g.close()
@@ -590,8 +614,8 @@ type gate struct {
 	src      io.Reader
 	idx      *gitx.Cmd
 	idxIn    io.WriteCloser
-	chunk    []byte   // what src is read into, gateRead bytes
-	spool    *os.File // the pack, kept for admitLater instead of indexed
+	chunk    []byte // what src is read into, gateRead bytes
+	later    bool   // not indexed on the way: admitPush reads the pack again
 	idxDone  chan error
 	idxErr   error
 	buf      []byte // read ahead, not yet passed on
@@ -616,13 +640,9 @@ func (s *Server) newGate(ctx context.Context, e *exch, p *pushPlan, q *quarantin
 		p.ancestry = packAncestry(b, p.ancestry)
 	}
 	if len(p.ancestry) == 0 {
-		f, err := os.Create(filepath.Join(q.dir, "pushed.pack"))
-		if err != nil {
-			return nil, err
-		}
 		done := make(chan error, 1)
 		done <- nil
-		return &gate{s: s, e: e, p: p, q: q, src: src, idxIn: f, spool: f, idxDone: done, ctx: ctx}, nil
+		return &gate{s: s, e: e, p: p, q: q, src: src, later: true, idxDone: done, ctx: ctx}, nil
 	}
 	c := q.git.Command(ctx, "index-pack", "--stdin", "--fix-thin")
 	c.Stdout = io.Discard // set before the pipe: the command is built then
@@ -684,10 +704,6 @@ func (g *gate) Read(b []byte) (int, error) {
 					// mirror; its failure is reported when it matters.
 					g.idxIn.Close()
 					g.idxIn = nil
-					if g.spool != nil {
-						g.idxDone = make(chan error, 1)
-						g.idxDone <- fmt.Errorf("keep the pushed pack: %w", werr)
-					}
 				}
 			}
 			g.buf = append(g.buf, chunk[:n]...)
@@ -824,18 +840,9 @@ func (s *Server) admitPush(ctx context.Context, p *pushPlan, g *gate) error {
 		if err := g.waitIndex(); err != nil {
 			return fmt.Errorf("index the pushed pack: %w", err)
 		}
-		if g.spool != nil {
-			f, err := os.Open(g.spool.Name())
-			if err != nil {
+		if g.later {
+			if err := s.indexPushed(inBackground(ctx), g.e, g.q, nil); err != nil {
 				return err
-			}
-			c := g.q.git.Command(ctx, "index-pack", "--stdin", "--fix-thin")
-			c.Stdin, c.Stdout, c.Background = f, io.Discard, true
-			err = c.Run()
-			f.Close()
-			os.Remove(f.Name())
-			if err != nil {
-				return fmt.Errorf("index the pushed pack: %w", err)
 			}
 		}
 		if err := g.q.admit(p.m); err != nil {

@@ -132,51 +132,65 @@ func (s *Server) seedOne(ctx context.Context, m *mirror, refs *upstream.Refs, id
 	if e.open.Kind != wire.KindPush || e.open.Repo != m.name {
 		return false, errors.New("not a push of this repository")
 	}
-	br, man, done, err := s.pushPayload(ctx, e)
-	defer done()
-	if err != nil {
-		return false, err
-	}
-	var news []string
-	for _, u := range man.Updates {
-		if u.New == wire.ZeroID {
-			continue
+	stale := func(man wire.PushManifest) error {
+		var news []string
+		for _, u := range man.Updates {
+			if u.New == wire.ZeroID {
+				continue
+			}
+			if refs.Refs[u.Ref] != u.New {
+				return errSeedStale
+			}
+			news = append(news, u.New)
 		}
-		if refs.Refs[u.Ref] != u.New {
-			return false, errSeedStale
+		if len(news) == 0 || !m.lacksAnyLocked(ctx, news) {
+			return errSeedStale
 		}
-		news = append(news, u.New)
-	}
-	if len(news) == 0 {
-		return false, errSeedStale
-	}
-	if !m.lacksAny(ctx, news) {
-		return false, errSeedStale
+		return nil
 	}
 	m.rw.RLock()
 	defer m.rw.RUnlock()
-	if _, err := br.Peek(1); err != nil {
-		return false, errors.New("the push carried no pack")
-	}
-	_, pack, err := bundle.Split(br)
-	if err != nil {
-		return false, err
-	}
 	q, err := m.newQuarantine()
 	if err != nil {
 		return false, err
 	}
 	defer q.drop()
-	c := q.git.Command(ctx, "index-pack", "--stdin", "--fix-thin")
-	c.Stdin, c.Stdout, c.Background = pack, io.Discard, isBackground(ctx)
-	if err := c.Run(); err != nil {
-		return false, fmt.Errorf("index the push's pack: %w", err)
-	}
-	// Nothing past the pack, and the payload checks out to its end.
-	if _, err := io.Copy(io.Discard, br); err != nil {
+	if err := s.indexPushed(ctx, e, q, stale); err != nil {
 		return false, err
 	}
 	return true, q.admit(m)
+}
+
+// indexPushed indexes the pack a push carried into q, reading it again
+// from the push's chunks in the store (or its inline payload), at the
+// priority of ctx (isBackground). check, if not nil, may refuse the push
+// by its manifest first.
+func (s *Server) indexPushed(ctx context.Context, e *exch, q *quarantine, check func(wire.PushManifest) error) error {
+	br, man, done, err := s.pushPayload(ctx, e)
+	defer done()
+	if err != nil {
+		return err
+	}
+	if check != nil {
+		if err := check(man); err != nil {
+			return err
+		}
+	}
+	if _, err := br.Peek(1); err != nil {
+		return errors.New("the push carried no pack")
+	}
+	_, pack, err := bundle.Split(br)
+	if err != nil {
+		return err
+	}
+	c := q.git.Command(ctx, "index-pack", "--stdin", "--fix-thin")
+	c.Stdin, c.Stdout, c.Background = pack, io.Discard, isBackground(ctx)
+	if err := c.Run(); err != nil {
+		return fmt.Errorf("index the push's pack: %w", err)
+	}
+	// Nothing past the pack, and the payload checks out to its end.
+	_, err = io.Copy(io.Discard, br)
+	return err
 }
 
 // lacks says whether the mirror lacks an object that refs point at.
@@ -195,8 +209,13 @@ func (m *mirror) lacks(ctx context.Context, refs *upstream.Refs) bool {
 // lacksAny says whether the mirror lacks one of ids (or cannot tell).
 func (m *mirror) lacksAny(ctx context.Context, ids []string) bool {
 	m.rw.RLock()
+	defer m.rw.RUnlock()
+	return m.lacksAnyLocked(ctx, ids)
+}
+
+// lacksAnyLocked is lacksAny for a caller that holds m.rw.
+func (m *mirror) lacksAnyLocked(ctx context.Context, ids []string) bool {
 	have, err := m.git.Exists(ctx, ids)
-	m.rw.RUnlock()
 	if err != nil {
 		return true
 	}

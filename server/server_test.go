@@ -3,6 +3,7 @@ package server
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
@@ -17,6 +18,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,6 +30,7 @@ import (
 	"github.com/git-relay/git-relay/internal/keyring"
 	"github.com/git-relay/git-relay/internal/payload"
 	"github.com/git-relay/git-relay/internal/seal"
+	"github.com/git-relay/git-relay/internal/store"
 	"github.com/git-relay/git-relay/internal/wire"
 )
 
@@ -45,6 +49,8 @@ type fixture struct {
 	second   string // the work repository's master, one commit on
 	// lastChunk is the last chunk pushCut sent, to send again.
 	lastChunk wire.Request
+	// onOpen, if set, is told the id of each exchange pushCut opens.
+	onOpen func(id string)
 }
 
 func newFixture(t *testing.T, cfg Config) *fixture {
@@ -107,6 +113,9 @@ func (f *fixture) pushCut(t *testing.T, man wire.PushManifest, bundle []byte, ch
 		ChunkSize: chunkSize, MaxBody: f.client.MaxBody, Inline: chunkSize == 0}
 	raw, err := json.Marshal(o)
 	require.NoError(t, err)
+	if f.onOpen != nil {
+		f.onOpen(o.ID)
+	}
 	salt, _ := hex.DecodeString(o.Salt)
 	st, err := seal.New(f.key, keyring.LabelUpload, salt, wire.Hash(raw))
 	require.NoError(t, err)
@@ -257,6 +266,94 @@ func TestChunkAfterTheEndGetsTheOutcome(t *testing.T) {
 	require.Equal(t, wire.PhaseDone, again.Phase)
 	require.True(t, again.Results[0].OK)
 	require.Equal(t, tip, f.upstreamMaster(t))
+}
+
+// The mirror takes what a push landed from the push itself, read again
+// from its chunks (or its inline payload) once upstream has it, and the
+// chunks go after that: a new branch pushed in chunks, then one commit
+// inline whose fast-forward the pack itself proved.
+func TestPushedPackReachesTheMirror(t *testing.T) {
+	f := newFixture(t, Config{})
+	m, err := f.srv.mirrors.get("acme/widgets")
+	require.NoError(t, err)
+	mirrorHas := func(ref, id string) {
+		t.Helper()
+		require.NoError(t, m.admitting.wait(t.Context()))
+		require.Equal(t, id, gittest.Git(t, "", "--git-dir", m.dir, "rev-parse", ref))
+		gittest.Git(t, "", "--git-dir", m.dir, "cat-file", "-e", id+"^{tree}")
+		require.Eventually(t, func() bool {
+			n := 0
+			_ = f.srv.store.List(t.Context(), "up/", func(store.Info) error { n++; return nil })
+			return n == 0
+		}, 10*time.Second, 10*time.Millisecond, "the push's chunks are dropped once the mirror has its pack")
+	}
+
+	big := f.commitRandom(t, "big.bin", 700<<10)
+	man := wire.PushManifest{Updates: []wire.Update{{Ref: "refs/heads/topic", Old: wire.ZeroID, New: big}}}
+	st, err := f.pushRaw(t, man, f.bundle(t, "master", "^"+f.first), 256<<10)
+	require.NoError(t, err)
+	require.Equal(t, wire.PhaseDone, st.Phase, st.Message)
+	mirrorHas("refs/heads/topic", big)
+
+	small := f.commitRandom(t, "small.bin", 100)
+	man = wire.PushManifest{Updates: []wire.Update{{Ref: "refs/heads/topic", Old: big, New: small}}}
+	st, err = f.pushRaw(t, man, f.bundle(t, "master", "^"+big), 0)
+	require.NoError(t, err)
+	require.Equal(t, wire.PhaseDone, st.Phase, st.Message)
+	mirrorHas("refs/heads/topic", small)
+}
+
+// heldStore is a folder store whose writes of one key wait until
+// released.
+type heldStore struct {
+	store.Store
+	key     atomic.Pointer[string]
+	reached chan struct{} // closed when the write of key begins
+	release chan struct{}
+}
+
+func (h *heldStore) Put(ctx context.Context, key string, data []byte, opt store.PutOptions) (store.ETag, error) {
+	if k := h.key.Load(); k != nil && key == *k {
+		close(h.reached)
+		<-h.release
+	}
+	return h.Store.Put(ctx, key, data, opt)
+}
+
+// A chunk goes upstream as soon as it has authenticated, while it is
+// being stored: the push lands while the final chunk's write to the store
+// has yet to finish, and that chunk's request then answers the outcome.
+func TestChunksStreamWhileTheyAreStored(t *testing.T) {
+	local, err := store.NewLocal(t.TempDir())
+	require.NoError(t, err)
+	held := &heldStore{Store: local, reached: make(chan struct{}), release: make(chan struct{})}
+	f := newFixture(t, Config{Store: held, Instance: "local"})
+	tip := f.commitRandom(t, "big.bin", 400<<10)
+	man := wire.PushManifest{Updates: []wire.Update{{Ref: "refs/heads/master", Old: f.first, New: tip}}}
+	b := f.bundle(t, "master", "^"+f.first)
+	// The final chunk is chunk 1: held is told its key once the push's
+	// exchange id is known (see below).
+	type result struct {
+		st  *wire.Status
+		err error
+	}
+	done := make(chan result, 1)
+	f.onOpen = func(id string) {
+		k := upKey(id, 1)
+		held.key.Store(&k)
+	}
+	go func() {
+		st, err := f.pushRaw(t, man, b, 256<<10)
+		done <- result{st, err}
+	}()
+	release := sync.OnceFunc(func() { close(held.release) })
+	t.Cleanup(release) // before the server's: its handlers wait for it
+	<-held.reached
+	require.Eventually(t, func() bool { return f.upstreamMaster(t) == tip }, 10*time.Second, 5*time.Millisecond,
+		"the push lands while its final chunk is being stored")
+	release()
+	r := <-done
+	f.requireLanded(t, r.st, r.err, tip)
 }
 
 // A key holder's own client sends a bundle that replaces master with an
