@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -769,6 +770,11 @@ func (h *Helper) startBundle(ctx context.Context, revs string) (*bundleRun, erro
 	out, err := c.StdoutPipe()
 	if err != nil {
 		return nil, err
+	}
+	if f, ok := out.(*os.File); ok {
+		// git writes the bundle in small pieces: a wide pipe wakes the
+		// helper for a megabyte at a time rather than for each of them.
+		gitx.WidenPipe(f)
 	}
 	if err := c.Start(); err != nil {
 		return nil, fmt.Errorf("create bundle: %w", err)

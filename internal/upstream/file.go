@@ -52,7 +52,7 @@ func (r *Remote) pushFile(ctx context.Context, req PushRequest) (*PushResult, er
 	if err != nil {
 		return nil, fmt.Errorf("push to %s: %w", r, err)
 	}
-	widenPipe(stdinW)
+	gitx.WidenPipe(stdinW)
 	stdoutR, stdoutW, err := os.Pipe()
 	if err != nil {
 		stdinR.Close()

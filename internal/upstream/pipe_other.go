@@ -1,7 +1,0 @@
-//go:build !linux
-
-package upstream
-
-import "os"
-
-func widenPipe(*os.File) {}
