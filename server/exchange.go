@@ -279,7 +279,13 @@ func (s *Server) persistWith(ctx context.Context, e *exch, f func(*state) error)
 	if err != nil {
 		return false, err
 	}
-	etag, err := s.store.Put(ctx, stateKey(e.id), b, store.PutOptions{IfNoneMatch: true, Volatile: e.volatile()})
+	// Kept without waiting for the disk: a crash of the machine that
+	// loses it loses an exchange that had only opened (its client opens
+	// it again, and finds the chunks it sent, which are kept durably), or
+	// an answer's terms (its client asks again). Waiting here cost a push
+	// tens of milliseconds when the disk was busy writing back an earlier
+	// push's pack.
+	etag, err := s.store.Put(ctx, stateKey(e.id), b, store.PutOptions{IfNoneMatch: true, Volatile: true})
 	if err != nil {
 		return false, fmt.Errorf("keep exchange %s: %w", e.id, err)
 	}
