@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -672,14 +673,8 @@ func manifestBlock(js []byte) []byte {
 // temporary refs it made.
 func (h *Helper) bundleRevs(ctx context.Context, ups []*refUpdate) (string, func(), error) {
 	nothing := func() {}
-	var news []string
-	for _, u := range ups {
-		if u.New != zeroID {
-			news = append(news, u.New)
-		}
-	}
-	if len(news) == 0 {
-		return "", nothing, nil
+	if !slices.ContainsFunc(ups, func(u *refUpdate) bool { return u.New != zeroID }) {
+		return "", nothing, nil // deletions only
 	}
 	upstreamIDs := map[string]bool{}
 	var ids []string

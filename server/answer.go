@@ -11,7 +11,6 @@ import (
 	"slices"
 	"sort"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -171,12 +170,7 @@ func (s *Server) lacksWants(ctx context.Context, m *mirror, req []byte) bool {
 	refs := m.refs
 	m.refreshing.Unlock()
 	if refs != nil {
-		tips := make(map[string]bool, len(refs.Refs))
-		for name, id := range refs.Refs {
-			if strings.HasPrefix(name, "refs/heads/") || strings.HasPrefix(name, "refs/tags/") {
-				tips[id] = true
-			}
-		}
+		tips := refs.Tips()
 		if !slices.ContainsFunc(wants, func(w string) bool { return !tips[w] }) {
 			return false
 		}

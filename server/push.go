@@ -461,12 +461,7 @@ func (s *Server) checkBundle(ctx context.Context, p *pushPlan, hdr *bundle.Heade
 // the mirror, which the listing brought up to date: only other ids are
 // looked up.
 func (p *pushPlan) lookup(ctx context.Context, ids []string) (map[string]string, error) {
-	tips := map[string]bool{}
-	for name, id := range p.refs.Refs {
-		if strings.HasPrefix(name, "refs/heads/") || strings.HasPrefix(name, "refs/tags/") {
-			tips[id] = true
-		}
-	}
+	tips := p.refs.Tips()
 	have := map[string]string{}
 	var ask []string
 	for _, id := range ids {

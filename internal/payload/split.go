@@ -78,10 +78,11 @@ func SplitRamp(r io.Reader, chunkSize int, free chan []byte, emit func(i uint32,
 	sample := make([]byte, minCompress)
 	n, err := io.ReadFull(plain, sample)
 	if err == nil {
-		sample = append(sample, make([]byte, streamSample-minCompress)...)
+		grown := make([]byte, streamSample)
+		copy(grown, sample)
 		var m int
-		m, err = io.ReadFull(plain, sample[n:])
-		n += m
+		m, err = io.ReadFull(plain, grown[n:])
+		sample, n = grown, n+m
 	}
 	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
 		return nil, fmt.Errorf("read: %w", err)

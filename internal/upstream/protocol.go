@@ -133,6 +133,15 @@ func refsOf(adv *packp.AdvRefs) (*Refs, error) {
 	return refs, nil
 }
 
+// Tips returns the ids upstream's branches and tags point at.
+func (r *Refs) Tips() map[string]bool {
+	tips := make(map[string]bool, len(r.Refs))
+	for _, id := range r.Refs {
+		tips[id] = true
+	}
+	return tips
+}
+
 func listed(name string) bool {
 	return strings.HasPrefix(name, "refs/heads/") || strings.HasPrefix(name, "refs/tags/")
 }
