@@ -120,7 +120,7 @@ const chunkTime = 200 * time.Millisecond
 const minCutChunk = 1 << 20
 
 // chunkSizer cuts a push's payload into chunks that suit the link: the
-// first ones ramped (payload.Ramp), each later one about chunkTime of the
+// first ones ramped (payload.Cut), each later one about chunkTime of the
 // rate the upload has had so far, up to the full chunk size. The size of
 // chunk i is settled once chunk i-2 has been answered, so that it rests
 // on a measurement, while chunk i-1 keeps the link busy. Chunks an
@@ -154,9 +154,9 @@ func (s *chunkSizer) size(i uint32, chunkSize int) int {
 	if int(i) < len(s.fixed) {
 		return s.fixed[i]
 	}
-	ramp := payload.Ramp(i, chunkSize)
-	if i < 2 {
-		return ramp
+	ramp := payload.Cut(i, chunkSize)
+	if i < 2 || ramp <= minCutChunk {
+		return ramp // no measurement would cut it smaller
 	}
 	s.mu.Lock()
 	ch := s.settledCh(i - 2)

@@ -230,7 +230,7 @@ func (h *Helper) ask(ctx context.Context, x *exchange, request []byte) (*wire.St
 			last, tail = s, t
 		}
 		return err
-	}, payload.Ramp)
+	}, payload.Cut)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -228,28 +228,30 @@ func TestChunkSizer(t *testing.T) {
 	const size = 4 << 20
 	stop := make(chan struct{})
 	s := newChunkSizer(stop, nil)
-	require.Equal(t, payload.Ramp(0, size), s.size(0, size))
-	require.Equal(t, payload.Ramp(1, size), s.size(1, size))
+	// The first chunks double from 256 KiB, with no wait while no
+	// measurement could cut them smaller.
+	require.Equal(t, []int{256 << 10, 512 << 10, 1 << 20}, []int{s.size(0, size), s.size(1, size), s.size(2, size)})
 
-	// Chunk 2 waits for chunk 0's answer: 1 MiB answered after 2 s is
-	// 0.5 MiB/s, and a chunk is never cut below minCutChunk.
+	// Chunk 3 waits for chunk 1's answer (without it, it would be 2 MiB):
+	// 1 MiB answered after 2 s is 0.5 MiB/s, and a chunk is never cut
+	// below minCutChunk.
 	got := make(chan int)
-	go func() { got <- s.size(2, size) }()
-	s.settle(0, 1<<20, time.Now().Add(-2*time.Second))
+	go func() { got <- s.size(3, size) }()
+	s.settle(1, 1<<20, time.Now().Add(-2*time.Second))
 	require.Equal(t, minCutChunk, <-got)
 
 	// A fast link: full chunks.
-	s.settle(1, 64<<20, time.Now().Add(-time.Second))
-	require.Equal(t, size, s.size(3, size))
+	s.settle(2, 64<<20, time.Now().Add(-time.Second))
+	require.Equal(t, size, s.size(4, size))
 
-	// In between: about chunkTime of the rate. The body of chunk 2 began
-	// once chunk 1's had gone, not when its request did.
+	// In between: about chunkTime of the rate. The body of chunk 3 began
+	// once chunk 2's had gone, not when its request did.
 	now := time.Now()
 	s.now = func() time.Time { return now }
-	s.sent(1)
+	s.sent(2)
 	now = now.Add(time.Second)
-	s.settle(2, 10<<20, now.Add(-time.Hour))
-	require.Equal(t, int(float64(10<<20)*chunkTime.Seconds()), s.size(4, size))
+	s.settle(3, 10<<20, now.Add(-time.Hour))
+	require.Equal(t, int(float64(10<<20)*chunkTime.Seconds()), s.size(5, size))
 
 	// Sizes an interrupted run cut to come out the same.
 	r := newChunkSizer(stop, []int{256 << 10, 300 << 10, 2 << 20})
@@ -257,7 +259,7 @@ func TestChunkSizer(t *testing.T) {
 
 	// The splitter's end ends a wait.
 	close(stop)
-	require.Equal(t, payload.Ramp(5, size), r.size(5, size))
+	require.Equal(t, payload.Cut(5, size), r.size(5, size))
 }
 
 func TestPushResumeRecordsSizes(t *testing.T) {

@@ -371,7 +371,7 @@ func (s *Server) writeAnswer(ctx context.Context, e *exch, r io.Reader) error {
 		}
 		jobs <- job{i, final, chunk}
 		return nil
-	}, payload.Ramp)
+	}, payload.Cut)
 	// Before the buffers go back to the pool.
 	close(jobs)
 	<-stored

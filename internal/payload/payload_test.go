@@ -157,6 +157,12 @@ func TestRampedChunks(t *testing.T) {
 	require.Equal(t, []int{256 << 10, 1 << 20, 4_000_000, 4_000_000, 4_000_000},
 		[]int{Ramp(0, 4_000_000), Ramp(1, 4_000_000), Ramp(2, 4_000_000), Ramp(3, 4_000_000), Ramp(9, 4_000_000)})
 	require.Equal(t, 65_000, Ramp(0, 65_000))
+	// What senders cut: doubling, and always what Fits allows.
+	for i := range uint32(8) {
+		want := min(256<<10<<i, 4_000_000)
+		require.Equal(t, want, Cut(i, 4_000_000), "chunk %d", i)
+		require.True(t, Fits(i, 4_000_000, Cut(i, 4_000_000), false), "chunk %d", i)
+	}
 	content := make([]byte, 7<<20)
 	_, _ = rand.Read(content)
 	free := make(chan []byte, 1)

@@ -5,15 +5,16 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
+
+	"github.com/git-relay/git-relay/internal/seal"
 )
 
 // streamSample is how much of a stream is compressed to decide whether
-// compressing the rest pays. It is small, because the decision holds up
-// the first chunk.
-const streamSample = 1 << 20
+// compressing the rest pays: a ramped payload's first chunk (Cut), since
+// the decision holds that chunk up.
+const streamSample = rampStart
 
 // minCompress is the smallest plaintext worth compressing: below it, the
 // bytes zstd would save take less time to send than making its encoder
@@ -23,10 +24,13 @@ const minCompress = 16 << 10
 // Split reads a plaintext from r while it is being written and emits its
 // payload in chunks of at most chunkSize bytes, in order, with final set
 // on the last one (an empty plaintext still makes one chunk). Each chunk
-// is built in a buffer taken from free, whose capacity must be at least
-// chunkSize; emit owns the buffer until it sends it back on free, so the
-// number of buffers bounds the memory in use whatever the size. A chunk
-// is known to be the last only when the next read finds the end, so Split
+// is built in a buffer taken from free; emit owns the buffer until it
+// sends it back on free, so the number of buffers bounds the memory in
+// use whatever the size. A buffer too small for the chunk it is taken for
+// (nil, say) is replaced by a new one with room for the chunk and its seal
+// (seal.Overhead): a sender that fills free with nil buffers pays for
+// memory as the chunks need it, not before the first one. A chunk is
+// known to be the last only when the next read finds the end, so Split
 // reads one byte ahead.
 func Split(r io.Reader, chunkSize int, free chan []byte, emit func(i uint32, final bool, chunk []byte) error) (*Totals, error) {
 	return SplitRamp(r, chunkSize, free, emit, func(uint32, int) int { return chunkSize })
@@ -35,15 +39,27 @@ func Split(r io.Reader, chunkSize int, free chan []byte, emit func(i uint32, fin
 // rampStart is the size of a ramped payload's first chunk.
 const rampStart = 256 << 10
 
-// Ramp is the size of chunk i of a payload whose chunks grow from 256 KiB,
-// four times at a time, up to chunkSize: the first chunk reaches the
-// other side, which starts working on it, a few round trips after the
-// transfer begins, and the rest go in chunks as large as a body allows.
+// Ramp is the most chunk i of a ramped payload may hold: from 256 KiB,
+// four times as much at a time, up to chunkSize. The first chunks are
+// small, so that the other side starts working a few round trips after
+// the transfer begins; the rest go in chunks as large as a body allows.
 func Ramp(i uint32, chunkSize int) int {
 	if i >= 4 {
 		return chunkSize
 	}
 	return min(chunkSize, rampStart<<(2*i))
+}
+
+// Cut is the size a sender gives chunk i of a ramped payload: from
+// 256 KiB, doubling, up to chunkSize, within Ramp. Doubling keeps the
+// other side fed: git writes a pack about twice as fast as index-pack
+// reads one, so each chunk is ready about when the one before has been
+// read, where a chunk four times the size would leave a gap.
+func Cut(i uint32, chunkSize int) int {
+	if i >= 16 {
+		return chunkSize
+	}
+	return min(chunkSize, rampStart<<i)
 }
 
 // MinChunk is the least a chunk but the final one may hold, unless its
@@ -111,10 +127,16 @@ func SplitRamp(r io.Reader, chunkSize int, free chan []byte, emit func(i uint32,
 	var trail []byte
 	for i := uint32(0); ; i++ {
 		buf := <-free
-		if cap(buf) < chunkSize {
-			return nil, errors.New("chunk buffer too small")
-		}
 		size := min(max(sizes(i, chunkSize), TrailerSize+1), chunkSize)
+		if cap(buf) < size {
+			// A ramp's small first chunks get buffers their size; the
+			// rest get one that any later chunk fits.
+			n := chunkSize
+			if size <= chunkSize/4 {
+				n = size
+			}
+			buf = make([]byte, 0, n+seal.Overhead)
+		}
 		buf = buf[:size]
 		m := 0
 		if trail == nil {
