@@ -17,7 +17,6 @@ import (
 
 	"github.com/git-relay/git-relay/internal/gitx"
 	"github.com/git-relay/git-relay/internal/payload"
-	"github.com/git-relay/git-relay/internal/seal"
 	"github.com/git-relay/git-relay/internal/wire"
 )
 
@@ -479,7 +478,7 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 	// exchange opens: memory stays at a few chunks whatever the size.
 	free := make(chan []byte, chunkWorkers+2)
 	for range chunkWorkers + 2 {
-		free <- make([]byte, 0, chunkSize+seal.Overhead)
+		free <- nil // made as the chunks need them (SplitRamp)
 	}
 	chunks := make(chan split, 1)
 	splitCtx, stopSplit := context.WithCancel(ctx)
@@ -492,7 +491,7 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 			select {
 			case <-splitDone:
 				waiting = false
-			case free <- make([]byte, 0, chunkSize+seal.Overhead):
+			case free <- nil:
 			}
 		}
 		if b != nil {
@@ -520,11 +519,10 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 		case <-splitCtx.Done():
 		}
 	}()
-	first := <-chunks
-	if first.end {
-		return nil, first.err
-	}
+	// The exchange opens while the first chunk is cut, and a new push's
+	// resume record is written while it opens.
 	var x *exchange
+	var rec chan pushRecord
 	if resumed != nil {
 		if x, err = h.exchangeFrom(resumed.open); err != nil {
 			resumed.remove()
@@ -535,11 +533,23 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 		if x, err = h.newExchange(wire.KindPush, chunkSize, false); err != nil {
 			return nil, err
 		}
-		if resumed, err = newPushResume(dir, x.raw); err != nil {
-			return nil, err
-		}
+		rec = make(chan pushRecord, 1)
+		go func() {
+			r, err := newPushResume(dir, x.raw)
+			rec <- pushRecord{r, err}
+		}()
 	}
 	st, _, err := x.openIt(ctx, nil, "opening the push")
+	if rec != nil {
+		r := <-rec
+		if r.err != nil {
+			if err == nil {
+				x.cancel()
+			}
+			return nil, r.err
+		}
+		resumed = r.r
+	}
 	if err != nil {
 		h.giveUp(ctx, x, resumed, err)
 		return nil, err
@@ -551,6 +561,20 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 			return nil, errDiverged // start over as a new exchange
 		}
 		return st, nil
+	}
+	var first split
+	select {
+	case first = <-chunks:
+	case <-ctx.Done():
+		first = split{end: true, err: ctx.Err()}
+	}
+	if first.end {
+		err := first.err
+		if err == nil {
+			err = errors.New("create bundle: it ended before its first chunk")
+		}
+		h.giveUp(ctx, x, resumed, err)
+		return nil, err
 	}
 	held := map[uint32]bool{}
 	for _, i := range st.Held {
@@ -626,6 +650,13 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 	resumed.remove()
 	h.ui.done("server: %s.", timeline(st.Timeline))
 	return st, nil
+}
+
+// pushRecord is a new push's resume record, written while its exchange
+// opens.
+type pushRecord struct {
+	r   *pushResume
+	err error
 }
 
 // sendInline pushes a whole payload in the request that opens the
