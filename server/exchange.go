@@ -705,6 +705,9 @@ func (s *Server) handleUp(c *call) {
 		c.failErr(err)
 		return
 	}
+	// The push starts on its first authenticated chunk, before that chunk
+	// is stored, so that handOff can give it the chunk at once.
+	s.start(e)
 	s.handOff(e, i, final, plain)
 	if final {
 		// Only a chunk that opened as the last one marks the end, once.
@@ -736,7 +739,6 @@ func (s *Server) handleUp(c *call) {
 	e.notify()
 	e.mu.Unlock()
 	s.metrics.chunksIn.Inc()
-	s.start(e)
 	s.follow(e)
 	if final {
 		// The last chunk's answer waits for the outcome, so that a push
@@ -965,6 +967,11 @@ func (s *Server) start(e *exch) {
 	}
 	ctx, cancel := context.WithCancel(s.ctx)
 	e.working, e.cancel = true, cancel
+	if e.open.Kind == wire.KindPush {
+		// The push reads from chunk 0: handOff may keep the first two
+		// for it while it starts.
+		e.reading, e.wantUp = true, 0
+	}
 	// An exchange this instance kept a moment ago (when it opened) holds
 	// a fresh claim already: taking it again would cost a durable write
 	// for nothing.
@@ -1003,6 +1010,7 @@ func (s *Server) start(e *exch) {
 		stopLease()
 		e.mu.Lock()
 		e.working, e.cancel = false, nil
+		s.dropFresh(e)
 		e.notify()
 		e.mu.Unlock()
 	}()
@@ -1175,17 +1183,23 @@ func (s *Server) upChunks(ctx context.Context, e *exch) (next func() ([]byte, bo
 			}
 		}, func() {
 			e.mu.Lock()
-			e.reading = false
-			for k, f := range e.fresh {
-				s.putBuf(f.buf)
-				delete(e.fresh, k)
-			}
+			s.dropFresh(e)
 			e.mu.Unlock()
 			if cur != nil {
 				s.putBuf(cur)
 			}
 			s.putBuf(buf)
 		}
+}
+
+// dropFresh ends handOff's deliveries to a push that no longer reads:
+// the chunks it kept go back to the pool. The caller holds e.mu.
+func (s *Server) dropFresh(e *exch) {
+	e.reading = false
+	for k, f := range e.fresh {
+		s.putBuf(f.buf)
+		delete(e.fresh, k)
+	}
 }
 
 // handOff gives an authenticated upload chunk to this instance's push
