@@ -110,6 +110,7 @@ func allLanded(results []wire.RefResult) bool {
 // pushPlan is a push once its manifest is read and checked.
 type pushPlan struct {
 	m       *mirror
+	pre     *upstream.Prepared // the push to upstream, begun
 	man     wire.PushManifest
 	refs    *upstream.Refs
 	results map[string]*wire.RefResult
@@ -146,6 +147,10 @@ func (s *Server) push(ctx context.Context, e *exch) ([]wire.RefResult, error) {
 	// the refresh, which may be creating the mirror: nothing of it runs
 	// on after the push, or after the server has stopped.
 	defer func() { <-refreshed }()
+	// So does the conversation with upstream's receive-pack, which the
+	// pack then goes to the moment the checks pass.
+	pre := m.remote.Prepare(ctx)
+	defer pre.Close()
 	br, man, done, err := s.pushPayload(ctx, e)
 	defer done()
 	if err != nil {
@@ -164,7 +169,7 @@ func (s *Server) push(ctx context.Context, e *exch) ([]wire.RefResult, error) {
 	if err := s.enter(ctx, e, wire.PhaseProcessing); err != nil {
 		return nil, err
 	}
-	p := &pushPlan{m: m, man: man, refs: l.refs, results: map[string]*wire.RefResult{}}
+	p := &pushPlan{m: m, pre: pre, man: man, refs: l.refs, results: map[string]*wire.RefResult{}}
 	s.plan(p)
 	m.rw.RLock()
 	locked := true
@@ -551,7 +556,7 @@ func (s *Server) sendUpstream(ctx context.Context, e *exch, p *pushPlan, pack io
 		if err := applying(e); err != nil {
 			return nil, nil, err
 		}
-		res, err := p.m.remote.Push(ctx, req)
+		res, err := p.pre.Push(ctx, req)
 		if err != nil && res == nil {
 			return nil, nil, s.upstreamErr(p.m, err)
 		}
@@ -562,7 +567,7 @@ func (s *Server) sendUpstream(ctx context.Context, e *exch, p *pushPlan, pack io
 			return nil, nil, err
 		}
 		req.Pack = bytes.NewReader(bundle.EmptyPack())
-		res, err := p.m.remote.Push(ctx, req)
+		res, err := p.pre.Push(ctx, req)
 		if err != nil && res == nil {
 			return nil, nil, s.upstreamErr(p.m, err)
 		}
@@ -578,7 +583,7 @@ func (s *Server) sendUpstream(ctx context.Context, e *exch, p *pushPlan, pack io
 		return nil, nil, err
 	}
 	req.Pack = g
-	res, err := p.m.remote.Push(ctx, req)
+	res, err := p.pre.Push(ctx, req)
 	if gerr := g.finish(); gerr != nil {
 		// The pack never completed upstream: no ref moved there.
 		return nil, g, gerr

@@ -40,24 +40,26 @@ func (r *Remote) fileAdvertise(ctx context.Context) (*packp.AdvRefs, error) {
 	return adv, nil
 }
 
-// pushFile runs receive-pack on the repository and talks to it over two
-// OS pipes: the child reads the pack straight from our write end, so the
-// pack is copied from req.Pack into the kernel and nowhere else.
-func (r *Remote) pushFile(ctx context.Context, req PushRequest) (*PushResult, error) {
+// startFile runs receive-pack on the repository and reads its
+// advertisement. It talks to it over two OS pipes: the child reads the
+// pack straight from our write end, so the pack is copied from req.Pack
+// into the kernel and nowhere else.
+func (p *Prepared) startFile(ctx context.Context) error {
+	r := p.r
 	dir, err := r.gitDir()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	stdinR, stdinW, err := os.Pipe()
 	if err != nil {
-		return nil, fmt.Errorf("push to %s: %w", r, err)
+		return fmt.Errorf("push to %s: %w", r, err)
 	}
 	gitx.WidenPipe(stdinW)
 	stdoutR, stdoutW, err := os.Pipe()
 	if err != nil {
 		stdinR.Close()
 		stdinW.Close()
-		return nil, fmt.Errorf("push to %s: %w", r, err)
+		return fmt.Errorf("push to %s: %w", r, err)
 	}
 	// The relay streams the client's pack without indexing it itself, so
 	// the objects must be checked where they land: GitHub fsck-checks every
@@ -66,7 +68,7 @@ func (r *Remote) pushFile(ctx context.Context, req PushRequest) (*PushResult, er
 	cmd.Stdin = stdinR
 	cmd.Stdout = stdoutW
 	// Without side bands receive-pack prints its messages on stderr.
-	cmd.Stderr = req.Progress
+	cmd.Stderr = &p.stderr
 	err = cmd.Start()
 	// The child has its own copies of these ends now; ours must go, or we
 	// would never see EOF on stdout.
@@ -75,34 +77,40 @@ func (r *Remote) pushFile(ctx context.Context, req PushRequest) (*PushResult, er
 	if err != nil {
 		stdinW.Close()
 		stdoutR.Close()
-		return nil, fmt.Errorf("push to %s: %w", r, err)
+		return fmt.Errorf("push to %s: %w", r, err)
 	}
-	defer stdoutR.Close()
+	p.cmd, p.stdinW, p.stdoutR = cmd, stdinW, stdoutR
+	if p.adv, err = decodeAdvertisement(stdoutR, ""); err != nil {
+		return p.abort(err)
+	}
+	return nil
+}
 
-	// abort ends the conversation early and returns the child's own
-	// complaint when it has one, which says more than ours.
-	abort := func(err error) (*PushResult, error) {
-		stdinW.Close()
-		stdoutR.Close()
-		if werr := cmd.Wait(); werr != nil {
-			var gerr *gitx.Error
-			if errors.As(werr, &gerr) && gerr.Stderr != "" {
-				err = werr
-			}
+// abort ends the conversation early and returns the child's own
+// complaint when it has one, which says more than ours.
+func (p *Prepared) abort(err error) error {
+	p.stdinW.Close()
+	p.stdoutR.Close()
+	if werr := p.cmd.Wait(); werr != nil {
+		var gerr *gitx.Error
+		if errors.As(werr, &gerr) && gerr.Stderr != "" {
+			err = werr
 		}
-		return nil, fmt.Errorf("push to %s: %w", r, err)
 	}
+	return fmt.Errorf("push to %s: %w", p.r, err)
+}
 
-	adv, err := decodeAdvertisement(stdoutR, "")
-	if err != nil {
-		return abort(err)
-	}
-	caps, sb, err := negotiate(adv, req)
+// pushFile sends req to the receive-pack startFile began.
+func (p *Prepared) pushFile(ctx context.Context, req PushRequest) (*PushResult, error) {
+	r, stdinW, stdoutR := p.r, p.stdinW, p.stdoutR
+	defer stdoutR.Close()
+	p.stderr.set(req.Progress)
+	caps, sb, err := negotiate(p.adv, req)
 	if err != nil {
 		// A flush instead of commands tells receive-pack there is
 		// nothing to do, and it exits quietly.
 		_, _ = stdinW.Write([]byte("0000"))
-		return abort(err)
+		return nil, p.abort(err)
 	}
 
 	written := make(chan error, 1)
@@ -118,7 +126,7 @@ func (r *Remote) pushFile(ctx context.Context, req PushRequest) (*PushResult, er
 	// Closing our read end lets a child that still writes die of EPIPE
 	// rather than block, and a child that died lets the writer stop.
 	stdoutR.Close()
-	werr := cmd.Wait()
+	werr := p.cmd.Wait()
 	wrErr := <-written
 
 	if err := ctx.Err(); err != nil {

@@ -91,11 +91,8 @@ func (r *Remote) checkResponse(resp *http.Response, contentType string) error {
 
 // pushHTTP posts the request as a chunked body written by a goroutine
 // through a pipe, so the pack streams from req.Pack to the socket.
-func (r *Remote) pushHTTP(ctx context.Context, req PushRequest) (*PushResult, error) {
-	adv, base, err := r.httpAdvertise(ctx, "git-receive-pack")
-	if err != nil {
-		return nil, err
-	}
+// adv and base are what httpAdvertise returned for git-receive-pack.
+func (r *Remote) pushHTTP(ctx context.Context, req PushRequest, adv *packp.AdvRefs, base *url.URL) (*PushResult, error) {
 	caps, sb, err := negotiate(adv, req)
 	if err != nil {
 		return nil, fmt.Errorf("push to %s: %w", r, err)

@@ -154,13 +154,7 @@ func (r *Remote) Push(ctx context.Context, req PushRequest) (*PushResult, error)
 	if err := req.validate(); err != nil {
 		return nil, fmt.Errorf("push to %s: %w", r, err)
 	}
-	if req.Progress != nil {
-		req.Progress = &syncWriter{w: req.Progress}
-	}
-	if r.base == nil {
-		return r.pushFile(ctx, req)
-	}
-	return r.pushHTTP(ctx, req)
+	return r.Prepare(ctx).Push(ctx, req)
 }
 
 func (req *PushRequest) deletesOnly() bool {
