@@ -14,10 +14,11 @@ import (
 
 // The helper keeps what it needs to resume an interrupted exchange under
 // <git dir>/relay/: for a push, its Open message and the hash and size
-// of every chunk it sealed; for a fetch whose answer comes in chunks, the Open and
-// the chunks as they came. Each goes when its exchange ends, whatever the
-// outcome; what an interrupted run left is reused by the next run that
-// does the same, or removed by any run a day later.
+// of every chunk it sealed; for a fetch whose answer comes in chunks,
+// the Open and the chunks that came after its first second (keepAfter).
+// Each goes when its exchange ends, whatever the outcome; what an
+// interrupted run left is reused by the next run that does the same, or
+// removed by any run a day later.
 
 const (
 	resumeRoot = "relay"
@@ -164,7 +165,8 @@ func (p *pushResume) remove() {
 	_ = os.Remove(filepath.Dir(p.dir))
 }
 
-// fetchCache keeps a chunked answer's chunks as they come.
+// fetchCache keeps a chunked answer's chunks as they come, once its
+// download has run for keepAfter.
 type fetchCache struct {
 	dir string
 	mu  sync.Mutex

@@ -30,6 +30,7 @@ import (
 	"github.com/git-relay/git-relay/internal/githost"
 	"github.com/git-relay/git-relay/internal/gittest"
 	"github.com/git-relay/git-relay/internal/gitx"
+	"github.com/git-relay/git-relay/internal/shape"
 )
 
 // params is the testscript setup shared by every script folder.
@@ -237,8 +238,9 @@ func cmdRelayUp(ts *testscript.TestScript, neg bool, args []string) {
 	badToken := fset.Bool("bad-token", false, "give the server a token the git host refuses")
 	maxSessions := fset.Int("max-sessions", 0, "server --max-sessions")
 	tlsOn := fset.Bool("tls", false, "serve HTTPS with a new self-signed certificate ($WORK/tls.crt); relay.url points straight at the server")
+	downRate := fset.Int64("down-rate", 0, "bytes per second the proxy's answers to clients flow at (0: no cap)")
 	if err := fset.Parse(args); err != nil || fset.NArg() > 0 {
-		ts.Fatalf("usage: relay-up [--http-upstream] [--allow-force] [--max-body N] [--proxy-limit N] [--bad-token] [--max-sessions N] [--tls] (%v)", err)
+		ts.Fatalf("usage: relay-up [--http-upstream] [--allow-force] [--max-body N] [--proxy-limit N] [--bad-token] [--max-sessions N] [--tls] [--down-rate N] (%v)", err)
 	}
 	if *badToken && !*httpUpstream {
 		ts.Fatalf("relay-up: --bad-token needs --http-upstream")
@@ -321,7 +323,7 @@ func cmdRelayUp(ts *testscript.TestScript, neg bool, args []string) {
 	for _, tok := range st.tokens {
 		secrets = append(secrets, githost.TokenForms(tok)...)
 	}
-	proxy, err := edgeproxy.Start(p.url, edgeproxy.Options{MaxBody: *proxyLimit, Secrets: secrets, Logf: plog.Logf})
+	proxy, err := edgeproxy.Start(p.url, edgeproxy.Options{MaxBody: *proxyLimit, Secrets: secrets, Logf: plog.Logf, ShapeDown: shape.Link{Rate: *downRate}})
 	ts.Check(err)
 	st.mu.Lock()
 	st.proxy = proxy
