@@ -131,6 +131,7 @@ type Proxy struct {
 	deferred   []func()   // scans kept for later (Options.DeferScan)
 	scanned    *sync.Cond // signalled, with mu, when scans drops to 0
 	tamper     *Tamper
+	unwatched  bool // SetWatch(false)
 	violations []Violation
 	stats      Stats
 }
@@ -215,6 +216,16 @@ func (p *Proxy) SetTamper(t *Tamper) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.tamper = t
+}
+
+// SetWatch(false) stops the proxy from keeping and scanning what crosses
+// it, from the next request on; it still counts the traffic. A benchmark
+// watches one run and times the others without the copies, which a real
+// edge does not make. SetWatch(true) watches again.
+func (p *Proxy) SetWatch(on bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.unwatched = !on
 }
 
 // Violations returns every violation recorded so far.
@@ -428,6 +439,7 @@ type tee struct {
 	dir    Direction
 	header http.Header
 	rc     io.ReadCloser
+	watch  bool // keep a copy and scan it (SetWatch)
 	mu     sync.Mutex
 	buf    bytes.Buffer
 	once   sync.Once
@@ -437,10 +449,13 @@ type tee struct {
 // that is still on its way.
 func (p *Proxy) newTee(ex *exchange, dir Direction, h http.Header, rc io.ReadCloser, declared int64) *tee {
 	p.mu.Lock()
-	p.scans++
+	watch := !p.unwatched
+	if watch {
+		p.scans++
+	}
 	p.mu.Unlock()
-	t := &tee{p: p, ex: ex, dir: dir, header: h, rc: rc}
-	if declared > 0 && declared <= p.opts.MaxBody {
+	t := &tee{p: p, ex: ex, dir: dir, header: h, rc: rc, watch: watch}
+	if watch && declared > 0 && declared <= p.opts.MaxBody {
 		// A copy of a chunk is megabytes: one allocation, not a doubling series.
 		t.buf.Grow(int(declared))
 	}
@@ -452,7 +467,9 @@ func (t *tee) Read(b []byte) (int, error) {
 	defer t.mu.Unlock()
 	n, err := t.rc.Read(b)
 	if n > 0 {
-		t.buf.Write(b[:n])
+		if t.watch {
+			t.buf.Write(b[:n])
+		}
 		// Counted as it passes, so that the counters are up to date by
 		// the time the client has the last byte.
 		t.p.count(t.dir, int64(n))
@@ -496,6 +513,9 @@ func (t *tee) finish() {
 
 func (t *tee) finishLocked() {
 	t.once.Do(func() {
+		if !t.watch {
+			return
+		}
 		body := t.buf.Bytes()
 		t.p.scanLater(t.dir, t.ex.method, t.ex.path, t.header, body)
 	})

@@ -464,6 +464,25 @@ func TestDeferredScanStillSeesEveryBody(t *testing.T) {
 	require.Empty(t, p.Violations())
 }
 
+// TestUnwatchedRunsAreCountedNotKept: with SetWatch(false) the proxy
+// keeps and scans nothing, but still counts the traffic; SetWatch(true)
+// watches again.
+func TestUnwatchedRunsAreCountedNotKept(t *testing.T) {
+	b := newBackend(t)
+	b.reply["/api/gr/up"] = []byte("ok")
+	p := startProxy(t, b, Options{DeferScan: true})
+	body := []byte("x PACK\x00\x00\x00\x02 y")
+	p.SetWatch(false)
+	resp, _ := post(t, p.URL+"/api/game/up", body)
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	require.Empty(t, p.TakeViolations())
+	require.Equal(t, int64(len(body)), p.Stats().Up)
+	p.SetWatch(true)
+	resp, _ = post(t, p.URL+"/api/game/up", body)
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	require.Len(t, p.TakeViolations(), 1)
+}
+
 // TestTamperSpoil: the relay gets and handles every matching request, and
 // only its answer is spoiled, the chosen number of times.
 func TestTamperSpoil(t *testing.T) {
