@@ -992,6 +992,7 @@ func (s *Server) start(e *exch) {
 			cancel()
 			e.mu.Lock()
 			e.working = false
+			s.dropFresh(e)
 			e.mu.Unlock()
 			return
 		}
