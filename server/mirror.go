@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -122,13 +123,32 @@ func (ms *mirrors) get(repo string) (*mirror, error) {
 	return m, nil
 }
 
-// dropDebris removes the quarantines (pushed packs on their way into the
-// mirror) that a server which stopped before started left behind.
+// dropDebris removes what a server which stopped before this one started
+// left behind in the mirror: quarantines (pushed packs on their way in),
+// and lock files of refs it was updating, each of which would refuse
+// every later update of its ref ("cannot lock ref ...: File exists").
+// The mirror is this instance's own: nothing else takes its locks.
 func (m *mirror) dropDebris(started time.Time) {
+	stale := func(p string) bool {
+		fi, err := os.Stat(p)
+		return err == nil && fi.ModTime().Before(started)
+	}
 	dirs, _ := filepath.Glob(filepath.Join(m.objectDir(), "incoming-*"))
 	for _, d := range dirs {
-		if fi, err := os.Stat(d); err == nil && fi.ModTime().Before(started) {
+		if stale(d) {
 			os.RemoveAll(d)
+		}
+	}
+	locks, _ := filepath.Glob(filepath.Join(m.dir, "*.lock"))
+	_ = filepath.WalkDir(filepath.Join(m.dir, "refs"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasSuffix(p, ".lock") {
+			locks = append(locks, p)
+		}
+		return nil
+	})
+	for _, l := range locks {
+		if stale(l) {
+			os.Remove(l)
 		}
 	}
 }

@@ -580,9 +580,10 @@ func TestReadManifestAllocatesWhatComes(t *testing.T) {
 	require.Equal(t, "# v2 git bundle\n", string(rest))
 }
 
-// TestQuarantineDebrisIsDropped: a pushed pack on its way into a mirror
-// that a stopped server left behind is removed when the mirror is next
-// used; one made since this server started stays.
+// TestQuarantineDebrisIsDropped: a pushed pack on its way into a mirror,
+// and the lock files of ref updates, that a stopped server left behind
+// are removed when the mirror is next used; those made since this server
+// started stay.
 func TestQuarantineDebrisIsDropped(t *testing.T) {
 	f := newFixture(t, Config{})
 	m, err := f.srv.mirrors.get("acme/widgets")
@@ -596,6 +597,17 @@ func TestQuarantineDebrisIsDropped(t *testing.T) {
 	q, err := m.newQuarantine()
 	require.NoError(t, err)
 	defer q.drop()
+	// Lock files of a ref update cut short by the stop, and one taken
+	// since.
+	oldLocks := []string{filepath.Join(m.dir, "refs", "heads", "master.lock"), filepath.Join(m.dir, "HEAD.lock"), filepath.Join(m.dir, "packed-refs.lock")}
+	for _, l := range oldLocks {
+		require.NoError(t, os.MkdirAll(filepath.Dir(l), 0o700))
+		require.NoError(t, os.WriteFile(l, nil, 0o600))
+		require.NoError(t, os.Chtimes(l, before, before))
+	}
+	newLock := filepath.Join(m.dir, "refs", "tags", "v1.lock")
+	require.NoError(t, os.MkdirAll(filepath.Dir(newLock), 0o700))
+	require.NoError(t, os.WriteFile(newLock, nil, 0o600))
 
 	// A new server process starts with no mirror in memory.
 	f.srv.mirrors.mu.Lock()
@@ -605,4 +617,8 @@ func TestQuarantineDebrisIsDropped(t *testing.T) {
 	require.NoError(t, err)
 	require.NoDirExists(t, old)
 	require.DirExists(t, q.dir)
+	for _, l := range oldLocks {
+		require.NoFileExists(t, l)
+	}
+	require.FileExists(t, newLock)
 }
