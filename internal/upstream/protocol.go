@@ -151,9 +151,6 @@ func listed(name string) bool {
 // missing, refusing the token or the request); refused refs and a refused
 // pack are reported in the result instead.
 func (r *Remote) Push(ctx context.Context, req PushRequest) (*PushResult, error) {
-	if err := req.validate(); err != nil {
-		return nil, fmt.Errorf("push to %s: %w", r, err)
-	}
 	return r.Prepare(ctx).Push(ctx, req)
 }
 
