@@ -12,6 +12,7 @@ import (
 	"os"
 	"runtime/debug"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 
 	"github.com/alecthomas/kong"
@@ -106,7 +107,9 @@ type kongExit int
 // an interrupt, 1 for any other error (printed as "<name>: <error>").
 //
 // GIT_RELAY_CPUPROFILE=FILE writes a CPU profile of the run to FILE, for
-// `go tool pprof`: where a push, a fetch or a server spends its time.
+// `go tool pprof`: where a push, a fetch or a server spends its time. A
+// "%p" in FILE becomes the process id, so that the helpers of several git
+// commands each leave their own profile (pprof merges them).
 func Run(grammar any, args []string, o Options) (code int) {
 	defer cpuProfile(os.Getenv("GIT_RELAY_CPUPROFILE"))()
 	prefix := o.Name + ": "
@@ -177,7 +180,7 @@ func cpuProfile(path string) func() {
 	if path == "" {
 		return func() {}
 	}
-	f, err := os.Create(path)
+	f, err := os.Create(strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid())))
 	if err != nil {
 		return func() {}
 	}
