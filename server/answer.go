@@ -17,6 +17,7 @@ import (
 	"github.com/git-relay/git-relay/internal/gitx"
 	"github.com/git-relay/git-relay/internal/keyring"
 	"github.com/git-relay/git-relay/internal/payload"
+	"github.com/git-relay/git-relay/internal/pktline"
 	"github.com/git-relay/git-relay/internal/seal"
 	"github.com/git-relay/git-relay/internal/store"
 	"github.com/git-relay/git-relay/internal/wire"
@@ -148,7 +149,14 @@ func (s *Server) fetch(ctx context.Context, e *exch, m *mirror) error {
 	// upload-pack's answer goes out as it writes it; only an upload-pack
 	// that exits cleanly lets the answer end, so a dead one is never
 	// passed on as a complete answer.
-	werr := s.writeAnswer(ctx, e, &exitReader{r: out, wait: c.Wait})
+	var answer io.Reader = &exitReader{r: out, wait: c.Wait}
+	if cmd == "fetch" {
+		// The pack in full packets rather than in the small ones
+		// upload-pack writes when it is read as fast as it writes:
+		// git's client wakes up for each.
+		answer = pktline.Coalesce(answer)
+	}
+	werr := s.writeAnswer(ctx, e, answer)
 	if werr != nil {
 		out.Close()
 		_ = c.Wait()
