@@ -28,6 +28,9 @@ import (
 // maxAnswer bounds one answer of upload-pack.
 const maxAnswer = 1 << 40
 
+// answerWrite is the size of the helper's writes of an answer to git.
+const answerWrite = 256 << 10
+
 // connect serves `stateless-connect <service>`.
 func (h *Helper) connect(ctx context.Context, service string, in *bufio.Reader, out *bufio.Writer) error {
 	if service != "git-upload-pack" {
@@ -150,7 +153,9 @@ func (h *Helper) answer(ctx context.Context, kind string, request []byte, out io
 			if err != nil {
 				return err
 			}
-			_, err = io.Copy(out, r)
+			// Through out's buffer: io.Copy would hand r to the file's
+			// ReadFrom, which writes 32 KiB at a time.
+			_, err = io.CopyBuffer(struct{ io.Writer }{out}, struct{ io.Reader }{r}, make([]byte, 64<<10))
 			r.Close()
 			if err != nil {
 				h.gaveUp(x, cache, err)

@@ -294,7 +294,13 @@ func expandHome(p string) string {
 // serve runs the protocol loop.
 func (h *Helper) serve(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
 	in := bufio.NewReader(stdin)
-	out := bufio.NewWriter(stdout)
+	// An answer goes to git in writes of answerWrite into a pipe of
+	// 1 MiB: git's sideband reader and index-pack wake an eighth as often
+	// as with io.Copy's 32 KiB into 64 KiB.
+	if f, ok := stdout.(*os.File); ok {
+		gitx.WidenPipe(f)
+	}
+	out := bufio.NewWriterSize(stdout, answerWrite)
 	for {
 		line, err := in.ReadString('\n')
 		if err == io.EOF && line == "" {
