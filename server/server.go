@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -437,6 +438,9 @@ func (c *call) raw(status int, body []byte) {
 	c.code = status
 	c.w.Header().Set("Content-Type", "application/octet-stream")
 	c.w.Header().Set(wire.HeaderSignature, wire.SignResponse(c.key, c.auth.Nonce, status, int64(len(body))))
+	// Declared, not chunked: an edge can refuse an answer over its limit
+	// before it streams any of it, and nobody parses chunk framing.
+	c.w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	c.w.WriteHeader(status)
 	c.w.Write(body)
 	c.s.metrics.bytesOut.Add(float64(len(body)))

@@ -545,6 +545,35 @@ func TestAnswersAreSealed(t *testing.T) {
 	}
 }
 
+// recordLength keeps the Content-Length of each answer.
+type recordLength struct{ lengths []int64 }
+
+func (r *recordLength) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := http.DefaultTransport.RoundTrip(req)
+	if err == nil {
+		r.lengths = append(r.lengths, resp.ContentLength)
+	}
+	return resp, err
+}
+
+// TestAnswersDeclareTheirLength: an answer (a listing here, a download
+// chunk alike) says how long it is, so that an edge can refuse one over
+// its limit before streaming it, rather than coming chunked.
+func TestAnswersDeclareTheirLength(t *testing.T) {
+	f := newFixture(t, Config{})
+	for i := range 60 {
+		gittest.Git(t, f.upstream, "update-ref", fmt.Sprintf("refs/tags/v%d", i), f.first)
+	}
+	rec := &recordLength{}
+	f.client.HTTP = &http.Client{Transport: rec}
+	o := wire.Open{V: wire.Version, ID: randomID(16), Kind: wire.KindRefs, Repo: "acme/widgets", Salt: randomID(32), MaxBody: wire.DefaultMaxBody}
+	raw, _ := json.Marshal(o)
+	sealed, err := f.client.Get(t.Context(), wire.Request{Method: "POST", Path: wire.PathOpen, Msg: json.RawMessage(raw)})
+	require.NoError(t, err)
+	require.Greater(t, len(sealed), 2048, "larger than net/http's buffer, which it would send chunked")
+	require.Equal(t, []int64{int64(len(sealed))}, rec.lengths)
+}
+
 // TestPushOfNamesGitAccepts: a branch whose name git accepts but go-git's
 // stricter rule did not ("refs/heads/-x") lands, as it does with git push,
 // instead of failing the whole push after its upload.
