@@ -21,9 +21,9 @@ const MaxData = 65520 - 4 - 1
 // upload-pack sends the pack in a packet for each read of pack-objects'
 // output. When the reader keeps up (the relay reads as fast as
 // pack-objects writes), each read finds one 8 KiB write: a clone of 25 MiB
-// came to git in 1,600 packets instead of the 450 a direct clone gets,
-// each one a wake-up of git's sideband demultiplexer and of index-pack,
-// whose receiving then took some 100 ms longer on two cores.
+// came to git in 1,581 packets instead of the 446 of a direct clone, each
+// a wake-up of git's sideband demultiplexer, which ran 167 ms of CPU
+// instead of 31.
 //
 // The pack's bytes, their order and every other packet (section headers,
 // progress, errors, flush and delimiter packets, empty keep-alives) pass
