@@ -9,6 +9,7 @@ import (
 	"io"
 	"strconv"
 
+	"github.com/git-relay/git-relay/internal/gitx"
 	"github.com/git-relay/git-relay/internal/payload"
 	"github.com/git-relay/git-relay/internal/seal"
 	"github.com/git-relay/git-relay/internal/wire"
@@ -153,9 +154,8 @@ func (h *Helper) answer(ctx context.Context, kind string, request []byte, out io
 			if err != nil {
 				return err
 			}
-			// Through out's buffer: io.Copy would hand r to the file's
-			// ReadFrom, which writes 32 KiB at a time.
-			_, err = io.CopyBuffer(struct{ io.Writer }{out}, struct{ io.Reader }{r}, make([]byte, 64<<10))
+			// Through out's buffer, which writes answerWrite at a time.
+			_, err = gitx.CopyInPieces(out, r, 64<<10)
 			r.Close()
 			if err != nil {
 				h.gaveUp(x, cache, err)

@@ -318,10 +318,8 @@ func writeRequest(w io.Writer, caps *capability.List, req PushRequest) error {
 	if pack == nil {
 		pack = bytes.NewReader(bundle.EmptyPack())
 	}
-	// In pieces of packWrite, not io.Copy's 32 KiB: each write into a
-	// pipe wakes its reader, and a pack is megabytes.
-	buf := make([]byte, packWrite)
-	if _, err := io.CopyBuffer(onlyWriter{w}, onlyReader{pack}, buf); err != nil {
+	// In pieces of packWrite: a pack is megabytes.
+	if _, err := gitx.CopyInPieces(w, pack, packWrite); err != nil {
 		return fmt.Errorf("send pack: %w", err)
 	}
 	return nil
@@ -329,11 +327,6 @@ func writeRequest(w io.Writer, caps *capability.List, req PushRequest) error {
 
 // packWrite is how much of a pack goes to upstream in one write.
 const packWrite = 256 << 10
-
-// onlyWriter and onlyReader hide ReaderFrom and WriterTo, so that
-// io.CopyBuffer uses the buffer it is given.
-type onlyWriter struct{ io.Writer }
-type onlyReader struct{ io.Reader }
 
 // readResult reads receive-pack's report, demultiplexing side bands when
 // they were negotiated, and keeps reading to the end so that messages
