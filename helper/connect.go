@@ -45,7 +45,10 @@ func (h *Helper) connect(ctx context.Context, service string, in *bufio.Reader, 
 	if err := out.Flush(); err != nil {
 		return err
 	}
-	if err := h.answer(ctx, wire.KindCaps, nil, out); err != nil {
+	// The capabilities exchange has the relay refresh its mirror for the
+	// listing that comes next, which names it.
+	follows, err := h.answer(ctx, wire.KindCaps, nil, "", out)
+	if err != nil {
 		return err
 	}
 	if err := out.Flush(); err != nil {
@@ -59,9 +62,10 @@ func (h *Helper) connect(ctx context.Context, service string, in *bufio.Reader, 
 		if err != nil {
 			return err
 		}
-		if err := h.answer(ctx, wire.KindFetch, req, out); err != nil {
+		if _, err := h.answer(ctx, wire.KindFetch, req, follows, out); err != nil {
 			return err
 		}
+		follows = ""
 		// The end of one answer, as git's stateless transports mark it.
 		if _, err := out.WriteString("0002"); err != nil {
 			return err
@@ -108,10 +112,15 @@ func readRequest(in *bufio.Reader) ([]byte, error) {
 const maxRequest = 64 << 20
 
 // answer runs one exchange of kind with request (nil for none) and copies
-// its answer to out. An answer too large for one body comes in chunks;
-// those of a fetch are kept under the git dir as they come, so that the
-// same fetch, interrupted and run again, downloads only what it lacks.
-func (h *Helper) answer(ctx context.Context, kind string, request []byte, out io.Writer) error {
+// its answer to out; it returns the exchange's id. A listing names the
+// capabilities exchange it follows (wire.Open.Follows). An answer too
+// large for one body comes in chunks; those of a fetch are kept under the
+// git dir as they come, so that the same fetch, interrupted and run
+// again, downloads only what it lacks.
+func (h *Helper) answer(ctx context.Context, kind string, request []byte, follows string, out io.Writer) (string, error) {
+	if !isListCommand(request) {
+		follows = ""
+	}
 	var x *exchange
 	var cache *fetchCache
 	dir := ""
@@ -129,20 +138,20 @@ func (h *Helper) answer(ctx context.Context, kind string, request []byte, out io
 	for attempt := 0; ; attempt++ {
 		if x == nil {
 			var err error
-			x, err = h.newRequestExchange(kind, request)
+			x, err = h.newRequestExchange(kind, request, follows)
 			if err != nil {
-				return err
+				return "", err
 			}
 		}
 		st, tail, err := h.ask(ctx, x, request)
 		if err != nil {
 			if cache == nil || attempt > 0 {
 				h.gaveUp(x, cache, err)
-				return err
+				return "", err
 			}
 		} else if st.Phase == wire.PhaseFailed || st.Phase == wire.PhaseCancelled {
 			if cache == nil || attempt > 0 {
-				return fmt.Errorf("%s: %s", h.repo, st.Message)
+				return "", fmt.Errorf("%s: %s", h.repo, st.Message)
 			}
 		} else {
 			if cache == nil && dir != "" && st.Down != nil && !st.Down.Inline {
@@ -152,17 +161,17 @@ func (h *Helper) answer(ctx context.Context, kind string, request []byte, out io
 			}
 			r, err := x.download(ctx, st, tail, maxAnswer, cache)
 			if err != nil {
-				return err
+				return "", err
 			}
 			// Through out's buffer, which writes answerWrite at a time.
 			_, err = gitx.CopyInPieces(out, r, 64<<10)
 			r.Close()
 			if err != nil {
 				h.gaveUp(x, cache, err)
-				return h.explain(err)
+				return "", h.explain(err)
 			}
 			cache.remove()
-			return nil
+			return x.id, nil
 		}
 		// The interrupted exchange is gone from the relay: ask anew.
 		cache.remove()
@@ -186,6 +195,11 @@ func (h *Helper) gaveUp(x *exchange, cache *fetchCache, err error) {
 // body's worth, less room for the message and the sealing.
 func inlineMax(maxBody int64) int { return int(maxBody) - 8<<10 }
 
+// isListCommand says whether a request of git's is a listing (ls-refs).
+func isListCommand(req []byte) bool {
+	return bytes.HasPrefix(req, []byte("0014command=ls-refs\n")) || bytes.HasPrefix(req, []byte("0013command=ls-refs"))
+}
+
 // isFetchCommand says whether a request of git's is a fetch (whose answer
 // may carry a pack) rather than a listing.
 func isFetchCommand(req []byte) bool {
@@ -194,14 +208,16 @@ func isFetchCommand(req []byte) bool {
 
 // newRequestExchange prepares a read exchange whose request goes inline,
 // or in chunks when it is larger than a body.
-func (h *Helper) newRequestExchange(kind string, request []byte) (*exchange, error) {
-	if request == nil {
-		return h.newExchange(kind, 0, false)
+func (h *Helper) newRequestExchange(kind string, request []byte, follows string) (*exchange, error) {
+	o := wire.Open{Kind: kind, Follows: follows}
+	switch {
+	case request == nil:
+	case len(payload.Bytes(nil))+len(request) <= inlineMax(h.maxBdy):
+		o.Inline = true
+	default:
+		o.ChunkSize = payload.ChunkSize(h.maxBdy, 0)
 	}
-	if len(payload.Bytes(nil))+len(request) <= inlineMax(h.maxBdy) {
-		return h.newExchange(kind, 0, true)
-	}
-	return h.newExchange(kind, payload.ChunkSize(h.maxBdy, 0), false)
+	return h.newExchange(o)
 }
 
 // ask opens the exchange with its request and waits until its answer is

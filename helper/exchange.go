@@ -32,11 +32,10 @@ type exchange struct {
 	up   *seal.Stream
 }
 
-// newExchange prepares an exchange; chunkSize is its upload's chunk size,
-// 0 when the upload goes inline or there is none.
-func (h *Helper) newExchange(kind string, chunkSize int, inline bool) (*exchange, error) {
-	o := wire.Open{V: wire.Version, ID: randomHex(16), Kind: kind, Repo: h.repo, Salt: randomHex(32),
-		ChunkSize: chunkSize, MaxBody: h.maxBdy, Inline: inline}
+// newExchange prepares an exchange opened with o (its kind, its upload's
+// chunk size or inline upload, what it follows); the rest is filled in.
+func (h *Helper) newExchange(o wire.Open) (*exchange, error) {
+	o.V, o.ID, o.Repo, o.Salt, o.MaxBody = wire.Version, randomHex(16), h.repo, randomHex(32), h.maxBdy
 	raw, err := json.Marshal(o)
 	if err != nil {
 		return nil, err

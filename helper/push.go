@@ -31,7 +31,7 @@ type refList struct {
 // list asks the relay for upstream's refs, any number of them: the list
 // comes as an answer's payload, in chunks when it is large.
 func (h *Helper) list(ctx context.Context) (*refList, error) {
-	x, err := h.newExchange(wire.KindRefs, 0, false)
+	x, err := h.newExchange(wire.Open{Kind: wire.KindRefs})
 	if err != nil {
 		return nil, err
 	}
@@ -530,7 +530,7 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 		}
 		h.ui.detail("resuming the interrupted push %s", x.id)
 	} else {
-		if x, err = h.newExchange(wire.KindPush, chunkSize, false); err != nil {
+		if x, err = h.newExchange(wire.Open{Kind: wire.KindPush, ChunkSize: chunkSize}); err != nil {
 			return nil, err
 		}
 		rec = make(chan pushRecord, 1)
@@ -662,7 +662,7 @@ type pushRecord struct {
 // sendInline pushes a whole payload in the request that opens the
 // exchange, and returns the outcome.
 func (h *Helper) sendInline(ctx context.Context, p []byte) (*wire.Status, error) {
-	x, err := h.newExchange(wire.KindPush, 0, true)
+	x, err := h.newExchange(wire.Open{Kind: wire.KindPush, Inline: true})
 	if err != nil {
 		return nil, err
 	}

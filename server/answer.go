@@ -56,11 +56,13 @@ func (s *Server) answer(ctx context.Context, e *exch) error {
 	case wire.KindRefs:
 		// Upstream's refs as they are now; the mirror follows them in
 		// the background, while the client prepares its push.
+		listed := time.Now()
+		s.metrics.upstreamListings.Inc()
 		refs, err := m.remote.List(ctx)
 		if err != nil {
 			return s.upstreamErr(m, err)
 		}
-		s.refreshLater(m, refs)
+		s.refreshLater(m, refs, listed)
 		var b bytes.Buffer
 		hdr, _ := json.Marshal(wire.RefsHeader{Head: refs.Head, AllowForce: s.cfg.AllowForce, MaxRefs: s.cfg.MaxRefs})
 		b.Write(hdr)
@@ -75,6 +77,7 @@ func (s *Server) answer(ctx context.Context, e *exch) error {
 		}
 		return s.writeAnswer(ctx, e, &b)
 	case wire.KindCaps:
+		s.refreshAhead(m, e.id)
 		m.capsMu.Lock()
 		caps := m.caps
 		m.capsMu.Unlock()
@@ -83,7 +86,7 @@ func (s *Server) answer(ctx context.Context, e *exch) error {
 		}
 		// The first time, upstream is asked too: a repository it does not
 		// have is said so at once, and gets no mirror.
-		if _, err := s.refresh(ctx, m, 5*time.Second); err != nil {
+		if _, err := s.refresh(ctx, m, time.Now().Add(-5*time.Second)); err != nil {
 			return err
 		}
 		m.rw.RLock()
@@ -122,16 +125,25 @@ func (s *Server) fetch(ctx context.Context, e *exch, m *mirror) error {
 	// A listing sees upstream as it is now; the fetch that follows it a
 	// moment later uses the same refresh. A lazy fetch of a partial clone
 	// comes alone and refreshes if the last refresh is older.
-	maxAge := 2 * time.Second
-	if cmd == "ls-refs" || (cmd == "fetch" && s.lacksWants(ctx, m, req)) {
+	since := time.Now().Add(-2 * time.Second)
+	switch {
+	case cmd == "ls-refs":
+		// Upstream as it is now, or as it was when the git command began
+		// (its capabilities exchange, whose refresh may be done already:
+		// refreshAhead).
+		since = time.Now()
+		if t, ok := m.capsCameAt(e.open.Follows); ok {
+			since = t
+		}
+	case cmd == "fetch" && s.lacksWants(ctx, m, req):
 		// Instances sharing a store keep mirrors of their own, and the
 		// listing a fetch follows may have come from another instance
 		// whose mirror has seen a newer push: an id wanted that this
 		// mirror lacks makes it ask upstream now rather than answer "not
 		// our ref" for a commit upstream has.
-		maxAge = 0
+		since = time.Now()
 	}
-	if _, err := s.refresh(ctx, m, maxAge); err != nil {
+	if _, err := s.refresh(ctx, m, since); err != nil {
 		return err
 	}
 	m.rw.RLock()
@@ -174,10 +186,7 @@ func (s *Server) lacksWants(ctx context.Context, m *mirror, req []byte) bool {
 	// The branches and tags of the last refresh are in the mirror: a
 	// fetch of what the listing just before it showed (a clone) needs no
 	// lookup.
-	m.refreshing.Lock()
-	refs := m.refs
-	m.refreshing.Unlock()
-	if refs != nil {
+	if refs := m.lastRefs(); refs != nil {
 		tips := refs.Tips()
 		if !slices.ContainsFunc(wants, func(w string) bool { return !tips[w] }) {
 			return false

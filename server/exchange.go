@@ -454,6 +454,9 @@ func (s *Server) checkOpen(o *wire.Open, inline bool) error {
 	if err := validRepo(o.Repo); err != nil {
 		return err
 	}
+	if o.Follows != "" && (o.Kind != wire.KindFetch || !wire.ValidID(o.Follows)) {
+		return badRequest("invalid follows: a fetch exchange may name the exchange id it follows")
+	}
 	if o.MaxBody < wire.MinMaxBody {
 		return badRequest("maxBody %d is below the smallest body cap (%d)", o.MaxBody, wire.MinMaxBody)
 	}

@@ -11,19 +11,20 @@ import (
 // metrics are what an operator sees of the server on --metrics-listen,
 // in Prometheus' format. Labels never carry repository or ref names.
 type metrics struct {
-	reg            *prometheus.Registry
-	requests       *prometheus.CounterVec
-	opened         *prometheus.CounterVec
-	finished       *prometheus.CounterVec
-	refusals       *prometheus.CounterVec
-	phase          *prometheus.HistogramVec
-	bytesIn        prometheus.Counter
-	bytesOut       prometheus.Counter
-	chunksIn       prometheus.Counter
-	chunksOut      prometheus.Counter
-	upstreamErrors prometheus.Counter
-	mirrorUpdates  *prometheus.CounterVec
-	open           prometheus.Gauge
+	reg              *prometheus.Registry
+	requests         *prometheus.CounterVec
+	opened           *prometheus.CounterVec
+	finished         *prometheus.CounterVec
+	refusals         *prometheus.CounterVec
+	phase            *prometheus.HistogramVec
+	bytesIn          prometheus.Counter
+	bytesOut         prometheus.Counter
+	chunksIn         prometheus.Counter
+	chunksOut        prometheus.Counter
+	upstreamErrors   prometheus.Counter
+	mirrorUpdates    *prometheus.CounterVec
+	upstreamListings prometheus.Counter
+	open             prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -53,10 +54,11 @@ func newMetrics() *metrics {
 		mirrorUpdates: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_mirror_updates_total", Help: "Objects brought into this instance's mirrors, by source: upstream (a fetch), or push (the pack of a push that landed through another instance sharing the store).",
 		}, []string{"from"}),
-		open: prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_sessions_open", Help: "Unfinished exchanges this instance knows of."}),
+		upstreamListings: prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_upstream_listings_total", Help: "Listings of upstream's refs (a round trip to upstream each)."}),
+		open:             prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_sessions_open", Help: "Unfinished exchanges this instance knows of."}),
 	}
 	m.reg.MustRegister(m.requests, m.opened, m.finished, m.refusals, m.phase, m.bytesIn, m.bytesOut,
-		m.chunksIn, m.chunksOut, m.upstreamErrors, m.mirrorUpdates, m.open,
+		m.chunksIn, m.chunksOut, m.upstreamErrors, m.mirrorUpdates, m.upstreamListings, m.open,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -33,10 +33,12 @@ type mirror struct {
 	// (upload-pack, push checks, quarantines with the mirror as alternate)
 	// and for writing by a prune, which deletes objects.
 	rw sync.RWMutex
-	// refreshing serialises refreshes; refreshed and refs are the last.
+	// refreshing serialises refreshes. lastMu guards what the last one
+	// saw: upstream's refs, and when it began to list them.
 	refreshing sync.Mutex
-	refreshed  time.Time
+	lastMu     sync.Mutex
 	refs       *upstream.Refs
+	listed     time.Time
 	// admitting counts pushed packs on their way into the mirror after
 	// their push (admitLater): a refresh waits for them.
 	admitting pending
@@ -46,6 +48,10 @@ type mirror struct {
 	// its refs, and git asks for it before every fetch.
 	capsMu sync.Mutex
 	caps   []byte
+	// capsCame holds when each recent capabilities exchange came, by id:
+	// the listing that follows one in the same git command may use a
+	// refresh begun since (refreshAhead).
+	capsCame map[string]time.Time
 }
 
 // pending counts work in flight that others can wait for.
@@ -166,33 +172,129 @@ func (s *Server) upstreamErr(m *mirror, err error) error {
 }
 
 // refresh brings the mirror up to date with upstream and returns
-// upstream's refs. A refresh younger than maxAge is reused: a clone lists
-// refs and fetches a moment later, and the second need not ask upstream
-// again.
-func (s *Server) refresh(ctx context.Context, m *mirror, maxAge time.Duration) (*upstream.Refs, error) {
+// upstream's refs. A refresh that began to list upstream at or after
+// since is reused: a clone lists refs and fetches a moment later, and the
+// second need not ask upstream again.
+func (s *Server) refresh(ctx context.Context, m *mirror, since time.Time) (*upstream.Refs, error) {
 	if err := m.admitting.wait(ctx); err != nil {
 		return nil, err
 	}
+	if refs := m.listedSince(since); refs != nil {
+		return refs, nil
+	}
 	m.refreshing.Lock()
 	defer m.refreshing.Unlock()
-	if m.refs != nil && time.Since(m.refreshed) < maxAge {
-		return m.refs, nil
+	if refs := m.listedSince(since); refs != nil {
+		return refs, nil // the refresh this one waited for will do
 	}
+	return s.listAndRefresh(ctx, m)
+}
+
+// listAndRefresh lists upstream's refs and brings the mirror to them. The
+// caller holds m.refreshing.
+func (s *Server) listAndRefresh(ctx context.Context, m *mirror) (*upstream.Refs, error) {
+	began := time.Now()
+	s.metrics.upstreamListings.Inc()
 	refs, err := m.remote.List(ctx)
 	if err != nil {
 		return nil, s.upstreamErr(m, err)
 	}
-	if err := s.refreshTo(ctx, m, refs); err != nil {
+	if err := s.refreshTo(ctx, m, refs, began); err != nil {
 		return nil, err
 	}
 	return refs, nil
 }
 
+// listedSince returns the last refresh's refs if it began to list
+// upstream at or after since, or else nil.
+func (m *mirror) listedSince(since time.Time) *upstream.Refs {
+	m.lastMu.Lock()
+	defer m.lastMu.Unlock()
+	if m.refs != nil && !m.listed.Before(since) {
+		return m.refs
+	}
+	return nil
+}
+
+// lastRefs returns the refs of the last refresh, nil if none is known.
+func (m *mirror) lastRefs() *upstream.Refs {
+	m.lastMu.Lock()
+	defer m.lastMu.Unlock()
+	return m.refs
+}
+
+// forgetRefs makes the next refresh list upstream again: it moved.
+func (m *mirror) forgetRefs() {
+	m.refreshing.Lock() // after any refresh under way, whose refs are older
+	m.lastMu.Lock()
+	m.refs = nil
+	m.lastMu.Unlock()
+	m.refreshing.Unlock()
+}
+
+// capsWindow is how long after a capabilities exchange the listing that
+// follows it may still use the refresh it started.
+const capsWindow = 10 * time.Second
+
+// maxCapsCame bounds the capabilities exchanges a mirror remembers.
+const maxCapsCame = 1024
+
+// refreshAhead starts, when a capabilities exchange comes, the refresh
+// that the listing git sends next will need, so that upstream is asked
+// while the client reads the capabilities and writes its listing request
+// (a round trip to upstream fewer on a clone's path). The listing uses it
+// when it names this exchange (wire.Open.Follows): begun after the git
+// command started, it shows upstream as the listing would. A refresh
+// under way already began too early for that, and nothing is started.
+func (s *Server) refreshAhead(m *mirror, id string) {
+	now := time.Now()
+	m.capsMu.Lock()
+	if m.capsCame == nil {
+		m.capsCame = map[string]time.Time{}
+	}
+	for k, t := range m.capsCame {
+		if now.Sub(t) > capsWindow {
+			delete(m.capsCame, k)
+		}
+	}
+	if len(m.capsCame) < maxCapsCame {
+		m.capsCame[id] = now
+	}
+	m.capsMu.Unlock()
+	if !m.refreshing.TryLock() {
+		return
+	}
+	s.bgWork.Add(1)
+	go func() {
+		defer s.bgWork.Done()
+		defer m.refreshing.Unlock()
+		if m.admitting.wait(s.ctx) != nil {
+			return
+		}
+		// A failure is the listing's to report, when it lists again.
+		if _, err := s.listAndRefresh(s.ctx, m); err != nil && s.ctx.Err() == nil {
+			s.log.Debug("refresh the mirror ahead of a listing", "repo", m.name, "err", s.redact(err.Error()))
+		}
+	}()
+}
+
+// capsCameAt says when the capabilities exchange id came here, if it
+// came within capsWindow.
+func (m *mirror) capsCameAt(id string) (time.Time, bool) {
+	if id == "" {
+		return time.Time{}, false
+	}
+	m.capsMu.Lock()
+	defer m.capsMu.Unlock()
+	t, ok := m.capsCame[id]
+	return t, ok && time.Since(t) <= capsWindow
+}
+
 // refreshLater brings the mirror to refs, which upstream listed a moment
-// ago, in the background: a push's listing is answered at once, and the
-// push that follows waits for the mirror (refresh) only if it comes
-// before the mirror is done.
-func (s *Server) refreshLater(m *mirror, refs *upstream.Refs) {
+// ago (beginning at listed), in the background: a push's listing is
+// answered at once, and the push that follows waits for the mirror
+// (refresh) only if it comes before the mirror is done.
+func (s *Server) refreshLater(m *mirror, refs *upstream.Refs, listed time.Time) {
 	// Taken here, so that the push's refresh waits; one under way already
 	// will do.
 	if !m.refreshing.TryLock() {
@@ -205,15 +307,15 @@ func (s *Server) refreshLater(m *mirror, refs *upstream.Refs) {
 		if m.admitting.wait(s.ctx) != nil {
 			return
 		}
-		if err := s.refreshTo(s.ctx, m, refs); err != nil && s.ctx.Err() == nil {
+		if err := s.refreshTo(s.ctx, m, refs, listed); err != nil && s.ctx.Err() == nil {
 			s.log.Warn("refresh the mirror", "repo", m.name, "err", s.redact(err.Error()))
 		}
 	}()
 }
 
-// refreshTo brings the mirror to refs, upstream's as just listed. The
-// caller holds m.refreshing.
-func (s *Server) refreshTo(ctx context.Context, m *mirror, refs *upstream.Refs) error {
+// refreshTo brings the mirror to refs, upstream's as listed from the
+// time listed. The caller holds m.refreshing.
+func (s *Server) refreshTo(ctx context.Context, m *mirror, refs *upstream.Refs, listed time.Time) error {
 	start := time.Now()
 	if err := s.ensureMirror(ctx, m); err != nil {
 		return err
@@ -262,7 +364,9 @@ func (s *Server) refreshTo(ctx context.Context, m *mirror, refs *upstream.Refs) 
 			return fmt.Errorf("set the mirror's HEAD: %w", err)
 		}
 	}
-	m.refs, m.refreshed = refs, time.Now()
+	m.lastMu.Lock()
+	m.refs, m.listed = refs, listed
+	m.lastMu.Unlock()
 	s.log.Debug("mirror refreshed", "repo", m.name, "fetched", !same, "took", time.Since(start).Round(time.Millisecond))
 	return nil
 }

@@ -140,7 +140,7 @@ func (s *Server) push(ctx context.Context, e *exch) ([]wire.RefResult, error) {
 	refreshed := make(chan struct{})
 	go func() {
 		defer close(refreshed)
-		refs, err := s.refresh(ctx, m, pushListAge)
+		refs, err := s.refresh(ctx, m, time.Now().Add(-pushListAge))
 		listed <- listing{refs, err}
 	}()
 	// A push that ends early (cancelled, a bad payload) still waits for
@@ -161,7 +161,7 @@ func (s *Server) push(ctx context.Context, e *exch) ([]wire.RefResult, error) {
 	}
 	l := <-listed
 	if l.err == nil && !agrees(man.Updates, l.refs) {
-		l.refs, l.err = s.refresh(ctx, m, 0)
+		l.refs, l.err = s.refresh(ctx, m, time.Now())
 	}
 	if l.err != nil {
 		return nil, l.err
@@ -226,9 +226,7 @@ func (s *Server) push(ctx context.Context, e *exch) ([]wire.RefResult, error) {
 	} else if g != nil {
 		g.close()
 	}
-	m.refreshing.Lock()
-	m.refs = nil // upstream moved: the next use lists it again
-	m.refreshing.Unlock()
+	m.forgetRefs() // upstream moved: the next use lists it again
 	return ordered(man.Updates, p.results), nil
 }
 

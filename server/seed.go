@@ -275,7 +275,7 @@ func (s *Server) follow(e *exch) {
 		if err != nil {
 			return
 		}
-		if _, err := s.refresh(inBackground(ctx), m, 0); err != nil && ctx.Err() == nil {
+		if _, err := s.refresh(inBackground(ctx), m, time.Now()); err != nil && ctx.Err() == nil {
 			s.log.Warn("bring the mirror up to a push through another instance", "repo", m.name, "err", s.redact(err.Error()))
 		}
 	}()

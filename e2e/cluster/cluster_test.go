@@ -488,3 +488,29 @@ func TestSlowAnswerThroughAnotherInstance(t *testing.T) {
 	require.True(t, held.Load(), "upstream's listing was held")
 	require.Equal(t, head+"\trefs/heads/master", out)
 }
+
+// TestCommandsListUpstreamOnce: a clone asks the relay for capabilities,
+// a listing and a fetch; the capabilities exchange has the mirror
+// refreshed while git reads them, and the listing that follows uses that
+// refresh, so upstream is listed once per command, not once per
+// exchange. The clone still gets what upstream had when it began.
+func TestCommandsListUpstreamOnce(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, options{instances: 1})
+	c.upstreamInit("owner/repo")
+	src := c.newRepo("src")
+	c.commitRandom(src, "base.txt", 1000, 1)
+	c.git(src, "push", "relay::owner/repo", "master")
+	// Upstream moves behind the relay's back.
+	head := c.commitRandom(src, "more.txt", 1000, 2)
+	c.git(src, "push", "-q", "file://"+c.upstreamDir("owner/repo"), "master")
+
+	listings := func() float64 { return sum(c.metrics(), "relay_upstream_listings_total") }
+	before := listings()
+	dst := filepath.Join(c.work, "dst")
+	c.git("", "clone", "-q", "relay::owner/repo", dst)
+	require.Equal(t, head, c.git(dst, "rev-parse", "HEAD"))
+	require.Equal(t, before+1, listings(), "upstream listings for one clone")
+	c.git(dst, "ls-remote", "origin")
+	require.Equal(t, before+2, listings(), "upstream listings for one ls-remote")
+}

@@ -60,6 +60,10 @@ type Open struct {
 	// Inline says that the whole upload payload follows the message, as
 	// one final chunk.
 	Inline bool `json:"inline,omitempty"`
+	// Follows is the id of the exchange that began the same git command
+	// (its capabilities), for a listing: upstream's refs as of a refresh
+	// begun since that exchange came are as fresh as the command needs.
+	Follows string `json:"follows,omitempty"`
 }
 
 var idRE = regexp.MustCompile(`^[0-9a-f]{32}$`)
