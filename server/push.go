@@ -605,18 +605,21 @@ var errUpstreamLost = errors.New("the connection to upstream broke before the pa
 // quarantine; a failure ends the stream with an error instead, which cuts
 // upstream off before its pack can complete.
 type gate struct {
-	s        *Server
-	e        *exch
-	p        *pushPlan
-	q        *quarantine
-	src      io.Reader
-	idx      *gitx.Cmd
-	idxIn    io.WriteCloser
-	chunk    []byte // what src is read into, gateRead bytes
-	later    bool   // not indexed on the way: admitPush reads the pack again
-	idxDone  chan error
-	idxErr   error
-	buf      []byte // read ahead, not yet passed on
+	s       *Server
+	e       *exch
+	p       *pushPlan
+	q       *quarantine
+	src     io.Reader
+	idx     *gitx.Cmd
+	idxIn   io.WriteCloser
+	later   bool // not indexed on the way: admitPush reads the pack again
+	idxDone chan error
+	idxErr  error
+	// buf is what was read ahead and not yet passed on, at the start of
+	// space (holdBack+gateRead bytes), which src is read into: the bytes
+	// held back move to its front, and nothing else is copied.
+	buf      []byte
+	space    []byte
 	eof      bool
 	released bool
 	err      error
@@ -690,21 +693,19 @@ func (g *gate) Read(b []byte) (int, error) {
 			g.released = true
 			continue
 		}
-		if g.chunk == nil {
-			g.chunk = make([]byte, gateRead)
+		if g.space == nil {
+			g.space = make([]byte, holdBack+gateRead)
 		}
-		chunk := g.chunk
-		n, err := g.src.Read(chunk)
-		if n > 0 {
-			if g.idxIn != nil {
-				if _, werr := g.idxIn.Write(chunk[:n]); werr != nil {
-					// The local index is only needed for checks and the
-					// mirror; its failure is reported when it matters.
-					g.idxIn.Close()
-					g.idxIn = nil
-				}
+		kept := copy(g.space, g.buf)
+		n, err := g.src.Read(g.space[kept:])
+		g.buf = g.space[:kept+n]
+		if n > 0 && g.idxIn != nil {
+			if _, werr := g.idxIn.Write(g.buf[kept:]); werr != nil {
+				// The local index is only needed for checks and the
+				// mirror; its failure is reported when it matters.
+				g.idxIn.Close()
+				g.idxIn = nil
 			}
-			g.buf = append(g.buf, chunk[:n]...)
 		}
 		if err == io.EOF {
 			g.eof = true
