@@ -105,6 +105,12 @@ type Cmd struct {
 	ctx    context.Context
 	cmd    *exec.Cmd
 	errbuf limitedBuffer
+	// Pipes made here rather than by exec.Cmd (see BlockingPipe): the
+	// child's ends, closed once it has started; the end a StdinPipe
+	// caller writes, closed once it has exited; and the copy of Stdin.
+	childEnds []*os.File
+	stdinW    *os.File
+	copied    chan error
 }
 
 // Command prepares `git args...` in r.
@@ -175,8 +181,40 @@ func (c *Cmd) Start() error {
 	if c.cmd == nil {
 		c.build()
 	}
-	if err := c.cmd.Start(); err != nil {
+	var feed *os.File
+	if _, isFile := c.Stdin.(*os.File); c.Stdin != nil && !isFile && c.stdinW == nil {
+		// exec.Cmd would copy Stdin through a pipe of the runtime poller.
+		r, w, err := os.Pipe()
+		if err != nil {
+			return fmt.Errorf("start git %s: %w", firstArg(c.Args), err)
+		}
+		WidenPipe(w)
+		BlockingPipe(w)
+		c.cmd.Stdin, c.childEnds, feed = r, append(c.childEnds, r), w
+	}
+	err := c.cmd.Start()
+	for _, f := range c.childEnds {
+		f.Close()
+	}
+	c.childEnds = nil
+	if err != nil {
+		if feed != nil {
+			feed.Close()
+		}
+		if c.stdinW != nil {
+			c.stdinW.Close()
+		}
 		return fmt.Errorf("start git %s: %w", firstArg(c.Args), err)
+	}
+	if feed != nil {
+		c.copied = make(chan error, 1)
+		go func() {
+			_, err := CopyInPieces(feed, c.Stdin, stdinPiece)
+			if cerr := feed.Close(); err == nil {
+				err = cerr
+			}
+			c.copied <- err
+		}()
 	}
 	if c.Background {
 		// Best effort: a git that runs at normal priority is still right.
@@ -193,7 +231,11 @@ func (c *Cmd) StdoutPipe() (io.ReadCloser, error) {
 		c.build()
 	}
 	c.cmd.Stdout = nil
-	return c.cmd.StdoutPipe()
+	r, err := c.cmd.StdoutPipe()
+	if f, ok := r.(*os.File); ok {
+		BlockingPipe(f)
+	}
+	return r, err
 }
 
 // StdinPipe returns a pipe to the command's stdin, as exec.Cmd's does:
@@ -203,12 +245,35 @@ func (c *Cmd) StdinPipe() (io.WriteCloser, error) {
 	if c.cmd == nil {
 		c.build()
 	}
-	return c.cmd.StdinPipe()
+	if c.cmd.Stdin != nil || c.stdinW != nil {
+		return nil, errors.New("gitx: Stdin already set")
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	BlockingPipe(w)
+	c.cmd.Stdin, c.childEnds, c.stdinW = r, append(c.childEnds, r), w
+	return w, nil
 }
+
+// stdinPiece is the size of the writes that copy a Cmd's Stdin.
+const stdinPiece = 64 << 10
 
 // Wait waits for a started command and returns an *Error if it failed.
 func (c *Cmd) Wait() error {
 	err := c.cmd.Wait()
+	if c.stdinW != nil {
+		c.stdinW.Close() // as exec.Cmd's StdinPipe is, once the command has exited
+	}
+	if c.copied != nil {
+		// The child has exited, so the copy ends: it has written all, or
+		// its write fails for want of a reader, which is the child's
+		// business (as with exec.Cmd).
+		if cerr := <-c.copied; err == nil && cerr != nil && !errors.Is(cerr, syscall.EPIPE) {
+			err = fmt.Errorf("git %s: write its input: %w", firstArg(c.Args), cerr)
+		}
+	}
 	if err == nil {
 		return nil
 	}

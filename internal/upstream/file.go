@@ -55,6 +55,7 @@ func (p *Prepared) startFile(ctx context.Context) error {
 		return fmt.Errorf("push to %s: %w", r, err)
 	}
 	gitx.WidenPipe(stdinW)
+	gitx.BlockingPipe(stdinW)
 	stdoutR, stdoutW, err := os.Pipe()
 	if err != nil {
 		stdinR.Close()
