@@ -46,7 +46,7 @@ func (h *Helper) connect(ctx context.Context, service string, in *bufio.Reader, 
 		return err
 	}
 	// The capabilities exchange has the relay refresh its mirror for the
-	// listing that comes next, which names it.
+	// listing and fetches that come next, which name it.
 	follows, err := h.answer(ctx, wire.KindCaps, nil, "", out)
 	if err != nil {
 		return err
@@ -65,7 +65,6 @@ func (h *Helper) connect(ctx context.Context, service string, in *bufio.Reader, 
 		if _, err := h.answer(ctx, wire.KindFetch, req, follows, out); err != nil {
 			return err
 		}
-		follows = ""
 		// The end of one answer, as git's stateless transports mark it.
 		if _, err := out.WriteString("0002"); err != nil {
 			return err
@@ -112,15 +111,12 @@ func readRequest(in *bufio.Reader) ([]byte, error) {
 const maxRequest = 64 << 20
 
 // answer runs one exchange of kind with request (nil for none) and copies
-// its answer to out; it returns the exchange's id. A listing names the
+// its answer to out; it returns the exchange's id. A request names the
 // capabilities exchange it follows (wire.Open.Follows). An answer too
 // large for one body comes in chunks; those of a fetch are kept under the
 // git dir as they come, so that the same fetch, interrupted and run
 // again, downloads only what it lacks.
 func (h *Helper) answer(ctx context.Context, kind string, request []byte, follows string, out io.Writer) (string, error) {
-	if !isListCommand(request) {
-		follows = ""
-	}
 	var x *exchange
 	var cache *fetchCache
 	dir := ""
@@ -194,11 +190,6 @@ func (h *Helper) gaveUp(x *exchange, cache *fetchCache, err error) {
 // inlineMax is the largest payload that goes in its exchange's Open: a
 // body's worth, less room for the message and the sealing.
 func inlineMax(maxBody int64) int { return int(maxBody) - 8<<10 }
-
-// isListCommand says whether a request of git's is a listing (ls-refs).
-func isListCommand(req []byte) bool {
-	return bytes.HasPrefix(req, []byte("0014command=ls-refs\n")) || bytes.HasPrefix(req, []byte("0013command=ls-refs"))
-}
 
 // isFetchCommand says whether a request of git's is a fetch (whose answer
 // may carry a pack) rather than a listing.

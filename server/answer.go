@@ -122,19 +122,18 @@ func (s *Server) fetch(ctx context.Context, e *exch, m *mirror) error {
 	if err != nil {
 		return badRequest("%v", err)
 	}
-	// A listing sees upstream as it is now; the fetch that follows it a
-	// moment later uses the same refresh. A lazy fetch of a partial clone
-	// comes alone and refreshes if the last refresh is older.
+	// A listing shows upstream as it is now, or as it was when the git
+	// command began: the command's first exchange (its capabilities)
+	// refreshed the mirror (refreshAhead), and its later exchanges name
+	// it. A fetch uses the same refresh, or one of the last 2 seconds (a
+	// lazy fetch of a partial clone comes alone).
+	began, follows := m.capsCameAt(e.open.Follows)
 	since := time.Now().Add(-2 * time.Second)
 	switch {
+	case cmd == "ls-refs" && follows:
+		since = began
 	case cmd == "ls-refs":
-		// Upstream as it is now, or as it was when the git command began
-		// (its capabilities exchange, whose refresh may be done already:
-		// refreshAhead).
 		since = time.Now()
-		if t, ok := m.capsCameAt(e.open.Follows); ok {
-			since = t
-		}
 	case cmd == "fetch" && s.lacksWants(ctx, m, req):
 		// Instances sharing a store keep mirrors of their own, and the
 		// listing a fetch follows may have come from another instance
@@ -142,6 +141,8 @@ func (s *Server) fetch(ctx context.Context, e *exch, m *mirror) error {
 		// mirror lacks makes it ask upstream now rather than answer "not
 		// our ref" for a commit upstream has.
 		since = time.Now()
+	case follows && began.Before(since):
+		since = began
 	}
 	if _, err := s.refresh(ctx, m, since); err != nil {
 		return err

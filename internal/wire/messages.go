@@ -61,8 +61,8 @@ type Open struct {
 	// one final chunk.
 	Inline bool `json:"inline,omitempty"`
 	// Follows is the id of the exchange that began the same git command
-	// (its capabilities), for a listing: upstream's refs as of a refresh
-	// begun since that exchange came are as fresh as the command needs.
+	// (its capabilities), for a fetch exchange: upstream as of a refresh
+	// begun since that exchange came is as fresh as the command needs.
 	Follows string `json:"follows,omitempty"`
 }
 
