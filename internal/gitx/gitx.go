@@ -270,7 +270,11 @@ func (c *Cmd) Wait() error {
 		// The child has exited, so the copy ends: it has written all, or
 		// its write fails for want of a reader, which is the child's
 		// business (as with exec.Cmd).
-		if cerr := <-c.copied; err == nil && cerr != nil && !errors.Is(cerr, syscall.EPIPE) {
+		// Once: a second Wait (exec.Cmd's says it was called already)
+		// must not wait for it again.
+		cerr := <-c.copied
+		c.copied = nil
+		if err == nil && cerr != nil && !errors.Is(cerr, syscall.EPIPE) {
 			err = fmt.Errorf("git %s: write its input: %w", firstArg(c.Args), cerr)
 		}
 	}
