@@ -268,10 +268,9 @@ func (c *Cmd) Wait() error {
 	}
 	if c.copied != nil {
 		// The child has exited, so the copy ends: it has written all, or
-		// its write fails for want of a reader, which is the child's
-		// business (as with exec.Cmd).
-		// Once: a second Wait (exec.Cmd's says it was called already)
-		// must not wait for it again.
+		// its write failed for want of a reader, which is the child's
+		// business (as with exec.Cmd). Taken once: a second Wait, which
+		// exec.Cmd answers at once, must not wait for it again.
 		cerr := <-c.copied
 		c.copied = nil
 		if err == nil && cerr != nil && !errors.Is(cerr, syscall.EPIPE) {
