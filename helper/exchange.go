@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/git-relay/git-relay/internal/keyring"
+	"github.com/git-relay/git-relay/internal/mem"
 	"github.com/git-relay/git-relay/internal/payload"
 	"github.com/git-relay/git-relay/internal/seal"
 	"github.com/git-relay/git-relay/internal/wire"
@@ -154,9 +155,10 @@ type downloader struct {
 	start  time.Time
 	window uint32
 
-	free    chan []byte // chunk buffers to use again
-	bufSize int
-	lent    []byte // the buffer of the chunk the reader has
+	free      chan []byte // chunk buffers to use again
+	bufSize   int
+	chunkSize int    // the answer's
+	lent      []byte // the buffer of the chunk the reader has
 }
 
 type downChunk struct {
@@ -192,7 +194,7 @@ func (x *exchange) download(ctx context.Context, st *wire.Status, tail []byte, l
 		return nil, err
 	}
 	d := &downloader{x: x, stream: stream, cache: cache, got: map[uint32]downChunk{}, final: -1, start: time.Now(), window: chunkWorkers,
-		free: make(chan []byte, 2*chunkWorkers+1), bufSize: int(x.h.maxBdy)}
+		free: make(chan []byte, 2*chunkWorkers+1), bufSize: int(x.h.maxBdy), chunkSize: st.Down.ChunkSize}
 	d.cond = sync.NewCond(&d.mu)
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -301,7 +303,7 @@ func (d *downloader) fetch(ctx context.Context, i uint32) (downChunk, error) {
 		}
 		if b == nil {
 			if into == nil {
-				into = d.getBuf()
+				into = d.getBuf(i)
 			}
 			b, err = d.x.h.client.Get(ctx, wire.Request{Method: http.MethodGet, Path: wire.PathDown, Query: q, What: fmt.Sprintf("download chunk %d", i+1), Into: into})
 		}
@@ -350,14 +352,20 @@ func (d *downloader) fetch(ctx context.Context, i uint32) (downChunk, error) {
 	}
 }
 
-// getBuf hands out a chunk buffer: one that the payload reader is done
-// with, or a new one.
-func (d *downloader) getBuf() []byte {
-	select {
-	case b := <-d.free:
-		return b
-	default:
-		return make([]byte, 0, d.bufSize+bytes.MinRead)
+// getBuf hands out a buffer for chunk i: one that the payload reader is
+// done with, or a new one the size the chunk may be (the first chunks of
+// an answer are small).
+func (d *downloader) getBuf(i uint32) []byte {
+	need := min(payload.Ramp(i, d.chunkSize)+1+seal.Overhead, d.bufSize) + bytes.MinRead
+	for {
+		select {
+		case b := <-d.free:
+			if cap(b) >= need {
+				return b
+			}
+		default:
+			return mem.Fresh(need)
+		}
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/git-relay/git-relay/internal/mem"
 	"github.com/git-relay/git-relay/internal/seal"
 )
 
@@ -135,7 +136,7 @@ func SplitRamp(r io.Reader, chunkSize int, free chan []byte, emit func(i uint32,
 			if size <= chunkSize/4 {
 				n = size
 			}
-			buf = make([]byte, 0, n+seal.Overhead)
+			buf = mem.Fresh(n + seal.Overhead)
 		}
 		buf = buf[:size]
 		m := 0
