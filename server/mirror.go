@@ -261,6 +261,18 @@ func (s *Server) refreshAhead(m *mirror, id string) {
 		m.capsCame[id] = now
 	}
 	m.capsMu.Unlock()
+	s.refreshInBackground(m, func(ctx context.Context) {
+		// A failure is the listing's to report, when it lists again.
+		if _, err := s.listAndRefresh(ctx, m); err != nil && ctx.Err() == nil {
+			s.log.Debug("refresh the mirror ahead of a listing", "repo", m.name, "err", s.redact(err.Error()))
+		}
+	})
+}
+
+// refreshInBackground runs refresh with the mirror's refreshing lock,
+// taken before it returns, so that a refresh asked for meanwhile waits
+// for this one; if one is under way already, it does nothing.
+func (s *Server) refreshInBackground(m *mirror, refresh func(ctx context.Context)) {
 	if !m.refreshing.TryLock() {
 		return
 	}
@@ -268,12 +280,8 @@ func (s *Server) refreshAhead(m *mirror, id string) {
 	go func() {
 		defer s.bgWork.Done()
 		defer m.refreshing.Unlock()
-		if m.admitting.wait(s.ctx) != nil {
-			return
-		}
-		// A failure is the listing's to report, when it lists again.
-		if _, err := s.listAndRefresh(s.ctx, m); err != nil && s.ctx.Err() == nil {
-			s.log.Debug("refresh the mirror ahead of a listing", "repo", m.name, "err", s.redact(err.Error()))
+		if m.admitting.wait(s.ctx) == nil {
+			refresh(s.ctx)
 		}
 	}()
 }
@@ -295,22 +303,11 @@ func (m *mirror) capsCameAt(id string) (time.Time, bool) {
 // answered at once, and the push that follows waits for the mirror
 // (refresh) only if it comes before the mirror is done.
 func (s *Server) refreshLater(m *mirror, refs *upstream.Refs, listed time.Time) {
-	// Taken here, so that the push's refresh waits; one under way already
-	// will do.
-	if !m.refreshing.TryLock() {
-		return
-	}
-	s.bgWork.Add(1)
-	go func() {
-		defer s.bgWork.Done()
-		defer m.refreshing.Unlock()
-		if m.admitting.wait(s.ctx) != nil {
-			return
-		}
-		if err := s.refreshTo(s.ctx, m, refs, listed); err != nil && s.ctx.Err() == nil {
+	s.refreshInBackground(m, func(ctx context.Context) {
+		if err := s.refreshTo(ctx, m, refs, listed); err != nil && ctx.Err() == nil {
 			s.log.Warn("refresh the mirror", "repo", m.name, "err", s.redact(err.Error()))
 		}
-	}()
+	})
 }
 
 // refreshTo brings the mirror to refs, upstream's as listed from the
