@@ -184,12 +184,10 @@ func (c *Cmd) Start() error {
 	var feed *os.File
 	if _, isFile := c.Stdin.(*os.File); c.Stdin != nil && !isFile && c.stdinW == nil {
 		// exec.Cmd would copy Stdin through a pipe of the runtime poller.
-		r, w, err := os.Pipe()
+		r, w, err := InputPipe()
 		if err != nil {
 			return fmt.Errorf("start git %s: %w", firstArg(c.Args), err)
 		}
-		WidenPipe(w)
-		BlockingPipe(w)
 		c.cmd.Stdin, c.childEnds, feed = r, append(c.childEnds, r), w
 	}
 	err := c.cmd.Start()
@@ -248,11 +246,10 @@ func (c *Cmd) StdinPipe() (io.WriteCloser, error) {
 	if c.cmd.Stdin != nil || c.stdinW != nil {
 		return nil, errors.New("gitx: Stdin already set")
 	}
-	r, w, err := os.Pipe()
+	r, w, err := InputPipe()
 	if err != nil {
 		return nil, err
 	}
-	BlockingPipe(w)
 	c.cmd.Stdin, c.childEnds, c.stdinW = r, append(c.childEnds, r), w
 	return w, nil
 }

@@ -32,3 +32,15 @@ type onlyReader struct{ io.Reader }
 func BlockingPipe(f *os.File) {
 	_ = f.Fd() // which puts f in blocking mode
 }
+
+// pipeInput is InputPipe's fallback: a widened pipe with a blocking
+// write end.
+func pipeInput() (child, ours *os.File, err error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	WidenPipe(w)
+	BlockingPipe(w)
+	return r, w, nil
+}

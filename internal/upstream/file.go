@@ -41,21 +41,19 @@ func (r *Remote) fileAdvertise(ctx context.Context) (*packp.AdvRefs, error) {
 }
 
 // startFile runs receive-pack on the repository and reads its
-// advertisement. It talks to it over two OS pipes: the child reads the
-// pack straight from our write end, so the pack is copied from req.Pack
-// into the kernel and nowhere else.
+// advertisement. It talks to it over a pipe and a socket (gitx.InputPipe):
+// the child reads the pack straight from our write end, so the pack is
+// copied from req.Pack into the kernel and nowhere else.
 func (p *Prepared) startFile(ctx context.Context) error {
 	r := p.r
 	dir, err := r.gitDir()
 	if err != nil {
 		return err
 	}
-	stdinR, stdinW, err := os.Pipe()
+	stdinR, stdinW, err := gitx.InputPipe()
 	if err != nil {
 		return fmt.Errorf("push to %s: %w", r, err)
 	}
-	gitx.WidenPipe(stdinW)
-	gitx.BlockingPipe(stdinW)
 	stdoutR, stdoutW, err := os.Pipe()
 	if err != nil {
 		stdinR.Close()
