@@ -20,6 +20,7 @@ import (
 	"github.com/git-relay/git-relay/internal/gittest"
 	"github.com/git-relay/git-relay/internal/keyring"
 	"github.com/git-relay/git-relay/internal/payload"
+	"github.com/git-relay/git-relay/internal/seal"
 	"github.com/git-relay/git-relay/internal/shape"
 	"github.com/git-relay/git-relay/server"
 )
@@ -266,8 +267,15 @@ func TestPushResumeRecordsSizes(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "push-x")
 	p, err := newPushResume(dir, []byte("open"))
 	require.NoError(t, err)
-	for i, n := range []int{256 << 10, 1 << 20, 300 << 10} {
-		same, err := p.seal(uint32(i), make([]byte, n))
+	st, err := seal.NewWithKey(make([]byte, 32), [32]byte{1})
+	require.NoError(t, err)
+	tag := func(i uint32, plain []byte) []byte {
+		sealed := st.Seal(nil, i, false, plain)
+		return sealed[len(sealed)-seal.Overhead:]
+	}
+	chunks := [][]byte{make([]byte, 256<<10), make([]byte, 1<<20), make([]byte, 300<<10)}
+	for i, c := range chunks {
+		same, err := p.seal(uint32(i), len(c), tag(uint32(i), c))
 		require.NoError(t, err)
 		require.False(t, same)
 	}
@@ -276,14 +284,22 @@ func TestPushResumeRecordsSizes(t *testing.T) {
 	require.NotNil(t, got)
 	require.Equal(t, []byte("open"), got.open)
 	require.Equal(t, []int{256 << 10, 1 << 20, 300 << 10}, got.cutTo())
-	same, err := got.seal(1, make([]byte, 1<<20))
+	same, err := got.seal(1, len(chunks[1]), tag(1, chunks[1]))
 	require.NoError(t, err)
 	require.True(t, same)
-	_, err = got.seal(2, make([]byte, 1<<20))
+	// The same size, one byte different: another chunk.
+	other := bytes.Clone(chunks[2])
+	other[len(other)/2] ^= 1
+	_, err = got.seal(2, len(other), tag(2, other))
 	require.ErrorIs(t, err, errDiverged)
 
-	// An older helper's record holds no sizes: it is dropped, not resumed.
-	require.NoError(t, os.WriteFile(filepath.Join(dir, "sealed"), make([]byte, 64), 0o600))
-	require.Nil(t, findPushResume(dir))
-	require.NoDirExists(t, dir)
+	// Older helpers' records (no sizes; hashes of the plaintext) are
+	// dropped, not resumed.
+	for _, old := range []string{"sealed", "chunks"} {
+		_, err := newPushResume(dir, []byte("open"))
+		require.NoError(t, err)
+		require.NoError(t, os.WriteFile(filepath.Join(dir, old), make([]byte, 72), 0o600))
+		require.Nil(t, findPushResume(dir))
+		require.NoDirExists(t, dir)
+	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/git-relay/git-relay/internal/gitx"
 	"github.com/git-relay/git-relay/internal/payload"
+	"github.com/git-relay/git-relay/internal/seal"
 	"github.com/git-relay/git-relay/internal/wire"
 )
 
@@ -591,7 +592,12 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 				}
 				return next.err
 			}
-			same, err := resumed.seal(next.c.i, next.c.buf)
+			// Sealed here, in order, so that the record holds the tag of
+			// what goes out before it goes (c.buf holds the ciphertext
+			// from here on).
+			sealed := x.up.Seal(next.c.buf[:0], next.c.i, next.c.final, next.c.buf)
+			same, err := resumed.seal(next.c.i, len(next.c.buf), sealed[len(sealed)-seal.Overhead:])
+			next.c.buf = sealed
 			if err != nil {
 				free <- next.c.buf[:0]
 				return err
@@ -616,7 +622,7 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 	}
 	err = h.moveChunks(ctx, "upload", feed, func(ctx context.Context, _ int, c chunk) (int64, error) {
 		defer func() { free <- c.buf[:0] }()
-		sealed := x.up.Seal(c.buf[:0], c.i, c.final, c.buf)
+		sealed := c.buf
 		began := time.Now()
 		st, _, err := x.upChunk(ctx, c, sealed)
 		c.sent() // also when the request never read its body

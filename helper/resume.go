@@ -10,10 +10,12 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/git-relay/git-relay/internal/seal"
 )
 
 // The helper keeps what it needs to resume an interrupted exchange under
-// <git dir>/relay/: for a push, its Open message and the hash and size
+// <git dir>/relay/: for a push, its Open message and the tag and size
 // of every chunk it sealed; for a fetch whose answer comes in chunks,
 // the Open and the chunks that came after its first second (keepAfter).
 // Each goes when its exchange ends, whatever the outcome; what an
@@ -55,17 +57,23 @@ func (h *Helper) cleanResume() {
 // pushResume is a push's resume record.
 type pushResume struct {
 	dir    string
-	open   []byte     // the exchange's Open bytes
-	sealed [][32]byte // hashes of the chunks sealed in earlier runs
-	sizes  []int      // and their sizes, which this run cuts them to again
-	f      *os.File   // appends this run's records
-	n      int        // chunks sealed in this run
+	open   []byte                // the exchange's Open bytes
+	sealed [][seal.Overhead]byte // tags of the chunks sealed in earlier runs
+	sizes  []int                 // and their sizes, which this run cuts them to again
+	f      *os.File              // appends this run's records
+	n      int                   // chunks sealed in this run
 }
 
-// The record of each sealed chunk: its SHA-256 and its size.
+// The record of each sealed chunk: its AES-GCM tag and its plaintext's
+// size. Under the push's key and the chunk's nonce, which a resumed run
+// shares, two plaintexts that differ seal to ciphertexts that differ, and
+// those to the same tag with a chance of about their length in blocks
+// over 2^128: the tag tells the same chunk from another as well as a
+// hash of the plaintext, and comes with the seal, where the hash took a
+// pass over every byte.
 const (
-	sealedFile = "chunks"
-	sealedLen  = 32 + 4
+	sealedFile = "tags"
+	sealedLen  = seal.Overhead + 4
 )
 
 // findPushResume returns the record of an interrupted push that did the
@@ -75,17 +83,20 @@ func findPushResume(dir string) *pushResume {
 	if err != nil {
 		return nil
 	}
-	if _, err := os.Stat(filepath.Join(dir, "sealed")); err == nil {
-		// An older helper's record, without the sizes: its chunks can't
-		// be cut the same way again, so its exchange is not resumed.
-		os.RemoveAll(dir)
-		return nil
+	for _, old := range []string{"sealed", "chunks"} {
+		if _, err := os.Stat(filepath.Join(dir, old)); err == nil {
+			// An older helper's record (without the sizes, or with
+			// hashes of the plaintext): nothing this run seals can be
+			// checked against it, so its exchange is not resumed.
+			os.RemoveAll(dir)
+			return nil
+		}
 	}
 	recs, _ := os.ReadFile(filepath.Join(dir, sealedFile))
 	p := &pushResume{dir: dir, open: open}
 	for len(recs) >= sealedLen {
-		p.sealed = append(p.sealed, [32]byte(recs[:32]))
-		p.sizes = append(p.sizes, int(binary.BigEndian.Uint32(recs[32:sealedLen])))
+		p.sealed = append(p.sealed, [seal.Overhead]byte(recs[:seal.Overhead]))
+		p.sizes = append(p.sizes, int(binary.BigEndian.Uint32(recs[seal.Overhead:sealedLen])))
 		recs = recs[sealedLen:]
 	}
 	return p
@@ -117,11 +128,12 @@ func newPushResume(dir string, open []byte) (*pushResume, error) {
 // key, so the push starts over as a new exchange.
 var errDiverged = errors.New("the bundle differs from the interrupted push's")
 
-// seal records that chunk i, whose plaintext is plain, is about to be
-// sealed, and says whether an earlier run sealed the very same bytes
-// there. A chunk an earlier run sealed with other bytes is errDiverged.
-func (p *pushResume) seal(i uint32, plain []byte) (bool, error) {
-	sum := sha256.Sum256(plain)
+// seal records that chunk i, whose plaintext of size bytes sealed with
+// tag, is about to be sent, and says whether an earlier run sealed the
+// very same bytes there. A chunk an earlier run sealed with other bytes
+// is errDiverged, and must not be sent.
+func (p *pushResume) seal(i uint32, size int, tag []byte) (bool, error) {
+	sum := [seal.Overhead]byte(tag)
 	if int(i) < len(p.sealed) {
 		if p.sealed[i] != sum {
 			return false, errDiverged
@@ -145,7 +157,7 @@ func (p *pushResume) seal(i uint32, plain []byte) (bool, error) {
 	}
 	// One write per record: a run cut off leaves whole records, or a
 	// partial last one that findPushResume ignores.
-	rec := binary.BigEndian.AppendUint32(sum[:], uint32(len(plain)))
+	rec := binary.BigEndian.AppendUint32(sum[:], uint32(size))
 	if _, err := p.f.Write(rec); err != nil {
 		return false, err
 	}
