@@ -33,11 +33,13 @@ const inputBuffer = 4 << 20
 // reads its input a few KiB at a time (index-pack 4 KiB), and a writer
 // that is faster than that sleeps on a full channel: a pipe wakes it each
 // time the reader frees a page, to write one page, while a socket wakes
-// it only once the reader has taken three quarters of its buffer. For a
-// 25 MiB pack that is some 6,000 wake-ups fewer, which costs the writer
-// and the reader both (each wake-up is a trip through the scheduler,
-// dear on a virtual machine). Our end is blocking; where a socket pair
-// cannot be made, it is a widened pipe.
+// it only once the reader has taken three quarters of its buffer. Fed
+// 25 MiB in 64 KiB writes, a reader of 4 KiB reads (dd) woke its writer
+// about 2,200 times through a pipe and under 100 through a socket; the
+// writer's CPU fell from 25-45 ms to 7-11 ms and the reader's from 51-55
+// to 35 ms (each wake-up is a trip through the scheduler, dear on a
+// virtual machine). Our end is blocking; where a socket pair cannot be
+// made, it is a widened pipe.
 func InputPipe() (child, ours *os.File, err error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
