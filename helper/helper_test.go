@@ -275,7 +275,7 @@ func TestPushResumeRecordsSizes(t *testing.T) {
 	}
 	chunks := [][]byte{make([]byte, 256<<10), make([]byte, 1<<20), make([]byte, 300<<10)}
 	for i, c := range chunks {
-		same, err := p.seal(uint32(i), len(c), tag(uint32(i), c))
+		same, err := p.record(uint32(i), len(c), tag(uint32(i), c))
 		require.NoError(t, err)
 		require.False(t, same)
 	}
@@ -284,13 +284,13 @@ func TestPushResumeRecordsSizes(t *testing.T) {
 	require.NotNil(t, got)
 	require.Equal(t, []byte("open"), got.open)
 	require.Equal(t, []int{256 << 10, 1 << 20, 300 << 10}, got.cutTo())
-	same, err := got.seal(1, len(chunks[1]), tag(1, chunks[1]))
+	same, err := got.record(1, len(chunks[1]), tag(1, chunks[1]))
 	require.NoError(t, err)
 	require.True(t, same)
 	// The same size, one byte different: another chunk.
 	other := bytes.Clone(chunks[2])
 	other[len(other)/2] ^= 1
-	_, err = got.seal(2, len(other), tag(2, other))
+	_, err = got.record(2, len(other), tag(2, other))
 	require.ErrorIs(t, err, errDiverged)
 
 	// Older helpers' records (no sizes; hashes of the plaintext) are

@@ -596,7 +596,7 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 			// what goes out before it goes (c.buf holds the ciphertext
 			// from here on).
 			sealed := x.up.Seal(next.c.buf[:0], next.c.i, next.c.final, next.c.buf)
-			same, err := resumed.seal(next.c.i, len(next.c.buf), sealed[len(sealed)-seal.Overhead:])
+			same, err := resumed.record(next.c.i, len(next.c.buf), sealed[len(sealed)-seal.Overhead:])
 			next.c.buf = sealed
 			if err != nil {
 				free <- next.c.buf[:0]
@@ -622,9 +622,8 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 	}
 	err = h.moveChunks(ctx, "upload", feed, func(ctx context.Context, _ int, c chunk) (int64, error) {
 		defer func() { free <- c.buf[:0] }()
-		sealed := c.buf
 		began := time.Now()
-		st, _, err := x.upChunk(ctx, c, sealed)
+		st, _, err := x.upChunk(ctx, c, c.buf)
 		c.sent() // also when the request never read its body
 		if err != nil {
 			return 0, err
@@ -632,9 +631,9 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 		if c.final {
 			last = st
 		} else {
-			sizer.settle(c.i, len(sealed), began)
+			sizer.settle(c.i, len(c.buf), began)
 		}
-		return int64(len(sealed)), nil
+		return int64(len(c.buf)), nil
 	})
 	if err != nil {
 		if errors.Is(err, errDiverged) {

@@ -128,11 +128,11 @@ func newPushResume(dir string, open []byte) (*pushResume, error) {
 // key, so the push starts over as a new exchange.
 var errDiverged = errors.New("the bundle differs from the interrupted push's")
 
-// seal records that chunk i, whose plaintext of size bytes sealed with
+// record notes that chunk i, whose plaintext of size bytes sealed with
 // tag, is about to be sent, and says whether an earlier run sealed the
 // very same bytes there. A chunk an earlier run sealed with other bytes
 // is errDiverged, and must not be sent.
-func (p *pushResume) seal(i uint32, size int, tag []byte) (bool, error) {
+func (p *pushResume) record(i uint32, size int, tag []byte) (bool, error) {
 	sum := [seal.Overhead]byte(tag)
 	if int(i) < len(p.sealed) {
 		if p.sealed[i] != sum {
