@@ -524,6 +524,7 @@ func (s *Server) handleOpen(c *call) {
 	}
 	s.start(e)
 	if o.Inline || o.ChunkSize == 0 {
+		c.freeBody()
 		s.waitAnswer(ctx, e)
 		// The long-poll ran out before the answer: the client asks again,
 		// maybe through another instance, which must find the exchange
@@ -746,6 +747,7 @@ func (s *Server) handleUp(c *call) {
 	if final {
 		// The last chunk's answer waits for the outcome, so that a push
 		// that lands while it uploads costs no extra round trip.
+		c.freeBody()
 		s.waitAnswer(ctx, e)
 	}
 	s.replyStatus(c, e, false)

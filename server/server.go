@@ -281,6 +281,7 @@ type call struct {
 	key   keyring.Key
 	auth  wire.Auth
 	body  []byte
+	free  func() // gives back body's buffer and its token, once
 	s     *Server
 	code  int    // the status answered
 	cause string // why a request was refused, for the log
@@ -341,10 +342,12 @@ func (s *Server) api(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		buf := s.getBuf(int(r.ContentLength))
-		defer func() {
+		c.free = sync.OnceFunc(func() {
+			c.body = nil
 			s.putBuf(buf)
 			<-s.bodies
-		}()
+		})
+		defer c.free()
 		body := (*buf)[:r.ContentLength]
 		if _, err := io.ReadFull(&steadyReader{r: r.Body, rc: rc, start: time.Now()}, body); err != nil {
 			c.cause = "body"
@@ -370,6 +373,16 @@ func (s *Server) api(w http.ResponseWriter, r *http.Request) {
 		s.handleRemoteInfo(c)
 	default:
 		c.fail(http.StatusNotFound, wire.CodeNotFound, fmt.Sprintf("no such API call: %s %s", r.Method, c.path))
+	}
+}
+
+// freeBody gives back the request body's buffer and its token (MaxBodies)
+// once the handler is done with the body, before it waits for an
+// exchange to move on: a final chunk waits for its push to land, an
+// Open for its answer, and neither needs the body meanwhile.
+func (c *call) freeBody() {
+	if c.free != nil {
+		c.free()
 	}
 }
 

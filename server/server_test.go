@@ -20,6 +20,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -650,4 +651,58 @@ func TestQuarantineDebrisIsDropped(t *testing.T) {
 		require.NoFileExists(t, l)
 	}
 	require.FileExists(t, newLock)
+}
+
+// A final chunk waits for its push to land without keeping a request
+// body's place (Config.MaxBodies): with room for one body at a time,
+// another exchange's chunk goes in while the first push waits upstream.
+func TestWaitingFinalChunkHoldsNoBody(t *testing.T) {
+	f := newFixture(t, Config{MaxBodies: 1})
+	dir := t.TempDir()
+	reached, release := filepath.Join(dir, "reached"), filepath.Join(dir, "release")
+	require.NoError(t, syscall.Mkfifo(reached, 0o600))
+	require.NoError(t, syscall.Mkfifo(release, 0o600))
+	hook := fmt.Sprintf("#!/bin/sh\necho >%q\nread x <%q\n", reached, release)
+	require.NoError(t, os.WriteFile(filepath.Join(f.upstream, "hooks", "pre-receive"), []byte(hook), 0o755))
+	// Opened for reading and writing, a FIFO never blocks its opener: the
+	// hook goes on however the test ends.
+	gate, err := os.OpenFile(release, os.O_RDWR, 0)
+	require.NoError(t, err)
+	t.Cleanup(func() { _, _ = gate.WriteString("go\n"); gate.Close() })
+
+	type result struct {
+		st  *wire.Status
+		err error
+	}
+	done := make(chan result, 1)
+	man := wire.PushManifest{Updates: []wire.Update{{Ref: "refs/heads/master", Old: f.first, New: f.second}}}
+	go func() {
+		st, err := f.pushRaw(t, man, f.bundle(t, "master", "^"+f.first), 64<<10)
+		done <- result{st, err}
+	}()
+	_, err = os.ReadFile(reached) // the push is in upstream's hook, its final chunk waiting
+	require.NoError(t, err)
+
+	// Well within the 10 s a body waits for its place before the relay
+	// answers that it is busy.
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	size := 64<<10 - seal.Overhead
+	o := wire.Open{V: wire.Version, ID: randomID(16), Kind: wire.KindPush, Repo: "acme/widgets", Salt: randomID(32), ChunkSize: size, MaxBody: f.client.MaxBody}
+	raw, err := json.Marshal(o)
+	require.NoError(t, err)
+	_, err = f.client.Call(ctx, wire.Request{Method: "POST", Path: wire.PathOpen, Msg: json.RawMessage(raw)}, nil)
+	require.NoError(t, err, "another exchange opens while the push waits upstream")
+	salt, _ := hex.DecodeString(o.Salt)
+	st, err := seal.New(f.key, keyring.LabelUpload, salt, wire.Hash(raw))
+	require.NoError(t, err)
+	chunk := make([]byte, size)
+	_, err = f.client.Call(ctx, wire.Request{Method: "PUT", Path: wire.PathUp, Query: url.Values{"id": {o.ID}, "i": {"0"}},
+		Raw: st.Seal(nil, 0, false, chunk)}, nil)
+	require.NoError(t, err, "a chunk of another exchange goes in while the push waits upstream")
+
+	_, err = gate.WriteString("go\n")
+	require.NoError(t, err)
+	r := <-done
+	f.requireLanded(t, r.st, r.err, f.second)
 }
