@@ -5,13 +5,18 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/stretchr/testify/require"
 
 	"github.com/git-relay/git-relay/internal/fuzztest"
+	"github.com/git-relay/git-relay/internal/gittest"
 )
 
 // split cuts content into chunks as a sender does while it is written.
@@ -239,4 +244,33 @@ func TestFits(t *testing.T) {
 	// A chunk size below MinChunk: every chunk but the final one is full.
 	require.True(t, Fits(3, 64<<10, 64<<10, false))
 	require.False(t, Fits(3, 64<<10, 64<<10-1, false))
+}
+
+// A pack is judged compressed by its bytes alone, and the zstd trial that
+// spares agrees; text is still tried, and compresses.
+func TestPaysJudgesPacksByTheirBytes(t *testing.T) {
+	gittest.NeedGit(t)
+	dir := t.TempDir()
+	r := gittest.Repo(t, dir)
+	gittest.Run(t, r, "init", "-q")
+	for i := range 300 {
+		var b strings.Builder
+		for j := range 60 {
+			fmt.Fprintf(&b, "func f%d_%d(x int) int { return x*%d + %d } // %x\n", i, j, i*j+1, j, sha256.Sum256([]byte{byte(i), byte(j)}))
+		}
+		require.NoError(t, os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%d.go", i)), []byte(b.String()), 0o644))
+	}
+	gittest.Run(t, r, "add", ".")
+	gittest.Run(t, r, "commit", "-qm", "source")
+	pack, err := r.RunInput(t.Context(), strings.NewReader("HEAD\n"), "pack-objects", "--revs", "--stdout", "-q")
+	require.NoError(t, err)
+	require.Greater(t, len(pack), streamSample)
+	sample := []byte(pack[:streamSample])
+	require.GreaterOrEqual(t, entropy(sample), compressedEntropy)
+	require.False(t, pays(sample))
+	require.False(t, zstdPays(sample), "the trial the pack was spared says the same")
+
+	text := []byte(strings.Repeat("func f(x int) int { return x*2 + 1 } // a line of source\n", streamSample/50))[:streamSample]
+	require.Less(t, entropy(text), compressedEntropy)
+	require.True(t, pays(text))
 }
