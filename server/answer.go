@@ -56,6 +56,7 @@ func (s *Server) answer(ctx context.Context, e *exch) error {
 	case wire.KindRefs:
 		// Upstream's refs as they are now; the mirror follows them in
 		// the background, while the client prepares its push.
+		s.park(m, e.key.ID)
 		listed := time.Now()
 		s.metrics.upstreamListings.Inc()
 		refs, err := m.remote.List(ctx)

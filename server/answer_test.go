@@ -1,12 +1,16 @@
 package server
 
 import (
+	"bytes"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
@@ -93,4 +97,71 @@ func TestListingFollowsItsCapabilities(t *testing.T) {
 		require.Contains(t, ls, f.second+" refs/heads/master")
 		require.Equal(t, 3+i, listings(), "a listing that follows %q lists upstream", follows)
 	}
+}
+
+// receivePacks counts the receive-packs running on dir.
+func receivePacks(t *testing.T, dir string) int {
+	t.Helper()
+	n := 0
+	procs, err := filepath.Glob("/proc/[0-9]*/cmdline")
+	require.NoError(t, err)
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err == nil && bytes.Contains(b, []byte("receive-pack\x00")) && bytes.Contains(b, []byte(dir)) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestPushBeginsAtItsListing: a push listing starts upstream's
+// receive-pack for the push that follows, which takes it; upstream that
+// moves in between refuses the push as it would any stale one; a listing
+// no push follows leaves no receive-pack behind.
+func TestPushBeginsAtItsListing(t *testing.T) {
+	if _, err := os.Stat("/proc/self/cmdline"); err != nil {
+		t.Skip("needs /proc to see the receive-packs")
+	}
+	f := newFixture(t, Config{parkFor: time.Minute})
+	begun := func() int {
+		var m dto.Metric
+		require.NoError(t, f.srv.metrics.pushesParked.Write(&m))
+		return int(m.GetCounter().GetValue())
+	}
+	bundle := f.bundle(t, "master", "^"+f.first)
+	man := wire.PushManifest{Updates: []wire.Update{{Ref: "refs/heads/master", Old: f.first, New: f.second}}}
+
+	// Upstream moves after the listing: the push, on the receive-pack
+	// begun before, is refused, and upstream keeps what it moved to.
+	_, refs := f.read(t, wire.KindRefs, "", "")
+	require.Contains(t, refs, f.first+" refs/heads/master")
+	require.Eventually(t, func() bool { return receivePacks(t, f.upstream) == 1 }, 10*time.Second, 10*time.Millisecond)
+	other := gittest.Git(t, f.work, "commit-tree", "-m", "elsewhere", "-p", f.first, f.first+"^{tree}")
+	gittest.Git(t, f.work, "push", "-q", f.upstream, other+":refs/heads/master")
+	st, err := f.pushRaw(t, man, bundle, 0)
+	require.NoError(t, err)
+	require.Equal(t, 1, begun())
+	require.Len(t, st.Results, 1)
+	require.False(t, st.Results[0].OK, "a push on a listing older than upstream's move")
+	require.Equal(t, wire.ReasonFetchFirst, st.Results[0].Reason)
+	require.Equal(t, other, f.upstreamMaster(t))
+
+	// A fresh listing, and the push lands on the receive-pack it began.
+	gittest.Git(t, f.work, "push", "-q", "-f", f.upstream, f.first+":refs/heads/master")
+	f.read(t, wire.KindRefs, "", "")
+	st, err = f.pushRaw(t, man, bundle, 0)
+	f.requireLanded(t, st, err, f.second)
+	require.Equal(t, 2, begun())
+	require.Zero(t, receivePacks(t, f.upstream))
+
+	// A listing no push follows: its receive-pack ends when the wait does.
+	f2 := newFixture(t, Config{parkFor: 50 * time.Millisecond})
+	f2.read(t, wire.KindRefs, "", "")
+	require.Eventually(t, func() bool { return receivePacks(t, f2.upstream) == 0 }, 10*time.Second, 10*time.Millisecond)
+	st, err = f2.pushRaw(t, wire.PushManifest{Updates: []wire.Update{{Ref: "refs/heads/master", Old: f2.first, New: f2.second}}},
+		f2.bundle(t, "master", "^"+f2.first), 0)
+	f2.requireLanded(t, st, err, f2.second)
+	var m dto.Metric
+	require.NoError(t, f2.srv.metrics.pushesParked.Write(&m))
+	require.Zero(t, m.GetCounter().GetValue(), "the push after the wait began its own")
 }

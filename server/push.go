@@ -148,8 +148,13 @@ func (s *Server) push(ctx context.Context, e *exch) ([]wire.RefResult, error) {
 	// on after the push, or after the server has stopped.
 	defer func() { <-refreshed }()
 	// So does the conversation with upstream's receive-pack, which the
-	// pack then goes to the moment the checks pass.
-	pre := m.remote.Prepare(ctx)
+	// pack then goes to the moment the checks pass; it began at the push's
+	// listing when this instance made it (parked.go).
+	pre, unpark := s.takeParked(ctx, m, e.key.ID)
+	if pre == nil {
+		pre, unpark = m.remote.Prepare(ctx), func() {}
+	}
+	defer unpark()
 	defer pre.Close()
 	br, man, done, err := s.pushPayload(ctx, e)
 	defer done()

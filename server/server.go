@@ -60,6 +60,9 @@ type Config struct {
 	LogLevel      slog.Level
 	// Instance names this process among several sharing a store.
 	Instance string
+
+	// parkFor, when set, replaces parkFor (tests).
+	parkFor time.Duration
 }
 
 // Defaults.
@@ -94,6 +97,7 @@ type Server struct {
 
 	bodies chan struct{} // a token per request body being read
 	bufs   sync.Pool     // *[]byte of chunk size: bodies and chunks
+	parked parking       // pushes to upstream begun at their listings
 
 	ctx      context.Context // ends when the server shuts down
 	cancel   context.CancelFunc
@@ -257,6 +261,7 @@ func (s *Server) Close() {
 	}
 	s.mu.Unlock()
 	s.work.Wait()
+	s.unparkAll()
 	s.cancel()
 	s.bgWork.Wait()
 }
