@@ -328,7 +328,7 @@ func (h *Helper) serve(ctx context.Context, stdin io.Reader, stdout io.Writer) e
 			name, value, _ := strings.Cut(arg, " ")
 			fmt.Fprintln(out, h.option(name, value))
 		case "list":
-			refs, err := h.list(ctx)
+			refs, err := h.list(ctx, arg == "for-push")
 			if err != nil {
 				return err
 			}

@@ -30,9 +30,10 @@ type refList struct {
 }
 
 // list asks the relay for upstream's refs, any number of them: the list
-// comes as an answer's payload, in chunks when it is large.
-func (h *Helper) list(ctx context.Context) (*refList, error) {
-	x, err := h.newExchange(wire.Open{Kind: wire.KindRefs})
+// comes as an answer's payload, in chunks when it is large. forPush says
+// that a push follows.
+func (h *Helper) list(ctx context.Context, forPush bool) (*refList, error) {
+	x, err := h.newExchange(wire.Open{Kind: wire.KindRefs, Push: forPush})
 	if err != nil {
 		return nil, err
 	}
@@ -100,7 +101,7 @@ func (u *refUpdate) refuse(why string) { u.result = "error " + u.Ref + " " + why
 // push handles one batch of push lines and returns the status lines.
 func (h *Helper) push(ctx context.Context, specs []string) ([]string, error) {
 	if h.refs == nil {
-		if _, err := h.list(ctx); err != nil {
+		if _, err := h.list(ctx, true); err != nil {
 			return nil, err
 		}
 	}

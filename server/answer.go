@@ -56,7 +56,9 @@ func (s *Server) answer(ctx context.Context, e *exch) error {
 	case wire.KindRefs:
 		// Upstream's refs as they are now; the mirror follows them in
 		// the background, while the client prepares its push.
-		s.park(m, e.key.ID)
+		if e.open.Push {
+			s.park(m, e.key.ID)
+		}
 		listed := time.Now()
 		s.metrics.upstreamListings.Inc()
 		refs, err := m.remote.List(ctx)

@@ -42,8 +42,14 @@ func TestRequestWants(t *testing.T) {
 // its id and its answer, which must be small enough to come inline.
 func (f *fixture) read(t *testing.T, kind, request, follows string) (id, answer string) {
 	t.Helper()
-	o := wire.Open{V: wire.Version, ID: randomID(16), Kind: kind, Repo: "acme/widgets", Salt: randomID(32),
-		MaxBody: f.client.MaxBody, Inline: request != "", Follows: follows}
+	return f.readOpen(t, wire.Open{Kind: kind, Inline: request != "", Follows: follows}, request)
+}
+
+// readOpen is read with the Open o (its kind, and what it says beyond
+// the ids, salt and size read fills in).
+func (f *fixture) readOpen(t *testing.T, o wire.Open, request string) (id, answer string) {
+	t.Helper()
+	o.V, o.ID, o.Repo, o.Salt, o.MaxBody = wire.Version, randomID(16), "acme/widgets", randomID(32), f.client.MaxBody
 	raw, err := json.Marshal(o)
 	require.NoError(t, err)
 	req := wire.Request{Method: "POST", Path: wire.PathOpen, Msg: json.RawMessage(raw)}
@@ -117,7 +123,8 @@ func receivePacks(t *testing.T, dir string) int {
 // TestPushBeginsAtItsListing: a push listing starts upstream's
 // receive-pack for the push that follows, which takes it; upstream that
 // moves in between refuses the push as it would any stale one; a listing
-// no push follows leaves no receive-pack behind.
+// no push follows leaves no receive-pack behind, and a listing that says
+// no push follows starts none.
 func TestPushBeginsAtItsListing(t *testing.T) {
 	if _, err := os.Stat("/proc/self/cmdline"); err != nil {
 		t.Skip("needs /proc to see the receive-packs")
@@ -133,7 +140,8 @@ func TestPushBeginsAtItsListing(t *testing.T) {
 
 	// Upstream moves after the listing: the push, on the receive-pack
 	// begun before, is refused, and upstream keeps what it moved to.
-	_, refs := f.read(t, wire.KindRefs, "", "")
+	forPush := wire.Open{Kind: wire.KindRefs, Push: true}
+	_, refs := f.readOpen(t, forPush, "")
 	require.Contains(t, refs, f.first+" refs/heads/master")
 	require.Eventually(t, func() bool { return receivePacks(t, f.upstream) == 1 }, 10*time.Second, 10*time.Millisecond)
 	other := gittest.Git(t, f.work, "commit-tree", "-m", "elsewhere", "-p", f.first, f.first+"^{tree}")
@@ -148,7 +156,7 @@ func TestPushBeginsAtItsListing(t *testing.T) {
 
 	// A fresh listing, and the push lands on the receive-pack it began.
 	gittest.Git(t, f.work, "push", "-q", "-f", f.upstream, f.first+":refs/heads/master")
-	f.read(t, wire.KindRefs, "", "")
+	f.readOpen(t, forPush, "")
 	st, err = f.pushRaw(t, man, bundle, 0)
 	f.requireLanded(t, st, err, f.second)
 	require.Equal(t, 2, begun())
@@ -156,7 +164,7 @@ func TestPushBeginsAtItsListing(t *testing.T) {
 
 	// A listing no push follows: its receive-pack ends when the wait does.
 	f2 := newFixture(t, Config{parkFor: 50 * time.Millisecond})
-	f2.read(t, wire.KindRefs, "", "")
+	f2.readOpen(t, forPush, "")
 	require.Eventually(t, func() bool { return receivePacks(t, f2.upstream) == 0 }, 10*time.Second, 10*time.Millisecond)
 	st, err = f2.pushRaw(t, wire.PushManifest{Updates: []wire.Update{{Ref: "refs/heads/master", Old: f2.first, New: f2.second}}},
 		f2.bundle(t, "master", "^"+f2.first), 0)
@@ -164,4 +172,13 @@ func TestPushBeginsAtItsListing(t *testing.T) {
 	var m dto.Metric
 	require.NoError(t, f2.srv.metrics.pushesParked.Write(&m))
 	require.Zero(t, m.GetCounter().GetValue(), "the push after the wait began its own")
+
+	// A listing that is not for a push begins nothing.
+	f3 := newFixture(t, Config{parkFor: time.Minute})
+	f3.read(t, wire.KindRefs, "", "")
+	st, err = f3.pushRaw(t, wire.PushManifest{Updates: []wire.Update{{Ref: "refs/heads/master", Old: f3.first, New: f3.second}}},
+		f3.bundle(t, "master", "^"+f3.first), 0)
+	f3.requireLanded(t, st, err, f3.second)
+	require.NoError(t, f3.srv.metrics.pushesParked.Write(&m))
+	require.Zero(t, m.GetCounter().GetValue(), "a listing for a fetch")
 }

@@ -64,6 +64,9 @@ type Open struct {
 	// (its capabilities), for a fetch exchange: upstream as of a refresh
 	// begun since that exchange came is as fresh as the command needs.
 	Follows string `json:"follows,omitempty"`
+	// Push says, for a ref listing (KindRefs), that a push follows it:
+	// the relay may begin the conversation with upstream's receive-pack.
+	Push bool `json:"push,omitempty"`
 }
 
 var idRE = regexp.MustCompile(`^[0-9a-f]{32}$`)
