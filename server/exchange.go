@@ -127,9 +127,11 @@ type exch struct {
 	wantUp  uint32
 }
 
-// freshChunk is an authenticated upload chunk on its way to the store.
+// freshChunk is an authenticated upload chunk on its way to the store:
+// its plaintext, in the request body's buffer, which the push shares.
 type freshChunk struct {
-	buf   *[]byte
+	plain []byte
+	buf   *sharedBuf
 	final bool
 }
 
@@ -712,7 +714,7 @@ func (s *Server) handleUp(c *call) {
 	// The push starts on its first authenticated chunk, before that chunk
 	// is stored, so that handOff can give it the chunk at once.
 	s.start(e)
-	s.handOff(e, i, final, plain)
+	s.handOff(e, i, final, plain, c.shared)
 	if final {
 		// Only a chunk that opened as the last one marks the end, once.
 		_, err := s.store.Put(ctx, upFinalKey(e.id), []byte(strconv.FormatUint(uint64(i), 10)), store.PutOptions{IfNoneMatch: true})
@@ -1135,14 +1137,14 @@ func (s *Server) upChunks(ctx context.Context, e *exch) (next func() ([]byte, bo
 	// One buffer: payload.Reader is done with a chunk before it asks for
 	// the next. A chunk handed over as it came (handOff) brings its own.
 	buf := s.getBuf(int(s.cfg.MaxBody))
-	var cur *[]byte
+	var cur *sharedBuf
 	var i uint32
 	e.mu.Lock()
 	e.reading, e.wantUp = true, 0
 	e.mu.Unlock()
 	return func() ([]byte, bool, error) {
 			if cur != nil {
-				s.putBuf(cur)
+				s.release(cur)
 				cur = nil
 			}
 			idle := time.NewTimer(s.cfg.Idle)
@@ -1157,7 +1159,7 @@ func (s *Server) upChunks(ctx context.Context, e *exch) (next func() ([]byte, bo
 				if ok {
 					cur = f.buf
 					i++
-					return *f.buf, f.final, nil
+					return f.plain, f.final, nil
 				}
 				b, _, err := s.store.Get(ctx, upKey(e.id, i), (*buf)[:0])
 				if err == nil {
@@ -1192,7 +1194,7 @@ func (s *Server) upChunks(ctx context.Context, e *exch) (next func() ([]byte, bo
 			s.dropFresh(e)
 			e.mu.Unlock()
 			if cur != nil {
-				s.putBuf(cur)
+				s.release(cur)
 			}
 			s.putBuf(buf)
 		}
@@ -1203,7 +1205,7 @@ func (s *Server) upChunks(ctx context.Context, e *exch) (next func() ([]byte, bo
 func (s *Server) dropFresh(e *exch) {
 	e.reading = false
 	for k, f := range e.fresh {
-		s.putBuf(f.buf)
+		s.release(f.buf)
 		delete(e.fresh, k)
 	}
 }
@@ -1216,7 +1218,7 @@ func (s *Server) dropFresh(e *exch) {
 // payload's size and hash are checked over what the push read. The
 // client's chunk is acknowledged once stored, as before, so a push that
 // stops half-way resumes from the store.
-func (s *Server) handOff(e *exch, i uint32, final bool, plain []byte) {
+func (s *Server) handOff(e *exch, i uint32, final bool, plain []byte, buf *sharedBuf) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if !e.reading || i < e.wantUp || i > e.wantUp+1 {
@@ -1225,12 +1227,11 @@ func (s *Server) handOff(e *exch, i uint32, final bool, plain []byte) {
 	if _, ok := e.fresh[i]; ok {
 		return
 	}
-	bp := s.getBuf(len(plain))
-	copy(*bp, plain)
 	if e.fresh == nil {
 		e.fresh = map[uint32]freshChunk{}
 	}
-	e.fresh[i] = freshChunk{buf: bp, final: final}
+	buf.refs.Add(1)
+	e.fresh[i] = freshChunk{plain: plain, buf: buf, final: final}
 	e.notify()
 }
 

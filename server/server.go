@@ -280,16 +280,17 @@ func (s *Server) Handler() http.Handler {
 
 // call is one authenticated API request.
 type call struct {
-	w     http.ResponseWriter
-	r     *http.Request
-	path  string
-	key   keyring.Key
-	auth  wire.Auth
-	body  []byte
-	free  func() // gives back body's buffer and its token, once
-	s     *Server
-	code  int    // the status answered
-	cause string // why a request was refused, for the log
+	w      http.ResponseWriter
+	r      *http.Request
+	path   string
+	key    keyring.Key
+	auth   wire.Auth
+	body   []byte
+	shared *sharedBuf // body's buffer
+	free   func()     // gives back body's buffer and its token, once
+	s      *Server
+	code   int    // the status answered
+	cause  string // why a request was refused, for the log
 }
 
 func (s *Server) api(w http.ResponseWriter, r *http.Request) {
@@ -347,9 +348,11 @@ func (s *Server) api(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		buf := s.getBuf(int(r.ContentLength))
+		c.shared = &sharedBuf{bp: buf}
+		c.shared.refs.Store(1)
 		c.free = sync.OnceFunc(func() {
 			c.body = nil
-			s.putBuf(buf)
+			s.release(c.shared)
 			<-s.bodies
 		})
 		defer c.free()
@@ -523,6 +526,20 @@ func (s *Server) getBuf(n int) *[]byte {
 	}
 	b := make([]byte, n, max(n, int(s.cfg.MaxBody)))
 	return &b
+}
+
+// sharedBuf is a pooled buffer that has more than one user: a request
+// body whose chunk handOff gives to a push while the request stores it.
+// The last user gives it back.
+type sharedBuf struct {
+	bp   *[]byte
+	refs atomic.Int32
+}
+
+func (s *Server) release(b *sharedBuf) {
+	if b.refs.Add(-1) == 0 {
+		s.putBuf(b.bp)
+	}
 }
 
 func (s *Server) putBuf(bp *[]byte) {
