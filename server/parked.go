@@ -11,9 +11,10 @@ import (
 // A push's conversation with upstream begins when its client lists
 // upstream's refs for it (wire.KindRefs), not when the push opens: the
 // client checks and bundles in between, and upstream's receive-pack (or,
-// over HTTP, its advertisement) is ready when the push comes. On this
-// kind of machine receive-pack takes 15 to 22 ms to start and advertise,
-// which a one-commit push otherwise waits for.
+// over HTTP, its advertisement) is ready when the push comes. That is a
+// round trip to upstream a small push no longer waits for: to an HTTP
+// upstream 40 ms away, one-commit pushes took 402 ms instead of 485
+// (medians of 7); a file:// receive-pack starts in 15 to 22 ms here.
 //
 // The receive-pack so started knows nothing of the push: the push sends
 // its old ids as always, and upstream refuses an update whose ref moved
