@@ -1135,7 +1135,8 @@ func (s *Server) upChunks(ctx context.Context, e *exch) (next func() ([]byte, bo
 		}, func() {}
 	}
 	// One buffer: payload.Reader is done with a chunk before it asks for
-	// the next. A chunk handed over as it came (handOff) brings its own.
+	// the next. A chunk handed over as it came (handOff) is read where its
+	// request opened it.
 	buf := s.getBuf(int(s.cfg.MaxBody))
 	var cur *sharedBuf
 	var i uint32
@@ -1217,7 +1218,8 @@ func (s *Server) dropFresh(e *exch) {
 // authenticated bytes go upstream, in order, as from the store; the
 // payload's size and hash are checked over what the push read. The
 // client's chunk is acknowledged once stored, as before, so a push that
-// stops half-way resumes from the store.
+// stops half-way resumes from the store. The push reads the plaintext in
+// the request's buffer, which the two share (sharedBuf).
 func (s *Server) handOff(e *exch, i uint32, final bool, plain []byte, buf *sharedBuf) {
 	e.mu.Lock()
 	defer e.mu.Unlock()

@@ -286,8 +286,7 @@ type call struct {
 	key    keyring.Key
 	auth   wire.Auth
 	body   []byte
-	shared *sharedBuf // body's buffer
-	free   func()     // gives back body's buffer and its token, once
+	shared *sharedBuf // body's buffer, until freeBody
 	s      *Server
 	code   int    // the status answered
 	cause  string // why a request was refused, for the log
@@ -350,12 +349,7 @@ func (s *Server) api(w http.ResponseWriter, r *http.Request) {
 		buf := s.getBuf(int(r.ContentLength))
 		c.shared = &sharedBuf{bp: buf}
 		c.shared.refs.Store(1)
-		c.free = sync.OnceFunc(func() {
-			c.body = nil
-			s.release(c.shared)
-			<-s.bodies
-		})
-		defer c.free()
+		defer c.freeBody()
 		body := (*buf)[:r.ContentLength]
 		if _, err := io.ReadFull(&steadyReader{r: r.Body, rc: rc, start: time.Now()}, body); err != nil {
 			c.cause = "body"
@@ -387,11 +381,16 @@ func (s *Server) api(w http.ResponseWriter, r *http.Request) {
 // freeBody gives back the request body's buffer and its token (MaxBodies)
 // once the handler is done with the body, before it waits for an
 // exchange to move on: a final chunk waits for its push to land, an
-// Open for its answer, and neither needs the body meanwhile.
+// Open for its answer, and neither needs the body meanwhile. It does
+// nothing the second time, or for a request without a body.
 func (c *call) freeBody() {
-	if c.free != nil {
-		c.free()
+	if c.shared == nil {
+		return
 	}
+	c.body = nil
+	c.s.release(c.shared)
+	c.shared = nil
+	<-c.s.bodies
 }
 
 func knownRoute(p string) bool {
