@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -17,11 +18,13 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/git-relay/git-relay/internal/bundle"
 	"github.com/git-relay/git-relay/internal/gittest"
 	"github.com/git-relay/git-relay/internal/keyring"
 	"github.com/git-relay/git-relay/internal/payload"
 	"github.com/git-relay/git-relay/internal/seal"
 	"github.com/git-relay/git-relay/internal/shape"
+	"github.com/git-relay/git-relay/internal/wire"
 	"github.com/git-relay/git-relay/server"
 )
 
@@ -302,4 +305,62 @@ func TestPushResumeRecordsSizes(t *testing.T) {
 		require.Nil(t, findPushResume(dir))
 		require.NoDirExists(t, dir)
 	}
+}
+
+// A push's bundle is one git itself reads: its header names upstream's
+// tips as prerequisites and the pushed ids under the refs they go to,
+// whatever their sources (HEAD, a raw id), and no temporary ref is made
+// for them. A push of objects upstream has already moves refs only.
+func TestPushBundleIsGitsOwn(t *testing.T) {
+	work, upstream := setup(t)
+	ctx := t.Context()
+	first := gittest.Git(t, work, "rev-parse", "master")
+	require.NoError(t, os.WriteFile(filepath.Join(work, "c.txt"), []byte("c\n"), 0o644))
+	gittest.Git(t, work, "add", ".")
+	gittest.Git(t, work, "commit", "-qm", "second")
+	second := gittest.Git(t, work, "rev-parse", "master")
+
+	var stderr bytes.Buffer
+	h, err := newHelper(ctx, "acme/widgets", "acme/widgets", &stderr)
+	require.NoError(t, err)
+	_, err = h.list(ctx, true)
+	require.NoError(t, err)
+	ups := []*refUpdate{
+		{src: "HEAD", Update: wire.Update{Ref: "refs/heads/topic"}},
+		{src: second, Update: wire.Update{Ref: "refs/tags/v1"}},
+	}
+	require.NoError(t, h.check(ctx, ups))
+	spec, err := h.bundleFor(ctx, ups)
+	require.NoError(t, err)
+	run, empty, err := h.startBundle(ctx, spec)
+	require.NoError(t, err)
+	require.False(t, empty)
+	b, err := io.ReadAll(run.out)
+	require.NoError(t, err)
+	require.NoError(t, run.wait())
+
+	hdr, err := bundle.ReadHeader(bytes.NewReader(b))
+	require.NoError(t, err)
+	require.Equal(t, []bundle.Prereq{{OID: first}}, hdr.Prereqs)
+	require.Equal(t, []bundle.Ref{{OID: second, Name: "refs/heads/topic"}, {OID: second, Name: "refs/tags/v1"}}, hdr.Refs)
+	path := filepath.Join(t.TempDir(), "push.bundle")
+	require.NoError(t, os.WriteFile(path, b, 0o644))
+	gittest.Git(t, "", "--git-dir", upstream, "bundle", "verify", "-q", path)
+	gittest.Git(t, "", "--git-dir", upstream, "fetch", "-q", path, "refs/heads/topic:refs/heads/topic")
+	require.Equal(t, second, gittest.Git(t, "", "--git-dir", upstream, "rev-parse", "topic"))
+	require.Empty(t, gittest.Git(t, work, "for-each-ref", "refs/relay-tmp/"))
+
+	// Upstream's master moves to second; first is then no tip of
+	// upstream's, but upstream has it.
+	gittest.Git(t, work, "push", "-q", upstream, "master")
+	_, err = h.list(ctx, true)
+	require.NoError(t, err)
+	ups = []*refUpdate{{src: first, Update: wire.Update{Ref: "refs/heads/old"}}}
+	require.NoError(t, h.check(ctx, ups))
+	spec, err = h.bundleFor(ctx, ups)
+	require.NoError(t, err)
+	run, empty, err = h.startBundle(ctx, spec)
+	require.NoError(t, err)
+	require.True(t, empty, "nothing to bundle")
+	require.Nil(t, run)
 }

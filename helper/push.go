@@ -9,8 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -192,7 +190,7 @@ func (h *Helper) check(ctx context.Context, ups []*refUpdate) error {
 		}
 	}
 	// Upstream's other tips too, in the same git: the bundle's
-	// prerequisites are those this repository has (bundleRevs).
+	// prerequisites are those this repository has (bundleFor).
 	for _, id := range h.refs.Refs {
 		if !seen[id] {
 			seen[id] = true
@@ -345,26 +343,25 @@ func (h *Helper) send(ctx context.Context, ups []*refUpdate) error {
 	if err != nil {
 		return err
 	}
-	revs, cleanup, err := h.bundleRevs(ctx, ups)
+	spec, err := h.bundleFor(ctx, ups)
 	if err != nil {
 		return err
 	}
-	defer cleanup()
-	if revs == "" {
+	if spec == nil {
 		h.ui.detail("upstream has every object: updating refs only")
 	}
 	if h.dryRun {
-		if revs != "" {
-			b, err := h.startBundle(ctx, revs)
+		if spec != nil {
+			b, empty, err := h.startBundle(ctx, spec)
 			if err != nil {
 				return err
 			}
-			if _, err := io.Copy(io.Discard, b.out); err != nil {
-				b.stop()
-				return err
-			}
-			if err := b.wait(); err != nil {
-				if _, err := h.bundleFailed(ctx, revs, err); err != nil {
+			if !empty {
+				if _, err := io.Copy(io.Discard, b.out); err != nil {
+					b.stop()
+					return err
+				}
+				if err := b.wait(); err != nil {
 					return err
 				}
 			}
@@ -377,7 +374,7 @@ func (h *Helper) send(ctx context.Context, ups []*refUpdate) error {
 	dir := h.resumeDir("push", manJSON)
 	var st *wire.Status
 	for attempt := 0; ; attempt++ {
-		st, err = h.sendOnce(ctx, manJSON, revs, dir)
+		st, err = h.sendOnce(ctx, manJSON, spec, dir)
 		if errors.Is(err, errDiverged) && attempt == 0 {
 			h.ui.detail("the bundle came out different from the interrupted push's: starting over")
 			continue
@@ -431,15 +428,18 @@ func (h *Helper) report(ups []*refUpdate, st *wire.Status) {
 // sendOnce makes one attempt: it opens the exchange (again, when an
 // earlier run was interrupted), uploads what the server lacks, and
 // returns the outcome.
-func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string) (*wire.Status, error) {
+func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, spec *bundleSpec, dir string) (*wire.Status, error) {
 	var b *bundleRun
 	src := io.Reader(bytes.NewReader(manifestBlock(manJSON)))
-	if revs != "" {
+	if spec != nil {
+		var empty bool
 		var err error
-		if b, err = h.startBundle(ctx, revs); err != nil {
+		if b, empty, err = h.startBundle(ctx, spec); err != nil {
 			return nil, err
 		}
-		src = io.MultiReader(src, b.out)
+		if !empty {
+			src = io.MultiReader(src, b.out)
+		}
 	}
 	chunkSize := payload.ChunkSize(h.maxBdy, 0)
 	resumed := findPushResume(dir)
@@ -455,11 +455,7 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, revs, dir string)
 	case (err == io.EOF || err == io.ErrUnexpectedEOF) && resumed == nil:
 		if b != nil {
 			if err := b.wait(); err != nil {
-				empty, err := h.bundleFailed(ctx, revs, err)
-				if !empty {
-					return nil, err
-				}
-				n = copy(pre, manifestBlock(manJSON))
+				return nil, err
 			}
 		}
 		return h.sendInline(ctx, payload.Bytes(pre[:n]))
@@ -700,137 +696,6 @@ func (h *Helper) giveUp(ctx context.Context, x *exchange, r *pushResume, err err
 // manifestBlock frames the push manifest that opens the payload.
 func manifestBlock(js []byte) []byte {
 	return append(binary.BigEndian.AppendUint32(nil, uint32(len(js))), js...)
-}
-
-// bundleRevs returns what `git bundle create --stdin` must be given to
-// bundle what upstream lacks for the updates, or "" when every new id is
-// one of upstream's tips (a push that only moves refs; see bundleFailed
-// for the other ways upstream may have every object). Upstream's tips that
-// this repository has are the bundle's prerequisites. cleanup removes the
-// temporary refs it made.
-func (h *Helper) bundleRevs(ctx context.Context, ups []*refUpdate) (string, func(), error) {
-	nothing := func() {}
-	if !slices.ContainsFunc(ups, func(u *refUpdate) bool { return u.New != zeroID }) {
-		return "", nothing, nil // deletions only
-	}
-	upstreamIDs := map[string]bool{}
-	var ids []string
-	for _, id := range h.refs.Refs {
-		if !upstreamIDs[id] {
-			upstreamIDs[id] = true
-			ids = append(ids, id)
-		}
-	}
-	have := h.have
-	if have == nil {
-		var err error
-		if have, err = h.git.Exists(ctx, ids); err != nil {
-			return "", nothing, err
-		}
-	}
-	var prereqs []string
-	for _, id := range ids {
-		if have[id] != "" {
-			prereqs = append(prereqs, "^"+id)
-		}
-	}
-	// Bundle from refs: git records HEAD or a raw id badly in a bundle's
-	// ref list, or refuses it. A source that is a full ref name is used as
-	// it is; anything else gets a temporary ref, all made by one git.
-	var revs, make, del strings.Builder
-	tmp := "refs/relay-tmp/" + randomHex(8) + "/"
-	seen := map[string]bool{}
-	for i, u := range ups {
-		if u.New == zeroID || upstreamIDs[u.New] {
-			// Deleted, or upstream has it already: the server checks such
-			// ids against upstream.
-			continue
-		}
-		ref := u.src
-		if !strings.HasPrefix(ref, "refs/") || ref == "HEAD" {
-			ref = tmp + strconv.Itoa(i)
-			make.WriteString("create " + ref + " " + u.New + "\n")
-			del.WriteString("delete " + ref + "\n")
-		}
-		if !seen[ref] {
-			seen[ref] = true
-			revs.WriteString(ref + "\n")
-		}
-	}
-	if len(seen) == 0 {
-		return "", nothing, nil // every new id is one of upstream's tips
-	}
-	cleanup := nothing
-	if make.Len() > 0 {
-		if _, err := h.git.RunInput(ctx, strings.NewReader(make.String()), "update-ref", "--no-deref", "--stdin"); err != nil {
-			return "", nothing, err
-		}
-		cleanup = func() {
-			_, _ = h.git.RunInput(context.Background(), strings.NewReader(del.String()), "update-ref", "--no-deref", "--stdin")
-		}
-	}
-	for _, p := range prereqs {
-		revs.WriteString(p + "\n")
-	}
-	return revs.String(), cleanup, nil
-}
-
-// bundleFailed looks into a failed `git bundle create` of revs: it says
-// whether the bundle was empty because upstream has every object (git
-// refuses to create an empty bundle), and otherwise returns err. Only
-// then is it worth a git to ask.
-func (h *Helper) bundleFailed(ctx context.Context, revs string, err error) (empty bool, _ error) {
-	missing, lerr := h.git.RunInput(ctx, strings.NewReader(revs), "rev-list", "--objects", "-n", "1", "--stdin")
-	if lerr == nil && strings.TrimSpace(missing) == "" {
-		h.ui.detail("upstream has every object: updating refs only")
-		return true, nil
-	}
-	return false, err
-}
-
-// bundleRun is `git bundle create` writing to a pipe.
-type bundleRun struct {
-	cmd  *gitx.Cmd
-	out  io.ReadCloser
-	done bool
-}
-
-func (h *Helper) startBundle(ctx context.Context, revs string) (*bundleRun, error) {
-	h.ui.status("bundling...")
-	c := h.git.Command(ctx, "bundle", "create", "-q", "-", "--stdin")
-	c.Stdin = strings.NewReader(revs)
-	out, err := c.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if f, ok := out.(*os.File); ok {
-		// git writes the bundle in small pieces: a wide pipe wakes the
-		// helper for a megabyte at a time rather than for each of them.
-		gitx.WidenPipe(f)
-	}
-	if err := c.Start(); err != nil {
-		return nil, fmt.Errorf("create bundle: %w", err)
-	}
-	return &bundleRun{cmd: c, out: out}, nil
-}
-
-func (b *bundleRun) wait() error {
-	if b.done {
-		return nil
-	}
-	b.done = true
-	if err := b.cmd.Wait(); err != nil {
-		return fmt.Errorf("create bundle: %w", err)
-	}
-	return nil
-}
-
-// stop ends git early (a failed upload) and reaps it.
-func (b *bundleRun) stop() {
-	if !b.done {
-		b.out.Close()
-		_ = b.wait()
-	}
 }
 
 // timeline says how long the server spent in each phase.
