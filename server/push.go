@@ -275,6 +275,9 @@ func (s *Server) admitLater(p *pushPlan, g *gate) {
 			return
 		}
 		s.log.Debug("push admitted to the mirror", "repo", m.name, "took", time.Since(start).Round(time.Millisecond))
+		if g != nil {
+			s.bitmapLater(m)
+		}
 	}()
 }
 

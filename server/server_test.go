@@ -304,6 +304,51 @@ func TestPushedPackReachesTheMirror(t *testing.T) {
 	mirrorHas("refs/heads/topic", small)
 }
 
+// The mirror keeps a multi-pack index with a reachability bitmap over
+// its packs, written again after a push brings a pack in and after a
+// fetch from upstream does.
+func TestMirrorKeepsABitmap(t *testing.T) {
+	f := newFixture(t, Config{})
+	m, err := f.srv.mirrors.get("acme/widgets")
+	require.NoError(t, err)
+	packs := filepath.Join(m.objectDir(), "pack")
+	covered := func() bool {
+		midx, err := os.ReadFile(filepath.Join(packs, "multi-pack-index"))
+		if err != nil {
+			return false
+		}
+		bitmaps, _ := filepath.Glob(filepath.Join(packs, "multi-pack-index-*.bitmap"))
+		idx, _ := filepath.Glob(filepath.Join(packs, "pack-*.idx"))
+		for _, p := range idx {
+			if !bytes.Contains(midx, []byte(filepath.Base(p))) {
+				return false
+			}
+		}
+		return len(bitmaps) == 1 && len(idx) > 0
+	}
+	usesBitmap := func(tip string) {
+		t.Helper()
+		// Fails without a bitmap, or with one that disagrees with a walk.
+		gittest.Git(t, "", "--git-dir", m.dir, "rev-list", "--test-bitmap", tip)
+	}
+
+	big := f.commitRandom(t, "big.bin", 300<<10)
+	man := wire.PushManifest{Updates: []wire.Update{{Ref: "refs/heads/master", Old: f.first, New: big}}}
+	st, err := f.pushRaw(t, man, f.bundle(t, "master", "^"+f.first), 64<<10)
+	f.requireLanded(t, st, err, big)
+	require.Eventually(t, covered, 10*time.Second, 10*time.Millisecond, "the pushed pack is in the mirror's bitmap")
+	usesBitmap(big)
+
+	// Upstream moves without the relay; the mirror's refresh fetches.
+	next := f.commitRandom(t, "next.bin", 1000)
+	gittest.Git(t, f.work, "push", "-q", f.upstream, "master")
+	_, err = f.srv.refresh(t.Context(), m, time.Now())
+	require.NoError(t, err)
+	require.Equal(t, next, gittest.Git(t, "", "--git-dir", m.dir, "rev-parse", "master"))
+	require.Eventually(t, covered, 10*time.Second, 10*time.Millisecond, "the fetched pack is in the mirror's bitmap")
+	usesBitmap(next)
+}
+
 // heldStore is a folder store whose writes of one key wait until
 // released.
 type heldStore struct {
