@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -52,6 +53,12 @@ type mirror struct {
 	// the listing that follows one in the same git command may use a
 	// refresh begun since (refreshAhead).
 	capsCame map[string]time.Time
+
+	// localMu guards the mirror's refs as the server last left them
+	// (knownRefs), nil when unknown, and a count of their changes.
+	localMu  sync.Mutex
+	local    map[string]string
+	localGen uint64
 
 	// bitmapMu guards the bitmap's writer (bitmapLater): whether one
 	// runs, and whether packs came in since it began.
@@ -323,9 +330,7 @@ func (s *Server) refreshTo(ctx context.Context, m *mirror, refs *upstream.Refs, 
 	if err := s.ensureMirror(ctx, m); err != nil {
 		return err
 	}
-	m.rw.RLock()
-	have, err := m.localRefs(ctx)
-	m.rw.RUnlock()
+	have, err := m.knownRefs(ctx)
 	if err != nil {
 		return err
 	}
@@ -348,6 +353,7 @@ func (s *Server) refreshTo(ctx context.Context, m *mirror, refs *upstream.Refs, 
 		_, err = m.git.Run(ctx, "-c", "fetch.unpackLimit=1", "fetch", "--prune", "--quiet", "--no-write-fetch-head", "--no-tags",
 			m.remote.String(), "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
 		m.rw.RUnlock()
+		m.refsMoved(nil) // to what upstream had when git fetch listed it
 		if err != nil {
 			return s.upstreamErr(m, fmt.Errorf("refresh the mirror: %w", err))
 		}
@@ -407,6 +413,7 @@ func (s *Server) ensureMirror(ctx context.Context, m *mirror) error {
 	if err := os.Rename(tmp, m.dir); err != nil && !os.IsExist(err) {
 		return fmt.Errorf("create mirror: %w", err)
 	}
+	m.refsMoved(nil) // whatever was known was of a mirror no longer there
 	return nil
 }
 
@@ -427,6 +434,47 @@ const mirrorConfig = `[gc]
 [repack]
 	writeBitmaps = true
 `
+
+// knownRefs returns the mirror's branches and tags: as the server last
+// left them, or else as git lists them. Each refresh compares them with
+// upstream's, and a git run for that (some 10 ms here) was on the path of
+// every clone and every push's listing.
+func (m *mirror) knownRefs(ctx context.Context) (map[string]string, error) {
+	m.localMu.Lock()
+	if m.local != nil {
+		have := maps.Clone(m.local)
+		m.localMu.Unlock()
+		return have, nil
+	}
+	gen := m.localGen
+	m.localMu.Unlock()
+	m.rw.RLock()
+	have, err := m.localRefs(ctx)
+	m.rw.RUnlock()
+	if err != nil {
+		return nil, err
+	}
+	m.localMu.Lock()
+	if m.localGen == gen {
+		// Nothing moved a ref while git listed them.
+		m.local = maps.Clone(have)
+	}
+	m.localMu.Unlock()
+	return have, nil
+}
+
+// refsMoved records a change of the mirror's refs: apply makes it in the
+// refs known (knownRefs); nil forgets them, for git to list again.
+func (m *mirror) refsMoved(apply func(refs map[string]string)) {
+	m.localMu.Lock()
+	defer m.localMu.Unlock()
+	m.localGen++
+	if m.local != nil && apply != nil {
+		apply(m.local)
+		return
+	}
+	m.local = nil
+}
 
 func (m *mirror) localRefs(ctx context.Context) (map[string]string, error) {
 	out, err := m.git.Run(ctx, "for-each-ref", "--format=%(objectname) %(refname)", "refs/heads/", "refs/tags/")

@@ -865,8 +865,18 @@ func (s *Server) admitPush(ctx context.Context, p *pushPlan, g *gate) error {
 		}
 	}
 	if _, err := p.m.git.RunInput(ctx, strings.NewReader(cmds.String()), "update-ref", "--stdin"); err != nil {
+		p.m.refsMoved(nil)
 		return err
 	}
+	p.m.refsMoved(func(refs map[string]string) {
+		for _, u := range p.todo {
+			if u.New == wire.ZeroID {
+				delete(refs, u.Ref)
+			} else {
+				refs[u.Ref] = u.New
+			}
+		}
+	})
 	return p.m.packRefs(ctx, len(p.todo))
 }
 

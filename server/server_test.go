@@ -349,6 +349,50 @@ func TestMirrorKeepsABitmap(t *testing.T) {
 	usesBitmap(next)
 }
 
+// A refresh compares upstream's refs with the mirror's as the server last
+// left them: after a push lands, the next refresh runs no git to list
+// the mirror's refs, and fetches nothing; when upstream moves without the
+// relay, it fetches.
+func TestMirrorRefsAreKnown(t *testing.T) {
+	f := newFixture(t, Config{})
+	m, err := f.srv.mirrors.get("acme/widgets")
+	require.NoError(t, err)
+	trace := filepath.Join(t.TempDir(), "trace")
+	m.git.Env = append(m.git.Env, "GIT_TRACE2_EVENT="+trace)
+	// runs counts the gits the mirror ran whose first word is cmd.
+	runs := func(cmd string) int {
+		b, _ := os.ReadFile(trace)
+		return strings.Count(string(b), `"argv":["git","`+cmd+`"`) + strings.Count(string(b), `"fetch.unpackLimit=1","`+cmd+`"`)
+	}
+	refresh := func() {
+		t.Helper()
+		require.NoError(t, m.admitting.wait(t.Context()))
+		_, err := f.srv.refresh(t.Context(), m, time.Now())
+		require.NoError(t, err)
+	}
+	mirrorMaster := func() string { return gittest.Git(t, "", "--git-dir", m.dir, "rev-parse", "master") }
+
+	refresh() // a new mirror: listed, fetched
+	refresh() // listed again after the fetch
+	require.Equal(t, f.first, mirrorMaster())
+	lists, fetches := runs("for-each-ref"), runs("fetch")
+	require.Equal(t, 1, fetches)
+
+	man := wire.PushManifest{Updates: []wire.Update{{Ref: "refs/heads/master", Old: f.first, New: f.second}}}
+	st, err := f.pushRaw(t, man, f.bundle(t, "master", "^"+f.first), 0)
+	f.requireLanded(t, st, err, f.second)
+	refresh()
+	require.Equal(t, f.second, mirrorMaster())
+	require.Equal(t, lists, runs("for-each-ref"), "the mirror's refs were known")
+	require.Equal(t, fetches, runs("fetch"), "the mirror had the push")
+
+	third := f.commitRandom(t, "c.bin", 100)
+	gittest.Git(t, f.work, "push", "-q", f.upstream, "master")
+	refresh()
+	require.Equal(t, third, mirrorMaster())
+	require.Equal(t, fetches+1, runs("fetch"))
+}
+
 // heldStore is a folder store whose writes of one key wait until
 // released.
 type heldStore struct {
