@@ -50,8 +50,8 @@ func (h *Helper) bundleFor(ctx context.Context, ups []*refUpdate) (*bundleSpec, 
 	seen := map[bundleHead]bool{}
 	for _, u := range ups {
 		if u.New == zeroID || upstreamIDs[u.New] {
-			// Deleted, or upstream has it already:
-			// the server checks such ids against upstream.
+			// Deleted, or upstream has it already: the server checks
+			// such ids against upstream.
 			continue
 		}
 		hd := bundleHead{u.New, u.Ref}
