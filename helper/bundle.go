@@ -3,8 +3,6 @@ package helper
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -31,12 +29,9 @@ import (
 
 // bundleSpec is what a push bundles.
 type bundleSpec struct {
-	heads   []bundleHead // what the bundle brings, under the refs it goes to
+	heads   []bundle.Ref // what the bundle brings, under the refs it goes to
 	prereqs []string     // what it builds on, sorted
-	not     []string     // pack-objects' exclusions: every prerequisite, when those are capped
 }
-
-type bundleHead struct{ id, ref string }
 
 // bundleFor returns what to bundle for the updates, or nil when every new
 // id is one of upstream's tips (a push that only moves refs, or deletes
@@ -47,14 +42,14 @@ func (h *Helper) bundleFor(ctx context.Context, ups []*refUpdate) (*bundleSpec, 
 		upstreamIDs[id] = true
 	}
 	b := &bundleSpec{}
-	seen := map[bundleHead]bool{}
+	seen := map[bundle.Ref]bool{}
 	for _, u := range ups {
 		if u.New == zeroID || upstreamIDs[u.New] {
 			// Deleted, or upstream has it already: the server checks
 			// such ids against upstream.
 			continue
 		}
-		hd := bundleHead{u.New, u.Ref}
+		hd := bundle.Ref{OID: u.New, Name: u.Ref}
 		if !seen[hd] {
 			seen[hd] = true
 			b.heads = append(b.heads, hd)
@@ -80,36 +75,24 @@ func (h *Helper) bundleFor(ctx context.Context, ups []*refUpdate) (*bundleSpec, 
 		}
 	}
 	slices.Sort(b.prereqs)
-	b.not = b.prereqs
-	if room := bundle.MaxEntries - len(b.heads); len(b.prereqs) > room {
-		// The header names as many as a server reads; the pack still
-		// builds on all of them, and upstream has them all.
-		b.prereqs = b.prereqs[:max(room, 0)]
-	}
 	return b, nil
 }
 
-// header is the bundle's header: what precedes its pack.
+// header is the bundle's header: what precedes its pack. It names as
+// many prerequisites as a server reads; the pack builds on all of them,
+// and upstream has them all.
 func (b *bundleSpec) header() []byte {
-	var s bytes.Buffer
-	s.WriteString("# v2 git bundle\n")
-	for _, id := range b.prereqs {
-		s.WriteString("-" + id + "\n")
-	}
-	for _, hd := range b.heads {
-		s.WriteString(hd.id + " " + hd.ref + "\n")
-	}
-	s.WriteString("\n")
-	return s.Bytes()
+	prereqs := b.prereqs[:min(len(b.prereqs), max(bundle.MaxEntries-len(b.heads), 0))]
+	return bundle.AppendV2(nil, prereqs, b.heads)
 }
 
 // revs is pack-objects' input: the heads, and the prerequisites excluded.
 func (b *bundleSpec) revs() string {
 	var s strings.Builder
 	for _, hd := range b.heads {
-		s.WriteString(hd.id + "\n")
+		s.WriteString(hd.OID + "\n")
 	}
-	for _, id := range b.not {
+	for _, id := range b.prereqs {
 		s.WriteString("^" + id + "\n")
 	}
 	return s.String()
@@ -123,10 +106,6 @@ type bundleRun struct {
 	out  io.Reader
 	done bool
 }
-
-// packHeaderLen is a pack's header: "PACK", its version and its object
-// count, 4 bytes each.
-const packHeaderLen = 12
 
 // startBundle starts writing the bundle b. It waits for the pack's
 // header (pack-objects writes it once it knows what goes in), and
@@ -149,7 +128,7 @@ func (h *Helper) startBundle(ctx context.Context, b *bundleSpec) (run *bundleRun
 		return nil, false, fmt.Errorf("create bundle: %w", err)
 	}
 	run = &bundleRun{cmd: c, pipe: pipe}
-	hdr := make([]byte, packHeaderLen)
+	hdr := make([]byte, bundle.PackHeaderLen)
 	if _, err := io.ReadFull(pipe, hdr); err != nil {
 		pipe.Close()
 		if werr := run.wait(); werr != nil {
@@ -157,11 +136,12 @@ func (h *Helper) startBundle(ctx context.Context, b *bundleSpec) (run *bundleRun
 		}
 		return nil, false, fmt.Errorf("create bundle: git pack-objects wrote no pack: %w", err)
 	}
-	if string(hdr[:4]) != "PACK" {
+	objects, err := bundle.PackObjects(hdr)
+	if err != nil {
 		run.stop()
-		return nil, false, errors.New("create bundle: git pack-objects wrote something other than a pack")
+		return nil, false, fmt.Errorf("create bundle: git pack-objects: %w", err)
 	}
-	if binary.BigEndian.Uint32(hdr[8:]) == 0 {
+	if objects == 0 {
 		_, _ = io.Copy(io.Discard, pipe)
 		if err := run.wait(); err != nil {
 			return nil, false, err

@@ -138,18 +138,15 @@ func OpenPack(path string) (*Header, io.ReadCloser, error) {
 // checkPack verifies that a plausible pack starts at off: the signature, a
 // supported version, and room for the 20-byte trailer.
 func checkPack(f *os.File, off int64) error {
-	var hdr [12]byte
+	var hdr [PackHeaderLen]byte
 	if _, err := f.ReadAt(hdr[:], off); err != nil {
 		if errors.Is(err, io.EOF) {
 			return fmt.Errorf("%w: the pack after the header is missing or truncated", ErrInvalid)
 		}
 		return err
 	}
-	if string(hdr[:4]) != "PACK" {
-		return fmt.Errorf("%w: no pack after the header (found %q)", ErrInvalid, hdr[:4])
-	}
-	if v := binary.BigEndian.Uint32(hdr[4:8]); v != 2 && v != 3 {
-		return fmt.Errorf("%w: unsupported pack version %d", ErrInvalid, v)
+	if _, err := PackObjects(hdr[:]); err != nil {
+		return err
 	}
 	st, err := f.Stat()
 	if err != nil {
@@ -159,6 +156,35 @@ func checkPack(f *os.File, off int64) error {
 		return fmt.Errorf("%w: the pack after the header is truncated", ErrInvalid)
 	}
 	return nil
+}
+
+// PackHeaderLen is the length of a pack's header: "PACK", its version
+// and its object count, 4 bytes each.
+const PackHeaderLen = 12
+
+// PackObjects reads a pack's header and returns how many objects the pack
+// says it holds.
+func PackObjects(hdr []byte) (uint32, error) {
+	if len(hdr) < PackHeaderLen || string(hdr[:4]) != "PACK" {
+		return 0, fmt.Errorf("%w: no pack after the header (found %q)", ErrInvalid, hdr[:min(4, len(hdr))])
+	}
+	if v := binary.BigEndian.Uint32(hdr[4:8]); v != 2 && v != 3 {
+		return 0, fmt.Errorf("%w: unsupported pack version %d", ErrInvalid, v)
+	}
+	return binary.BigEndian.Uint32(hdr[8:12]), nil
+}
+
+// AppendV2 appends a v2 bundle header to b: the prerequisites (without
+// comments), the references, and the blank line that ends it.
+func AppendV2(b []byte, prereqs []string, refs []Ref) []byte {
+	b = append(b, sigV2+"\n"...)
+	for _, id := range prereqs {
+		b = append(b, "-"+id+"\n"...)
+	}
+	for _, r := range refs {
+		b = append(b, r.OID+" "+r.Name+"\n"...)
+	}
+	return append(b, '\n')
 }
 
 var emptyPack = func() []byte {

@@ -231,3 +231,24 @@ func TestEmptyPack(t *testing.T) {
 	_, err := dst.RunInput(t.Context(), bytes.NewReader(EmptyPack()), "index-pack", "--stdin", "--strict")
 	require.NoError(t, err)
 }
+
+// A header AppendV2 writes reads back as it was written, and the pack
+// header after it tells its object count.
+func TestAppendV2ReadsBack(t *testing.T) {
+	a, b := strings.Repeat("a", 40), strings.Repeat("b", 40)
+	refs := []Ref{{OID: b, Name: "refs/heads/topic"}, {OID: b, Name: "refs/tags/v1"}}
+	raw := append(AppendV2(nil, []string{a}, refs), EmptyPack()...)
+	h, rest, err := Split(bytes.NewReader(raw))
+	require.NoError(t, err)
+	require.Equal(t, 2, h.Version)
+	require.Equal(t, []Prereq{{OID: a}}, h.Prereqs)
+	require.Equal(t, refs, h.Refs)
+	pack, err := io.ReadAll(rest)
+	require.NoError(t, err)
+	require.Equal(t, EmptyPack(), pack)
+	n, err := PackObjects(pack)
+	require.NoError(t, err)
+	require.Zero(t, n)
+	_, err = PackObjects([]byte("# v2 git bundle\n"))
+	require.ErrorIs(t, err, ErrInvalid)
+}
