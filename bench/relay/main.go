@@ -182,10 +182,14 @@ type row struct {
 	info          bool // no goal: the row explains another
 	rounds        int
 	serverPeakKiB int64
-	trafficUp     int64
-	trafficDown   int64
-	requests      int
-	skipped       string
+	// serverCPU and edgeCPU are the CPU seconds the relay server (with
+	// the git it ran and reaped) and the in-process edge proxy used while
+	// the relay command ran.
+	serverCPU, edgeCPU float64
+	trafficUp          int64
+	trafficDown        int64
+	requests           int
+	skipped            string
 }
 
 // side is one command of a comparison: git args run in dir with env.
@@ -363,7 +367,7 @@ func (b *bench) compare(ctx context.Context, srv *relayServer, round int, name s
 			srv.proxy.SetWatch(round == 0)
 		}
 		var err error
-		if r.relay, r.serverPeakKiB, err = b.timeRelay(ctx, srv, relay); err != nil {
+		if r.relay, r.serverPeakKiB, r.serverCPU, r.edgeCPU, err = b.timeRelay(ctx, srv, relay); err != nil {
 			return fmt.Errorf("%s, through the relay: %w (server log: %s)", name, err, srv.logPath)
 		}
 		if srv.proxy != nil {
@@ -390,22 +394,30 @@ func (b *bench) compare(ctx context.Context, srv *relayServer, round int, name s
 }
 
 // timeRelay runs one command through srv on a quiet server and returns
-// its measurement and the server process's peak RSS meanwhile.
-func (b *bench) timeRelay(ctx context.Context, srv *relayServer, s side) (measurement, int64, error) {
+// its measurement, and the server process's peak RSS, its CPU and the
+// edge proxy's meanwhile.
+func (b *bench) timeRelay(ctx context.Context, srv *relayServer, s side) (m measurement, peakKiB int64, serverCPU, edgeCPU float64, err error) {
 	srv.idle(ctx)
 	hwmOK := resetHWM(srv.pid()) == nil
 	if srv.proxy != nil {
 		srv.proxy.Reset()
 	}
-	m, err := measureEnv(ctx, s.env, s.dir, s.args...)
+	srv0, srvErr := procCPU(srv.pid())
+	self0 := selfCPU()
+	m, err = measureEnv(ctx, s.env, s.dir, s.args...)
 	if err != nil {
-		return m, 0, err
+		return m, 0, 0, 0, err
 	}
-	var peak int64
+	if srv.proxy != nil {
+		edgeCPU = selfCPU() - self0
+	}
+	if srv1, err := procCPU(srv.pid()); err == nil && srvErr == nil {
+		serverCPU = srv1 - srv0
+	}
 	if hwmOK {
-		peak, _ = vmHWM(srv.pid())
+		peakKiB, _ = vmHWM(srv.pid())
 	}
-	return m, peak, nil
+	return m, peakKiB, serverCPU, edgeCPU, nil
 }
 
 // ensureBase gives round 0's repositories (direct and behind the relay)
@@ -534,6 +546,10 @@ func aggregate(rs []row, goal float64) row {
 	out.rounds = len(rs)
 	out.direct.Seconds = median(rs, func(r row) float64 { return r.direct.Seconds })
 	out.relay.Seconds = median(rs, func(r row) float64 { return r.relay.Seconds })
+	out.direct.CPU = median(rs, func(r row) float64 { return r.direct.CPU })
+	out.relay.CPU = median(rs, func(r row) float64 { return r.relay.CPU })
+	out.serverCPU = median(rs, func(r row) float64 { return r.serverCPU })
+	out.edgeCPU = median(rs, func(r row) float64 { return r.edgeCPU })
 	for _, r := range rs {
 		out.direct.MaxRSSKiB = max(out.direct.MaxRSSKiB, r.direct.MaxRSSKiB)
 		out.relay.MaxRSSKiB = max(out.relay.MaxRSSKiB, r.relay.MaxRSSKiB)

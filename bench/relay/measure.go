@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -33,7 +34,10 @@ const childGitEnv = "GIT_RELAY_BENCH_GITENV"
 type measurement struct {
 	Seconds   float64 `json:"seconds"`
 	MaxRSSKiB int64   `json:"maxrss_kib"`
-	Err       string  `json:"err,omitempty"`
+	// CPU is the user and system time of the command's whole process
+	// tree, in seconds.
+	CPU float64 `json:"cpu"`
+	Err string  `json:"err,omitempty"`
 }
 
 // childMain runs `git args...` in dir (os.Args[1:]) and prints its
@@ -54,6 +58,7 @@ func childMain() int {
 	var ru syscall.Rusage
 	if rerr := syscall.Getrusage(syscall.RUSAGE_CHILDREN, &ru); rerr == nil {
 		m.MaxRSSKiB = ru.Maxrss // kilobytes on Linux
+		m.CPU = tvSeconds(ru.Utime) + tvSeconds(ru.Stime)
 	}
 	if err != nil {
 		m.Err = err.Error()
@@ -101,4 +106,50 @@ func vmHWM(pid int) (int64, error) { return procStatus(pid, "VmHWM") }
 // so that each phase's peak can be read on its own.
 func resetHWM(pid int) error {
 	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0)
+}
+
+func tvSeconds(tv syscall.Timeval) float64 { return float64(tv.Sec) + float64(tv.Usec)/1e6 }
+
+// selfCPU returns the user and system time this process has used, in
+// seconds: the bench's own work, which is the edge proxy's while a relay
+// command runs.
+func selfCPU() float64 {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return tvSeconds(ru.Utime) + tvSeconds(ru.Stime)
+}
+
+// clockTicks is the unit of /proc/<pid>/stat's times (USER_HZ, 100 on
+// every Linux architecture the bench runs on).
+const clockTicks = 100
+
+// procCPU returns the user and system time of process pid and of the
+// children it has reaped, in seconds, from /proc/<pid>/stat.
+func procCPU(pid int) (float64, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The fields after the command name, which is in parentheses and may
+	// hold anything: state is field 3, utime, stime, cutime and cstime
+	// fields 14 to 17.
+	i := bytes.LastIndexByte(raw, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
+	}
+	f := strings.Fields(string(raw[i+1:]))
+	if len(f) < 15 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields after the name", pid, len(f))
+	}
+	var ticks int64
+	for _, v := range f[11:15] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+		}
+		ticks += n
+	}
+	return float64(ticks) / clockTicks, nil
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -79,6 +80,8 @@ func (b *bench) report(serverTreeKiB int64) {
 		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%.2f×\t%s\t%s\t\n", r.name, r.rounds, secs(r.direct.Seconds), secs(r.relay.Seconds), ratio, signedSecs(extra), goal)
 	}
 	tw.Flush()
+
+	b.reportCPU()
 
 	if w := b.wan; w != nil {
 		fmt.Printf("\nWAN case, first push: %d Mbit/s and %v each way on the edge link and on the upstream link (median of %d)\n",
@@ -163,4 +166,30 @@ func (b *bench) report(serverTreeKiB int64) {
 		fmt.Println("FAILED:", f)
 	}
 	fmt.Printf("goals met: %d of %d\n", g.met, g.checked)
+}
+
+// reportCPU prints where each row's CPU went. On a machine of a few CPUs
+// that is where the relay's time goes: its processes run beside the
+// client's git and take CPU from it, and a command cannot finish sooner
+// than its CPU in all over the CPUs.
+func (b *bench) reportCPU() {
+	fmt.Println()
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "CPU, user+system (median of rounds)\tdirect\trelay: git and helper\tserver and its git\tedge\trelay in all\trelay−direct\t")
+	for _, r := range b.rows {
+		if r.skipped != "" {
+			continue
+		}
+		edge := "–"
+		if !b.o.noProxy {
+			edge = secs(r.edgeCPU)
+		}
+		all := r.relay.CPU + r.serverCPU + r.edgeCPU
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.name, secs(r.direct.CPU), secs(r.relay.CPU), secs(r.serverCPU), edge, secs(all), signedSecs(all-r.direct.CPU))
+	}
+	tw.Flush()
+	fmt.Println("direct: git's process tree (for a clone with upload-pack and pack-objects, for a push with")
+	fmt.Println("receive-pack and index-pack); relay: git's tree (git, the helper and the git it runs), the relay")
+	fmt.Println("server with the git it ran while the command ran, and the edge proxy (the bench process).")
+	fmt.Printf("On this machine's %d CPUs no command takes less than its CPU in all / %d.\n", runtime.NumCPU(), runtime.NumCPU())
 }

@@ -90,7 +90,7 @@ func (b *bench) wanCase(ctx context.Context) error {
 		legs := []func() error{
 			func() error {
 				srvC.idle(ctx)
-				m, _, err := b.timeRelay(ctx, srvA, side{dir: b.src.Dir, env: []string{"GIT_RELAY_URL=" + srvA.base}, args: []string{"push", "-q", relayURL(repo("a")), "master"}})
+				m, _, _, _, err := b.timeRelay(ctx, srvA, side{dir: b.src.Dir, env: []string{"GIT_RELAY_URL=" + srvA.base}, args: []string{"push", "-q", relayURL(repo("a")), "master"}})
 				if err != nil {
 					return fmt.Errorf("(a) relay push, shaped edge: %w (server log: %s)", err, srvA.logPath)
 				}
@@ -109,7 +109,7 @@ func (b *bench) wanCase(ctx context.Context) error {
 			},
 			func() error {
 				srvA.idle(ctx)
-				m, peak, err := b.timeRelay(ctx, srvC, side{dir: b.src.Dir, env: []string{"GIT_RELAY_URL=" + srvC.base}, args: []string{"push", "-q", relayURL(repo("c")), "master"}})
+				m, peak, _, _, err := b.timeRelay(ctx, srvC, side{dir: b.src.Dir, env: []string{"GIT_RELAY_URL=" + srvC.base}, args: []string{"push", "-q", relayURL(repo("c")), "master"}})
 				if err != nil {
 					return fmt.Errorf("(c) relay push, both shaped: %w (server log: %s)", err, srvC.logPath)
 				}

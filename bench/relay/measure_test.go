@@ -1,0 +1,24 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// The server's CPU is read from /proc/<pid>/stat before and after a relay
+// command: it must count the git children the process ran and reaped.
+func TestProcCPUCountsReapedChildren(t *testing.T) {
+	before, err := procCPU(os.Getpid())
+	require.NoError(t, err)
+	cmd := exec.Command("sh", "-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done")
+	require.NoError(t, cmd.Run())
+	child := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	after, err := procCPU(os.Getpid())
+	require.NoError(t, err)
+	require.Greater(t, child, 100*time.Millisecond, "the child should have burnt some CPU")
+	require.InDelta(t, child.Seconds(), after-before, 0.05, "the child's CPU, as /proc/self/stat counts it")
+}
