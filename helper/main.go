@@ -29,6 +29,7 @@ import (
 	"github.com/git-relay/git-relay/internal/cli"
 	"github.com/git-relay/git-relay/internal/gitx"
 	"github.com/git-relay/git-relay/internal/keyring"
+	"github.com/git-relay/git-relay/internal/sched"
 	"github.com/git-relay/git-relay/internal/wire"
 )
 
@@ -62,6 +63,9 @@ func (g *grammar) Run() error {
 	if addr == "" {
 		addr = g.Remote
 	}
+	// The helper only moves bytes between git and the relay: its
+	// wake-ups must not cut into the git it feeds (sched.Batch).
+	_ = sched.Batch()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	h, err := newHelper(ctx, g.Remote, addr, os.Stderr)

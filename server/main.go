@@ -25,6 +25,7 @@ import (
 	"github.com/git-relay/git-relay/edge"
 	"github.com/git-relay/git-relay/internal/cli"
 	"github.com/git-relay/git-relay/internal/keyring"
+	"github.com/git-relay/git-relay/internal/sched"
 	"github.com/git-relay/git-relay/internal/store"
 )
 
@@ -95,6 +96,10 @@ func (c *serveCmd) Run(s *streams) error {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(softMemoryLimit)
 	}
+	// The server moves packs between git processes: its wake-ups, and
+	// those of the git it runs, must not cut into each other's work
+	// (sched.Batch).
+	_ = sched.Batch()
 	token := os.Getenv("GITHUB_TOKEN")
 	if c.TokenFile != "" {
 		b, err := os.ReadFile(c.TokenFile)

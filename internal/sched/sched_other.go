@@ -1,0 +1,5 @@
+//go:build !linux
+
+package sched
+
+func batch() error { return nil }
