@@ -374,11 +374,11 @@ func (s *side) phase(ctx context.Context, ps *phaseStats, n int, cmd func(i int)
 		if err := in.ResetPeak(); err != nil {
 			return fmt.Errorf("reset %s's peak memory: %w", in.Name, err)
 		}
-		cpu0[i], _ = clustertest.CPUTime(in.PID())
+		cpu0[i], _ = benchenv.CPUTime(in.PID())
 	}
 	var s3cpu0 time.Duration
 	if s.s3PID != 0 {
-		s3cpu0, _ = clustertest.CPUTime(s.s3PID)
+		s3cpu0, _ = benchenv.CPUTime(s.s3PID)
 	}
 	errs := make([]error, n)
 	var wg sync.WaitGroup
@@ -400,12 +400,12 @@ func (s *side) phase(ctx context.Context, ps *phaseStats, n int, cmd func(i int)
 		if kib, err := in.PeakKiB(); err == nil {
 			ps.peakKiB[i] = max(ps.peakKiB[i], kib)
 		}
-		if c, err := clustertest.CPUTime(in.PID()); err == nil {
+		if c, err := benchenv.CPUTime(in.PID()); err == nil {
 			ps.cpu[i] += c - cpu0[i]
 		}
 	}
 	if s.s3PID != 0 {
-		if c, err := clustertest.CPUTime(s.s3PID); err == nil {
+		if c, err := benchenv.CPUTime(s.s3PID); err == nil {
 			ps.s3CPU += c - s3cpu0
 		}
 	}

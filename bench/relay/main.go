@@ -402,7 +402,7 @@ func (b *bench) timeRelay(ctx context.Context, srv *relayServer, s side) (m meas
 	if srv.proxy != nil {
 		srv.proxy.Reset()
 	}
-	srv0, srvErr := procCPU(srv.pid())
+	srv0, srvErr := benchenv.CPUTime(srv.pid())
 	self0 := selfCPU()
 	m, err = measureEnv(ctx, s.env, s.dir, s.args...)
 	if err != nil {
@@ -411,8 +411,8 @@ func (b *bench) timeRelay(ctx context.Context, srv *relayServer, s side) (m meas
 	if srv.proxy != nil {
 		edgeCPU = selfCPU() - self0
 	}
-	if srv1, err := procCPU(srv.pid()); err == nil && srvErr == nil {
-		serverCPU = srv1 - srv0
+	if srv1, err := benchenv.CPUTime(srv.pid()); err == nil && srvErr == nil {
+		serverCPU = (srv1 - srv0).Seconds()
 	}
 	if hwmOK {
 		peakKiB, _ = vmHWM(srv.pid())

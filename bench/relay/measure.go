@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -119,37 +118,4 @@ func selfCPU() float64 {
 		return 0
 	}
 	return tvSeconds(ru.Utime) + tvSeconds(ru.Stime)
-}
-
-// clockTicks is the unit of /proc/<pid>/stat's times (USER_HZ, 100 on
-// every Linux architecture the bench runs on).
-const clockTicks = 100
-
-// procCPU returns the user and system time of process pid and of the
-// children it has reaped, in seconds, from /proc/<pid>/stat.
-func procCPU(pid int) (float64, error) {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// The fields after the command name, which is in parentheses and may
-	// hold anything: state is field 3, utime, stime, cutime and cstime
-	// fields 14 to 17.
-	i := bytes.LastIndexByte(raw, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
-	}
-	f := strings.Fields(string(raw[i+1:]))
-	if len(f) < 15 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields after the name", pid, len(f))
-	}
-	var ticks int64
-	for _, v := range f[11:15] {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
-		}
-		ticks += n
-	}
-	return float64(ticks) / clockTicks, nil
 }

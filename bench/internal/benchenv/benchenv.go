@@ -4,10 +4,13 @@
 package benchenv
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // Hermetic points every git the bench runs at a private HOME under work
@@ -52,4 +55,34 @@ func HasChildren(pid int) bool {
 		}
 	}
 	return false
+}
+
+// CPUTime returns the CPU time a process has used, user and system, its
+// own and that of the children it has reaped (the gits a server ran), from
+// /proc/PID/stat.
+func CPUTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// pid (comm) state ppid ...: comm may hold spaces and parentheses;
+	// utime, stime, cutime and cstime are fields 14 to 17.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, errors.New("unreadable /proc/PID/stat")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 15 {
+		return 0, errors.New("short /proc/PID/stat")
+	}
+	var ticks int64
+	for _, s := range f[11:15] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, err
+		}
+		ticks += n
+	}
+	// USER_HZ is 100 on every Linux that Go supports.
+	return time.Duration(ticks) * 10 * time.Millisecond, nil
 }
