@@ -386,6 +386,31 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// WriteTo passes the body on in reads and writes of copyBuf bytes: without
+// it the transport copies it 32 KiB at a time, two system calls and a
+// wake-up each.
+func (b *limitedBody) WriteTo(w io.Writer) (int64, error) {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+	var total int64
+	for {
+		n, err := b.Read(*bp)
+		if n > 0 {
+			m, werr := w.Write((*bp)[:n])
+			total += int64(m)
+			if werr != nil {
+				return total, werr
+			}
+		}
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
 func (b *limitedBody) Close() error { return b.r.Close() }
 
 func (b *limitedBody) state() (int64, bool) {
@@ -398,7 +423,12 @@ func (b *limitedBody) state() (int64, bool) {
 // the client so.
 const answerGrace = 5 * time.Second
 
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+// copyBuf is the size of the edge's reads and writes of a body. A chunk
+// is megabytes: 32 KiB at a time (io.Copy's size) cost a system call and
+// a wake-up each way per piece, which took a quarter of the edge's CPU.
+const copyBuf = 256 << 10
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, copyBuf); return &b }}
 
 // ServeHTTP forwards one exchange.
 func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {

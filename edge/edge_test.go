@@ -572,3 +572,56 @@ func TestStandardLibraryOnly(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "github.com/git-relay/git-relay/edge", strings.TrimSpace(string(out)))
 }
+
+// pieces records the size of each write it takes.
+type pieces struct {
+	n, largest int
+}
+
+func (p *pieces) Write(b []byte) (int, error) {
+	p.n += len(b)
+	p.largest = max(p.largest, len(b))
+	return len(b), nil
+}
+
+// pieceTransport reads a request's body as http.Transport does (io.Copy)
+// and answers size bytes.
+type pieceTransport struct {
+	body pieces
+	size int
+}
+
+func (p *pieceTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if _, err := io.Copy(&p.body, r.Body); err != nil {
+		return nil, err
+	}
+	return &http.Response{StatusCode: http.StatusOK, Header: http.Header{}, ContentLength: int64(p.size),
+		Body: io.NopCloser(bytes.NewReader(make([]byte, p.size))), Request: r}, nil
+}
+
+// pieceWriter is a ResponseWriter that records the size of each write.
+type pieceWriter struct {
+	pieces
+	header http.Header
+	status int
+}
+
+func (w *pieceWriter) Header() http.Header  { return w.header }
+func (w *pieceWriter) WriteHeader(code int) { w.status = code }
+
+// TestBodiesPassInLargePieces: a chunk is megabytes, and the edge moves it
+// in pieces larger than io.Copy's 32 KiB both ways (each piece is a system
+// call and a wake-up on either side).
+func TestBodiesPassInLargePieces(t *testing.T) {
+	const size = 1 << 20
+	tr := &pieceTransport{size: size}
+	f, err := edge.New(edge.Options{Upstream: "http://relay.invalid", Transport: tr})
+	require.NoError(t, err)
+	w := &pieceWriter{header: http.Header{}}
+	f.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/api/game/x", bytes.NewReader(make([]byte, size))))
+	require.Equal(t, http.StatusOK, w.status)
+	require.Equal(t, size, tr.body.n)
+	require.Equal(t, size, w.n)
+	require.Greater(t, tr.body.largest, 32<<10, "the request's body")
+	require.Greater(t, w.largest, 32<<10, "the answer")
+}
