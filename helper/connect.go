@@ -9,7 +9,6 @@ import (
 	"io"
 	"strconv"
 
-	"github.com/git-relay/git-relay/internal/gitx"
 	"github.com/git-relay/git-relay/internal/payload"
 	"github.com/git-relay/git-relay/internal/seal"
 	"github.com/git-relay/git-relay/internal/wire"
@@ -159,8 +158,7 @@ func (h *Helper) answer(ctx context.Context, kind string, request []byte, follow
 			if err != nil {
 				return "", err
 			}
-			// Through out's buffer, which writes answerWrite at a time.
-			_, err = gitx.CopyInPieces(out, r, 64<<10)
+			err = copyAnswer(out, r)
 			r.Close()
 			if err != nil {
 				h.gaveUp(x, cache, err)
@@ -172,6 +170,36 @@ func (h *Helper) answer(ctx context.Context, kind string, request []byte, follow
 		// The interrupted exchange is gone from the relay: ask anew.
 		cache.remove()
 		x, cache = nil, nil
+	}
+}
+
+// copyAnswer copies an answer to out, through out's buffer (which writes
+// answerWrite at a time), and flushes it whenever the next read would wait
+// for a chunk: git gets what came as soon as it came. The first chunk
+// holds the start of the pack, on which git starts index-pack; left in the
+// buffer, it would wait for the second chunk.
+func copyAnswer(out io.Writer, r io.Reader) error {
+	f, _ := out.(interface{ Flush() error })
+	w, _ := r.(interface{ Waits() bool })
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			if _, werr := out.Write(buf[:n]); werr != nil {
+				return werr
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if f != nil && w != nil && w.Waits() {
+			if err := f.Flush(); err != nil {
+				return err
+			}
+		}
 	}
 }
 

@@ -364,3 +364,65 @@ func TestPushBundleIsGitsOwn(t *testing.T) {
 	require.True(t, empty, "nothing to bundle")
 	require.Nil(t, run)
 }
+
+// TestAnswerReachesGitChunkByChunk: what a chunk brings goes to git as soon
+// as it has come, not when the helper's write buffer (answerWrite) fills:
+// the first chunk starts the pack, and git starts index-pack on it.
+func TestAnswerReachesGitChunkByChunk(t *testing.T) {
+	plain := make([]byte, 700<<10)
+	_, err := rand.Read(plain)
+	require.NoError(t, err)
+	var chunks [][]byte
+	var finals []bool
+	free := make(chan []byte, 1)
+	free <- nil
+	_, err = payload.SplitRamp(bytes.NewReader(plain), 4<<20, free, func(_ uint32, final bool, c []byte) error {
+		chunks, finals = append(chunks, bytes.Clone(c)), append(finals, final)
+		free <- c[:0]
+		return nil
+	}, payload.Cut)
+	require.NoError(t, err)
+	require.Greater(t, len(chunks), 1)
+
+	release := make(chan struct{})
+	i := 0
+	next := func() ([]byte, bool, error) {
+		if i == 1 {
+			<-release // the second chunk is still on its way
+		}
+		c, f := chunks[i], finals[i]
+		i++
+		return c, f, nil
+	}
+	pr, pw := io.Pipe()
+	out := bufio.NewWriterSize(pw, answerWrite)
+	done := make(chan error, 1)
+	go func() {
+		err := copyAnswer(out, payload.NewReader(next, 1<<30))
+		if err == nil {
+			err = out.Flush()
+		}
+		pw.CloseWithError(err)
+		done <- err
+	}()
+	first := len(chunks[0]) - 1 - payload.HoldBack // less the header byte
+	got := make([]byte, first)
+	read := make(chan error, 1)
+	go func() {
+		_, err := io.ReadFull(pr, got)
+		read <- err
+	}()
+	select {
+	case err := <-read:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		close(release)
+		t.Fatal("the first chunk's bytes did not reach git while the second chunk was on its way")
+	}
+	require.Equal(t, plain[:first], got)
+	close(release)
+	rest, err := io.ReadAll(pr)
+	require.NoError(t, err)
+	require.NoError(t, <-done)
+	require.Equal(t, plain, append(got, rest...))
+}

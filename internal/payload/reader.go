@@ -43,6 +43,16 @@ func NewReader(next func() (chunk []byte, final bool, err error), limit int64) *
 	return &Reader{raw: &chunkStream{next: next}, h: sha256.New(), limit: limit}
 }
 
+// Waits reports whether the next Read has to wait for another chunk: what
+// was read so far is all there is to pass on until it comes. (With
+// compression it may say so a little early, never late.)
+func (r *Reader) Waits() bool {
+	if r.err != nil || r.ok {
+		return false
+	}
+	return len(r.buf)-r.off <= HoldBack && len(r.raw.cur) == 0 && !r.raw.final
+}
+
 // Totals describes the payload once Read has returned io.EOF.
 func (r *Reader) Totals() Totals { return r.totals }
 
