@@ -425,7 +425,7 @@ const answerGrace = 5 * time.Second
 
 // copyBuf is the size of the edge's reads and writes of a body. A chunk
 // is megabytes: 32 KiB at a time (io.Copy's size) cost a system call and
-// a wake-up each way per piece, which took a quarter of the edge's CPU.
+// a wake-up each way per piece, which took a fifth of the edge's CPU.
 const copyBuf = 256 << 10
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, copyBuf); return &b }}

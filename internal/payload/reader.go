@@ -44,8 +44,9 @@ func NewReader(next func() (chunk []byte, final bool, err error), limit int64) *
 }
 
 // Waits reports whether the next Read has to wait for another chunk: what
-// was read so far is all there is to pass on until it comes. (With
-// compression it may say so a little early, never late.)
+// was read so far is all there is to pass on until it comes. It is exact
+// for a payload sent as it is; for a compressed one it is a guess, since
+// the decompressor keeps buffers of its own.
 func (r *Reader) Waits() bool {
 	if r.err != nil || r.ok {
 		return false
