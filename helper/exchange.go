@@ -196,6 +196,16 @@ func (x *exchange) download(ctx context.Context, st *wire.Status, tail []byte, l
 	d := &downloader{x: x, stream: stream, cache: cache, got: map[uint32]downChunk{}, final: -1, start: time.Now(), window: chunkWorkers,
 		free: make(chan []byte, 2*chunkWorkers+1), bufSize: int(x.h.maxBdy), chunkSize: st.Down.ChunkSize}
 	d.cond = sync.NewCond(&d.mu)
+	if st.First {
+		// The first chunk came with the answer. One that does not
+		// authenticate is asked for again, like any other.
+		if c, err := d.open(0, tail); err == nil {
+			d.got[0], d.asked, d.moved = c, 1, int64(len(c.plain))
+			if c.final {
+				d.final = 0
+			}
+		}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	for range chunkWorkers {
@@ -316,21 +326,14 @@ func (d *downloader) fetch(ctx context.Context, i uint32) (downChunk, error) {
 		case err != nil:
 			return downChunk{}, fmt.Errorf("download chunk %d: %w", i+1, d.x.h.explain(err))
 		}
-		// A chunk that arrives but does not authenticate is asked for
-		// again: a proxy may have altered it.
-		final := len(b) > 0 && b[0] == wire.DownFinal
 		if d.cache != nil && !fromCache && len(b) > 0 && time.Since(d.start) >= keepAfter {
 			// Kept as it came, before it is opened in place; a copy that
 			// does not authenticate is dropped when a later run reads it.
 			d.cache.keep(i, b)
 		}
-		var plain []byte
-		if len(b) > 0 {
-			// Opened in place: a chunk's answer is the only copy of it.
-			plain, err = d.stream.Open(b[1:1], i, final, b[1:])
-		} else {
-			err = fmt.Errorf("chunk %d: empty answer: %w", i, seal.ErrAuth)
-		}
+		// A chunk that arrives but does not authenticate is asked for
+		// again: a proxy may have altered it.
+		c, err := d.open(i, b)
 		if err != nil {
 			if fromCache {
 				d.cache.forget(i)
@@ -344,12 +347,26 @@ func (d *downloader) fetch(ctx context.Context, i uint32) (downChunk, error) {
 			}
 			continue
 		}
-		c := downChunk{plain: plain, final: final}
 		if !fromCache {
 			c.buf = into
 		}
 		return c, nil
 	}
+}
+
+// open authenticates chunk i as x/down serves it (a flag byte, then the
+// sealed chunk) and decrypts it in place: a chunk's answer is the only
+// copy of it.
+func (d *downloader) open(i uint32, b []byte) (downChunk, error) {
+	if len(b) == 0 {
+		return downChunk{}, fmt.Errorf("chunk %d: empty answer: %w", i, seal.ErrAuth)
+	}
+	final := b[0] == wire.DownFinal
+	plain, err := d.stream.Open(b[1:1], i, final, b[1:])
+	if err != nil {
+		return downChunk{}, err
+	}
+	return downChunk{plain: plain, final: final}, nil
 }
 
 // getBuf hands out a buffer for chunk i: one that the payload reader is

@@ -426,3 +426,42 @@ func TestAnswerReachesGitChunkByChunk(t *testing.T) {
 	require.NoError(t, <-done)
 	require.Equal(t, plain, append(got, rest...))
 }
+
+// TestFirstChunkComesWithTheAnswer: the first chunk of a fetch's chunked
+// answer comes with the reply to its Open, so the helper asks the relay
+// only for the chunks after it, and git gets the whole answer.
+func TestFirstChunkComesWithTheAnswer(t *testing.T) {
+	var mu sync.Mutex
+	var asked []string // the chunks downloaded, by index
+	work, upstream := setupLink(t, shape.Link{}, func(r *http.Request) {
+		if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/"+wire.PathDown) {
+			mu.Lock()
+			asked = append(asked, r.URL.Query().Get("i"))
+			mu.Unlock()
+		}
+	})
+	big := make([]byte, 3<<20) // an answer of several chunks
+	_, _ = rand.Read(big)
+	require.NoError(t, os.WriteFile(filepath.Join(work, "big.bin"), big, 0o644))
+	gittest.Git(t, work, "add", ".")
+	gittest.Git(t, work, "commit", "-qm", "big")
+	gittest.Git(t, work, "push", "-q", upstream, "master")
+	tip := gittest.Git(t, work, "rev-parse", "master")
+
+	h, err := newHelper(t.Context(), "acme/widgets", "acme/widgets", io.Discard)
+	require.NoError(t, err)
+	req := pkt("command=fetch\n") + "0001" + pkt("no-progress\n") + pkt("want "+tip+"\n") + pkt("done\n") + "0000"
+	var out bytes.Buffer
+	_, err = h.answer(t.Context(), wire.KindFetch, []byte(req), "", &out)
+	require.NoError(t, err)
+	// upload-pack's answer: its packfile section ends with the pack's
+	// own checksum and a flush.
+	require.Contains(t, out.String(), "packfile\n")
+	require.Greater(t, out.Len(), 3<<20)
+	require.True(t, strings.HasSuffix(out.String(), "0000"))
+
+	mu.Lock()
+	defer mu.Unlock()
+	require.NotEmpty(t, asked, "the rest of the answer is downloaded")
+	require.NotContains(t, asked, "0", "the first chunk is not asked for: it came with the answer")
+}

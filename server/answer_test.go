@@ -182,3 +182,54 @@ func TestPushBeginsAtItsListing(t *testing.T) {
 	require.NoError(t, f3.srv.metrics.pushesParked.Write(&m))
 	require.Zero(t, m.GetCounter().GetValue(), "a listing for a fetch")
 }
+
+// TestFirstChunkComesWithTheAnswer: the reply that waited for a chunked
+// answer carries its first chunk, byte for byte what x/down serves for
+// it, so the client hands git the answer's first bytes without a round
+// trip more; unless the client's cap on bodies leaves no room for it
+// beside the status, when the client asks x/down for it.
+func TestFirstChunkComesWithTheAnswer(t *testing.T) {
+	f := newFixture(t, Config{})
+	tip := f.commitRandom(t, "big.bin", 1<<20)
+	gittest.Git(t, f.work, "push", "-q", f.upstream, "master")
+	fetch := pkt("command=fetch\n") + "0001" + pkt("no-progress\n") + pkt("want "+tip+"\n") + pkt("done\n") + "0000"
+	for _, maxBody := range []int64{f.client.MaxBody, wire.MinMaxBody} {
+		t.Run(fmt.Sprintf("maxBody=%d", maxBody), func(t *testing.T) {
+			caps, _ := f.read(t, wire.KindCaps, "", "")
+			o := wire.Open{V: wire.Version, ID: randomID(16), Kind: wire.KindFetch, Repo: "acme/widgets", Salt: randomID(32),
+				MaxBody: maxBody, Inline: true, Follows: caps}
+			raw, err := json.Marshal(o)
+			require.NoError(t, err)
+			salt, _ := hex.DecodeString(o.Salt)
+			up, err := seal.New(f.key, keyring.LabelUpload, salt, wire.Hash(raw))
+			require.NoError(t, err)
+			var st wire.Status
+			first, err := f.client.Call(t.Context(), wire.Request{Method: "POST", Path: wire.PathOpen, Msg: json.RawMessage(raw),
+				Tail: up.Seal(nil, 0, true, payload.Bytes([]byte(fetch)))}, &st)
+			require.NoError(t, err)
+			for !wire.Ended(st.Phase) && st.Down == nil {
+				first, err = f.client.Call(t.Context(), wire.Request{Method: "GET", Path: wire.PathStatus, Query: url.Values{"id": {o.ID}, "wait": {"1"}}}, &st)
+				require.NoError(t, err)
+			}
+			require.NotNil(t, st.Down, "%s: %s", st.Phase, st.Message)
+			require.False(t, st.Down.Inline, "an answer of a megabyte comes in chunks")
+			served, err := f.client.Get(t.Context(), wire.Request{Method: "GET", Path: wire.PathDown, Query: url.Values{"id": {o.ID}, "i": {"0"}}})
+			require.NoError(t, err)
+			if maxBody < 256<<10 {
+				require.False(t, st.First, "no room for the first chunk beside the status")
+				require.Empty(t, first)
+				require.LessOrEqual(t, int64(len(served)), maxBody)
+				return
+			}
+			require.True(t, st.First, "the first chunk comes with the answer")
+			require.Equal(t, served, first, "the same bytes x/down serves")
+			downSalt, err := hex.DecodeString(st.Down.Salt)
+			require.NoError(t, err)
+			down, err := seal.New(f.key, keyring.LabelDownload, downSalt, wire.Hash(raw))
+			require.NoError(t, err)
+			plain, err := down.Open(nil, 0, first[0] == wire.DownFinal, first[1:])
+			require.NoError(t, err)
+			require.Equal(t, payload.Ramp(0, st.Down.ChunkSize), len(plain), "the whole first chunk")
+		})
+	}
+}

@@ -525,20 +525,22 @@ func (s *Server) handleOpen(c *call) {
 		e.mu.Unlock()
 	}
 	s.start(e)
-	if o.Inline || o.ChunkSize == 0 {
-		c.freeBody()
-		s.waitAnswer(ctx, e)
-		// The long-poll ran out before the answer: the client asks again,
-		// maybe through another instance, which must find the exchange
-		// (and its answer, which then goes to the store) there.
-		if st, _ := e.snapshot(); !wire.Ended(st.Phase) && st.Down == nil {
-			if err := s.persist(context.WithoutCancel(ctx), e); err != nil {
-				c.failErr(err)
-				return
-			}
+	if !(o.Inline || o.ChunkSize == 0) {
+		s.replyStatus(c, e, existed)
+		return
+	}
+	c.freeBody()
+	s.waitAnswer(ctx, e)
+	// The long-poll ran out before the answer: the client asks again,
+	// maybe through another instance, which must find the exchange
+	// (and its answer, which then goes to the store) there.
+	if st, _ := e.snapshot(); !wire.Ended(st.Phase) && st.Down == nil {
+		if err := s.persist(context.WithoutCancel(ctx), e); err != nil {
+			c.failErr(err)
+			return
 		}
 	}
-	s.replyStatus(c, e, existed)
+	s.replyAnswer(c, e, existed)
 }
 
 // openExchange creates the exchange, or returns the one open under its id.
@@ -611,9 +613,24 @@ func (s *Server) waitAnswer(ctx context.Context, e *exch) {
 	})
 }
 
+// replyAnswer answers a request that waited for the answer (waitAnswer):
+// with the exchange's status, and with the answer's first chunk when it
+// has chunks.
+func (s *Server) replyAnswer(c *call, e *exch, held bool) {
+	first, release := s.firstChunk(c.r.Context(), e)
+	defer release()
+	s.replyStatusFirst(c, e, held, first)
+}
+
 // replyStatus answers with the exchange's status, and with its answer's
 // payload when that goes inline.
 func (s *Server) replyStatus(c *call, e *exch, held bool) {
+	s.replyStatusFirst(c, e, held, nil)
+}
+
+// replyStatusFirst is replyStatus with the answer's first chunk (from
+// firstChunk) after the status, when there is one.
+func (s *Server) replyStatusFirst(c *call, e *exch, held bool, first []byte) {
 	st := s.status(c.r.Context(), e, held)
 	var tail []byte
 	e.mu.Lock()
@@ -621,6 +638,9 @@ func (s *Server) replyStatus(c *call, e *exch, held bool) {
 		tail = e.down.inline
 	}
 	e.mu.Unlock()
+	if first != nil && st.Down != nil && !st.Down.Inline {
+		st.First, tail = true, first
+	}
 	if st.Down != nil && st.Down.Inline && tail == nil {
 		// The inline answer lived in another instance's memory: the
 		// exchange must run again.
@@ -751,6 +771,8 @@ func (s *Server) handleUp(c *call) {
 		// that lands while it uploads costs no extra round trip.
 		c.freeBody()
 		s.waitAnswer(ctx, e)
+		s.replyAnswer(c, e, false)
+		return
 	}
 	s.replyStatus(c, e, false)
 }
@@ -761,7 +783,6 @@ func (s *Server) handleUp(c *call) {
 // a download can be resumed or repeated. A chunk not written yet is
 // waited for.
 func (s *Server) handleDown(c *call) {
-	ctx := c.r.Context()
 	e, done, ok := s.lookup(c)
 	if !ok {
 		return
@@ -771,17 +792,25 @@ func (s *Server) handleDown(c *call) {
 	if !ok {
 		return
 	}
+	obj, bp, err := s.sealedDown(c.r.Context(), e, i, longPoll)
+	if bp != nil {
+		defer s.putBuf(bp)
+	}
+	if err != nil {
+		c.failErr(err)
+		return
+	}
+	c.raw(http.StatusOK, obj)
+}
+
+// sealedDown waits up to d for answer chunk i and returns it as x/down
+// serves it: the final flag, then the sealed chunk. The bytes lie in bp,
+// a pooled buffer to give back (nil when there is none).
+func (s *Server) sealedDown(ctx context.Context, e *exch, i uint32, d time.Duration) (obj []byte, bp *[]byte, err error) {
 	// A buffer is taken only to read the chunk: a request waiting for a
 	// chunk not written yet holds none.
-	var bp *[]byte
-	defer func() {
-		if bp != nil {
-			s.putBuf(bp)
-		}
-	}()
-	var obj []byte
 	found := false
-	s.wait(ctx, e, longPoll, func(st state) bool {
+	s.wait(ctx, e, d, func(st state) bool {
 		if st.Phase == wire.PhaseFailed || st.Phase == wire.PhaseCancelled {
 			return true
 		}
@@ -810,27 +839,53 @@ func (s *Server) handleDown(c *call) {
 	st, _ := e.snapshot()
 	switch {
 	case st.Phase == wire.PhaseFailed || st.Phase == wire.PhaseCancelled:
-		c.failErr(&userError{http.StatusConflict, wire.CodeGone, fmt.Sprintf("the exchange %s: %s", st.Phase, st.Message)})
-		return
+		return nil, bp, &userError{http.StatusConflict, wire.CodeGone, fmt.Sprintf("the exchange %s: %s", st.Phase, st.Message)}
 	case st.Down != nil && st.Down.Inline:
-		c.failErr(badRequest("the answer of exchange %s came inline", e.id))
-		return
+		return nil, bp, badRequest("the answer of exchange %s came inline", e.id)
 	case st.Down != nil && st.Down.Final && i >= st.Down.Chunks:
-		c.failErr(&userError{http.StatusRequestedRangeNotSatisfiable, wire.CodeRange, fmt.Sprintf("chunk %d is past the final chunk %d", i, st.Down.Chunks-1)})
-		return
+		return nil, bp, &userError{http.StatusRequestedRangeNotSatisfiable, wire.CodeRange, fmt.Sprintf("chunk %d is past the final chunk %d", i, st.Down.Chunks-1)}
 	case !found:
-		c.failErr(&userError{http.StatusConflict, wire.CodeNotReady, fmt.Sprintf("chunk %d is not written yet: ask again", i)})
-		return
+		return nil, bp, &userError{http.StatusConflict, wire.CodeNotReady, fmt.Sprintf("chunk %d is not written yet: ask again", i)}
 	}
 	stream, err := s.downStream(e, st.Down)
 	if err != nil {
-		c.failErr(err)
-		return
+		return nil, bp, err
 	}
 	plain, final := splitFlag(obj[1:])
 	obj[0] = flagOf(final)
 	sealed := stream.Seal(obj[1:1], i, final, plain)
-	c.raw(http.StatusOK, obj[:1+len(sealed)])
+	return obj[:1+len(sealed)], bp, nil
+}
+
+// firstWait bounds how long a reply that waited for an answer waits
+// further for its first chunk, which is stored a moment after the
+// answer's terms are set.
+const firstWait = time.Second
+
+// firstChunk returns, for a reply that waited for the answer of a read,
+// the answer's first chunk as x/down serves it, to go with the reply: the
+// client then starts handing git the answer without a round trip more.
+// Nil when the answer has no chunks or the first is not there at once;
+// release gives its buffer back.
+func (s *Server) firstChunk(ctx context.Context, e *exch) (first []byte, release func()) {
+	release = func() {}
+	st, _ := e.snapshot()
+	if st.Kind == wire.KindPush || st.Down == nil || st.Down.Inline || wire.Ended(st.Phase) && st.Phase != wire.PhaseDone {
+		return nil, release
+	}
+	// With the status, as an inline answer goes: under both caps on a
+	// body, with room for the message.
+	if int64(payload.Ramp(0, st.Down.ChunkSize)+1+seal.Overhead+8<<10) > min(e.open.MaxBody, s.cfg.MaxBody) {
+		return nil, release
+	}
+	obj, bp, err := s.sealedDown(ctx, e, 0, firstWait)
+	if bp != nil {
+		release = func() { s.putBuf(bp) }
+	}
+	if err != nil {
+		return nil, release
+	}
+	return obj, release
 }
 
 // downStream is the exchange's download sealer.
@@ -865,6 +920,8 @@ func (s *Server) handleStatus(c *call) {
 	s.maybeTakeOver(e)
 	if q.Get("wait") != "" {
 		s.waitAnswer(ctx, e)
+		s.replyAnswer(c, e, q.Get("held") != "")
+		return
 	}
 	s.replyStatus(c, e, q.Get("held") != "")
 }

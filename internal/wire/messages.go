@@ -23,7 +23,7 @@ const Version = 3
 const (
 	PathOpen       = "x"           // POST, sealed Open (+ an inline upload): Status
 	PathUp         = "x/up"        // PUT ?id=&i=[&final=1], a sealed upload chunk: Status
-	PathDown       = "x/down"      // GET ?id=&i=: a flag byte and a sealed download chunk
+	PathDown       = "x/down"      // GET ?id=&i=: a flag byte and a sealed download chunk (chunk 0 may come with the Status, see Status.First)
 	PathStatus     = "x/status"    // GET ?id=[&wait=1]: Status
 	PathCancel     = "x/cancel"    // POST ?id=: Status
 	PathRemoteInfo = "remote-info" // GET ?repo=&branch=: RemoteInfo (the seed's call)
@@ -106,6 +106,11 @@ type Status struct {
 	Timeline []PhaseTime `json:"timeline,omitempty"`
 	// Down describes the answer's payload, once it is being written.
 	Down *Down `json:"down,omitempty"`
+	// First says that the answer's first chunk follows the message, as
+	// x/down serves it, in a reply to a request that waited for the
+	// answer: a round trip fewer before the client has something to hand
+	// git. A client that takes no notice asks for the chunk as before.
+	First bool `json:"first,omitempty"`
 }
 
 // Down is an answer's payload.
