@@ -150,9 +150,7 @@ func (h *Helper) answer(ctx context.Context, kind string, request []byte, follow
 			}
 		} else {
 			if cache == nil && dir != "" && st.Down != nil && !st.Down.Inline {
-				if cache, err = newFetchCache(dir, x.raw); err != nil {
-					cache = nil
-				}
+				cache = newFetchCache(dir, x.raw)
 			}
 			r, err := x.download(ctx, st, tail, maxAnswer, cache)
 			if err != nil {

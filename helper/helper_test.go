@@ -465,3 +465,26 @@ func TestFirstChunkComesWithTheAnswer(t *testing.T) {
 	require.NotEmpty(t, asked, "the rest of the answer is downloaded")
 	require.NotContains(t, asked, "0", "the first chunk is not asked for: it came with the answer")
 }
+
+// TestFetchCacheIsMadeWithItsFirstChunk: a fetch's resume folder appears
+// only with the first chunk kept, replacing whatever an earlier run left
+// under its name; a later run then finds the Open and the chunk.
+func TestFetchCacheIsMadeWithItsFirstChunk(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "fetch", "abc")
+	require.NoError(t, os.MkdirAll(dir, 0o700))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "3"), []byte("left by an earlier run"), 0o600))
+
+	c := newFetchCache(dir, []byte("the open"))
+	require.Nil(t, c.chunk(3), "nothing is kept yet")
+	_, err := os.Stat(filepath.Join(dir, "open"))
+	require.ErrorIs(t, err, os.ErrNotExist, "no folder work before a chunk is kept")
+
+	c.keep(0, []byte("chunk zero"))
+	open, found := findFetchCache(dir)
+	require.Equal(t, "the open", string(open))
+	require.Equal(t, "chunk zero", string(found.chunk(0)))
+	require.Nil(t, found.chunk(3), "what the earlier run left is gone")
+	c.remove()
+	_, err = os.Stat(dir)
+	require.ErrorIs(t, err, os.ErrNotExist)
+}

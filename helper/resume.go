@@ -178,10 +178,14 @@ func (p *pushResume) remove() {
 }
 
 // fetchCache keeps a chunked answer's chunks as they come, once its
-// download has run for keepAfter.
+// download has run for keepAfter. Its folder is made when the first
+// chunk is kept: a fetch that ends sooner touches no file for it.
 type fetchCache struct {
 	dir string
 	mu  sync.Mutex
+	// open is the exchange's Open, written beside the first chunk kept;
+	// nil once it is (or for a cache an earlier run left).
+	open []byte
 }
 
 // findFetchCache returns the Open bytes and cache of an interrupted fetch
@@ -194,15 +198,9 @@ func findFetchCache(dir string) ([]byte, *fetchCache) {
 	return open, &fetchCache{dir: dir}
 }
 
-func newFetchCache(dir string, open []byte) (*fetchCache, error) {
-	os.RemoveAll(dir)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(filepath.Join(dir, "open"), open, 0o600); err != nil {
-		return nil, err
-	}
-	return &fetchCache{dir: dir}, nil
+// newFetchCache is the cache of a new fetch exchange, whose Open is open.
+func newFetchCache(dir string, open []byte) *fetchCache {
+	return &fetchCache{dir: dir, open: open}
 }
 
 func (c *fetchCache) path(i uint32) string {
@@ -211,6 +209,12 @@ func (c *fetchCache) path(i uint32) string {
 
 // chunk returns chunk i's answer as it came, or nil.
 func (c *fetchCache) chunk(i uint32) []byte {
+	c.mu.Lock()
+	made := c.open == nil
+	c.mu.Unlock()
+	if !made {
+		return nil
+	}
 	b, err := os.ReadFile(c.path(i))
 	if err != nil {
 		return nil
@@ -222,6 +226,14 @@ func (c *fetchCache) chunk(i uint32) []byte {
 func (c *fetchCache) keep(i uint32, b []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.open != nil {
+		// What an earlier run left under the name is not this exchange's.
+		os.RemoveAll(c.dir)
+		if os.MkdirAll(c.dir, 0o700) != nil || os.WriteFile(filepath.Join(c.dir, "open"), c.open, 0o600) != nil {
+			return
+		}
+		c.open = nil
+	}
 	tmp := c.path(i) + ".tmp"
 	if os.WriteFile(tmp, b, 0o600) == nil {
 		_ = os.Rename(tmp, c.path(i))
