@@ -488,3 +488,71 @@ func TestFetchCacheIsMadeWithItsFirstChunk(t *testing.T) {
 	_, err = os.Stat(dir)
 	require.ErrorIs(t, err, os.ErrNotExist)
 }
+
+// catFiles counts the cat-file lookups running on gitDir.
+func catFiles(t *testing.T, gitDir string) int {
+	t.Helper()
+	n := 0
+	procs, err := filepath.Glob("/proc/[0-9]*/environ")
+	require.NoError(t, err)
+	for _, p := range procs {
+		cmd, err := os.ReadFile(filepath.Join(filepath.Dir(p), "cmdline"))
+		if err != nil || !bytes.Contains(cmd, []byte("cat-file\x00--batch-check")) {
+			continue
+		}
+		if env, err := os.ReadFile(p); err == nil && bytes.Contains(env, []byte("GIT_DIR="+gitDir+"\x00")) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestLookupStartsWithThePushListing: the git that checks a push's names
+// starts when git lists refs for the push, while upstream is listed, and
+// serves the push that follows; a listing no push follows leaves none
+// behind.
+func TestLookupStartsWithThePushListing(t *testing.T) {
+	if _, err := os.Stat("/proc/self/environ"); err != nil {
+		t.Skip("needs /proc to see the lookups")
+	}
+	work, upstream := setup(t)
+	gitDir := filepath.Join(work, ".git")
+	require.NoError(t, os.WriteFile(filepath.Join(work, "c.txt"), []byte("c\n"), 0o644))
+	gittest.Git(t, work, "add", ".")
+	gittest.Git(t, work, "commit", "-qm", "local")
+	tip := gittest.Git(t, work, "rev-parse", "master")
+
+	h, err := newHelper(t.Context(), "acme/widgets", "acme/widgets", io.Discard)
+	require.NoError(t, err)
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		err := h.serve(t.Context(), inR, outW)
+		outW.CloseWithError(err)
+		done <- err
+	}()
+	out := bufio.NewReader(outR)
+	_, err = io.WriteString(inW, "list for-push\n")
+	require.NoError(t, err)
+	for line := "x"; line != "\n"; {
+		line, err = out.ReadString('\n')
+		require.NoError(t, err)
+	}
+	require.Eventually(t, func() bool { return catFiles(t, gitDir) == 1 }, 10*time.Second, 5*time.Millisecond,
+		"the lookup runs before git says what it pushes")
+	_, err = io.WriteString(inW, "push refs/heads/master:refs/heads/master\n\n")
+	require.NoError(t, err)
+	line, err := out.ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "ok refs/heads/master\n", line)
+	require.Equal(t, tip, gittest.Git(t, work, "--git-dir", upstream, "rev-parse", "master"))
+	inW.Close()
+	require.NoError(t, <-done)
+
+	// A listing alone: its lookup ends with the helper.
+	out2, _, err := talk(t, "acme/widgets", "list for-push\n\n")
+	require.NoError(t, err)
+	require.Contains(t, out2, tip+" refs/heads/master\n")
+	require.Zero(t, catFiles(t, gitDir), "no lookup left behind")
+}

@@ -121,6 +121,10 @@ type Helper struct {
 	// tips among them) to the ids this repository has for them.
 	have   map[string]string
 	config map[string]string
+	// lookup brings the git that check looks names up with (nil if it
+	// failed to start), started when git lists refs for a push: it
+	// starts while upstream is listed.
+	lookup chan *gitx.Lookup
 }
 
 func newHelper(ctx context.Context, name, addr string, stderr io.Writer) (*Helper, error) {
@@ -305,6 +309,11 @@ func (h *Helper) serve(ctx context.Context, stdin io.Reader, stdout io.Writer) e
 		gitx.WidenPipe(f)
 	}
 	out := bufio.NewWriterSize(stdout, answerWrite)
+	defer func() {
+		if h.lookup != nil {
+			(<-h.lookup).Close()
+		}
+	}()
 	for {
 		line, err := in.ReadString('\n')
 		if err == io.EOF && line == "" {
@@ -332,6 +341,9 @@ func (h *Helper) serve(ctx context.Context, stdin io.Reader, stdout io.Writer) e
 			name, value, _ := strings.Cut(arg, " ")
 			fmt.Fprintln(out, h.option(name, value))
 		case "list":
+			if arg == "for-push" {
+				h.startLookup(ctx)
+			}
 			refs, err := h.list(ctx, arg == "for-push")
 			if err != nil {
 				return err

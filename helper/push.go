@@ -99,6 +99,7 @@ func (u *refUpdate) refuse(why string) { u.result = "error " + u.Ref + " " + why
 // push handles one batch of push lines and returns the status lines.
 func (h *Helper) push(ctx context.Context, specs []string) ([]string, error) {
 	if h.refs == nil {
+		h.startLookup(ctx)
 		if _, err := h.list(ctx, true); err != nil {
 			return nil, err
 		}
@@ -198,7 +199,17 @@ func (h *Helper) check(ctx context.Context, ups []*refUpdate) error {
 		}
 	}
 	ffs := h.startAncestry(ctx, ups)
-	more, err := h.git.Exists(ctx, names)
+	var more map[string]string
+	var err error
+	var l *gitx.Lookup
+	if h.lookup != nil {
+		l, h.lookup = <-h.lookup, nil
+	}
+	if l != nil {
+		more, err = l.Exists(names)
+	} else {
+		more, err = h.git.Exists(ctx, names)
+	}
 	if err != nil {
 		return fmt.Errorf("look up the pushed objects: %w", err)
 	}
@@ -210,6 +221,21 @@ func (h *Helper) check(ctx context.Context, ups []*refUpdate) error {
 		h.checkOne(ctx, u, found, ffs[u])
 	}
 	return nil
+}
+
+// startLookup starts, beside the listing that comes next, the git that
+// check looks names up with, unless it is started already; one that
+// fails to start leaves check to start its own.
+func (h *Helper) startLookup(ctx context.Context) {
+	if h.lookup != nil {
+		return
+	}
+	c := make(chan *gitx.Lookup, 1)
+	h.lookup = c
+	go func() {
+		l, _ := h.git.StartLookup(ctx)
+		c <- l
+	}()
 }
 
 // fewMoves is how many branch moves startAncestry checks at once.

@@ -62,3 +62,42 @@ func TestCmdStdinPipe(t *testing.T) {
 	require.NoError(t, c.Wait())
 	require.Equal(t, "ce013625030ba8dba906f756967f9e9ca394464a\n", string(b))
 }
+
+// TestLookupStartedAhead: a lookup started before it knows its names
+// answers for them as Exists does (an id or a ref it has, nothing for
+// what it lacks), also for many names; one never used ends on Close.
+func TestLookupStartedAhead(t *testing.T) {
+	gittest.Setenv(t)
+	dir := t.TempDir()
+	gittest.Git(t, dir, "init", "-q", "-b", "main")
+	gittest.Git(t, dir, "commit", "-q", "--allow-empty", "-m", "one")
+	tip := gittest.Git(t, dir, "rev-parse", "HEAD")
+	repo := gitx.Repo{Dir: dir}
+
+	l, err := repo.StartLookup(t.Context())
+	require.NoError(t, err)
+	missing := strings.Repeat("ab", 20)
+	names := []string{tip, "refs/heads/main", missing, "no-such-ref"}
+	for i := range 20000 { // more than a pipe holds, either way
+		names = append(names, fmt.Sprintf("%040x", i+1))
+	}
+	got, err := l.Exists(names)
+	require.NoError(t, err)
+	require.Equal(t, tip, got[tip])
+	require.Equal(t, tip, got["refs/heads/main"])
+	require.Empty(t, got[missing])
+	require.Empty(t, got["no-such-ref"])
+	require.Len(t, got, len(names))
+	l.Close() // used: nothing more to end
+
+	_, err = l.Exists(names[:1])
+	require.Error(t, err, "one lookup, one Exists")
+
+	unused, err := repo.StartLookup(t.Context())
+	require.NoError(t, err)
+	unused.Close()
+
+	same, err := repo.Exists(t.Context(), names[:3])
+	require.NoError(t, err)
+	require.Equal(t, map[string]string{tip: tip, "refs/heads/main": tip, missing: ""}, same)
+}

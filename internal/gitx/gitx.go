@@ -398,34 +398,88 @@ func ValidRefName(name string) bool {
 // cat-file resolves them, and the answer maps each name to the id it
 // names, or "" when it names nothing.
 func (r Repo) Exists(ctx context.Context, names []string) (map[string]string, error) {
-	out := make(map[string]string, len(names))
 	if len(names) == 0 {
-		return out, nil
+		return map[string]string{}, nil
 	}
+	l, err := r.StartLookup(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return l.Exists(names)
+}
+
+// Lookup is the git of an Exists started before it is given the names:
+// its start-up (some milliseconds) runs while the caller learns them.
+type Lookup struct {
+	cmd    *Cmd
+	in     io.WriteCloser
+	out    bytes.Buffer
+	closed bool
+}
+
+// StartLookup starts the git for one Exists, or for none (Close).
+func (r Repo) StartLookup(ctx context.Context) (*Lookup, error) {
+	l := &Lookup{cmd: r.Command(ctx, "cat-file", "--batch-check=%(objectname)")}
+	l.cmd.Stdout = &l.out // before StdinPipe, which builds the command
+	in, err := l.cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	l.in = in
+	if err := l.cmd.Start(); err != nil {
+		in.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// Exists is Repo.Exists on the lookup's git, which it ends.
+func (l *Lookup) Exists(names []string) (map[string]string, error) {
+	if l.closed {
+		return nil, errors.New("gitx: lookup used twice")
+	}
+	l.closed = true
 	var in strings.Builder
 	for _, n := range names {
 		if strings.ContainsAny(n, "\n") {
+			l.in.Close()
+			_ = l.cmd.Wait()
 			return nil, fmt.Errorf("object name %q contains a newline", n)
 		}
 		in.WriteString(n + "\n")
 	}
-	var stdout bytes.Buffer
-	c := r.Command(ctx, "cat-file", "--batch-check=%(objectname)")
-	c.Stdin = strings.NewReader(in.String())
-	c.Stdout = &stdout
-	if err := c.Run(); err != nil {
+	_, werr := io.WriteString(l.in, in.String())
+	l.in.Close()
+	if err := l.cmd.Wait(); err != nil {
 		return nil, err
 	}
-	lines := strings.Split(strings.TrimRight(stdout.String(), "\n"), "\n")
+	if werr != nil {
+		return nil, fmt.Errorf("git cat-file: write its input: %w", werr)
+	}
+	out := make(map[string]string, len(names))
+	if len(names) == 0 {
+		return out, nil
+	}
+	lines := strings.Split(strings.TrimRight(l.out.String(), "\n"), "\n")
 	if len(lines) != len(names) {
 		return nil, fmt.Errorf("git cat-file answered %d lines for %d names", len(lines), len(names))
 	}
 	for i, n := range names {
-		if l := lines[i]; ValidOID(l) {
-			out[n] = l
+		if line := lines[i]; ValidOID(line) {
+			out[n] = line
 		} else {
 			out[n] = ""
 		}
 	}
 	return out, nil
+}
+
+// Close ends a lookup that was not used; one that was is ended already.
+func (l *Lookup) Close() {
+	if l == nil || l.closed {
+		return
+	}
+	l.closed = true
+	l.in.Close()
+	_ = l.cmd.Wait()
 }
