@@ -492,19 +492,9 @@ func TestFetchCacheIsMadeWithItsFirstChunk(t *testing.T) {
 // catFiles counts the cat-file lookups running on gitDir.
 func catFiles(t *testing.T, gitDir string) int {
 	t.Helper()
-	n := 0
-	procs, err := filepath.Glob("/proc/[0-9]*/environ")
-	require.NoError(t, err)
-	for _, p := range procs {
-		cmd, err := os.ReadFile(filepath.Join(filepath.Dir(p), "cmdline"))
-		if err != nil || !bytes.Contains(cmd, []byte("cat-file\x00--batch-check")) {
-			continue
-		}
-		if env, err := os.ReadFile(p); err == nil && bytes.Contains(env, []byte("GIT_DIR="+gitDir+"\x00")) {
-			n++
-		}
-	}
-	return n
+	return gittest.Processes(t, func(cmd, env []byte) bool {
+		return bytes.Contains(cmd, []byte("cat-file\x00--batch-check")) && bytes.Contains(env, []byte("GIT_DIR="+gitDir+"\x00"))
+	})
 }
 
 // TestLookupStartsWithThePushListing: the git that checks a push's names
@@ -512,9 +502,6 @@ func catFiles(t *testing.T, gitDir string) int {
 // serves the push that follows; a listing no push follows leaves none
 // behind.
 func TestLookupStartsWithThePushListing(t *testing.T) {
-	if _, err := os.Stat("/proc/self/environ"); err != nil {
-		t.Skip("needs /proc to see the lookups")
-	}
 	work, upstream := setup(t)
 	gitDir := filepath.Join(work, ".git")
 	require.NoError(t, os.WriteFile(filepath.Join(work, "c.txt"), []byte("c\n"), 0o644))

@@ -171,3 +171,33 @@ func Script(t testing.TB, path, content string) {
 		t.Fatal(err)
 	}
 }
+
+// Processes counts the running processes that match says are the ones
+// sought, given each one's command line and environment (NUL-separated,
+// as /proc has them); a process gone meanwhile does not count. Without
+// /proc the test is skipped, or fails in CI.
+func Processes(t testing.TB, match func(cmdline, environ []byte) bool) int {
+	t.Helper()
+	if _, err := os.Stat("/proc/self/cmdline"); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("/proc is required in CI: %v", err)
+		}
+		t.Skip("needs /proc to see processes")
+	}
+	dirs, err := filepath.Glob("/proc/[0-9]*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, d := range dirs {
+		cmd, err := os.ReadFile(filepath.Join(d, "cmdline"))
+		if err != nil {
+			continue
+		}
+		env, _ := os.ReadFile(filepath.Join(d, "environ"))
+		if match(cmd, env) {
+			n++
+		}
+	}
+	return n
+}
