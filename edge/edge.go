@@ -388,27 +388,13 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 
 // WriteTo passes the body on in reads and writes of copyBuf bytes: without
 // it the transport copies it 32 KiB at a time, two system calls and a
-// wake-up each.
+// wake-up each. Read applies the limits.
 func (b *limitedBody) WriteTo(w io.Writer) (int64, error) {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
-	var total int64
-	for {
-		n, err := b.Read(*bp)
-		if n > 0 {
-			m, werr := w.Write((*bp)[:n])
-			total += int64(m)
-			if werr != nil {
-				return total, werr
-			}
-		}
-		if err == io.EOF {
-			return total, nil
-		}
-		if err != nil {
-			return total, err
-		}
-	}
+	// Hidden from io.CopyBuffer: this WriteTo, and a ReadFrom of w's,
+	// which would copy in sizes of their own.
+	return io.CopyBuffer(struct{ io.Writer }{w}, struct{ io.Reader }{b}, *bp)
 }
 
 func (b *limitedBody) Close() error { return b.r.Close() }

@@ -199,17 +199,7 @@ func (h *Helper) check(ctx context.Context, ups []*refUpdate) error {
 		}
 	}
 	ffs := h.startAncestry(ctx, ups)
-	var more map[string]string
-	var err error
-	var l *gitx.Lookup
-	if h.lookup != nil {
-		l, h.lookup = <-h.lookup, nil
-	}
-	if l != nil {
-		more, err = l.Exists(names)
-	} else {
-		more, err = h.git.Exists(ctx, names)
-	}
+	more, err := h.exists(ctx, names)
 	if err != nil {
 		return fmt.Errorf("look up the pushed objects: %w", err)
 	}
@@ -236,6 +226,19 @@ func (h *Helper) startLookup(ctx context.Context) {
 		l, _ := h.git.StartLookup(ctx)
 		c <- l
 	}()
+}
+
+// exists is h.git.Exists, on the git startLookup started when there is
+// one.
+func (h *Helper) exists(ctx context.Context, names []string) (map[string]string, error) {
+	if h.lookup != nil {
+		l := <-h.lookup
+		h.lookup = nil
+		if l != nil {
+			return l.Exists(names)
+		}
+	}
+	return h.git.Exists(ctx, names)
 }
 
 // fewMoves is how many branch moves startAncestry checks at once.

@@ -47,7 +47,23 @@ func (f *fixture) read(t *testing.T, kind, request, follows string) (id, answer 
 // the ids, salt and size read fills in).
 func (f *fixture) readOpen(t *testing.T, o wire.Open, request string) (id, answer string) {
 	t.Helper()
-	o.V, o.ID, o.Repo, o.Salt, o.MaxBody = wire.Version, randomID(16), "acme/widgets", randomID(32), f.client.MaxBody
+	_, st, tail := f.openRead(t, o, request)
+	require.True(t, st.Down != nil && st.Down.Inline, "%s: %s", st.Phase, st.Message)
+	plain, err := payload.Unbytes(tail, 1<<20)
+	require.NoError(t, err)
+	return st.ID, string(plain)
+}
+
+// openRead opens a read exchange with o, its ids, salt and (unless o
+// has one) size filled in and its request (none when empty) inline, and
+// waits for the answer's terms. It returns the Open's bytes, the status
+// and the tail of the reply that brought it.
+func (f *fixture) openRead(t *testing.T, o wire.Open, request string) (raw []byte, st wire.Status, tail []byte) {
+	t.Helper()
+	o.V, o.ID, o.Repo, o.Salt = wire.Version, randomID(16), "acme/widgets", randomID(32)
+	if o.MaxBody == 0 {
+		o.MaxBody = f.client.MaxBody
+	}
 	raw, err := json.Marshal(o)
 	require.NoError(t, err)
 	req := wire.Request{Method: "POST", Path: wire.PathOpen, Msg: json.RawMessage(raw)}
@@ -57,17 +73,13 @@ func (f *fixture) readOpen(t *testing.T, o wire.Open, request string) (id, answe
 		require.NoError(t, err)
 		req.Tail = up.Seal(nil, 0, true, payload.Bytes([]byte(request)))
 	}
-	var st wire.Status
-	tail, err := f.client.Call(t.Context(), req, &st)
+	tail, err = f.client.Call(t.Context(), req, &st)
 	require.NoError(t, err)
 	for !wire.Ended(st.Phase) && st.Down == nil {
 		tail, err = f.client.Call(t.Context(), wire.Request{Method: "GET", Path: wire.PathStatus, Query: url.Values{"id": {o.ID}, "wait": {"1"}}}, &st)
 		require.NoError(t, err)
 	}
-	require.True(t, st.Down != nil && st.Down.Inline, "%s: %s", st.Phase, st.Message)
-	plain, err := payload.Unbytes(tail, 1<<20)
-	require.NoError(t, err)
-	return o.ID, string(plain)
+	return raw, st, tail
 }
 
 // TestListingFollowsItsCapabilities: the capabilities exchange that
@@ -184,24 +196,10 @@ func TestFirstChunkComesWithTheAnswer(t *testing.T) {
 	for _, maxBody := range []int64{f.client.MaxBody, wire.MinMaxBody} {
 		t.Run(fmt.Sprintf("maxBody=%d", maxBody), func(t *testing.T) {
 			caps, _ := f.read(t, wire.KindCaps, "", "")
-			o := wire.Open{V: wire.Version, ID: randomID(16), Kind: wire.KindFetch, Repo: "acme/widgets", Salt: randomID(32),
-				MaxBody: maxBody, Inline: true, Follows: caps}
-			raw, err := json.Marshal(o)
-			require.NoError(t, err)
-			salt, _ := hex.DecodeString(o.Salt)
-			up, err := seal.New(f.key, keyring.LabelUpload, salt, wire.Hash(raw))
-			require.NoError(t, err)
-			var st wire.Status
-			first, err := f.client.Call(t.Context(), wire.Request{Method: "POST", Path: wire.PathOpen, Msg: json.RawMessage(raw),
-				Tail: up.Seal(nil, 0, true, payload.Bytes([]byte(fetch)))}, &st)
-			require.NoError(t, err)
-			for !wire.Ended(st.Phase) && st.Down == nil {
-				first, err = f.client.Call(t.Context(), wire.Request{Method: "GET", Path: wire.PathStatus, Query: url.Values{"id": {o.ID}, "wait": {"1"}}}, &st)
-				require.NoError(t, err)
-			}
+			raw, st, first := f.openRead(t, wire.Open{Kind: wire.KindFetch, MaxBody: maxBody, Inline: true, Follows: caps}, fetch)
 			require.NotNil(t, st.Down, "%s: %s", st.Phase, st.Message)
 			require.False(t, st.Down.Inline, "an answer of a megabyte comes in chunks")
-			served, err := f.client.Get(t.Context(), wire.Request{Method: "GET", Path: wire.PathDown, Query: url.Values{"id": {o.ID}, "i": {"0"}}})
+			served, err := f.client.Get(t.Context(), wire.Request{Method: "GET", Path: wire.PathDown, Query: url.Values{"id": {st.ID}, "i": {"0"}}})
 			require.NoError(t, err)
 			if maxBody < 256<<10 {
 				require.False(t, st.First, "no room for the first chunk beside the status")
