@@ -70,6 +70,12 @@ func (x *exchange) openIt(ctx context.Context, inline []byte, what string) (*wir
 	if x.open.Inline {
 		tail = x.up.Seal(nil, 0, true, inline)
 	}
+	return x.openWith(ctx, tail, what)
+}
+
+// openWith sends the Open message with tail after it: the sealed inline
+// upload, or the upload's sealed first chunk (Open.First), or nothing.
+func (x *exchange) openWith(ctx context.Context, tail []byte, what string) (*wire.Status, []byte, error) {
 	var st wire.Status
 	// The message is framed as JSON, but its exact bytes are what the
 	// payloads are bound to: they go as a raw JSON message.

@@ -466,6 +466,37 @@ func TestFirstChunkComesWithTheAnswer(t *testing.T) {
 	require.NotContains(t, asked, "0", "the first chunk is not asked for: it came with the answer")
 }
 
+// TestPushFirstChunkGoesWithTheOpen: a push of several chunks to a relay
+// that takes it (its listing said so) sends the first chunk with the
+// Open: x/up never sees chunk 0, and the push lands.
+func TestPushFirstChunkGoesWithTheOpen(t *testing.T) {
+	var mu sync.Mutex
+	var sent []string // the chunks uploaded through x/up, by index
+	work, upstream := setupLink(t, shape.Link{}, func(r *http.Request) {
+		if r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, "/"+wire.PathUp) {
+			mu.Lock()
+			sent = append(sent, r.URL.Query().Get("i"))
+			mu.Unlock()
+		}
+	})
+	big := make([]byte, 3<<20) // a payload of several chunks
+	_, _ = rand.Read(big)
+	require.NoError(t, os.WriteFile(filepath.Join(work, "big.bin"), big, 0o644))
+	gittest.Git(t, work, "add", ".")
+	gittest.Git(t, work, "commit", "-qm", "big")
+	tip := gittest.Git(t, work, "rev-parse", "master")
+
+	out, stderr, err := talk(t, "acme/widgets", "list for-push\npush refs/heads/master:refs/heads/master\n\n")
+	require.NoError(t, err, stderr)
+	require.Contains(t, out, "ok refs/heads/master\n")
+	require.Equal(t, tip, gittest.Git(t, "", "--git-dir", upstream, "rev-parse", "master"))
+
+	mu.Lock()
+	defer mu.Unlock()
+	require.NotEmpty(t, sent, "the rest of the payload goes through x/up")
+	require.NotContains(t, sent, "0", "the first chunk went with the Open")
+}
+
 // TestFetchCacheIsMadeWithItsFirstChunk: a fetch's resume folder appears
 // only with the first chunk kept, replacing whatever an earlier run left
 // under its name; a later run then finds the Open and the chunk.

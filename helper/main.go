@@ -117,6 +117,9 @@ type Helper struct {
 	cas         map[string]string
 
 	refs *refList // upstream's refs, from the last list
+	// upFirst says that the relay takes a push's first chunk with its
+	// Open (wire.Status.UpFirst), as its answer to the list said.
+	upFirst bool
 	// have maps the object names a push's check looked up (upstream's
 	// tips among them) to the ids this repository has for them.
 	have   map[string]string

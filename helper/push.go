@@ -42,6 +42,7 @@ func (h *Helper) list(ctx context.Context, forPush bool) (*refList, error) {
 	if err != nil {
 		return nil, err
 	}
+	h.upFirst = st.UpFirst
 	if st.Phase == wire.PhaseFailed || st.Phase == wire.PhaseCancelled {
 		return nil, fmt.Errorf("%s: %s", h.repo, st.Message)
 	}
@@ -495,12 +496,6 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, spec *bundleSpec,
 		return nil, fmt.Errorf("read the bundle: %w", err)
 	}
 	src = io.MultiReader(bytes.NewReader(pre[:n]), src)
-	type split struct {
-		c   chunk
-		end bool
-		t   *payload.Totals
-		err error
-	}
 	// One buffer per worker, one being filled and one held while the
 	// exchange opens: memory stays at a few chunks whatever the size.
 	free := make(chan []byte, chunkWorkers+2)
@@ -547,9 +542,14 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, spec *bundleSpec,
 		}
 	}()
 	// The exchange opens while the first chunk is cut, and a new push's
-	// resume record is written while it opens.
+	// resume record is written while it opens. A relay that takes it gets
+	// the first chunk with the Open instead, a round trip sooner; the
+	// record then holds its tag before it goes.
 	var x *exchange
 	var rec chan pushRecord
+	var first split
+	var tail []byte // the first chunk, sealed, when it goes with the Open
+	began := time.Now()
 	if resumed != nil {
 		if x, err = h.exchangeFrom(resumed.open); err != nil {
 			resumed.remove()
@@ -557,16 +557,36 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, spec *bundleSpec,
 		}
 		h.ui.detail("resuming the interrupted push %s", x.id)
 	} else {
-		if x, err = h.newExchange(wire.Open{Kind: wire.KindPush, ChunkSize: chunkSize}); err != nil {
+		if x, err = h.newExchange(wire.Open{Kind: wire.KindPush, ChunkSize: chunkSize, First: h.upFirst}); err != nil {
 			return nil, err
 		}
-		rec = make(chan pushRecord, 1)
-		go func() {
-			r, err := newPushResume(dir, x.raw)
-			rec <- pushRecord{r, err}
-		}()
+		if x.open.First {
+			if first, err = nextChunk(ctx, chunks); err != nil {
+				return nil, err
+			}
+			if resumed, err = newPushResume(dir, x.raw); err != nil {
+				return nil, err
+			}
+			// It goes when it fits a body beside the message with room to
+			// spare, as an inline upload does: the relay took the chunk
+			// size, so a body that size fits its cap.
+			if !first.c.final && len(first.c.buf)+len(x.raw) <= inlineMax(int64(chunkSize)) {
+				tail = x.up.Seal(first.c.buf[:0], 0, false, first.c.buf)
+				if _, err := resumed.record(0, len(first.c.buf), tail[len(tail)-seal.Overhead:]); err != nil {
+					resumed.remove()
+					return nil, err
+				}
+				first.c.buf = tail
+			}
+		} else {
+			rec = make(chan pushRecord, 1)
+			go func() {
+				r, err := newPushResume(dir, x.raw)
+				rec <- pushRecord{r, err}
+			}()
+		}
 	}
-	st, _, err := x.openIt(ctx, nil, "opening the push")
+	st, _, err := x.openWith(ctx, tail, "opening the push")
 	if rec != nil {
 		r := <-rec
 		if r.err != nil {
@@ -589,19 +609,19 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, spec *bundleSpec,
 		}
 		return st, nil
 	}
-	var first split
-	select {
-	case first = <-chunks:
-	case <-ctx.Done():
-		first = split{end: true, err: ctx.Err()}
+	if tail != nil {
+		// The relay holds the first chunk: the upload goes on from the
+		// second.
+		sizer.sent(0)
+		sizer.settle(0, len(tail), began)
+		free <- tail[:0]
+		first = split{}
 	}
-	if first.end {
-		err := first.err
-		if err == nil {
-			err = errors.New("create bundle: it ended before its first chunk")
+	if first.c.buf == nil {
+		if first, err = nextChunk(ctx, chunks); err != nil {
+			h.giveUp(ctx, x, resumed, err)
+			return nil, err
 		}
-		h.giveUp(ctx, x, resumed, err)
-		return nil, err
 	}
 	held := map[uint32]bool{}
 	for _, i := range st.Held {
@@ -681,6 +701,32 @@ func (h *Helper) sendOnce(ctx context.Context, manJSON []byte, spec *bundleSpec,
 	resumed.remove()
 	h.ui.done("server: %s.", timeline(st.Timeline))
 	return st, nil
+}
+
+// split is what the bundle's splitter hands on: a chunk, or the end
+// with the payload's totals or what stopped it.
+type split struct {
+	c   chunk
+	end bool
+	t   *payload.Totals
+	err error
+}
+
+// nextChunk waits for the splitter's next chunk, where one must come:
+// the first, or the one after a chunk that was not the final one.
+func nextChunk(ctx context.Context, chunks <-chan split) (split, error) {
+	select {
+	case s := <-chunks:
+		switch {
+		case s.end && s.err != nil:
+			return s, s.err
+		case s.end:
+			return s, errors.New("create bundle: it ended before its first chunk")
+		}
+		return s, nil
+	case <-ctx.Done():
+		return split{}, ctx.Err()
+	}
 }
 
 // pushRecord is a new push's resume record, written while its exchange

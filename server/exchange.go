@@ -428,7 +428,8 @@ func (s *Server) wait(ctx context.Context, e *exch, d time.Duration, ok func(st 
 // status is the exchange's status for its client.
 func (s *Server) status(ctx context.Context, e *exch, held bool) wire.Status {
 	st, _ := e.snapshot()
-	out := wire.Status{ID: e.id, Phase: st.Phase, Message: st.Message, Code: st.Code, Results: st.Results, Timeline: st.Timeline, Down: st.Down}
+	out := wire.Status{ID: e.id, Phase: st.Phase, Message: st.Message, Code: st.Code, Results: st.Results, Timeline: st.Timeline, Down: st.Down,
+		UpFirst: e.open.Kind == wire.KindRefs && e.open.Push}
 	if held && e.open.ChunkSize > 0 {
 		_ = s.store.List(ctx, "up/"+e.id+"/", func(i store.Info) error {
 			if n, err := parseIndex(i.Key[strings.LastIndexByte(i.Key, '/')+1:]); err == nil {
@@ -441,7 +442,7 @@ func (s *Server) status(ctx context.Context, e *exch, held bool) wire.Status {
 }
 
 // checkOpen validates an Open before anything is done for it.
-func (s *Server) checkOpen(o *wire.Open, inline bool) error {
+func (s *Server) checkOpen(o *wire.Open, tail bool) error {
 	if o.V != wire.Version {
 		return badRequest("this relay speaks protocol version %d, the client %d: use the same git-relay release on both sides", wire.Version, o.V)
 	}
@@ -462,7 +463,7 @@ func (s *Server) checkOpen(o *wire.Open, inline bool) error {
 	if o.MaxBody < wire.MinMaxBody {
 		return badRequest("maxBody %d is below the smallest body cap (%d)", o.MaxBody, wire.MinMaxBody)
 	}
-	if o.Inline != inline {
+	if tail && !o.Inline && !o.First || o.Inline && !tail {
 		return badRequest("the Open message and its body disagree about an inline upload")
 	}
 	hasUpload := o.Kind == wire.KindPush || o.Kind == wire.KindFetch
@@ -473,6 +474,8 @@ func (s *Server) checkOpen(o *wire.Open, inline bool) error {
 		return badRequest("a %s exchange needs an upload", o.Kind)
 	case o.Inline && o.ChunkSize != 0:
 		return badRequest("an inline upload has no chunk size")
+	case o.First && o.ChunkSize == 0:
+		return badRequest("only a chunked upload sends its first chunk with the Open")
 	}
 	if o.ChunkSize != 0 {
 		// No sum of client numbers: a chunk size near the top of the int
@@ -510,6 +513,17 @@ func (s *Server) handleOpen(c *call) {
 		return
 	}
 	defer e.use()()
+	if o.First && len(tail) > 0 {
+		// The upload's first chunk, taken as x/up takes it.
+		buf := &sharedBuf{bp: &tail}
+		buf.refs.Store(1)
+		taken := s.takeChunk(c, e, 0, false, tail, buf)
+		s.release(buf)
+		if taken {
+			s.replyStatus(c, e, existed)
+		}
+		return
+	}
 	if len(tail) > 0 {
 		// The inline upload is the payload's only chunk, sealed as chunk 0
 		// and final.
@@ -683,89 +697,14 @@ func (s *Server) handleUp(c *call) {
 		return
 	}
 	defer done()
-	size := e.open.ChunkSize
-	if size == 0 {
-		c.failErr(badRequest("exchange %s takes no upload chunks", e.id))
-		return
-	}
 	i, ok := chunkIndex(c)
 	if !ok {
 		return
 	}
-	// Every chunk before i holds at least MinChunk bytes. In int64, with
-	// both factors below 2^32: no overflow.
-	if int64(i)*payload.MinChunk >= s.cfg.MaxPushSize {
-		c.failErr(tooLarge("the upload is larger than this relay accepts (%d bytes)", s.cfg.MaxPushSize))
-		return
-	}
 	final := q.Get("final") == "1"
-	// No chunk is larger than its ramped size, and none but the final
-	// one smaller than payload.MinChunk: no way to split a payload into a
-	// flood of tiny ones.
-	if n := len(c.body) - seal.Overhead; !payload.Fits(i, size, n, final) {
-		most := payload.Ramp(i, size)
-		c.failErr(badRequest("chunk %d: %d bytes, but chunk %d holds %d to %d bytes (fewer only if it is the final one)",
-			i, len(c.body), i, min(most, payload.MinChunk)+seal.Overhead, most+seal.Overhead))
+	if !s.takeChunk(c, e, i, final, c.body, c.shared) {
 		return
 	}
-	// Opened in place: the plaintext takes the ciphertext's place, and
-	// the flag byte the first byte of the tag's.
-	plain, err := e.up.Open(c.body[:0], i, final, c.body)
-	if err != nil {
-		c.failErr(badRequest("%v: it was altered on the way or belongs to another exchange", err))
-		return
-	}
-	if st, _ := e.snapshot(); wire.Ended(st.Phase) {
-		if st.Phase == wire.PhaseCancelled {
-			c.failErr(&userError{http.StatusConflict, wire.CodeGone, fmt.Sprintf("exchange %s is %s and takes no more chunks", e.id, st.Phase)})
-			return
-		}
-		// A chunk sent again after the push ended: its client was cut
-		// off, and the relay finished the push from the kept chunks while
-		// the client came back. The answer is the outcome, as the final
-		// chunk's would have been.
-		s.replyStatus(c, e, false)
-		return
-	}
-	if err := s.chargeBytes(e, int64(len(c.body))); err != nil {
-		c.failErr(err)
-		return
-	}
-	// The push starts on its first authenticated chunk, before that chunk
-	// is stored, so that handOff can give it the chunk at once.
-	s.start(e)
-	s.handOff(e, i, final, plain, c.shared)
-	if final {
-		// Only a chunk that opened as the last one marks the end, once.
-		_, err := s.store.Put(ctx, upFinalKey(e.id), []byte(strconv.FormatUint(uint64(i), 10)), store.PutOptions{IfNoneMatch: true})
-		if errors.Is(err, store.ErrPrecondition) {
-			b, _, gerr := s.store.Get(ctx, upFinalKey(e.id), nil)
-			if gerr != nil || string(b) != strconv.FormatUint(uint64(i), 10) {
-				c.failErr(conflict("chunk %d: exchange %s already has its final chunk", i, e.id))
-				return
-			}
-		} else if err != nil {
-			c.failErr(err)
-			return
-		}
-	}
-	obj := append(plain, flagOf(final))
-	if _, err := s.store.Put(ctx, upKey(e.id, i), obj, store.PutOptions{IfNoneMatch: true}); errors.Is(err, store.ErrPrecondition) {
-		old, _, err := s.store.Get(ctx, upKey(e.id, i), nil)
-		if err != nil || string(old) != string(obj) {
-			c.failErr(conflict("chunk %d already holds different bytes", i))
-			return
-		}
-	} else if err != nil {
-		c.failErr(err)
-		return
-	}
-	e.mu.Lock()
-	e.seen = time.Now()
-	e.notify()
-	e.mu.Unlock()
-	s.metrics.chunksIn.Inc()
-	s.follow(e)
 	if final {
 		// The last chunk's answer waits for the outcome, so that a push
 		// that lands while it uploads costs no extra round trip.
@@ -775,6 +714,92 @@ func (s *Server) handleUp(c *call) {
 		return
 	}
 	s.replyStatus(c, e, false)
+}
+
+// takeChunk authenticates upload chunk i (sealed in body, which buf
+// holds), hands it to the push and stores it. It answers the request
+// itself, and returns false, when the chunk is refused, or when the
+// exchange has ended (a chunk sent again after the push ended: its
+// client was cut off, and the relay finished the push from the kept
+// chunks while the client came back; the answer is the outcome, as the
+// final chunk's would have been).
+func (s *Server) takeChunk(c *call, e *exch, i uint32, final bool, body []byte, buf *sharedBuf) bool {
+	ctx := c.r.Context()
+	size := e.open.ChunkSize
+	if size == 0 {
+		c.failErr(badRequest("exchange %s takes no upload chunks", e.id))
+		return false
+	}
+	// Every chunk before i holds at least MinChunk bytes. In int64, with
+	// both factors below 2^32: no overflow.
+	if int64(i)*payload.MinChunk >= s.cfg.MaxPushSize {
+		c.failErr(tooLarge("the upload is larger than this relay accepts (%d bytes)", s.cfg.MaxPushSize))
+		return false
+	}
+	// No chunk is larger than its ramped size, and none but the final
+	// one smaller than payload.MinChunk: no way to split a payload into a
+	// flood of tiny ones.
+	if n := len(body) - seal.Overhead; !payload.Fits(i, size, n, final) {
+		most := payload.Ramp(i, size)
+		c.failErr(badRequest("chunk %d: %d bytes, but chunk %d holds %d to %d bytes (fewer only if it is the final one)",
+			i, len(body), i, min(most, payload.MinChunk)+seal.Overhead, most+seal.Overhead))
+		return false
+	}
+	// Opened in place: the plaintext takes the ciphertext's place, and
+	// the flag byte the first byte of the tag's.
+	plain, err := e.up.Open(body[:0], i, final, body)
+	if err != nil {
+		c.failErr(badRequest("%v: it was altered on the way or belongs to another exchange", err))
+		return false
+	}
+	if st, _ := e.snapshot(); wire.Ended(st.Phase) {
+		if st.Phase == wire.PhaseCancelled {
+			c.failErr(&userError{http.StatusConflict, wire.CodeGone, fmt.Sprintf("exchange %s is %s and takes no more chunks", e.id, st.Phase)})
+			return false
+		}
+		s.replyStatus(c, e, false)
+		return false
+	}
+	if err := s.chargeBytes(e, int64(len(body))); err != nil {
+		c.failErr(err)
+		return false
+	}
+	// The push starts on its first authenticated chunk, before that chunk
+	// is stored, so that handOff can give it the chunk at once.
+	s.start(e)
+	s.handOff(e, i, final, plain, buf)
+	if final {
+		// Only a chunk that opened as the last one marks the end, once.
+		_, err := s.store.Put(ctx, upFinalKey(e.id), []byte(strconv.FormatUint(uint64(i), 10)), store.PutOptions{IfNoneMatch: true})
+		if errors.Is(err, store.ErrPrecondition) {
+			b, _, gerr := s.store.Get(ctx, upFinalKey(e.id), nil)
+			if gerr != nil || string(b) != strconv.FormatUint(uint64(i), 10) {
+				c.failErr(conflict("chunk %d: exchange %s already has its final chunk", i, e.id))
+				return false
+			}
+		} else if err != nil {
+			c.failErr(err)
+			return false
+		}
+	}
+	obj := append(plain, flagOf(final))
+	if _, err := s.store.Put(ctx, upKey(e.id, i), obj, store.PutOptions{IfNoneMatch: true}); errors.Is(err, store.ErrPrecondition) {
+		old, _, err := s.store.Get(ctx, upKey(e.id, i), nil)
+		if err != nil || string(old) != string(obj) {
+			c.failErr(conflict("chunk %d already holds different bytes", i))
+			return false
+		}
+	} else if err != nil {
+		c.failErr(err)
+		return false
+	}
+	e.mu.Lock()
+	e.seen = time.Now()
+	e.notify()
+	e.mu.Unlock()
+	s.metrics.chunksIn.Inc()
+	s.follow(e)
+	return true
 }
 
 // handleDown answers one download chunk: the final flag, then the chunk

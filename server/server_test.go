@@ -795,3 +795,88 @@ func TestWaitingFinalChunkHoldsNoBody(t *testing.T) {
 	r := <-done
 	f.requireLanded(t, r.st, r.err, f.second)
 }
+
+// TestFirstUploadChunkComesWithTheOpen: a push's first chunk may come
+// with its Open, and is taken as x/up takes it: a chunk altered on the
+// way is refused, the same Open sent again (its answer lost, or the push
+// resumed) finds the chunk held, and the push lands with the rest sent
+// through x/up. Only a chunked upload's Open says so, and a tail after
+// an Open that says nothing of it is refused. A listing for a push says
+// the relay takes the chunk; another listing does not.
+func TestFirstUploadChunkComesWithTheOpen(t *testing.T) {
+	f := newFixture(t, Config{})
+	tip := f.commitRandom(t, "big.bin", 1<<20)
+	man := wire.PushManifest{Updates: []wire.Update{{Ref: "refs/heads/master", Old: f.first, New: tip}}}
+	js, err := json.Marshal(man)
+	require.NoError(t, err)
+	plain := append(binary.BigEndian.AppendUint32(nil, uint32(len(js))), js...)
+	plain = append(plain, f.bundle(t, "master", "^"+f.first)...)
+
+	const chunkSize = 256 << 10
+	o := wire.Open{V: wire.Version, ID: randomID(16), Kind: wire.KindPush, Repo: "acme/widgets", Salt: randomID(32),
+		ChunkSize: chunkSize, MaxBody: f.client.MaxBody, First: true}
+	raw, err := json.Marshal(o)
+	require.NoError(t, err)
+	salt, _ := hex.DecodeString(o.Salt)
+	up, err := seal.New(f.key, keyring.LabelUpload, salt, wire.Hash(raw))
+	require.NoError(t, err)
+	var sealed [][]byte
+	free := make(chan []byte, 1)
+	free <- nil
+	_, err = payload.SplitRamp(bytes.NewReader(plain), chunkSize, free, func(i uint32, final bool, c []byte) error {
+		sealed = append(sealed, up.Seal(nil, i, final, c))
+		free <- c[:0]
+		return nil
+	}, func(uint32, int) int { return chunkSize })
+	require.NoError(t, err)
+	require.Greater(t, len(sealed), 2)
+
+	ctx := t.Context()
+	open := func(tail []byte) (wire.Status, error) {
+		var st wire.Status
+		_, err := f.client.Call(ctx, wire.Request{Method: "POST", Path: wire.PathOpen, Msg: json.RawMessage(raw), Tail: tail}, &st)
+		return st, err
+	}
+	altered := bytes.Clone(sealed[0])
+	altered[len(altered)/2] ^= 1
+	_, err = open(altered)
+	var api *wire.APIError
+	require.ErrorAs(t, err, &api)
+	require.Equal(t, wire.CodeBadRequest, api.Code)
+	require.Contains(t, api.Msg, "chunk 0")
+
+	st, err := open(sealed[0])
+	require.NoError(t, err)
+	require.Equal(t, wire.PhaseReceiving, st.Phase)
+	st, err = open(nil)
+	require.NoError(t, err)
+	require.Equal(t, []uint32{0}, st.Held, "the first chunk is held")
+
+	for i := 1; i < len(sealed); i++ {
+		q := url.Values{"id": {o.ID}, "i": {strconv.Itoa(i)}}
+		if i == len(sealed)-1 {
+			q.Set("final", "1")
+		}
+		_, err := f.client.Call(ctx, wire.Request{Method: "PUT", Path: wire.PathUp, Query: q, Raw: sealed[i]}, &st)
+		require.NoError(t, err)
+	}
+	out, err := f.outcome(t, o.ID, &st)
+	f.requireLanded(t, out, err, tip)
+
+	// What an Open may not say.
+	for name, o := range map[string]wire.Open{
+		"a tail it does not announce": {Kind: wire.KindPush, ChunkSize: chunkSize},
+		"a first chunk inline":        {Kind: wire.KindPush, Inline: true, First: true},
+	} {
+		o.V, o.ID, o.Repo, o.Salt, o.MaxBody = wire.Version, randomID(16), "acme/widgets", randomID(32), f.client.MaxBody
+		raw, _ := json.Marshal(o)
+		_, err := f.client.Call(ctx, wire.Request{Method: "POST", Path: wire.PathOpen, Msg: json.RawMessage(raw), Tail: sealed[0]}, nil)
+		require.ErrorAs(t, err, &api, name)
+		require.Equal(t, wire.CodeBadRequest, api.Code, name)
+	}
+
+	_, lst, _ := f.openRead(t, wire.Open{Kind: wire.KindRefs, Push: true}, "")
+	require.True(t, lst.UpFirst, "a listing for a push says the relay takes a first chunk with the Open")
+	_, lst, _ = f.openRead(t, wire.Open{Kind: wire.KindRefs}, "")
+	require.False(t, lst.UpFirst)
+}

@@ -67,6 +67,12 @@ type Open struct {
 	// Push says, for a ref listing (KindRefs), that a push follows it:
 	// the relay may begin the conversation with upstream's receive-pack.
 	Push bool `json:"push,omitempty"`
+	// First says, for a chunked upload, that its first chunk may follow
+	// the message, sealed as x/up takes it: a new push's upload begins a
+	// round trip sooner. Only to a relay that said it takes one
+	// (Status.UpFirst); the message says so even when the chunk does not
+	// follow, as when an interrupted push opens its exchange again.
+	First bool `json:"first,omitempty"`
 }
 
 var idRE = regexp.MustCompile(`^[0-9a-f]{32}$`)
@@ -111,6 +117,9 @@ type Status struct {
 	// answer: a round trip fewer before the client has something to hand
 	// git. A client that takes no notice asks for the chunk as before.
 	First bool `json:"first,omitempty"`
+	// UpFirst says, in the answer of a ref listing for a push, that this
+	// relay takes an upload's first chunk with the Open (Open.First).
+	UpFirst bool `json:"upFirst,omitempty"`
 }
 
 // Down is an answer's payload.
