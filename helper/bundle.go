@@ -113,20 +113,16 @@ type bundleRun struct {
 // them, and the push moves refs only.
 func (h *Helper) startBundle(ctx context.Context, b *bundleSpec) (run *bundleRun, empty bool, err error) {
 	h.ui.status("bundling...")
-	c := h.git.Command(ctx, "pack-objects", "--revs", "--stdout", "--thin", "--delta-base-offset", "--quiet")
-	c.Stdin = strings.NewReader(b.revs())
-	pipe, err := c.StdoutPipe()
+	p, err := h.takePacker(ctx)
 	if err != nil {
-		return nil, false, err
-	}
-	if f, ok := pipe.(*os.File); ok {
-		// git writes the pack in small pieces: a wide pipe wakes the
-		// helper for a megabyte at a time rather than for each of them.
-		gitx.WidenPipe(f)
-	}
-	if err := c.Start(); err != nil {
 		return nil, false, fmt.Errorf("create bundle: %w", err)
 	}
+	go func() {
+		// pack-objects reads every rev before it writes: this ends.
+		_, _ = io.WriteString(p.in, b.revs())
+		p.in.Close()
+	}()
+	c, pipe := p.cmd, p.pipe
 	run = &bundleRun{cmd: c, pipe: pipe}
 	hdr := make([]byte, bundle.PackHeaderLen)
 	if _, err := io.ReadFull(pipe, hdr); err != nil {
@@ -151,6 +147,74 @@ func (h *Helper) startBundle(ctx context.Context, b *bundleSpec) (run *bundleRun
 	}
 	run.out = io.MultiReader(bytes.NewReader(b.header()), bytes.NewReader(hdr), pipe)
 	return run, false, nil
+}
+
+// packer is a git pack-objects that waits for the revs of its pack.
+type packer struct {
+	cmd  *gitx.Cmd
+	in   io.WriteCloser
+	pipe io.ReadCloser
+}
+
+func (h *Helper) newPacker(ctx context.Context) (*packer, error) {
+	c := h.git.Command(ctx, "pack-objects", "--revs", "--stdout", "--thin", "--delta-base-offset", "--quiet")
+	in, err := c.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	pipe, err := c.StdoutPipe()
+	if err != nil {
+		in.Close()
+		return nil, err
+	}
+	if f, ok := pipe.(*os.File); ok {
+		// git writes the pack in small pieces: a wide pipe wakes the
+		// helper for a megabyte at a time rather than for each of them.
+		gitx.WidenPipe(f)
+	}
+	if err := c.Start(); err != nil {
+		return nil, err
+	}
+	return &packer{cmd: c, in: in, pipe: pipe}, nil
+}
+
+// startPacker starts, beside the listing for a push, the pack-objects
+// that startBundle gives the revs to, unless it is started already:
+// git's start-up is then off the push's way, as cat-file's is
+// (startLookup). One that fails to start leaves startBundle to start its
+// own.
+func (h *Helper) startPacker(ctx context.Context) {
+	if h.packer != nil {
+		return
+	}
+	c := make(chan *packer, 1)
+	h.packer = c
+	go func() {
+		p, _ := h.newPacker(ctx)
+		c <- p
+	}()
+}
+
+// takePacker returns the pack-objects startPacker started, or a new one.
+func (h *Helper) takePacker(ctx context.Context) (*packer, error) {
+	if h.packer != nil {
+		p := <-h.packer
+		h.packer = nil
+		if p != nil {
+			return p, nil
+		}
+	}
+	return h.newPacker(ctx)
+}
+
+// close ends a pack-objects that got no revs.
+func (p *packer) close() {
+	if p == nil {
+		return
+	}
+	p.in.Close()
+	p.pipe.Close()
+	_ = p.cmd.Wait()
 }
 
 func (b *bundleRun) wait() error {

@@ -528,10 +528,18 @@ func catFiles(t *testing.T, gitDir string) int {
 	})
 }
 
-// TestLookupStartsWithThePushListing: the git that checks a push's names
-// starts when git lists refs for the push, while upstream is listed, and
-// serves the push that follows; a listing no push follows leaves none
-// behind.
+// packers counts the pack-objects running on gitDir.
+func packers(t *testing.T, gitDir string) int {
+	t.Helper()
+	return gittest.Processes(t, func(cmd, env []byte) bool {
+		return bytes.Contains(cmd, []byte("pack-objects\x00--revs")) && bytes.Contains(env, []byte("GIT_DIR="+gitDir+"\x00"))
+	})
+}
+
+// TestLookupStartsWithThePushListing: the gits that check a push's names
+// and write its pack start when git lists refs for the push, while
+// upstream is listed, and serve the push that follows; a listing no push
+// follows leaves none behind.
 func TestLookupStartsWithThePushListing(t *testing.T) {
 	work, upstream := setup(t)
 	gitDir := filepath.Join(work, ".git")
@@ -559,6 +567,8 @@ func TestLookupStartsWithThePushListing(t *testing.T) {
 	}
 	require.Eventually(t, func() bool { return catFiles(t, gitDir) == 1 }, 10*time.Second, 5*time.Millisecond,
 		"the lookup runs before git says what it pushes")
+	require.Eventually(t, func() bool { return packers(t, gitDir) == 1 }, 10*time.Second, 5*time.Millisecond,
+		"pack-objects runs before git says what it pushes")
 	_, err = io.WriteString(inW, "push refs/heads/master:refs/heads/master\n\n")
 	require.NoError(t, err)
 	line, err := out.ReadString('\n')
@@ -573,4 +583,5 @@ func TestLookupStartsWithThePushListing(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, out2, tip+" refs/heads/master\n")
 	require.Zero(t, catFiles(t, gitDir), "no lookup left behind")
+	require.Zero(t, packers(t, gitDir), "no pack-objects left behind")
 }

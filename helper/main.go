@@ -120,6 +120,7 @@ type Helper struct {
 	// upFirst says that the relay takes a push's first chunk with its
 	// Open (wire.Status.UpFirst), as its answer to the list said.
 	upFirst bool
+	packer  chan *packer // the pack-objects startPacker started
 	// have maps the object names a push's check looked up (upstream's
 	// tips among them) to the ids this repository has for them.
 	have   map[string]string
@@ -316,6 +317,9 @@ func (h *Helper) serve(ctx context.Context, stdin io.Reader, stdout io.Writer) e
 		if h.lookup != nil {
 			(<-h.lookup).Close()
 		}
+		if h.packer != nil {
+			(<-h.packer).close()
+		}
 	}()
 	for {
 		line, err := in.ReadString('\n')
@@ -346,6 +350,7 @@ func (h *Helper) serve(ctx context.Context, stdin io.Reader, stdout io.Writer) e
 		case "list":
 			if arg == "for-push" {
 				h.startLookup(ctx)
+				h.startPacker(ctx)
 			}
 			refs, err := h.list(ctx, arg == "for-push")
 			if err != nil {

@@ -101,6 +101,7 @@ func (u *refUpdate) refuse(why string) { u.result = "error " + u.Ref + " " + why
 func (h *Helper) push(ctx context.Context, specs []string) ([]string, error) {
 	if h.refs == nil {
 		h.startLookup(ctx)
+		h.startPacker(ctx)
 		if _, err := h.list(ctx, true); err != nil {
 			return nil, err
 		}
