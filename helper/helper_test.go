@@ -10,6 +10,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -431,20 +432,7 @@ func TestAnswerReachesGitChunkByChunk(t *testing.T) {
 // answer comes with the reply to its Open, so the helper asks the relay
 // only for the chunks after it, and git gets the whole answer.
 func TestFirstChunkComesWithTheAnswer(t *testing.T) {
-	var mu sync.Mutex
-	var asked []string // the chunks downloaded, by index
-	work, upstream := setupLink(t, shape.Link{}, func(r *http.Request) {
-		if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/"+wire.PathDown) {
-			mu.Lock()
-			asked = append(asked, r.URL.Query().Get("i"))
-			mu.Unlock()
-		}
-	})
-	big := make([]byte, 3<<20) // an answer of several chunks
-	_, _ = rand.Read(big)
-	require.NoError(t, os.WriteFile(filepath.Join(work, "big.bin"), big, 0o644))
-	gittest.Git(t, work, "add", ".")
-	gittest.Git(t, work, "commit", "-qm", "big")
+	work, upstream, asked := linkSeeing(t, http.MethodGet, wire.PathDown)
 	gittest.Git(t, work, "push", "-q", upstream, "master")
 	tip := gittest.Git(t, work, "rev-parse", "master")
 
@@ -460,30 +448,41 @@ func TestFirstChunkComesWithTheAnswer(t *testing.T) {
 	require.Greater(t, out.Len(), 3<<20)
 	require.True(t, strings.HasSuffix(out.String(), "0000"))
 
-	mu.Lock()
-	defer mu.Unlock()
-	require.NotEmpty(t, asked, "the rest of the answer is downloaded")
-	require.NotContains(t, asked, "0", "the first chunk is not asked for: it came with the answer")
+	require.NotEmpty(t, asked(), "the rest of the answer is downloaded")
+	require.NotContains(t, asked(), "0", "the first chunk is not asked for: it came with the answer")
+}
+
+// linkSeeing is setupLink that notes the chunk index of each request with
+// method to path, with a commit of 3 MiB of random bytes (a payload of
+// several chunks) in the work repository. seen returns the indices.
+func linkSeeing(t *testing.T, method, path string) (work, upstream string, seen func() []string) {
+	t.Helper()
+	var mu sync.Mutex
+	var is []string
+	work, upstream = setupLink(t, shape.Link{}, func(r *http.Request) {
+		if r.Method == method && strings.HasSuffix(r.URL.Path, "/"+path) {
+			mu.Lock()
+			is = append(is, r.URL.Query().Get("i"))
+			mu.Unlock()
+		}
+	})
+	big := make([]byte, 3<<20)
+	_, _ = rand.Read(big)
+	require.NoError(t, os.WriteFile(filepath.Join(work, "big.bin"), big, 0o644))
+	gittest.Git(t, work, "add", ".")
+	gittest.Git(t, work, "commit", "-qm", "big")
+	return work, upstream, func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(is)
+	}
 }
 
 // TestPushFirstChunkGoesWithTheOpen: a push of several chunks to a relay
 // that takes it (its listing said so) sends the first chunk with the
 // Open: x/up never sees chunk 0, and the push lands.
 func TestPushFirstChunkGoesWithTheOpen(t *testing.T) {
-	var mu sync.Mutex
-	var sent []string // the chunks uploaded through x/up, by index
-	work, upstream := setupLink(t, shape.Link{}, func(r *http.Request) {
-		if r.Method == http.MethodPut && strings.HasSuffix(r.URL.Path, "/"+wire.PathUp) {
-			mu.Lock()
-			sent = append(sent, r.URL.Query().Get("i"))
-			mu.Unlock()
-		}
-	})
-	big := make([]byte, 3<<20) // a payload of several chunks
-	_, _ = rand.Read(big)
-	require.NoError(t, os.WriteFile(filepath.Join(work, "big.bin"), big, 0o644))
-	gittest.Git(t, work, "add", ".")
-	gittest.Git(t, work, "commit", "-qm", "big")
+	work, upstream, sent := linkSeeing(t, http.MethodPut, wire.PathUp)
 	tip := gittest.Git(t, work, "rev-parse", "master")
 
 	out, stderr, err := talk(t, "acme/widgets", "list for-push\npush refs/heads/master:refs/heads/master\n\n")
@@ -491,10 +490,8 @@ func TestPushFirstChunkGoesWithTheOpen(t *testing.T) {
 	require.Contains(t, out, "ok refs/heads/master\n")
 	require.Equal(t, tip, gittest.Git(t, "", "--git-dir", upstream, "rev-parse", "master"))
 
-	mu.Lock()
-	defer mu.Unlock()
-	require.NotEmpty(t, sent, "the rest of the payload goes through x/up")
-	require.NotContains(t, sent, "0", "the first chunk went with the Open")
+	require.NotEmpty(t, sent(), "the rest of the payload goes through x/up")
+	require.NotContains(t, sent(), "0", "the first chunk went with the Open")
 }
 
 // TestFetchCacheIsMadeWithItsFirstChunk: a fetch's resume folder appears

@@ -21,7 +21,7 @@ const Version = 3
 // bundle; a fetch uploads a git protocol v2 request and downloads
 // upload-pack's response; a ref listing downloads the list.
 const (
-	PathOpen       = "x"           // POST, sealed Open (+ an inline upload): Status
+	PathOpen       = "x"           // POST, sealed Open (+ an inline upload, or an upload's first chunk: Open.First): Status
 	PathUp         = "x/up"        // PUT ?id=&i=[&final=1], a sealed upload chunk: Status
 	PathDown       = "x/down"      // GET ?id=&i=: a flag byte and a sealed download chunk (chunk 0 may come with the Status, see Status.First)
 	PathStatus     = "x/status"    // GET ?id=[&wait=1]: Status
