@@ -147,8 +147,22 @@ func (s *Server) fetch(ctx context.Context, e *exch, m *mirror) error {
 	case follows && began.Before(since):
 		since = began
 	}
+	var ahead *lsRefsRun
+	if cmd == "ls-refs" && m.listedSince(since) == nil {
+		ahead = s.lsRefsAhead(ctx, m, req)
+	}
 	if _, err := s.refresh(ctx, m, since); err != nil {
+		if ahead != nil {
+			ahead.wait()
+		}
 		return err
+	}
+	if ahead != nil {
+		if out, ok := ahead.result(); ok {
+			s.metrics.lsRefsAhead.WithLabelValues("used").Inc()
+			return s.writeAnswer(ctx, e, bytes.NewReader(out))
+		}
+		s.metrics.lsRefsAhead.WithLabelValues("dropped").Inc()
 	}
 	m.rw.RLock()
 	defer m.rw.RUnlock()
@@ -178,6 +192,68 @@ func (s *Server) fetch(ctx context.Context, e *exch, m *mirror) error {
 		_ = c.Wait()
 	}
 	return werr
+}
+
+// lsRefsRun is an ls-refs run on the mirror while a refresh lists
+// upstream: a listing must wait for that refresh, and most refreshes find
+// upstream as the mirror has it, so that the answer is ready when the
+// refresh ends instead of a git run later. It is good only if no ref of
+// the mirror, HEAD included, moved from before it began until the refresh
+// ended (refsGen), and it is kept to maxLsRefsAhead bytes.
+type lsRefsRun struct {
+	m    *mirror
+	gen  uint64
+	out  []byte
+	err  error
+	done chan struct{}
+}
+
+// maxLsRefsAhead bounds an ls-refs answer run ahead: a larger one (a
+// repository of tens of thousands of refs) is run again after the
+// refresh and streamed.
+const maxLsRefsAhead = 1 << 20
+
+func (s *Server) lsRefsAhead(ctx context.Context, m *mirror, req []byte) *lsRefsRun {
+	r := &lsRefsRun{m: m, gen: m.refsGen(), done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		m.rw.RLock()
+		defer m.rw.RUnlock()
+		c := m.git.Command(ctx, "upload-pack", "--stateless-rpc", m.dir)
+		c.Env = []string{"GIT_PROTOCOL=version=2"}
+		c.Stdin = bytes.NewReader(req)
+		out := &cappedBuffer{max: maxLsRefsAhead}
+		c.Stdout = out
+		r.err = c.Run()
+		r.out = out.b
+	}()
+	return r
+}
+
+func (r *lsRefsRun) wait() { <-r.done }
+
+// result waits for the run and returns its answer, if it holds: call it
+// once the refresh has ended.
+func (r *lsRefsRun) result() ([]byte, bool) {
+	r.wait()
+	return r.out, r.err == nil && r.m.refsGen() == r.gen
+}
+
+// cappedBuffer keeps what is written up to max bytes, and fails a write
+// past it.
+type cappedBuffer struct {
+	b   []byte
+	max int
+}
+
+var errTooMuch = errors.New("more output than was expected")
+
+func (c *cappedBuffer) Write(p []byte) (int, error) {
+	if len(c.b)+len(p) > c.max {
+		return 0, errTooMuch
+	}
+	c.b = append(c.b, p...)
+	return len(p), nil
 }
 
 // lacksWants says whether the mirror lacks an object that the fetch

@@ -115,6 +115,36 @@ func TestListingFollowsItsCapabilities(t *testing.T) {
 	}
 }
 
+// TestListingRunsBesideItsRefresh: a listing that waits for upstream to
+// be listed has its answer from the mirror made meanwhile, and uses it
+// when the refresh moved nothing; when upstream moved, it is dropped and
+// the answer shows upstream as it is now.
+func TestListingRunsBesideItsRefresh(t *testing.T) {
+	f := newFixture(t, Config{})
+	ahead := func(outcome string) int {
+		var m dto.Metric
+		require.NoError(t, f.srv.metrics.lsRefsAhead.WithLabelValues(outcome).Write(&m))
+		return int(m.GetCounter().GetValue())
+	}
+	lsRefs := pkt("command=ls-refs\n") + "0001" + pkt("symrefs\n") + pkt("peel\n") + pkt("ref-prefix HEAD\n") + pkt("ref-prefix refs/heads/\n") + "0000"
+	_, ls := f.read(t, wire.KindFetch, lsRefs, "") // the mirror is made
+	require.Contains(t, ls, f.first+" refs/heads/master")
+
+	used := ahead("used")
+	_, again := f.read(t, wire.KindFetch, lsRefs, "")
+	require.Equal(t, ls, again)
+	require.Equal(t, used+1, ahead("used"), "the answer run beside the refresh is used")
+
+	// Upstream moves, not through the relay.
+	dropped := ahead("dropped")
+	gittest.Git(t, f.work, "push", "-q", f.upstream, "master")
+	_, ls = f.read(t, wire.KindFetch, lsRefs, "")
+	require.Contains(t, ls, f.second+" refs/heads/master")
+	require.Contains(t, ls, f.second+" HEAD symref-target:refs/heads/master")
+	require.Equal(t, dropped+1, ahead("dropped"), "the answer run before the refresh moved the mirror is dropped")
+	require.Equal(t, used+1, ahead("used"))
+}
+
 // receivePacks counts the receive-packs running on dir.
 func receivePacks(t *testing.T, dir string) int {
 	t.Helper()

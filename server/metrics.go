@@ -25,6 +25,7 @@ type metrics struct {
 	mirrorUpdates    *prometheus.CounterVec
 	upstreamListings prometheus.Counter
 	pushesParked     prometheus.Counter
+	lsRefsAhead      *prometheus.CounterVec
 	open             prometheus.Gauge
 }
 
@@ -55,12 +56,15 @@ func newMetrics() *metrics {
 		mirrorUpdates: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "relay_mirror_updates_total", Help: "Objects brought into this instance's mirrors, by source: upstream (a fetch), or push (the pack of a push that landed through another instance sharing the store).",
 		}, []string{"from"}),
+		lsRefsAhead: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "relay_ls_refs_ahead_total", Help: "ls-refs run on the mirror beside its refresh: used, or dropped because the refresh moved its refs.",
+		}, []string{"outcome"}),
 		upstreamListings: prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_upstream_listings_total", Help: "Listings of upstream's refs (a round trip to upstream each)."}),
 		pushesParked:     prometheus.NewCounter(prometheus.CounterOpts{Name: "relay_pushes_begun_at_listing_total", Help: "Pushes whose conversation with upstream began at their listing."}),
 		open:             prometheus.NewGauge(prometheus.GaugeOpts{Name: "relay_sessions_open", Help: "Unfinished exchanges this instance knows of."}),
 	}
 	m.reg.MustRegister(m.requests, m.opened, m.finished, m.refusals, m.phase, m.bytesIn, m.bytesOut,
-		m.chunksIn, m.chunksOut, m.upstreamErrors, m.mirrorUpdates, m.upstreamListings, m.pushesParked, m.open,
+		m.chunksIn, m.chunksOut, m.upstreamErrors, m.mirrorUpdates, m.upstreamListings, m.pushesParked, m.lsRefsAhead, m.open,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -370,7 +370,9 @@ func (s *Server) refreshTo(ctx context.Context, m *mirror, refs *upstream.Refs, 
 		s.bitmapLater(m)
 	}
 	if head, _ := os.ReadFile(filepath.Join(m.dir, "HEAD")); refs.Head != "" && string(head) != "ref: "+refs.Head+"\n" {
-		if _, err := m.git.Run(ctx, "symbolic-ref", "HEAD", refs.Head); err != nil {
+		_, err := m.git.Run(ctx, "symbolic-ref", "HEAD", refs.Head)
+		m.refsMoved(func(map[string]string) {}) // HEAD is not among the refs known
+		if err != nil {
 			return fmt.Errorf("set the mirror's HEAD: %w", err)
 		}
 	}
@@ -474,6 +476,14 @@ func (m *mirror) refsMoved(apply func(refs map[string]string)) {
 		return
 	}
 	m.local = nil
+}
+
+// refsGen counts the changes of the mirror's refs (refsMoved), HEAD
+// included.
+func (m *mirror) refsGen() uint64 {
+	m.localMu.Lock()
+	defer m.localMu.Unlock()
+	return m.localGen
 }
 
 func (m *mirror) localRefs(ctx context.Context) (map[string]string, error) {
