@@ -184,25 +184,16 @@ func (h *Helper) newPacker(ctx context.Context) (*packer, error) {
 // (startLookup). One that fails to start leaves startBundle to start its
 // own.
 func (h *Helper) startPacker(ctx context.Context) {
-	if h.packer != nil {
-		return
-	}
-	c := make(chan *packer, 1)
-	h.packer = c
-	go func() {
+	h.packer.start(func() *packer {
 		p, _ := h.newPacker(ctx)
-		c <- p
-	}()
+		return p
+	})
 }
 
 // takePacker returns the pack-objects startPacker started, or a new one.
 func (h *Helper) takePacker(ctx context.Context) (*packer, error) {
-	if h.packer != nil {
-		p := <-h.packer
-		h.packer = nil
-		if p != nil {
-			return p, nil
-		}
+	if p := h.packer.take(); p != nil {
+		return p, nil
 	}
 	return h.newPacker(ctx)
 }

@@ -120,15 +120,41 @@ type Helper struct {
 	// upFirst says that the relay takes a push's first chunk with its
 	// Open (wire.Status.UpFirst), as its answer to the list said.
 	upFirst bool
-	packer  chan *packer // the pack-objects startPacker started
 	// have maps the object names a push's check looked up (upstream's
 	// tips among them) to the ids this repository has for them.
 	have   map[string]string
 	config map[string]string
-	// lookup brings the git that check looks names up with (nil if it
-	// failed to start), started when git lists refs for a push: it
-	// starts while upstream is listed.
-	lookup chan *gitx.Lookup
+	// The gits that check looks names up with and that writes the
+	// pack, started when git lists refs for a push: they start while
+	// upstream is listed.
+	lookup ahead[*gitx.Lookup]
+	packer ahead[*packer]
+}
+
+// ahead is a git started before it is needed, for the first that needs
+// it to take. One that failed to start is nil; its taker starts its own.
+type ahead[T any] struct{ c chan T }
+
+// start starts it with f, in the background, unless it is started
+// already.
+func (a *ahead[T]) start(f func() T) {
+	if a.c != nil {
+		return
+	}
+	c := make(chan T, 1)
+	a.c = c
+	go func() { c <- f() }()
+}
+
+// take waits for what start started and hands it over: the zero value
+// when nothing was started or it failed to start.
+func (a *ahead[T]) take() T {
+	var v T
+	if a.c != nil {
+		v = <-a.c
+		a.c = nil
+	}
+	return v
 }
 
 func newHelper(ctx context.Context, name, addr string, stderr io.Writer) (*Helper, error) {
@@ -314,12 +340,10 @@ func (h *Helper) serve(ctx context.Context, stdin io.Reader, stdout io.Writer) e
 	}
 	out := bufio.NewWriterSize(stdout, answerWrite)
 	defer func() {
-		if h.lookup != nil {
-			(<-h.lookup).Close()
+		if l := h.lookup.take(); l != nil {
+			l.Close()
 		}
-		if h.packer != nil {
-			(<-h.packer).close()
-		}
+		h.packer.take().close()
 	}()
 	for {
 		line, err := in.ReadString('\n')

@@ -219,26 +219,17 @@ func (h *Helper) check(ctx context.Context, ups []*refUpdate) error {
 // check looks names up with, unless it is started already; one that
 // fails to start leaves check to start its own.
 func (h *Helper) startLookup(ctx context.Context) {
-	if h.lookup != nil {
-		return
-	}
-	c := make(chan *gitx.Lookup, 1)
-	h.lookup = c
-	go func() {
+	h.lookup.start(func() *gitx.Lookup {
 		l, _ := h.git.StartLookup(ctx)
-		c <- l
-	}()
+		return l
+	})
 }
 
 // exists is h.git.Exists, on the git startLookup started when there is
 // one.
 func (h *Helper) exists(ctx context.Context, names []string) (map[string]string, error) {
-	if h.lookup != nil {
-		l := <-h.lookup
-		h.lookup = nil
-		if l != nil {
-			return l.Exists(names)
-		}
+	if l := h.lookup.take(); l != nil {
+		return l.Exists(names)
 	}
 	return h.git.Exists(ctx, names)
 }

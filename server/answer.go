@@ -149,7 +149,7 @@ func (s *Server) fetch(ctx context.Context, e *exch, m *mirror) error {
 	}
 	var ahead *lsRefsRun
 	if cmd == "ls-refs" && m.listedSince(since) == nil {
-		ahead = s.lsRefsAhead(ctx, m, req)
+		ahead = lsRefsAhead(ctx, m, req)
 	}
 	if _, err := s.refresh(ctx, m, since); err != nil {
 		if ahead != nil {
@@ -166,9 +166,7 @@ func (s *Server) fetch(ctx context.Context, e *exch, m *mirror) error {
 	}
 	m.rw.RLock()
 	defer m.rw.RUnlock()
-	c := m.git.Command(ctx, "upload-pack", "--stateless-rpc", m.dir)
-	c.Env = []string{"GIT_PROTOCOL=version=2"}
-	c.Stdin = bytes.NewReader(req)
+	c := m.uploadPack(ctx, req)
 	out, err := c.StdoutPipe()
 	if err != nil {
 		return err
@@ -194,6 +192,15 @@ func (s *Server) fetch(ctx context.Context, e *exch, m *mirror) error {
 	return werr
 }
 
+// uploadPack is upload-pack on the mirror, speaking protocol v2, with the
+// request req on its stdin. The caller holds m.rw for reading.
+func (m *mirror) uploadPack(ctx context.Context, req []byte) *gitx.Cmd {
+	c := m.git.Command(ctx, "upload-pack", "--stateless-rpc", m.dir)
+	c.Env = []string{"GIT_PROTOCOL=version=2"}
+	c.Stdin = bytes.NewReader(req)
+	return c
+}
+
 // lsRefsRun is an ls-refs run on the mirror while a refresh lists
 // upstream: a listing must wait for that refresh, and most refreshes find
 // upstream as the mirror has it, so that the answer is ready when the
@@ -213,15 +220,13 @@ type lsRefsRun struct {
 // refresh and streamed.
 const maxLsRefsAhead = 1 << 20
 
-func (s *Server) lsRefsAhead(ctx context.Context, m *mirror, req []byte) *lsRefsRun {
+func lsRefsAhead(ctx context.Context, m *mirror, req []byte) *lsRefsRun {
 	r := &lsRefsRun{m: m, gen: m.refsGen(), done: make(chan struct{})}
 	go func() {
 		defer close(r.done)
 		m.rw.RLock()
 		defer m.rw.RUnlock()
-		c := m.git.Command(ctx, "upload-pack", "--stateless-rpc", m.dir)
-		c.Env = []string{"GIT_PROTOCOL=version=2"}
-		c.Stdin = bytes.NewReader(req)
+		c := m.uploadPack(ctx, req)
 		out := &cappedBuffer{max: maxLsRefsAhead}
 		c.Stdout = out
 		r.err = c.Run()
