@@ -580,3 +580,36 @@ func TestShapedProxy(t *testing.T) {
 	require.Equal(t, big, body)
 	require.GreaterOrEqual(t, time.Since(start), 450*time.Millisecond)
 }
+
+// largestWrite records the largest write it was given.
+type largestWrite struct{ n, largest int }
+
+func (w *largestWrite) Write(b []byte) (int, error) {
+	w.n += len(b)
+	w.largest = max(w.largest, len(b))
+	return len(b), nil
+}
+
+// TestRequestBodyPassesInLargePieces: the transport copies a request body
+// with io.Copy, and the proxy's copy of it must move in the edge's own
+// pieces rather than 32 KiB ones, or a benchmark through the proxy times a
+// slower edge than the one it stands for.
+func TestRequestBodyPassesInLargePieces(t *testing.T) {
+	b := newBackend(t)
+	for _, watched := range []bool{true, false} {
+		p := startProxy(t, b, Options{})
+		p.SetWatch(watched)
+		body := random(1<<20, 7)
+		tee := p.newTee(&exchange{}, Up, http.Header{}, io.NopCloser(bytes.NewReader(body)), int64(len(body)))
+		var w largestWrite
+		n, err := io.Copy(&w, tee)
+		require.NoError(t, err)
+		require.Equal(t, int64(len(body)), n)
+		require.Greater(t, w.largest, 32<<10, "watched %v", watched)
+		require.Equal(t, int64(len(body)), p.Stats().Up, "every byte is counted")
+		require.NoError(t, tee.Close())
+		if watched {
+			require.Equal(t, body, tee.buf.Bytes(), "the watched copy is whole")
+		}
+	}
+}
