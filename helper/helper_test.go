@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/pem"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -151,6 +152,37 @@ func TestBadAddressAndMissingConfig(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "acme/widgets", h.repo)
 	require.Equal(t, "https://edge.example/api/game", h.client.Base)
+}
+
+// TestTLSRootsLoadAhead: over https with the system's roots, the helper
+// starts loading them as it starts; over http, or with a CA file of its
+// own, it leaves that to the client it builds.
+func TestTLSRootsLoadAhead(t *testing.T) {
+	_, _ = setup(t)
+	t.Setenv("GIT_SSL_CAINFO", "")
+	calls := 0
+	old := warmRoots
+	warmRoots = func() { calls++ }
+	t.Cleanup(func() { warmRoots = old })
+
+	_, err := newHelper(context.Background(), "x", "http://edge.example/api/game/acme/widgets", &bytes.Buffer{})
+	require.NoError(t, err)
+	require.Zero(t, calls, "http needs no roots")
+
+	_, err = newHelper(context.Background(), "x", "https://edge.example/api/game/acme/widgets", &bytes.Buffer{})
+	require.NoError(t, err)
+	require.Equal(t, 1, calls, "https loads the system's roots ahead")
+
+	// With a CA file the roots are read at once, the file's added to them.
+	srv := httptest.NewTLSServer(http.NotFoundHandler())
+	srv.Close()
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	require.NoError(t, os.WriteFile(ca, pemBytes, 0o600))
+	t.Setenv("GIT_SSL_CAINFO", ca)
+	_, err = newHelper(context.Background(), "x", "https://edge.example/api/game/acme/widgets", &bytes.Buffer{})
+	require.NoError(t, err)
+	require.Equal(t, 1, calls, "a CA file is read with the roots, not ahead")
 }
 
 // TestReadBatch: a batch ends with a blank line; one that ends without it

@@ -13,6 +13,7 @@ package helper
 import (
 	"bufio"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -200,10 +201,18 @@ func newHelper(ctx context.Context, name, addr string, stderr io.Writer) (*Helpe
 	if caFile == "" {
 		caFile = expandHome(h.config["http.sslcainfo"])
 	}
-	if !strings.HasPrefix(base, "https://") {
+	switch {
+	case !strings.HasPrefix(base, "https://"):
 		// Only TLS needs roots, and loading them (the system's and the
 		// file's) costs tens of milliseconds at every start.
 		caFile = ""
+	case caFile == "":
+		// The first handshake checks the relay's certificate against the
+		// system's roots, which Go reads once, when first asked: 25-35 ms
+		// on the machine the benchmarks run on, after the server's
+		// certificate has come. Read now, they load while the helper
+		// answers git and connects.
+		warmRoots()
 	}
 	hc, err := wire.NewHTTPClient(caFile)
 	if err != nil {
@@ -231,6 +240,10 @@ func newHelper(ctx context.Context, name, addr string, stderr io.Writer) (*Helpe
 	h.cleanResume()
 	return h, nil
 }
+
+// warmRoots starts reading the system's certificate roots into the cache
+// that every TLS handshake of this process uses, and returns at once.
+var warmRoots = func() { go func() { _, _ = x509.SystemCertPool() }() }
 
 // resolveAddress splits the address into the API base and owner/repo:
 // either owner/repo with the base from configuration, or a full URL whose
