@@ -359,18 +359,32 @@ func (f *Forwarder) requestHeader(r *http.Request) http.Header {
 
 // limitedBody reads a request body and fails, passing on nothing past the
 // limit, once it holds more than max bytes.
+//
+// A body of declared length ends when that many bytes have passed, without
+// asking the client's body again. The transport reads once more after the
+// last byte, to see the end, and the relay may already have answered by
+// then: Go's server closes a request body when the answer's header goes
+// out, and that last read would fail with http.ErrBodyReadAfterClose, which
+// the transport takes for a failed request and drops the connection the
+// answer is still coming on (seen here as 1 in a few hundred 1 MiB echoes
+// cut short).
 type limitedBody struct {
-	r      io.ReadCloser
-	max    int64
-	mu     sync.Mutex
-	n      int64
-	tooBig bool
+	r        io.ReadCloser
+	max      int64
+	declared int64 // the request's Content-Length; -1 when unknown
+	mu       sync.Mutex
+	n        int64
+	tooBig   bool
 }
 
 func (b *limitedBody) Read(p []byte) (int, error) {
 	b.mu.Lock()
 	room := b.max - b.n
+	ended := b.declared >= 0 && b.n >= b.declared
 	b.mu.Unlock()
+	if ended {
+		return 0, io.EOF
+	}
 	if int64(len(p)) > room+1 {
 		p = p[:room+1]
 	}
@@ -481,7 +495,7 @@ func (f *Forwarder) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	out.Header = f.requestHeader(r)
 	var body *limitedBody
 	if r.ContentLength != 0 && r.Body != nil && r.Body != http.NoBody {
-		body = &limitedBody{r: r.Body, max: f.o.MaxBody}
+		body = &limitedBody{r: r.Body, max: f.o.MaxBody, declared: r.ContentLength}
 		out.Body, out.ContentLength = body, r.ContentLength
 	} else {
 		out.Body, out.ContentLength = http.NoBody, 0
