@@ -208,7 +208,7 @@ func newHelper(ctx context.Context, name, addr string, stderr io.Writer) (*Helpe
 		caFile = ""
 	case caFile == "":
 		// The first handshake checks the relay's certificate against the
-		// system's roots, which Go reads once, when first asked: 25-35 ms
+		// system's roots, which Go reads once, when first asked: 26-36 ms
 		// on the machine the benchmarks run on, after the server's
 		// certificate has come. Read now, they load while the helper
 		// answers git and connects.
