@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/git-relay/git-relay/edge"
+	"github.com/git-relay/git-relay/internal/gitx"
 	"github.com/git-relay/git-relay/internal/shape"
 )
 
@@ -491,10 +492,7 @@ func (t *tee) Read(b []byte) (int, error) {
 // benchmark times copy chunks 32 KiB at a time where the edge it stands
 // for copies 256 KiB.
 func (t *tee) WriteTo(w io.Writer) (int64, error) {
-	buf := make([]byte, pieceSize)
-	// Hidden from io.CopyBuffer: this WriteTo, and a ReadFrom of w's,
-	// which would copy in sizes of their own.
-	return io.CopyBuffer(struct{ io.Writer }{w}, struct{ io.Reader }{t}, buf)
+	return gitx.CopyInPieces(w, t, pieceSize)
 }
 
 // pieceSize is what the tee reads and writes at a time in WriteTo: the
